@@ -1,0 +1,127 @@
+"""autopar command line: parse, call the library, render. No planning logic lives here.
+
+Exit codes: 0 success, 1 negative verdict (does not fit, infeasible, validation failed),
+2 bad usage or invalid input, 3 internal error. Data goes to stdout, everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from models.errors import SpecError
+from planner import render
+from planner.inputs import build_inputs, parse_sets
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Plan, score and run parallel training of large models (dp/tp/pp/cp/ep, ZeRO, recompute).")
+presets_app = typer.Typer(no_args_is_help=True, help="List and show model and GPU presets.")
+schema_app = typer.Typer(no_args_is_help=True, help="Print JSON Schemas of autopar's files.")
+app.add_typer(presets_app, name="presets")
+app.add_typer(schema_app, name="schema")
+# Wide enough for the stage tables when piped (rich falls back to 80 columns without a TTY);
+# rich itself drops colour when not a TTY or when NO_COLOR is set.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _guard(fn):
+    """Turn bad input into one line + exit 2 and bugs into exit 3, never a raw traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            raise typer.Exit(2)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - last-resort guard of the CLI boundary
+            err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+            if "--debug" in sys.argv:
+                traceback.print_exc()
+            raise typer.Exit(3)
+
+    return wrapper
+
+
+DTYPE = typer.Option("bf16", "--dtype", help="Compute dtype: bf16, fp16, fp8 or fp32.")
+ATTN = typer.Option("flash", "--attention", help="Attention kernel: flash (fused, no s^2 tensors) or eager.")
+SETS = typer.Option(None, "--set", help="Override a spec field: model.KEY=VALUE or cluster.KEY=VALUE (repeatable).")
+FMT = typer.Option("table", "--format", "-f", help="Output format: table or json.")
+
+
+@app.command()
+@_guard
+def estimate(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Preset name, spec file or HF config.json."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", "-c", help="GPU:N, a GPU preset or a cluster file."),
+    global_batch: Optional[int] = typer.Option(None, "--global-batch", "-b", help="Sequences per optimizer step."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
+    dtype: str = DTYPE,
+    attention: str = ATTN,
+    dp: Optional[int] = typer.Option(None, help="Data-parallel degree (default: GPUs / (tp*pp*cp))."),
+    tp: int = typer.Option(1, help="Tensor-parallel degree (1 = off)."),
+    pp: int = typer.Option(1, help="Pipeline-parallel degree (1 = off)."),
+    cp: int = typer.Option(1, help="Context-parallel degree (1 = off)."),
+    ep: int = typer.Option(1, help="Expert-parallel degree, carved out of dp*cp (1 = off)."),
+    micro_batch: int = typer.Option(1, "--micro-batch", help="Sequences per micro-batch per data-parallel rank."),
+    zero: int = typer.Option(0, help="ZeRO stage: 0 none, 1 optimizer, 2 +gradients, 3 +weights (FSDP)."),
+    recompute: str = typer.Option("none", help="Activation recompute: none, selective or full."),
+    schedule: str = typer.Option("1f1b", help="Pipeline schedule: gpipe, 1f1b or interleaved."),
+    vpp: int = typer.Option(1, help="Virtual stages per pipeline rank (interleaved schedule)."),
+    sequence_parallel: bool = typer.Option(False, "--sequence-parallel", help="Split tp-replicated regions by sequence."),
+    stage_layers: Optional[str] = typer.Option(None, "--stage-layers", help="Blocks per pipeline chunk, e.g. 7,8,8,...,7."),
+    sets: Optional[list[str]] = SETS,
+    fmt: str = FMT,
+) -> None:
+    """Score one hand-specified plan: step time, tokens/s, MFU/HFU and memory per pipeline stage."""
+    knobs = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, micro_batch=micro_batch, zero=zero, recompute=recompute,
+                 schedule=schedule, vpp=vpp, sequence_parallel=sequence_parallel, stage_layers=stage_layers)
+    inputs = build_inputs(model, cluster, global_batch, seq_len, dtype, attention, parse_sets(sets or []), knobs)
+    from planner.estimate import estimate as run_estimate
+
+    result = run_estimate(inputs.model, inputs.cluster, inputs.training, inputs.parallel)
+    _check_format(fmt)
+    if fmt == "json":
+        print(json.dumps(render.estimate_json(result, inputs), indent=2))
+    else:
+        render.estimate_table(out, result)
+    if not result.fits:
+        r, over = max(result.over, key=lambda x: x[1])
+        err.print(f"does not fit: pipeline stage {r} needs {over / 2**30:.2f} GiB more than the "
+                  f"{result.predicted['memory_capacity_bytes'] / 2**30:.2f} GiB usable per GPU", highlight=False)
+        raise typer.Exit(1)
+
+
+def _check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
+    if fmt not in allowed:
+        raise SpecError(f"--format must be one of {', '.join(allowed)} (got {fmt!r})")
+
+
+@presets_app.command("list")
+@_guard
+def presets_list(kind: str = typer.Argument("all", help="models, gpus or all."), fmt: str = FMT) -> None:
+    """List model and GPU presets."""
+    _check_format(fmt)
+    render.presets_list(out, kind, fmt)
+
+
+@presets_app.command("show")
+@_guard
+def presets_show(name: str = typer.Argument(..., help="A model or GPU preset name."), fmt: str = FMT) -> None:
+    """Show one preset's fields (model spec or GPU spec) with derived sizes."""
+    _check_format(fmt)
+    render.preset_show(out, name, fmt)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,95 @@
+"""Resolve command-line inputs into typed specs (model, cluster, training, parallel plan).
+
+Precedence: ``--set`` overrides > spec file > preset > defaults. Every failure is a SpecError
+with one line that names the offending input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+from hardware.cluster import ClusterSpec, load_cluster
+from models.errors import SpecError
+from models.load import load_model
+from models.spec import ModelSpec
+from planner.config import DTYPES, RECOMPUTE_OPTIONS, SCHEDULES, Parallel, Training
+
+
+@dataclass
+class Inputs:
+    model: ModelSpec
+    cluster: ClusterSpec
+    training: Training
+    parallel: Parallel | None
+    refs: dict = field(default_factory=dict)  # what the user passed: {"model": "llama3-8b", ...}
+
+
+def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
+    """``--set model.num_layers=4`` -> {"model": {"num_layers": 4}}; values parsed as YAML scalars."""
+    out: dict[str, dict[str, object]] = {"model": {}, "cluster": {}}
+    for item in items:
+        key, sep, value = item.partition("=")
+        target, dot, path = key.partition(".")
+        if not sep or not dot or target not in out or not path:
+            raise SpecError(f"--set {item!r}: expected model.KEY=VALUE or cluster.KEY=VALUE")
+        try:
+            out[target][path] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {item!r}: cannot parse value: {exc}") from None
+    return out
+
+
+def _positive(name: str, value: int | None) -> int:
+    if value is None:
+        raise SpecError(f"missing option --{name.replace('_', '-')}")
+    if value <= 0:
+        raise SpecError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+    return value
+
+
+def build_training(global_batch: int | None, seq_len: int | None, dtype: str, attention: str) -> Training:
+    if dtype not in DTYPES:
+        raise SpecError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
+    if attention not in ("flash", "eager"):
+        raise SpecError(f"--attention must be flash or eager (got {attention!r})")
+    return Training(_positive("global_batch", global_batch), _positive("seq_len", seq_len), dtype, attention)
+
+
+def build_parallel(knobs: dict, num_gpus: int) -> Parallel:
+    """A fixed plan from single values; dp defaults to GPUs / (tp·pp·cp)."""
+    k = dict(knobs)
+    for name in ("tp", "pp", "cp", "ep", "micro_batch", "vpp"):
+        if k[name] < 1:
+            raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {k[name]})")
+    if k["recompute"] not in RECOMPUTE_OPTIONS:
+        raise SpecError(f"--recompute must be one of {', '.join(RECOMPUTE_OPTIONS)} (got {k['recompute']!r})")
+    if k["schedule"] not in SCHEDULES:
+        raise SpecError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {k['schedule']!r})")
+    if k["dp"] is None:
+        rest = k["tp"] * k["pp"] * k["cp"]
+        if num_gpus % rest:
+            raise SpecError(f"{num_gpus} GPUs % (tp({k['tp']}) * pp({k['pp']}) * cp({k['cp']}) = {rest}) "
+                            f"= {num_gpus % rest}: cannot derive dp")
+        k["dp"] = num_gpus // rest
+    if k["stage_layers"]:
+        try:
+            k["stage_layers"] = tuple(int(x) for x in str(k["stage_layers"]).split(","))
+        except ValueError:
+            raise SpecError(f"--stage-layers {k['stage_layers']!r}: expected integers like 7,8,8,7") from None
+    return Parallel(**k)
+
+
+def build_inputs(model: str | None, cluster: str | None, global_batch: int | None, seq_len: int | None,
+                 dtype: str, attention: str, sets: dict, knobs: dict | None) -> Inputs:
+    if not model:
+        raise SpecError("missing option --model (a preset such as llama3-8b, a spec file or a config.json)")
+    if not cluster:
+        raise SpecError("missing option --cluster (e.g. h100-sxm-80gb:8)")
+    spec = load_model(model, sets.get("model") or None)
+    clus = load_cluster(cluster, sets.get("cluster") or None)
+    train = build_training(global_batch, seq_len, dtype, attention)
+    par = build_parallel(knobs, clus.num_gpus) if knobs is not None else None
+    refs = {"model": model, "cluster": cluster, "sets": sets}
+    return Inputs(spec, clus, train, par, refs)

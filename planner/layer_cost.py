@@ -1,0 +1,195 @@
+"""Per-layer, per-micro-batch time and memory on one GPU, for each recompute option.
+
+Compute time is a roofline per op (Williams et al. 2009): ``max(FLOPs / (peak · eff), bytes /
+(HBM · eff))`` plus a kernel-launch overhead, with separate efficiencies for matmuls and for
+attention kernels (GPU preset ``efficiency`` block). Tensor/expert/context-parallel
+communication inside a layer is on the critical path (Megatron-LM does not overlap it,
+Narayanan et al. 2021 §3.2), except context-parallel K/V exchange, which rings overlap with
+the attention kernel (Liu et al. 2023, Ring Attention) — only the excess is exposed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hardware import comm
+from hardware.cluster import ClusterSpec
+from models.graph import Layer, LayerGraph, Op, Saved
+from planner.config import RECOMPUTE_OPTIONS, Parallel, Training
+
+BYTES = {"mask": 1, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One layer on one GPU for one micro-batch. Times in seconds, memory in bytes."""
+
+    fwd_s: float  # forward compute + exposed tp/ep/cp communication
+    bwd_s: float  # backward (no recompute)
+    recompute_s: dict[str, float]  # extra forward work in backward, per recompute option
+    act_bytes: dict[str, float]  # bytes held for backward per micro-batch, per recompute option
+    remat_bytes: float  # bytes re-materialised while this layer's backward runs (its 'none' set)
+    params_local: float  # parameters stored on this GPU (before ZeRO sharding)
+    params_dp_replicas: float  # of which replicated over the full dp*cp group (dense)
+    comm_s: float  # of fwd_s + bwd_s, the exposed communication part
+    model_flops: float  # fwd + bwd model FLOPs (full attention matrix), this GPU
+    hw_flops: dict[str, float]  # model FLOPs plus recompute FLOPs, per option
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    cluster: ClusterSpec
+    train: Training
+    par: Parallel
+    spec: object  # ModelSpec
+
+    @property
+    def tokens(self) -> float:
+        """Tokens one GPU processes per micro-batch: b · s / cp."""
+        return self.par.micro_batch * self.train.seq_len / self.par.cp
+
+    def div(self, shard: str) -> int:
+        if shard == "tp" or (shard == "sp" and self.par.sequence_parallel):
+            return self.par.tp
+        return 1
+
+
+def _op_times(op: Op, ctx: _Ctx) -> tuple[float, float]:
+    """Roofline forward and backward seconds of one op for one micro-batch on one GPU."""
+    gpu, dtype = ctx.cluster.gpu, ctx.train.dtype
+    d = ctx.div(op.shard)
+    flops = op.exec_fwd_flops * ctx.tokens / d
+    mem_s = op.io_elems * ctx.tokens / d * ctx.train.act_bytes / gpu.hbm_effective_Bps
+    if op.kind == "matmul":
+        rate = gpu.matmul_flops(dtype)
+    elif op.kind == "attention":
+        rate = gpu.attention_flops("bf16" if dtype == "fp8" else dtype)
+    else:
+        rate = float("inf")  # elementwise: memory-bound by construction
+    fwd = max(flops / rate, mem_s)
+    overhead = gpu.efficiency.kernel_overhead_us * 1e-6
+    return fwd + overhead, op.bwd_factor * fwd + 2 * overhead
+
+
+def _saved_bytes(saved: Saved, ctx: _Ctx) -> float:
+    spec = ctx.spec
+    d = ctx.div(saved.shard)
+    if saved.name in ("attn.k", "attn.v") and spec.mla is None:
+        d = min(d, spec.kv_heads)  # kv heads are replicated once tp exceeds them
+    per = BYTES.get(saved.byte_class, ctx.train.act_bytes)
+    return saved.elems * ctx.tokens / d * per
+
+
+def activation_bytes(layer: Layer, ctx: _Ctx) -> dict[str, float]:
+    """Bytes one micro-batch of this layer keeps for backward, per recompute option.
+
+    none: every tensor the ops save (Korthikanti et al. 2022, §4.1, eq. 1-2 for GPT);
+    full: only the layer input (§4.2: 2sbh, /t with sequence parallelism);
+    selective: eager attention -> drop the s^2 attention-core tensors (§4.2, 34sbh remain);
+    flash attention -> op-level selective checkpointing that keeps matmul and attention
+    outputs and recomputes the cheap elementwise ops (torchtitan ``_save_list`` policy).
+    """
+    none = sum(_saved_bytes(x, ctx) for x in layer.saved if x.in_none)
+    if layer.kind != "block":
+        return {o: none for o in RECOMPUTE_OPTIONS}
+    inp = sum(_saved_bytes(x, ctx) for x in layer.saved if x.name == "attn.norm_in")
+    if ctx.train.attention_impl == "eager":
+        sel = sum(_saved_bytes(x, ctx) for x in layer.saved if x.in_none and not x.attn_core)
+    else:
+        sel = inp + sum(_saved_bytes(x, ctx) for x in layer.saved if x.mm_output)
+    return {"none": none, "selective": min(sel, none), "full": inp}
+
+
+def _tp_comm_s(layer: Layer, ctx: _Ctx) -> tuple[float, float]:
+    """Megatron TP: per block two all-reduces of the b·s·h activations forward and two backward
+    (with sequence parallelism: reduce-scatter + all-gather pairs of the same total volume);
+    embedding: one forward all-reduce; head: one backward all-reduce (Narayanan et al. 2021 §3.2)."""
+    tp = ctx.par.tp
+    if tp == 1:
+        return 0.0, 0.0
+    nbytes = ctx.tokens * ctx.train.act_bytes * ctx.spec.hidden_size
+    group = comm.group_span(ctx.cluster, tp, 1)
+    if ctx.par.sequence_parallel:
+        one = comm.reduce_scatter_s(ctx.cluster, nbytes, group) + comm.all_gather_s(ctx.cluster, nbytes, group)
+    else:
+        one = comm.all_reduce_s(ctx.cluster, nbytes, group)
+    n_fwd, n_bwd = {"block": (2, 2), "embedding": (1, 0), "head": (0, 1)}[layer.kind]
+    return n_fwd * one, n_bwd * one
+
+
+def _ep_comm_s(layer: Layer, ctx: _Ctx) -> float:
+    """Expert parallel: all-to-all dispatch and combine of the b·s·top_k routed token copies,
+    twice forward and twice backward (GShard, Lepikhin et al. 2020 §2.2). One direction."""
+    m = ctx.spec.moe
+    if not layer.moe or ctx.par.ep == 1:
+        return 0.0
+    ep = ctx.par.ep
+    per_rank = ctx.tokens * m.top_k * ctx.spec.hidden_size * ctx.train.act_bytes / ctx.div("sp")
+    group = comm.group_span(ctx.cluster, ep, ctx.par.tp)
+    return 2 * comm.all_to_all_s(ctx.cluster, per_rank * (ep - 1) / ep, group)
+
+
+def _cp_comm_s(layer: Layer, ctx: _Ctx, attn_fwd_s: float) -> tuple[float, float]:
+    """Context parallel: all-gather K and V of the cp ranks forward, all-gather + reduce-scatter
+    of K, V and their grads backward; overlapped with the attention kernel, the excess exposed."""
+    cp = ctx.par.cp
+    if cp == 1 or layer.kind != "block":
+        return 0.0, 0.0
+    kv = sum(x.elems for x in layer.saved if x.name in ("attn.k", "attn.v"))
+    full = kv * ctx.tokens * cp * ctx.train.act_bytes / min(ctx.par.tp, ctx.spec.kv_heads if ctx.spec.mla is None else ctx.par.tp)
+    group = comm.group_span(ctx.cluster, cp, ctx.par.tp)
+    ag = comm.all_gather_s(ctx.cluster, full, group)
+    rs = comm.reduce_scatter_s(ctx.cluster, full, group)
+    return max(0.0, ag - attn_fwd_s), max(0.0, ag + rs - 2.5 * attn_fwd_s)
+
+
+def _local_params(layer: Layer, ctx: _Ctx) -> tuple[float, float]:
+    """Parameters on one GPU: tp splits dense matrices, ep·tp splits routed experts."""
+    dense = layer.params_dense / ctx.par.tp + layer.params_replicated
+    expert = layer.params_expert / (ctx.par.ep * ctx.par.tp)
+    return dense + expert, dense
+
+
+def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel) -> LayerCost:
+    """Time, memory and FLOPs of one layer for one micro-batch on one GPU (see module docstring)."""
+    ctx = _Ctx(cluster, train, par, graph.spec)
+    fwd = bwd = attn_fwd = 0.0
+    sel_eager = sel_flash = 0.0
+    model_flops = hw_extra_sel = 0.0
+    for op in layer.ops:
+        f, b = _op_times(op, ctx)
+        fwd, bwd = fwd + f, bwd + b
+        model_flops += 3 * op.fwd_flops * ctx.tokens / ctx.div(op.shard)
+        if op.kind == "attention":
+            attn_fwd += f
+            sel_eager += f
+            hw_extra_sel += op.fwd_flops * ctx.tokens / ctx.div(op.shard) if train.attention_impl == "eager" else 0
+        elif op.kind == "elementwise":
+            sel_flash += f
+    tp_f, tp_b = _tp_comm_s(layer, ctx)
+    ep_s = _ep_comm_s(layer, ctx)
+    cp_f, cp_b = _cp_comm_s(layer, ctx, attn_fwd)
+    comm_f = tp_f + ep_s + cp_f
+    comm_b = tp_b + ep_s + cp_b
+    fwd_model = model_flops / 3
+    sel = sel_eager if train.attention_impl == "eager" else sel_flash
+    recompute = {"none": 0.0, "selective": sel, "full": fwd + comm_f} if layer.kind == "block" else \
+        {o: 0.0 for o in RECOMPUTE_OPTIONS}
+    hw = {"none": model_flops, "selective": model_flops + hw_extra_sel,
+          "full": model_flops + (fwd_model if layer.kind == "block" else 0.0)}
+    act = activation_bytes(layer, ctx)
+    local, dense = _local_params(layer, ctx)
+    return LayerCost(fwd + comm_f, bwd + comm_b, recompute, act, act["none"], local, dense,
+                     comm_f + comm_b, model_flops, hw)
+
+
+def graph_costs(graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel) -> list[LayerCost]:
+    """LayerCost for every layer (embedding, blocks, head), computed once per distinct layer type."""
+    cache: dict[tuple, LayerCost] = {}
+    out = []
+    for layer in graph.layers:
+        key = layer.signature or (layer.name,)
+        if key not in cache:
+            cache[key] = layer_cost(layer, graph, cluster, train, par)
+        out.append(cache[key])
+    return out

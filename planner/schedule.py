@@ -1,0 +1,110 @@
+"""Pipeline schedules as explicit per-rank operation orders, timed exactly as a DAG.
+
+Each pipeline rank runs its forward (F) and backward (B) operations for every (chunk, micro-batch)
+in the fixed order of the schedule; an operation starts when the rank is free and its input has
+arrived (previous chunk's F plus a point-to-point transfer, or next chunk's B plus a transfer).
+The finish time of the last operation is then the length of the longest path through the
+schedule's dependency DAG — bubbles and stage imbalance (embedding, head, uneven layer counts)
+included, no closed form assumed. Orders follow:
+
+- GPipe (Huang et al. 2019): all forwards, then all backwards.
+- 1F1B (PipeDream-Flush, Narayanan et al. 2021 §2.2.1): rank r warms up with min(pp-r-1, m)
+  forwards, then alternates one forward and one backward, then drains backwards.
+- Interleaved 1F1B (Narayanan et al. 2021 §2.2.2, Megatron-LM ``forward_backward_pipelining_with_
+  interleaving``): v chunks per rank, chunk c of rank r is model chunk c·pp + r; micro-batches in
+  groups of pp; warm-up (pp-r-1)·2 + (v-1)·pp forwards.
+
+The simulation also tracks, per rank, the activation bytes of micro-batches whose forward has run
+and whose backward has not — the in-flight memory of that schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ScheduleResult:
+    makespan_s: float
+    rank_end_s: tuple[float, ...]  # when each rank finishes its last backward
+    peak_inflight_bytes: tuple[float, ...]  # per rank
+    peak_inflight_microbatches: tuple[float, ...]  # per rank, in units of a full micro-batch of its chunks
+    events: tuple[tuple[int, str, int, int, float, float], ...]  # (rank, 'F'/'B', chunk, mb, start, end)
+
+
+def rank_order(schedule: str, rank: int, pp: int, m: int, v: int) -> list[tuple[str, int, int]]:
+    """The (op, local chunk, micro-batch) sequence that pipeline rank ``rank`` executes."""
+    if schedule == "gpipe" or pp == 1:
+        fw = [("F", c, i) for i in range(m) for c in range(v)]
+        bw = [("B", c, i) for i in range(m) for c in reversed(range(v))]
+        return fw + bw
+    if schedule == "1f1b" and v == 1:
+        return _one_f_one_b([("F", 0, i) for i in range(m)], [("B", 0, i) for i in range(m)],
+                            min(pp - rank - 1, m))
+    total = m * v
+    fw = [("F", (k // pp) % v, (k // (pp * v)) * pp + k % pp) for k in range(total)]
+    bw = [("B", v - 1 - (k // pp) % v, (k // (pp * v)) * pp + k % pp) for k in range(total)]
+    return _one_f_one_b(fw, bw, min((pp - rank - 1) * 2 + (v - 1) * pp, total))
+
+
+def _one_f_one_b(fw: list, bw: list, warmup: int) -> list:
+    order = fw[:warmup]
+    f, b = warmup, 0
+    while f < len(fw):
+        order += [fw[f], bw[b]]
+        f, b = f + 1, b + 1
+    return order + bw[b:]
+
+
+def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: list[float],
+             p2p_s: list[float], act_bytes: list[float], keep_events: bool = False) -> ScheduleResult:
+    """Time a schedule. Lists are indexed by global chunk j = c·pp + r (v·pp entries); ``p2p_s[j]``
+    is the transfer from chunk j to j+1 (and of the gradient back)."""
+    n = pp * v
+    orders = [rank_order(schedule, r, pp, m, v) for r in range(pp)]
+    done: dict[tuple[str, int, int], float] = {}
+    pos = [0] * pp
+    free = [0.0] * pp
+    live = [0.0] * pp
+    peak = [0.0] * pp
+    events = []
+    remaining = sum(len(o) for o in orders)
+    while remaining:
+        progressed = False
+        for r in range(pp):
+            while pos[r] < len(orders[r]):
+                op, c, i = orders[r][pos[r]]
+                j = c * pp + r
+                ready = _ready_time(op, j, i, n, done, p2p_s)
+                if ready is None:
+                    break
+                start = max(ready, free[r])
+                end = start + (fwd_s[j] if op == "F" else bwd_s[j])
+                done[(op, j, i)] = end
+                free[r] = end
+                live[r] += act_bytes[j] if op == "F" else 0.0
+                peak[r] = max(peak[r], live[r])
+                live[r] -= act_bytes[j] if op == "B" else 0.0
+                if keep_events:
+                    events.append((r, op, j, i, start, end))
+                pos[r] += 1
+                remaining -= 1
+                progressed = True
+        if not progressed:
+            raise RuntimeError(f"schedule {schedule} deadlocks for pp={pp} m={m} v={v}")
+    per_mb = [sum(act_bytes[c * pp + r] for c in range(v)) for r in range(pp)]
+    inflight = tuple(peak[r] / per_mb[r] if per_mb[r] else 0.0 for r in range(pp))
+    return ScheduleResult(max(free), tuple(free), tuple(peak), inflight, tuple(events))
+
+
+def _ready_time(op: str, j: int, i: int, n: int, done: dict, p2p_s: list[float]) -> float | None:
+    """When the input of op (F or B of chunk j, micro-batch i) is available, or None if not yet."""
+    if op == "F":
+        if j == 0:
+            return 0.0
+        prev = done.get(("F", j - 1, i))
+        return None if prev is None else prev + p2p_s[j - 1]
+    if j == n - 1:
+        return done.get(("F", j, i))
+    nxt = done.get(("B", j + 1, i))
+    return None if nxt is None else nxt + p2p_s[j]
