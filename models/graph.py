@@ -117,7 +117,11 @@ def _attention_core(spec: ModelSpec, s: int, impl: AttentionImpl, qk_dim: int, v
         causal_skip = min(causal_skip, spec.sliding_window / s)
     # Flash backward recomputes the scores: 5 matmuls vs 2 forward (Dao 2023, §3.1) -> 2.5x.
     bwd = 2.5 if impl == "flash" else 2.0
-    io = a * (qk_dim * 2 + v_dim * 2) + (0 if impl == "flash" else 3 * a * s)
+    # Eager attention streams the a·s scores per token through HBM: the scores GEMM writes them,
+    # the fused scale-mask-softmax reads and writes them, dropout reads them and writes output
+    # and a 1-byte mask, PV reads them: ~6.5 passes with dropout, ~4 without (Megatron kernels).
+    passes = 6.5 if spec.dropout > 0 else 4.0
+    io = a * (qk_dim * 2 + v_dim * 2) + (0 if impl == "flash" else passes * a * s)
     return Op("attn.core", "attention", model, model * causal_skip, bwd, io, "tp", False, ("heads",))
 
 
