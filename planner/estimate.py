@@ -121,76 +121,82 @@ def _rank_states(chunks: list[ChunkInfo], costs: list[LayerCost], graph: LayerGr
         total = sum(costs[i].params_local for i in ids)
         # Tied embeddings: a last stage apart from the first keeps its own copy of the matrix
         # (Megatron-LM ``shared_embedding``; its gradient is all-reduced with the first stage's).
-        if graph.spec.tie_embeddings and par.pp > 1 and any(c.has_head for c in mine):
-            dense += graph.spec.vocab_size * graph.spec.hidden_size / par.tp
-            total += graph.spec.vocab_size * graph.spec.hidden_size / par.tp
+        if any(c.has_head for c in mine):
+            dense += tied_params(graph, par)
+            total += tied_params(graph, par)
         largest = max((costs[i].params_local for i in ids), default=0.0)
         out.append(_RankState(dense, total - dense, len(ids), largest))
     return out
 
 
-def _dp_groups(cluster: ClusterSpec, par: Parallel) -> tuple[int, int, comm.Group, comm.Group]:
-    """Dense weights replicate over dp·cp ranks (stride tp); experts over dp·cp/ep (stride tp·ep)."""
-    n_dense = par.dp * par.cp
-    n_exp = n_dense // par.ep
-    return (n_dense, n_exp, comm.group_span(cluster, n_dense, par.tp),
-            comm.group_span(cluster, n_exp, par.tp * par.ep))
+def one_block_comm(costs: list[LayerCost]) -> tuple[float, float, float]:
+    """(all-gather, reduce-scatter, all-reduce) seconds of the largest block: the share of a
+    chunk's data-parallel traffic that cannot hide (the first gather before any compute, the
+    last bucket after the last backward)."""
+    blocks = costs[1:-1]
+    return (max(c.dp_ag_s for c in blocks), max(c.dp_rs_s for c in blocks), max(c.dp_ar_s for c in blocks))
 
 
-def _grad_bytes(train: Training, zero: int) -> int:
-    if train.dtype == "fp32":
-        return 4
-    if train.grad_reduce_dtype == "auto":
-        return 4 if zero == 3 else 2
-    return 4 if train.grad_reduce_dtype == "fp32" else 2
+def tied_copy_comm(graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel) -> tuple[float, float, float]:
+    """DP collectives of the embedding copy a separate last stage keeps with tied embeddings."""
+    if not (graph.spec.tie_embeddings and par.pp > 1):
+        return 0.0, 0.0, 0.0
+    from planner.layer_cost import _Ctx, _dp_comm_s
+
+    return _dp_comm_s(0.0, graph.spec.vocab_size * graph.spec.hidden_size / par.tp, _Ctx(cluster, train, par, graph.spec))
 
 
-def _collective(fn, cluster, dense_bytes, exp_bytes, g_dense, g_exp) -> float:
-    return fn(cluster, dense_bytes, g_dense) + (fn(cluster, exp_bytes, g_exp) if exp_bytes else 0.0)
+def tied_params(graph: LayerGraph, par: Parallel) -> float:
+    """Parameters of the embedding copy on a separate last stage (tied embeddings, Megatron)."""
+    return graph.spec.vocab_size * graph.spec.hidden_size / par.tp if graph.spec.tie_embeddings and par.pp > 1 else 0.0
 
 
-def _fsdp_exposure(chunk_f: float, chunk_b: float, chunk_params: tuple[float, float], n_layers: int,
-                   cluster, train, groups) -> tuple[float, float]:
-    """ZeRO-3/FSDP per micro-batch: all-gather weights before forward and before backward,
-    reduce-scatter gradients after backward, each prefetched under the neighbouring layer's
-    compute (FSDP2 implicit prefetch); the first gather and last reduce-scatter stay exposed."""
-    dense, exp = chunk_params
-    wb = 4 if train.dtype == "fp32" else 2
-    ag = _collective(comm.all_gather_s, cluster, dense * wb, exp * wb, groups[2], groups[3])
-    g = _grad_bytes(train, 3)
-    rs = _collective(comm.reduce_scatter_s, cluster, dense * g, exp * g, groups[2], groups[3])
-    n = max(n_layers, 1)
-    fwd = max(0.0, ag - chunk_f) + ag / n
-    bwd = max(0.0, ag + rs - chunk_b) + (ag + rs) / n
-    return fwd, bwd
+def add_per_microbatch_dp(chunks, costs, f, b, par: Parallel) -> None:
+    """ZeRO-3/FSDP: all-gather weights before forward and again before backward, reduce-scatter
+    gradients after, layer by layer, prefetched under the chunk's compute (FSDP2 implicit
+    prefetch): exposed = the excess over the chunk's compute + one block's gather/scatter.
+    ZeRO-2 reduce-scatters every micro-batch's gradients under its backward (DeepSpeed)."""
+    ag1, rs1, _ = one_block_comm(costs)
+    for c in chunks:
+        ag = sum(costs[i].dp_ag_s for i in c.layer_ids)
+        rs = sum(costs[i].dp_rs_s for i in c.layer_ids)
+        if par.zero == 3:
+            f[c.index], b[c.index] = (f[c.index] + max(0.0, ag - f[c.index]) + ag1,
+                                      b[c.index] + max(0.0, ag + rs - b[c.index]) + ag1 + rs1)
+        elif par.zero == 2:
+            b[c.index] += max(0.0, rs - b[c.index]) + rs1
 
 
-def _dp_tail(state: _RankState, f_first: float, b_rank: float, cluster, train, par, groups) -> tuple[float, float]:
-    """Exposed end-of-step data-parallel sync and optimizer seconds for one pipeline rank.
+def dp_tail(rank_layers: list[int], f_first: float, b_rank: float, costs, tied, par: Parallel) -> float:
+    """Exposed end-of-step data-parallel sync seconds of one pipeline rank.
 
-    ZeRO-0: all-reduce of gradients, bucketed so it overlaps the last micro-batch's backward
-    except the first bucket (PyTorch DDP, Li et al. 2020 §3.2); ZeRO-1/2: reduce-scatter in the
-    same window, then an all-gather of updated weights hidden under the next forward
-    (Megatron distributed optimizer); ZeRO-2 reduces every micro-batch (DeepSpeed) — added per
-    micro-batch by the caller. The optimizer runs on the local shard, memory-bound.
+    ZeRO-0: gradient all-reduce in buckets under the last micro-batch's backward (PyTorch DDP,
+    Li et al. 2020 §3.2): exposed = max(0, AR − B) + the last bucket. ZeRO-1: reduce-scatter
+    likewise; ZeRO-1/2: all-gather of the updated weights under the next forward (Megatron
+    distributed optimizer): max(0, AG − F_first).
     """
-    n_dense, n_exp, g_dense, g_exp = groups
-    g = _grad_bytes(train, par.zero)
-    wb = 4 if train.dtype == "fp32" else 2
-    window = b_rank * (state.layers - 1) / max(state.layers, 1)
-    d, e = state.dense_params, state.expert_params
+    ag1, rs1, ar1 = one_block_comm(costs)
+    ag = sum(costs[i].dp_ag_s for i in rank_layers) + tied[0]
+    rs = sum(costs[i].dp_rs_s for i in rank_layers) + tied[1]
+    ar = sum(costs[i].dp_ar_s for i in rank_layers) + tied[2]
     sync = 0.0
-    if par.zero == 0:
-        sync = max(0.0, _collective(comm.all_reduce_s, cluster, d * g, e * g, g_dense, g_exp) - window)
-    elif par.zero == 1:
-        rs = _collective(comm.reduce_scatter_s, cluster, d * g, e * g, g_dense, g_exp)
-        sync = max(0.0, rs - window)
-    if par.zero in (1, 2):
-        ag = _collective(comm.all_gather_s, cluster, d * wb, e * wb, g_dense, g_exp)
-        sync += max(0.0, ag - f_first)
-    local = d / n_dense + e / n_exp if par.zero >= 1 else d + e
-    opt = local * OPTIMIZER_BYTES_PER_PARAM / cluster.gpu.hbm_effective_Bps
-    return sync, opt
+    if par.dp * par.cp > 1:
+        if par.zero == 0:
+            sync = max(0.0, ar - b_rank) + ar1
+        elif par.zero == 1:
+            sync = max(0.0, rs - b_rank) + rs1
+        if par.zero in (1, 2):
+            sync += max(0.0, ag - f_first)
+    return sync
+
+
+def optimizer_s(rank_layers, costs, tied_params: float, par: Parallel, cluster) -> float:
+    """Adam on the local (ZeRO-sharded) parameters, memory-bound at 30 bytes per parameter."""
+    n_dense = par.dp * par.cp
+    dense = sum(costs[i].params_dp_replicas for i in rank_layers) + tied_params
+    exp = sum(costs[i].params_local - costs[i].params_dp_replicas for i in rank_layers)
+    local = dense / n_dense + exp / (n_dense // par.ep) if par.zero >= 1 else dense + exp
+    return local * OPTIMIZER_BYTES_PER_PARAM / cluster.gpu.hbm_effective_Bps
 
 
 def _p2p_list(chunks, cluster, train, par, graph) -> list[float]:
@@ -216,39 +222,29 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Paral
     sums = [_chunk_sums(c, costs, par) for c in chunks]
     f = [s[0] for s in sums]
     b = [s[1] for s in sums]
-    groups = _dp_groups(cluster, par)
     states = _rank_states(chunks, costs, graph, par)
     if par.zero >= 2:
-        _add_per_microbatch_dp(chunks, costs, f, b, cluster, train, par, groups)
+        add_per_microbatch_dp(chunks, costs, f, b, par)
     sim = simulate(par.schedule, par.pp, m, par.vpp, f, b, _p2p_list(chunks, cluster, train, par, graph),
                    [s[2] for s in sums], keep_events)
+    tied = tied_copy_comm(graph, cluster, train, par)
     tails = []
     for r in range(par.pp):
-        mine = [c.index for c in chunks if c.pp_rank == r]
-        tails.append(_dp_tail(states[r], f[mine[0]], sum(b[j] for j in mine), cluster, train, par, groups))
+        mine = [c for c in chunks if c.pp_rank == r]
+        layers = [i for c in mine for i in c.layer_ids]
+        has_head = any(c.has_head for c in mine)
+        sync = dp_tail(layers, f[mine[0].index], sum(sums[c.index][1] for c in mine), costs,
+                       tied if has_head else (0.0, 0.0, 0.0), par)
+        tied_p = tied_params(graph, par) if has_head else 0.0
+        tails.append((sync, optimizer_s(layers, costs, tied_p, par, cluster)))
     step = max(sim.rank_end_s[r] + sum(tails[r]) for r in range(par.pp))
-    memories = [_rank_memory(r, chunks, sums, costs, states[r], sim, train, par, graph, groups) for r in range(par.pp)]
+    memories = [_rank_memory(r, chunks, sums, states[r], sim, train, par, graph) for r in range(par.pp)]
     return _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, step, memories, m)
 
 
-def _add_per_microbatch_dp(chunks, costs, f, b, cluster, train, par, groups) -> None:
-    """ZeRO-2 reduce-scatters each micro-batch's gradients; ZeRO-3 also gathers weights."""
-    for c in chunks:
-        dense = sum(costs[i].params_dp_replicas for i in c.layer_ids)
-        exp = sum(costs[i].params_local for i in c.layer_ids) - dense
-        n = len(c.layer_ids)
-        if par.zero == 3:
-            df, db = _fsdp_exposure(f[c.index], b[c.index], (dense, exp), n, cluster, train, groups)
-        else:
-            g = _grad_bytes(train, 2)
-            rs = _collective(comm.reduce_scatter_s, cluster, dense * g, exp * g, groups[2], groups[3])
-            df, db = 0.0, max(0.0, rs - b[c.index] * (n - 1) / n)
-        f[c.index] += df
-        b[c.index] += db
-
-
-def _rank_memory(r, chunks, sums, costs, state: _RankState, sim, train, par, graph, groups) -> mem.StageMemory:
-    n_dense, n_exp = groups[0], groups[1]
+def _rank_memory(r, chunks, sums, state: _RankState, sim, train, par, graph) -> mem.StageMemory:
+    n_dense = par.dp * par.cp
+    n_exp = n_dense // par.ep
     states = mem.model_state_bytes(state.dense_params, state.expert_params, par.zero, n_dense, n_exp, train.dtype)
     mine = [c for c in chunks if c.pp_rank == r]
     transient = max(sums[c.index][3] for c in mine)

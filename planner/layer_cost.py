@@ -34,6 +34,9 @@ class LayerCost:
     comm_s: float  # of fwd_s + bwd_s, the exposed communication part
     model_flops: float  # fwd + bwd model FLOPs (full attention matrix), this GPU
     hw_flops: dict[str, float]  # model FLOPs plus recompute FLOPs, per option
+    dp_ag_s: float = 0.0  # all-gather of this layer's 16-bit weights over its data-parallel group
+    dp_rs_s: float = 0.0  # reduce-scatter of its gradients
+    dp_ar_s: float = 0.0  # all-reduce of its gradients
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,40 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
           "full": model_flops + (fwd_model if layer.kind == "block" else 0.0)}
     act = activation_bytes(layer, ctx)
     local, dense = _local_params(layer, ctx)
+    ag, rs, ar = _dp_comm_s(local - dense, dense, ctx)
     return LayerCost(fwd + comm_f, bwd + comm_b, recompute, act, act["none"], local, dense,
-                     comm_f + comm_b, model_flops, hw)
+                     comm_f + comm_b, model_flops, hw, ag, rs, ar)
+
+
+def grad_reduce_bytes(train: Training, zero: int) -> int:
+    """Bytes per gradient element on the wire: fp32 under ZeRO-3/FSDP (torchtitan's default
+    reduce dtype), the 16-bit training dtype otherwise, unless the training spec says."""
+    if train.dtype == "fp32":
+        return 4
+    if train.grad_reduce_dtype == "auto":
+        return 4 if zero == 3 else 2
+    return 4 if train.grad_reduce_dtype == "fp32" else 2
+
+
+def dp_groups(cluster: ClusterSpec, par: Parallel) -> tuple[comm.Group, comm.Group]:
+    """Dense weights replicate over dp·cp ranks (stride tp); experts over dp·cp/ep (stride tp·ep)."""
+    n_dense = par.dp * par.cp
+    return comm.group_span(cluster, n_dense, par.tp), comm.group_span(cluster, n_dense // par.ep, par.tp * par.ep)
+
+
+def _dp_comm_s(expert: float, dense: float, ctx: _Ctx) -> tuple[float, float, float]:
+    """Data-parallel collectives of one layer's parameters. FSDP gathers and reduces per layer
+    (FSDP2 wraps each block); DDP and the distributed optimizer use buckets of about a layer, so
+    a chunk's sync is the sum over its layers — linear in the number of layers it holds."""
+    g_dense, g_exp = dp_groups(ctx.cluster, ctx.par)
+    wb = 4 if ctx.train.dtype == "fp32" else 2
+    gb = grad_reduce_bytes(ctx.train, ctx.par.zero)
+
+    def both(fn, per_param: int) -> float:
+        t = fn(ctx.cluster, dense * per_param, g_dense) if dense else 0.0
+        return t + (fn(ctx.cluster, expert * per_param, g_exp) if expert else 0.0)
+
+    return both(comm.all_gather_s, wb), both(comm.reduce_scatter_s, gb), both(comm.all_reduce_s, gb)
 
 
 def graph_costs(graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel) -> list[LayerCost]:
