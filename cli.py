@@ -80,17 +80,25 @@ def estimate(
     vpp: int = typer.Option(1, help="Virtual stages per pipeline rank (interleaved schedule)."),
     sequence_parallel: bool = typer.Option(False, "--sequence-parallel", help="Split tp-replicated regions by sequence."),
     stage_layers: Optional[str] = typer.Option(None, "--stage-layers", help="Blocks per pipeline chunk, e.g. 7,8,8,...,7."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="Re-score a saved plan JSON with the current cost model."),
     sets: Optional[list[str]] = SETS,
     fmt: str = FMT,
 ) -> None:
     """Score one hand-specified plan: step time, tokens/s, MFU/HFU and memory per pipeline stage."""
-    knobs = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, micro_batch=micro_batch, zero=zero, recompute=recompute,
-                 schedule=schedule, vpp=vpp, sequence_parallel=sequence_parallel, stage_layers=stage_layers)
-    inputs = build_inputs(model, cluster, global_batch, seq_len, dtype, attention, parse_sets(sets or []), knobs)
     from planner.estimate import estimate as run_estimate
 
-    result = run_estimate(inputs.model, inputs.cluster, inputs.training, inputs.parallel)
     _check_format(fmt)
+    if plan is not None:
+        from planner.inputs import Inputs
+        from planner.plan import load_plan, plan_inputs
+
+        spec, clus, train, par = plan_inputs(load_plan(plan))
+        inputs = Inputs(spec, clus, train, par, {"plan": str(plan)})
+    else:
+        knobs = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, micro_batch=micro_batch, zero=zero, recompute=recompute,
+                     schedule=schedule, vpp=vpp, sequence_parallel=sequence_parallel, stage_layers=stage_layers)
+        inputs = build_inputs(model, cluster, global_batch, seq_len, dtype, attention, parse_sets(sets or []), knobs)
+    result = run_estimate(inputs.model, inputs.cluster, inputs.training, inputs.parallel)
     if fmt == "json":
         print(json.dumps(render.estimate_json(result, inputs), indent=2))
     else:
@@ -105,6 +113,81 @@ def estimate(
 def _check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
     if fmt not in allowed:
         raise SpecError(f"--format must be one of {', '.join(allowed)} (got {fmt!r})")
+
+
+KNOB = "auto, one value, or a comma list"
+
+
+@app.command()
+@_guard
+def plan(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Preset name, spec file or HF config.json."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", "-c", help="GPU:N, a GPU preset or a cluster file."),
+    global_batch: Optional[int] = typer.Option(None, "--global-batch", "-b", help="Sequences per optimizer step."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
+    dtype: str = DTYPE,
+    attention: str = ATTN,
+    dp: str = typer.Option("auto", help=f"Data-parallel degree: {KNOB} (default GPUs/(tp*pp*cp))."),
+    tp: str = typer.Option("auto", help=f"Tensor-parallel degree: {KNOB} (auto: powers of 2 up to a node, max 8)."),
+    pp: str = typer.Option("auto", help=f"Pipeline-parallel degree: {KNOB} (auto: divisors up to the layer count)."),
+    cp: str = typer.Option("auto", help=f"Context-parallel degree: {KNOB} (auto: 1, or 1-8 from 16k tokens)."),
+    ep: str = typer.Option("auto", help=f"Expert-parallel degree: {KNOB} (auto: 1 for dense models)."),
+    micro_batch: str = typer.Option("auto", "--micro-batch", help=f"Micro-batch size: {KNOB} (auto: 1,2,4,8)."),
+    zero: str = typer.Option("auto", help=f"ZeRO stage: {KNOB} (auto: 0,1,2,3)."),
+    schedule: str = typer.Option("auto", help=f"Pipeline schedule: {KNOB} of gpipe, 1f1b, interleaved."),
+    vpp: str = typer.Option("auto", help=f"Virtual stages for interleaved: {KNOB} (auto: 2)."),
+    sequence_parallel: str = typer.Option("auto", "--sequence-parallel", help="auto, on, off or on,off (auto: on when tp>1)."),
+    recompute: str = typer.Option("auto", help=f"Per-layer recompute options: {KNOB} of none, selective, full."),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Wall-clock seconds; the best plan so far is returned."),
+    gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap at which to stop (0.01 = 1%)."),
+    solver: str = typer.Option("ortools", "--solver", help="MILP backend: ortools (HiGHS) or pulp (CBC)."),
+    top_k: int = typer.Option(3, "--top-k", help="How many runner-up plans to report."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the plan JSON to this file."),
+    sets: Optional[list[str]] = SETS,
+    fmt: str = FMT,
+) -> None:
+    """Search the plan space (MILP per candidate, certified gap) for the fastest plan that fits."""
+    from planner import plan_cli
+    from planner.plan import build_plan
+    from planner.search import search
+
+    _check_format(fmt)
+    if solver not in ("ortools", "pulp"):
+        raise SpecError(f"--solver must be ortools or pulp (got {solver!r})")
+    if gap < 0 or time_limit <= 0:
+        raise SpecError("--gap must be >= 0 and --time-limit > 0")
+    raw = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, micro_batch=micro_batch, zero=zero, schedule=schedule, vpp=vpp,
+               sequence_parallel=sequence_parallel, recompute=recompute)
+    knobs = plan_cli.parse_knobs(raw)
+    inputs = build_inputs(model, cluster, global_batch, seq_len, dtype, attention, parse_sets(sets or []), None)
+    with err.status("planning") as status:
+        def progress(done, total, inc, last):
+            best = f"{inc.predicted['step_time_s']:.3f} s" if inc else "-"
+            status.update(f"solving candidates {done}/{total} · incumbent {best}")
+
+        res = search(inputs.model, inputs.cluster, inputs.training, knobs, solver, gap, time_limit, top_k, progress)
+    if res.best is None:
+        err.print("no plan fits: " + plan_cli.infeasible_advice(inputs.model, inputs.cluster, inputs.training, res),
+                  highlight=False)
+        raise typer.Exit(1)
+    doc = build_plan(res.best, plan_cli.solver_block(res, solver), plan_cli.reproduce_command(), raw,
+                     {"alternatives": plan_cli.alternatives_block(res)})
+    if out_path:
+        out_path.write_text(json.dumps(doc, indent=2) + "\n")
+        err.print(f"wrote {out_path}", highlight=False)
+    if fmt == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        plan_cli.render_plan(out, doc, res.best)
+
+
+@schema_app.command("plan")
+@_guard
+def schema_plan() -> None:
+    """JSON Schema of the plan file."""
+    from planner.plan import plan_schema
+
+    print(json.dumps(plan_schema(), indent=2))
 
 
 @presets_app.command("list")

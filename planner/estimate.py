@@ -49,6 +49,7 @@ class Estimate:
     fits: bool
     over: list[tuple[int, float]] = field(default_factory=list)  # (pp rank, bytes over capacity)
     events: tuple = ()
+    critical: tuple = ()  # per pipeline rank, the schedule's longest path to its last op
 
 
 def split_layers(num_blocks: int, chunks: int) -> list[int]:
@@ -308,7 +309,7 @@ def _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, 
         },
         "stages": stages,
     }
-    return Estimate(model, cluster, train, par, chunks, predicted, not over, over, sim.events)
+    return Estimate(model, cluster, train, par, chunks, predicted, not over, over, sim.events, sim.critical)
 
 
 def _recompute_flops(graph, costs, par) -> float:

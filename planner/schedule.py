@@ -30,6 +30,16 @@ class ScheduleResult:
     peak_inflight_bytes: tuple[float, ...]  # per rank
     peak_inflight_microbatches: tuple[float, ...]  # per rank, in units of a full micro-batch of its chunks
     events: tuple[tuple[int, str, int, int, float, float], ...]  # (rank, 'F'/'B', chunk, mb, start, end)
+    critical: tuple["PathCounts", ...] = ()  # per rank: the longest path ending at its last op
+
+
+@dataclass(frozen=True)
+class PathCounts:
+    """How often a path uses each chunk's F, B and transfer: length = Σ f·F + b·B + c·p2p."""
+
+    f: tuple[int, ...]
+    b: tuple[int, ...]
+    c: tuple[int, ...]
 
 
 def rank_order(schedule: str, rank: int, pp: int, m: int, v: int) -> list[tuple[str, int, int]]:
@@ -63,6 +73,8 @@ def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: 
     n = pp * v
     orders = [rank_order(schedule, r, pp, m, v) for r in range(pp)]
     done: dict[tuple[str, int, int], float] = {}
+    pred: dict[tuple[str, int, int], tuple | None] = {}
+    last_of: dict[int, tuple[str, int, int]] = {}
     pos = [0] * pp
     free = [0.0] * pp
     live = [0.0] * pp
@@ -81,6 +93,9 @@ def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: 
                 start = max(ready, free[r])
                 end = start + (fwd_s[j] if op == "F" else bwd_s[j])
                 done[(op, j, i)] = end
+                # The binding predecessor: the data dependency if it arrives last, else the rank's previous op.
+                pred[(op, j, i)] = _data_dep(op, j, i, n) if ready >= free[r] else last_of.get(r)
+                last_of[r] = (op, j, i)
                 free[r] = end
                 live[r] += act_bytes[j] if op == "F" else 0.0
                 peak[r] = max(peak[r], live[r])
@@ -94,7 +109,28 @@ def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: 
             raise RuntimeError(f"schedule {schedule} deadlocks for pp={pp} m={m} v={v}")
     per_mb = [sum(act_bytes[c * pp + r] for c in range(v)) for r in range(pp)]
     inflight = tuple(peak[r] / per_mb[r] if per_mb[r] else 0.0 for r in range(pp))
-    return ScheduleResult(max(free), tuple(free), tuple(peak), inflight, tuple(events))
+    paths = tuple(_path_counts(last_of[r], pred, n) for r in range(pp))
+    return ScheduleResult(max(free), tuple(free), tuple(peak), inflight, tuple(events), paths)
+
+
+def _data_dep(op: str, j: int, i: int, n: int) -> tuple[str, int, int] | None:
+    if op == "F":
+        return ("F", j - 1, i) if j > 0 else None
+    return ("F", j, i) if j == n - 1 else ("B", j + 1, i)
+
+
+def _path_counts(node, pred: dict, n: int) -> PathCounts:
+    """Walk binding predecessors back from ``node``; count F, B and transfers per chunk."""
+    f, b, c = [0] * n, [0] * n, [0] * n
+    while node is not None:
+        op, j, i = node
+        (f if op == "F" else b)[j] += 1
+        prev = pred[node]
+        if prev is not None and prev[2] == i and prev != node and (
+                (op == "F" and prev == ("F", j - 1, i)) or (op == "B" and prev == ("B", j + 1, i))):
+            c[min(j, prev[1])] += 1  # crossed the link between chunks j-1|j (F) or j|j+1 (B)
+        node = prev
+    return PathCounts(tuple(f), tuple(b), tuple(c))
 
 
 def _ready_time(op: str, j: int, i: int, n: int, done: dict, p2p_s: list[float]) -> float | None:

@@ -1,0 +1,239 @@
+"""A small solver-neutral MILP builder with two backends: OR-Tools (SCIP/HiGHS via pywraplp)
+and PuLP (CBC).
+
+Constraint families are written once against this builder (planner/milp/placement.py) and
+solved by either backend, so tests can check both reach the same objective. Every variable and
+constraint carries a readable name built from its indices (``n[chunk=3,run=0,opt=full]``).
+Wall-clock limits are enforced by the backends' own limits *and* checked afterwards (DESIGN §8:
+CBC through pywraplp overran its limit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+Sense = Literal["<=", ">=", "=="]
+
+
+@dataclass(eq=False)
+class Var:
+    name: str
+    lb: float
+    ub: float | None
+    integer: bool
+    index: int
+
+    def __mul__(self, k: float) -> "Expr":
+        return Expr({self.index: float(k)})
+
+    __rmul__ = __mul__
+
+    def __add__(self, other) -> "Expr":
+        return Expr.of(self) + other
+
+    __radd__ = __add__
+
+    def __sub__(self, other) -> "Expr":
+        return Expr.of(self) - other
+
+    def __rsub__(self, other) -> "Expr":
+        return Expr.of(other) - Expr.of(self)
+
+
+class Expr:
+    """Linear expression: {var index: coefficient} + constant."""
+
+    __slots__ = ("terms", "const")
+
+    def __init__(self, terms: dict[int, float] | None = None, const: float = 0.0):
+        self.terms = dict(terms or {})
+        self.const = const
+
+    @staticmethod
+    def of(x) -> "Expr":
+        if isinstance(x, Expr):
+            return x
+        if isinstance(x, Var):
+            return Expr({x.index: 1.0})
+        return Expr({}, float(x))
+
+    def __add__(self, other) -> "Expr":
+        o = Expr.of(other)
+        t = dict(self.terms)
+        for k, v in o.terms.items():
+            t[k] = t.get(k, 0.0) + v
+        return Expr(t, self.const + o.const)
+
+    __radd__ = __add__
+
+    def __sub__(self, other) -> "Expr":
+        return self + Expr.of(other) * -1.0
+
+    def __rsub__(self, other) -> "Expr":
+        return Expr.of(other) - self
+
+    def __mul__(self, k: float) -> "Expr":
+        return Expr({i: v * k for i, v in self.terms.items()}, self.const * k)
+
+    __rmul__ = __mul__
+
+
+def total(items) -> Expr:
+    """Sum of expressions, variables and numbers, accumulated in place (linear time)."""
+    terms: dict[int, float] = {}
+    const = 0.0
+    for x in items:
+        e = Expr.of(x)
+        const += e.const
+        for k, c in e.terms.items():
+            terms[k] = terms.get(k, 0.0) + c
+    return Expr(terms, const)
+
+
+@dataclass
+class Constraint:
+    name: str
+    expr: Expr  # expr (sense) 0
+    sense: Sense
+
+
+@dataclass
+class Solution:
+    status: Literal["optimal", "feasible", "infeasible", "time_limit_no_solution", "error"]
+    objective: float | None
+    best_bound: float | None
+    values: dict[str, float]
+    wall_time_s: float
+    backend: str
+
+
+@dataclass
+class Model:
+    """Variables, constraints and a minimisation objective."""
+
+    name: str
+    vars: list[Var] = field(default_factory=list)
+    constraints: list[Constraint] = field(default_factory=list)
+    objective: Expr = field(default_factory=Expr)
+    _names: set = field(default_factory=set)
+
+    def var(self, name: str, lb: float = 0.0, ub: float | None = None, integer: bool = False) -> Var:
+        if name in self._names:
+            raise ValueError(f"duplicate variable name {name}")
+        self._names.add(name)
+        v = Var(name, lb, ub, integer, len(self.vars))
+        self.vars.append(v)
+        return v
+
+    def add(self, lhs, sense: Sense, rhs, name: str) -> None:
+        """Add ``lhs (sense) rhs``; the row is divided by its largest coefficient so that solver
+        tolerances act relatively (times in seconds sit next to byte counts in GiB)."""
+        e = Expr.of(lhs) - Expr.of(rhs)
+        big = max([abs(c) for c in e.terms.values()] + [abs(e.const)] + [1e-300])
+        self.constraints.append(Constraint(name, e * (1.0 / big), sense))
+
+    def minimize(self, expr) -> None:
+        self.objective = Expr.of(expr)
+
+    @property
+    def size(self) -> dict[str, int]:
+        return {"variables": len(self.vars), "integer_variables": sum(v.integer for v in self.vars),
+                "constraints": len(self.constraints)}
+
+    def solve(self, backend: str = "ortools", time_limit_s: float = 60.0, rel_gap: float = 1e-9) -> Solution:
+        t0 = time.perf_counter()
+        if backend in ("ortools", "ortools-scip", "ortools-highs", "ortools-cbc"):
+            engine = {"ortools": "HIGHS", "ortools-scip": "SCIP", "ortools-highs": "HIGHS", "ortools-cbc": "CBC"}[backend]
+            sol = _solve_ortools(self, time_limit_s, rel_gap, engine)
+        elif backend == "pulp":
+            sol = _solve_pulp(self, time_limit_s, rel_gap)
+        else:
+            raise ValueError(f"unknown solver backend {backend!r} (ortools or pulp)")
+        sol.wall_time_s = time.perf_counter() - t0
+        return sol
+
+
+def _solve_ortools(model: Model, time_limit_s: float, rel_gap: float, engine: str = "SCIP") -> Solution:
+    from ortools.linear_solver import pywraplp
+
+    with _quiet():  # HiGHS prints a banner from native code; keep stdout and stderr clean
+        s = pywraplp.Solver.CreateSolver(engine)
+    inf = s.infinity()
+    xs = [s.IntVar(v.lb, inf if v.ub is None else v.ub, v.name) if v.integer
+          else s.NumVar(v.lb, inf if v.ub is None else v.ub, v.name) for v in model.vars]
+    for c in model.constraints:
+        lo, hi = {"<=": (-inf, -c.expr.const), ">=": (-c.expr.const, inf), "==": (-c.expr.const, -c.expr.const)}[c.sense]
+        ct = s.Constraint(lo, hi, c.name)
+        for i, k in c.expr.terms.items():
+            ct.SetCoefficient(xs[i], k)
+    obj = s.Objective()
+    for i, k in model.objective.terms.items():
+        obj.SetCoefficient(xs[i], k)
+    obj.SetOffset(model.objective.const)
+    obj.SetMinimization()
+    s.SetTimeLimit(int(max(1, time_limit_s * 1000)))
+    params = pywraplp.MPSolverParameters()
+    params.SetDoubleParam(pywraplp.MPSolverParameters.RELATIVE_MIP_GAP, rel_gap)
+    with _quiet():
+        code = s.Solve(params)
+    status = {pywraplp.Solver.OPTIMAL: "optimal", pywraplp.Solver.FEASIBLE: "feasible",
+              pywraplp.Solver.INFEASIBLE: "infeasible"}.get(code, "time_limit_no_solution"
+                                                             if code == pywraplp.Solver.NOT_SOLVED else "error")
+    if status not in ("optimal", "feasible"):
+        return Solution(status, None, None, {}, 0.0, f"ortools-{engine.lower()}")
+    values = {v.name: x.solution_value() for v, x in zip(model.vars, xs)}
+    bound = obj.BestBound() if model.size["integer_variables"] else obj.Value()
+    return Solution(status, obj.Value(), bound, values, 0.0, f"ortools-{engine.lower()}")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence file descriptors 1 and 2 while native solver code runs (its banner and logs);
+    solver failures still surface through the returned status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [devnull]:
+            os.close(fd)
+
+
+def _pulp_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _solve_pulp(model: Model, time_limit_s: float, rel_gap: float) -> Solution:
+    import pulp
+
+    prob = pulp.LpProblem(_pulp_name(model.name), pulp.LpMinimize)
+    xs = [pulp.LpVariable(_pulp_name(v.name) + f"_{v.index}", v.lb, v.ub, pulp.LpInteger if v.integer else pulp.LpContinuous)
+          for v in model.vars]
+    prob += pulp.lpSum(k * xs[i] for i, k in model.objective.terms.items()) + model.objective.const
+
+    for n, c in enumerate(model.constraints):
+        e = pulp.lpSum(k * xs[i] for i, k in c.expr.terms.items()) + c.expr.const
+        prob += ({"<=": e <= 0, ">=": e >= 0, "==": e == 0}[c.sense], _pulp_name(c.name) + f"_{n}")
+    solver = pulp.PULP_CBC_CMD(msg=False, timeLimit=max(1, int(time_limit_s)), gapRel=rel_gap)
+    prob.solve(solver)
+    st = pulp.LpStatus[prob.status]
+    if st == "Infeasible":
+        return Solution("infeasible", None, None, {}, 0.0, "pulp-cbc")
+    if st != "Optimal" or prob.sol_status not in (1, 2):
+        return Solution("time_limit_no_solution", None, None, {}, 0.0, "pulp-cbc")
+    values = {v.name: (x.value() or 0.0) for v, x in zip(model.vars, xs)}
+    objective = pulp.value(prob.objective)
+    status = "optimal" if prob.sol_status == 1 else "feasible"
+    return Solution(status, objective, objective if status == "optimal" else None, values, 0.0, "pulp-cbc")

@@ -1,0 +1,293 @@
+"""Outer search over mesh degrees and knobs, with the placement MILP inside and a certified gap.
+
+1. Enumerate every valid outer candidate (dp, tp, pp, cp, ep, micro-batch, ZeRO, schedule,
+   virtual stages, sequence parallel) allowed by the knob lists.
+2. Give each a valid lower bound on its step time that needs no solve (``candidate_bound``):
+   the busiest rank must run m micro-batches of at least the average work, and with one chunk
+   per rank the drain path adds the geometric-series bound below; a memory bound rejects
+   candidates whose model states alone exceed the capacity on average.
+3. Visit candidates by increasing bound; solve each with the placement MILP by constraint
+   generation (rank bounds + critical-path cuts, ``solve_candidate``) until its bound meets the
+   simulated time; prune every candidate whose bound is within the gap target of the incumbent.
+4. Report incumbent, global best bound (minimum over unsolved/pruned/unfinished candidates'
+   bounds and the solved ones' MILP bounds), the relative gap and the prune counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from hardware.cluster import ClusterSpec
+from models.errors import SpecError
+from models.graph import build_graph
+from models.spec import ModelSpec
+from planner import memory as mem
+from planner.config import PlanError, Parallel, Training, check_plan
+from planner.estimate import OPTIMIZER_BYTES_PER_PARAM, Estimate, estimate
+from planner.layer_cost import graph_costs
+from planner.milp.data import build_data
+from planner.milp.placement import build_placement_model, read_assignment
+
+KNOBS = ("dp", "tp", "pp", "cp", "ep", "micro_batch", "zero", "schedule", "vpp", "sequence_parallel", "recompute")
+
+
+@dataclass
+class Knobs:
+    """Allowed values per knob; None means auto (the documented default range)."""
+
+    values: dict[str, tuple | None] = field(default_factory=dict)
+
+    def get(self, name: str, auto: tuple) -> tuple:
+        v = self.values.get(name)
+        return tuple(auto) if v is None else tuple(v)
+
+
+@dataclass
+class CandidateResult:
+    par: Parallel  # the outer candidate (no placement)
+    bound_s: float  # valid lower bound on this candidate's best step time
+    status: str  # optimal | gap | time_limit | infeasible | pruned_time | pruned_memory
+    best: Estimate | None = None
+    iterations: int = 0
+    model_size: dict = field(default_factory=dict)
+    solve_s: float = 0.0
+
+
+@dataclass
+class SearchResult:
+    best: Estimate | None
+    alternatives: list[CandidateResult]
+    certificate: dict
+    phases_s: dict
+    candidates: list[CandidateResult]
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def enumerate_candidates(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs) -> tuple[list[Parallel], int]:
+    """All outer candidates that pass ``check_plan``; returns them and the count rejected."""
+    n = cluster.num_gpus
+    pow2 = [x for x in _divisors(n) if x & (x - 1) == 0]
+    tps = knobs.get("tp", [t for t in pow2 if t <= cluster.gpus_per_node and t <= 8])
+    pps = knobs.get("pp", [p for p in _divisors(n) if p <= spec.num_layers])
+    cps = knobs.get("cp", [c for c in pow2 if c <= 8] if train.seq_len >= 16384 else [1])
+    eps = knobs.get("ep", [e for e in pow2 if spec.moe and spec.moe.num_experts % e == 0] if spec.moe else [1])
+    mbs = knobs.get("micro_batch", [1, 2, 4, 8])
+    zeros = knobs.get("zero", [0, 1, 2, 3])
+    scheds = knobs.get("schedule", ["1f1b", "interleaved", "gpipe"])
+    vpps = knobs.get("vpp", [2])
+    # Under this cost model sequence parallelism never loses when tp > 1 (same TP traffic as
+    # RS+AG instead of AR, less norm work, fewer activation bytes), so auto only tries it on.
+    sps = knobs.get("sequence_parallel", [True])
+    dps = knobs.values.get("dp")
+    out, rejected = [], 0
+    for tp, pp, cp, ep, mb, zero, sched, sp in itertools.product(tps, pps, cps, eps, mbs, zeros, scheds, sps):
+        if tp == 1 and sp:
+            sp = False
+        if n % (tp * pp * cp) or (pp == 1 and sched != scheds[0]):
+            continue
+        dp = n // (tp * pp * cp)
+        if dps is not None and dp not in dps:
+            continue
+        for v in (vpps if sched == "interleaved" and pp > 1 else (1,)):
+            par = Parallel(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, micro_batch=mb, zero=zero,
+                           schedule=sched if pp > 1 else "1f1b", vpp=v, sequence_parallel=sp)
+            try:
+                check_plan(par, train, spec, n)
+            except PlanError:
+                rejected += 1
+                continue
+            if par.chunks > spec.num_layers:
+                rejected += 1
+                continue
+            out.append(par)
+    return out, rejected
+
+
+def candidate_bound(graph, costs, cluster: ClusterSpec, train: Training, par: Parallel) -> tuple[float, float]:
+    """(lower bound on step seconds, lower bound on the busiest rank's bytes) for any placement."""
+    m = par.num_micro_batches(train.global_batch)
+    work = sum(c.fwd_s + c.bwd_s for c in costs)  # no recompute: the fastest any block can be
+    blocks = costs[1:-1]
+    per_chunk = 0.0
+    if par.zero == 3:
+        per_chunk = 2 * max(c.dp_ag_s for c in blocks) + max(c.dp_rs_s for c in blocks)
+    elif par.zero == 2:
+        per_chunk = max(c.dp_rs_s for c in blocks)
+    work += per_chunk * par.chunks
+    p = par.pp
+    if par.vpp == 1 and p > 1:
+        # min over partitions t (Σt = W) of max_k [Σ_{j<k} t_j + m·t_k] = W / (1 − (1 − 1/m)^p).
+        time_lb = work / (1 - (1 - 1 / m) ** p)
+    else:
+        # max_r [Σ_{j<r} t_j + m·T_r] with every chunk holding at least one block of work w.
+        w = min(c.fwd_s + c.bwd_s for c in blocks)
+        time_lb = m * work / p + (p - 1) * w / 2
+    params_dense = sum(c.params_dp_replicas for c in costs)
+    params_exp = sum(c.params_local - c.params_dp_replicas for c in costs)
+    n_dense = par.dp * par.cp
+    states = mem.model_state_bytes(params_dense, params_exp, par.zero, n_dense, n_dense // par.ep, train.dtype)
+    mem_lb = (states.weights + states.gradients + states.optimizer) / p
+    # Tails every rank pays at least: the last bucket / block of gradient sync, and Adam on an
+    # average rank's share of the (sharded) parameters.
+    if n_dense > 1 and par.zero in (0, 1):
+        time_lb += max(c.dp_ar_s if par.zero == 0 else c.dp_rs_s for c in blocks)
+    local = params_dense / n_dense + params_exp / (n_dense // par.ep) if par.zero >= 1 else params_dense + params_exp
+    time_lb += local / p * OPTIMIZER_BYTES_PER_PARAM / cluster.gpu.hbm_effective_Bps
+    return time_lb, mem_lb
+
+
+def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: tuple[str, ...], backend: str,
+                    rel_tol: float, deadline: float, cutoff_s: float = float("inf")) -> CandidateResult:
+    """Constraint generation: solve the bound MILP, simulate its plan exactly, add the critical
+    paths of every rank as cuts, repeat until the MILP bound meets the simulated step time.
+
+    ``cutoff_s`` (the incumbent shrunk by the gap target) is imposed as ``T ≤ cutoff``: an
+    infeasible MILP then proves this candidate cannot beat it (branch-and-bound pruning)."""
+    d = build_data(graph, costs, cluster, train, par, options)
+    cuts, seen = [], set()
+    best: Estimate | None = None
+    # Seed the cuts with the critical paths of the default even split under each allowed
+    # recompute option: near-optimal placements share most of their binding paths.
+    for o in options:
+        seed = estimate(spec, cluster, train, par.with_(recompute=o))
+        new = [(r, p) for r, p in enumerate(seed.critical) if (r, p) not in seen]
+        seen.update(new)
+        cuts.extend(new)
+        if seed.fits and (best is None or seed.predicted["step_time_s"] < best.predicted["step_time_s"]):
+            best = seed
+    bound, it, t0, size = 0.0, 0, time.perf_counter(), {}
+    status = "time_limit"
+    while True:
+        it += 1
+        model, v = build_placement_model(d, exact=False, cuts=cuts)
+        if cutoff_s < float("inf"):
+            model.add(v.T, "<=", cutoff_s, "cutoff[incumbent]")
+        size = model.size
+        sol = model.solve(backend, max(0.05, deadline - time.perf_counter()), rel_gap=1e-9)
+        if sol.status == "infeasible":
+            # No placement beats the cutoff (or none fits at all when there is no cutoff).
+            if cutoff_s < float("inf"):
+                status, bound = "pruned_bound", max(bound, cutoff_s)
+                if best is not None and best.predicted["step_time_s"] <= bound * (1 + 1e-9):
+                    status, bound = "optimal", best.predicted["step_time_s"]
+            elif best is None:
+                status = "infeasible"
+            break
+        if sol.objective is None:
+            break
+        bound = max(bound, sol.best_bound if sol.best_bound is not None else 0.0)
+        sizes, recompute = read_assignment(d, v, sol.values)
+        est = estimate(spec, cluster, train, par.with_(stage_layers=sizes, recompute=recompute))
+        if est.fits and (best is None or est.predicted["step_time_s"] < best.predicted["step_time_s"]):
+            best = est
+        ub = best.predicted["step_time_s"] if best else float("inf")
+        if ub <= bound * (1 + rel_tol) + 1e-12:
+            status = "optimal" if ub <= bound * (1 + 1e-9) + 1e-12 else "gap"
+            break
+        new = [(r, p) for r, p in enumerate(est.critical) if (r, p) not in seen]
+        if not new or time.perf_counter() > deadline:
+            break
+        seen.update(new)
+        cuts.extend(new)
+    return CandidateResult(par, bound, status, best, it, size, time.perf_counter() - t0)
+
+
+def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs, backend: str = "ortools",
+           gap: float = 0.01, time_limit_s: float = 60.0, top_k: int = 3, progress=None) -> SearchResult:
+    """Find the fastest plan that fits; see the module docstring for the algorithm."""
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit_s
+    graph = build_graph(spec, train.seq_len, train.attention_impl)
+    options = knobs.get("recompute", ("none", "selective", "full"))
+    pars, rejected = enumerate_candidates(spec, cluster, train, knobs)
+    if not pars:
+        raise SpecError("no valid parallel configuration for these knobs (every combination fails the "
+                        "divisibility checks); widen --tp/--pp/--micro-batch or check the global batch")
+    t_enum = time.perf_counter()
+    cap = mem.capacity_bytes(cluster.gpu.hbm_bytes)
+    scored = []
+    for par in pars:
+        costs = graph_costs(graph, cluster, train, par)
+        lb, mem_lb = candidate_bound(graph, costs, cluster, train, par)
+        scored.append((lb, mem_lb, par, costs))
+    scored.sort(key=lambda x: (x[0], x[2].zero, x[2].tp, x[2].pp, x[2].micro_batch))  # deterministic
+    t_bound = time.perf_counter()
+    incumbent = _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap)
+    t_heur = time.perf_counter()
+    results: list[CandidateResult] = []
+    for k, (lb, mem_lb, par, costs) in enumerate(scored):
+        inc = incumbent.predicted["step_time_s"] if incumbent else float("inf")
+        if mem_lb > cap:
+            results.append(CandidateResult(par, float("inf"), "pruned_memory"))
+            continue
+        if lb * (1 + gap) >= inc or time.perf_counter() > deadline:
+            results.append(CandidateResult(par, lb, "pruned_time" if lb * (1 + gap) >= inc else "time_limit"))
+            continue
+        # Each candidate gets a slice of the remaining time so one hard MILP cannot starve the
+        # rest; an unfinished candidate keeps its valid bound and enters the certified gap.
+        budget = max(0.5, (deadline - time.perf_counter()) / 8)
+        r = solve_candidate(spec, graph, costs, cluster, train, par, options, backend, gap / 2,
+                            min(deadline, time.perf_counter() + budget), inc / (1 + gap))
+        r.bound_s = max(r.bound_s, lb)
+        results.append(r)
+        if r.best and (incumbent is None or r.best.predicted["step_time_s"] < inc):
+            incumbent = r.best
+        if progress:
+            progress(k + 1, len(scored), incumbent, r)
+    t_solve = time.perf_counter()
+    return SearchResult(incumbent, _alternatives(results, incumbent, top_k),
+                        _certificate(results, incumbent, rejected, gap),
+                        {"enumerate_s": t_enum - t0, "bound_s": t_bound - t_enum, "heuristic_s": t_heur - t_bound,
+                         "solve_s": t_solve - t_heur, "total_s": t_solve - t0}, results)
+
+
+def _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap) -> Estimate | None:
+    """A first plan to prune against: for candidates in bound order, the default even split with
+    the least uniform recompute that fits, until the bound passes the best plan found."""
+    best = None
+    for lb, mem_lb, par, _ in scored:
+        if mem_lb > cap:
+            continue
+        if best is not None and lb * (1 + gap) >= best.predicted["step_time_s"]:
+            break
+        for o in options:
+            try:
+                e = estimate(spec, cluster, train, par.with_(recompute=o))
+            except PlanError:
+                break
+            if e.fits:
+                if best is None or e.predicted["step_time_s"] < best.predicted["step_time_s"]:
+                    best = e
+                break
+    return best
+
+
+def _alternatives(results, incumbent, top_k: int) -> list[CandidateResult]:
+    same = incumbent.par.with_(recompute="none", stage_layers=None) if incumbent else None
+    done = [r for r in results if r.best is not None and r.par != same]
+    return sorted(done, key=lambda r: r.best.predicted["step_time_s"])[:top_k]
+
+
+def _certificate(results: list[CandidateResult], incumbent, rejected: int, gap_target: float) -> dict:
+    """Incumbent, best bound over every candidate, relative gap, and how candidates were settled."""
+    inc = incumbent.predicted["step_time_s"] if incumbent else None
+    bounds = [r.bound_s for r in results if r.status not in ("infeasible", "pruned_memory")]
+    best_bound = min(bounds) if bounds else None
+    if inc is not None and best_bound is not None:
+        best_bound = min(best_bound, inc)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    gap = (inc - best_bound) / inc if inc and best_bound is not None else None
+    status = "infeasible" if inc is None else ("optimal" if gap is not None and gap <= 1e-9 else
+                                               "within_gap" if gap is not None and gap <= gap_target else "time_limit")
+    return {"status": status, "incumbent_s": inc, "best_bound_s": best_bound, "gap": gap, "gap_target": gap_target,
+            "candidates": len(results), "rejected_invalid": rejected, "settled": counts,
+            "pruned_by_time_bound": counts.get("pruned_time", 0),
+            "pruned_by_memory_bound": counts.get("pruned_memory", 0),
+            "pruned_by_milp_bound": counts.get("pruned_bound", 0)}
