@@ -1,0 +1,40 @@
+"""The runtime: executes a plan with torch.distributed and reports what it measured.
+
+Public API (documented in docs/runtime.md):
+
+* ``runtime.model``: ``build_model(spec, seed)``, ``Transformer``, ``next_token_loss``
+* ``runtime.parallelize``: ``apply_plan(model, plan, mesh)`` -> ``ParallelModel``, ``build_mesh``
+* ``runtime.launch``: ``run(plan_path, steps, ...)``, ``print_torchrun_command``
+* ``runtime.train``: ``run_reference(plan, steps)``, ``TokenSource``
+* ``runtime.memory``: ``measure_saved_bytes_per_layer``, ``SavedTensorMeter``
+* ``runtime.plan_io``: ``load_plan``, ``validate_plan``, ``make_plan``, ``PlanError``
+
+Names are resolved lazily so that ``import runtime.plan_io`` (the CLI, the planner's tests) does
+not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_model": "runtime.model",
+    "apply_plan": "runtime.parallelize",
+    "build_mesh": "runtime.parallelize",
+    "ParallelModel": "runtime.step",
+    "run": "runtime.launch",
+    "print_torchrun_command": "runtime.launch",
+    "run_reference": "runtime.train",
+    "measure_saved_bytes_per_layer": "runtime.memory",
+    "load_plan": "runtime.plan_io",
+    "validate_plan": "runtime.plan_io",
+    "make_plan": "runtime.plan_io",
+    "PlanError": "runtime.plan_io",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,136 @@
+"""Apply a plan to a model: ``apply_plan(model, plan, mesh)``.
+
+The order is fixed, each technique guarded by the plan (torchtitan's parallelize_llama order):
+
+1. pipeline split — keep only this pp rank's chunks, so later steps wrap only what it runs;
+2. tensor + sequence parallel — must see plain ``nn.Linear``/``nn.Embedding`` modules, before any
+   wrapper changes module names or parameter types;
+3. activation checkpointing, per block — wraps the TP-parallelised block so recompute replays its
+   collectives too;
+4. ZeRO-2/3 as FSDP2 ``fully_shard`` on the dp mesh dimension (per block, then the chunk) — last
+   of the module wrappers: it shards the final parameters (TP's DTensors become 2-D);
+5. data parallel — for ZeRO 0/1: gradients all-reduced by hand over the dp group after backward
+   (ZeRO-1 additionally shards the optimizer: :meth:`ParallelModel.build_optimizer`);
+6. pipeline schedule — ``PipelineStage`` wraps the finished chunks, so it is built last.
+
+Works on any model with the structure of :class:`runtime.model.Transformer`: ``tok_embeddings``,
+``layers`` (ModuleDict keyed by block index), ``norm``, ``output``; a model on the meta device is
+materialised after the split with its ``init_weights(seed)``.
+
+Not implemented, refused with a message: context parallel (cp > 1), expert parallel (ep > 1).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from runtime.pipeline import build_schedule, split_model
+from runtime.plan_io import PlanError, validate_plan, world_size, world_size_arithmetic
+from runtime.recompute import checkpoint_block
+from runtime.step import ParallelModel
+from runtime.tp import apply_tp
+
+MESH_DIMS = ("pp", "dp", "tp")  # tp innermost: a TP group is adjacent ranks (one node)
+
+
+def build_mesh(plan: dict, device_type: str) -> DeviceMesh:
+    """The ("pp", "dp", "tp") mesh of the plan's degrees over the default process group."""
+    p = plan["parallelism"]
+    if dist.get_world_size() != world_size(plan):
+        raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; the process group has {dist.get_world_size()}")
+    return init_device_mesh(device_type, (p["pp"], p["dp"], p["tp"]), mesh_dim_names=MESH_DIMS)
+
+
+def check_supported(plan: dict) -> None:
+    """Refuse what the runtime does not implement, before any process starts."""
+    p = plan["parallelism"]
+    if p["cp"] > 1:
+        raise PlanError(f"parallelism.cp = {p['cp']}: the runtime does not implement context parallel")
+    if p["ep"] > 1:
+        raise PlanError(f"parallelism.ep = {p['ep']}: the runtime does not implement expert parallel")
+
+
+def _materialize(part: nn.Module, device: torch.device, seed: int | None) -> nn.Module:
+    if any(p.is_meta for p in part.parameters()):
+        if seed is None:
+            raise ValueError("apply_plan: a model on the meta device needs seed= to initialise")
+        part = part.to_empty(device=device)
+        if hasattr(part, "tie_weights"):
+            part.tie_weights()
+        part.init_weights(seed)
+        return part
+    return part.to(device)
+
+
+def apply_activation_checkpointing(part: nn.Module, stage: dict) -> None:
+    """Wrap each block by the stage's per-block recompute mode (none / selective / full)."""
+    lo = stage["layers"][0]
+    for key in list(part.layers.keys()):
+        part.layers[key] = checkpoint_block(part.layers[key], stage["recompute"][int(key) - lo])
+
+
+def apply_fsdp(part: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool) -> None:
+    """ZeRO-3 (reshard after forward: parameters gathered again in backward) or ZeRO-2 (kept
+    unsharded until backward ends); gradients are reduce-scattered either way."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in part.layers.values():
+        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(part, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+
+
+def _tied_embedding_group(plan: dict, mesh: DeviceMesh):
+    """A group per (dp, tp) coordinate joining the ranks of the first and last pipeline chunks.
+    Every rank creates every group (``new_group`` is collective) and keeps its own."""
+    first, last = plan["stages"][0]["pp_rank"], plan["stages"][-1]["pp_rank"]
+    ranks = mesh.mesh  # [pp, dp, tp] tensor of global ranks
+    mine = None
+    for d in range(ranks.shape[1]):
+        for t in range(ranks.shape[2]):
+            members = [int(ranks[first, d, t]), int(ranks[last, d, t])]
+            group = dist.new_group(members)
+            if dist.get_rank() in members:
+                mine = group
+    return mine
+
+
+def apply_plan(
+    model: nn.Module, plan: dict, mesh: DeviceMesh | None = None, *, device=None, seed: int | None = None
+) -> ParallelModel:
+    """Parallelise ``model`` as ``plan`` says, for this rank of ``mesh`` (see module doc)."""
+    validate_plan(plan)
+    check_supported(plan)
+    if mesh is None and world_size(plan) > 1:
+        raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks but no device mesh was given")
+    p = plan["parallelism"]
+    device = torch.device(device or (mesh.device_type if mesh is not None else "cpu"))
+    pp_rank = mesh.get_local_rank("pp") if mesh is not None else 0
+
+    # 1. Pipeline split.
+    parts, stage_indices = split_model(model, plan, pp_rank)
+    parts = [_materialize(part, device, seed) for part in parts]
+    # 2. Tensor + sequence parallel.
+    if p["tp"] > 1:
+        for part in parts:
+            apply_tp(part, mesh["tp"], p["sequence_parallel"])
+    # 3. Activation checkpointing, block by block.
+    for part, i in zip(parts, stage_indices):
+        apply_activation_checkpointing(part, plan["stages"][i])
+    # 4. ZeRO-2/3 as FSDP2.
+    fsdp = p["zero_stage"] >= 2 and p["dp"] > 1
+    if fsdp:
+        for part in parts:
+            apply_fsdp(part, mesh["dp"], reshard_after_forward=p["zero_stage"] == 3)
+    # 5. Data parallel by hand for ZeRO 0/1; tied embeddings split over pipeline stages.
+    pm = ParallelModel(parts, stage_indices, plan, mesh, device)
+    if p["dp"] > 1 and not fsdp:
+        pm.dp_group = mesh["dp"].get_group()
+    if p["pp"] > 1 and getattr(getattr(model, "spec", None), "tie_embeddings", False):
+        pm.tied_group = _tied_embedding_group(plan, mesh)
+    # 6. Pipeline schedule over the finished chunks.
+    if p["pp"] > 1:
+        pm.schedule = build_schedule(parts, stage_indices, plan, mesh["pp"].get_group(), device)
+    return pm

@@ -1,0 +1,61 @@
+"""Pipeline parallelism: cut the model into the plan's chunks and run them on a schedule.
+
+A chunk is a copy of the model that keeps blocks ``[lo, hi)`` (under their original names) and
+sets the embedding, final norm and head to None where the plan says the chunk lacks them
+(torchtitan's manual split). Chunk ``i`` lives on pp rank ``i % pp``: with ``virtual_stages`` v > 1
+each rank holds v chunks and runs the interleaved 1F1B schedule (Narayanan et al. 2021, §2.2).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
+from runtime.model import next_token_loss
+
+
+def split_model(model: nn.Module, plan: dict, pp_rank: int) -> tuple[list[nn.Module], list[int]]:
+    """The chunks pp rank ``pp_rank`` holds and their stage indices, in model order.
+
+    With pp = 1 the model itself is the single chunk (no copy).
+    """
+    stages = [st for st in plan["stages"] if st["pp_rank"] == pp_rank]
+    if len(plan["stages"]) == 1:
+        return [model], [0]
+    parts = []
+    for st in stages:
+        part = copy.deepcopy(model)  # cheap when the model is still on the meta device
+        lo, hi = st["layers"]
+        for key in list(part.layers.keys()):
+            if not lo <= int(key) < hi:
+                del part.layers[key]
+        if not st["has_embedding"]:
+            part.tok_embeddings = None
+            if hasattr(part, "pos_embeddings"):
+                part.pos_embeddings = None
+        if not st["has_head"]:
+            part.norm = None
+            part.output = None
+        parts.append(part)
+    return parts, [st["index"] for st in stages]
+
+
+def build_schedule(
+    parts: list[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device
+):
+    """The plan's schedule over this rank's (already parallelised) chunks.
+
+    Each micro-batch loss is a mean; the schedule divides the accumulated gradients by the
+    number of micro-batches (``scale_grads``), so they equal the gradient of the batch mean.
+    """
+    p = plan["parallelism"]
+    num_stages = len(plan["stages"])
+    stages = [PipelineStage(part, i, num_stages, device, group=pp_group) for part, i in zip(parts, stage_indices)]
+    n = p["num_micro_batches"]
+    if p["schedule"] == "interleaved":
+        return ScheduleInterleaved1F1B(stages, n, loss_fn=next_token_loss)
+    schedule_cls = Schedule1F1B if p["schedule"] == "1f1b" else ScheduleGPipe
+    return schedule_cls(stages[0], n, loss_fn=next_token_loss)

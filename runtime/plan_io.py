@@ -1,0 +1,199 @@
+"""Reading and checking the plan JSON the runtime executes (no torch import: cheap for the CLI).
+
+Only the keys below are read; ``inputs.cluster`` and ``predicted`` are carried, not checked
+(``predicted`` is only echoed into the run report). Every error names the offending field and
+shows the arithmetic of a broken invariant.
+
+    schema_version            "1.x"
+    inputs.model              ModelSpec fields
+    inputs.training           global_batch_size, seq_len, dtype (fp32|bf16|fp16), seed
+    parallelism               dp, tp, pp, cp, ep (1 = off), zero_stage (0..3), micro_batch_size,
+                              num_micro_batches, schedule (gpipe|1f1b|interleaved),
+                              virtual_stages (chunks per pp rank), sequence_parallel (ignored at tp=1)
+    stages[i]                 index, pp_rank (= i % pp), virtual_index (= i // pp),
+                              layers [lo, hi) (contiguous, covering all blocks), has_embedding
+                              (first only), has_head (last only), recompute (one per block)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from models.spec import ModelSpec
+
+SCHEMA_MAJOR = "1"
+DTYPE_NAMES = ("fp32", "bf16", "fp16")
+SCHEDULES = ("gpipe", "1f1b", "interleaved")
+RECOMPUTE = ("none", "selective", "full")
+DEGREES = ("dp", "tp", "pp", "cp", "ep")
+
+
+class PlanError(ValueError):
+    """A plan the runtime cannot execute; the message names the field."""
+
+
+def _get(d: dict, path: str, kind: type | tuple[type, ...]) -> Any:
+    node: Any = d
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise PlanError(f"plan is missing field {path!r}")
+        node = node[part]
+    if kind is int and isinstance(node, bool) or not isinstance(node, kind):
+        raise PlanError(f"plan field {path!r} must be {getattr(kind, '__name__', kind)}, got {node!r}")
+    return node
+
+
+def world_size(plan: dict) -> int:
+    p = plan["parallelism"]
+    return p["dp"] * p["tp"] * p["pp"] * p["cp"]
+
+
+def world_size_arithmetic(plan: dict) -> str:
+    p = plan["parallelism"]
+    return f"dp({p['dp']}) * tp({p['tp']}) * pp({p['pp']}) * cp({p['cp']}) = {world_size(plan)}"
+
+
+def model_spec(plan: dict) -> ModelSpec:
+    try:
+        return ModelSpec.model_validate(plan["inputs"]["model"])
+    except ValueError as e:
+        raise PlanError(f"plan field 'inputs.model' is not a valid ModelSpec: {e}") from e
+
+
+def _check_parallelism(plan: dict) -> None:
+    for name in (*DEGREES, "micro_batch_size", "num_micro_batches", "virtual_stages"):
+        if _get(plan, f"parallelism.{name}", int) < 1:
+            raise PlanError(f"plan field 'parallelism.{name}' must be >= 1")
+    zero = _get(plan, "parallelism.zero_stage", int)
+    if zero not in (0, 1, 2, 3):
+        raise PlanError(f"plan field 'parallelism.zero_stage' must be 0..3, got {zero}")
+    schedule = _get(plan, "parallelism.schedule", str)
+    if schedule not in SCHEDULES:
+        raise PlanError(f"plan field 'parallelism.schedule' must be one of {SCHEDULES}, got {schedule!r}")
+    _get(plan, "parallelism.sequence_parallel", bool)
+    p, t = plan["parallelism"], plan["inputs"]["training"]
+    expected = p["dp"] * p["micro_batch_size"] * p["num_micro_batches"]
+    if t["global_batch_size"] != expected:
+        raise PlanError(
+            f"plan field 'inputs.training.global_batch_size' ({t['global_batch_size']}) != dp({p['dp']}) * "
+            f"micro_batch_size({p['micro_batch_size']}) * num_micro_batches({p['num_micro_batches']}) = {expected}"
+        )
+    if p["virtual_stages"] > 1 and schedule != "interleaved":
+        raise PlanError(f"plan field 'parallelism.virtual_stages' ({p['virtual_stages']}) > 1 needs schedule 'interleaved'")
+    if schedule != "gpipe" and p["pp"] > 1 and p["num_micro_batches"] < p["pp"]:
+        raise PlanError(
+            f"plan field 'parallelism.num_micro_batches' ({p['num_micro_batches']}) < pp ({p['pp']}): "
+            f"schedule {schedule!r} needs at least one micro-batch per stage"
+        )
+    if p["sequence_parallel"] and p["tp"] > 1 and t["seq_len"] % p["tp"]:
+        raise PlanError(f"sequence parallel: seq_len ({t['seq_len']}) % tp ({p['tp']}) = {t['seq_len'] % p['tp']}")
+
+
+def _check_stages(plan: dict, num_layers: int) -> None:
+    stages = _get(plan, "stages", list)
+    p = plan["parallelism"]
+    expected = p["pp"] * p["virtual_stages"]
+    if len(stages) != expected:
+        raise PlanError(
+            f"plan field 'stages' has {len(stages)} entries; "
+            f"pp({p['pp']}) * virtual_stages({p['virtual_stages']}) = {expected}"
+        )
+    next_layer = 0
+    for i, st in enumerate(stages):
+        where = f"stages[{i}]"
+        for key, want in (("index", i), ("pp_rank", i % p["pp"]), ("virtual_index", i // p["pp"])):
+            if _get(st, key, int) != want:
+                raise PlanError(
+                    f"plan field '{where}.{key}' is {st[key]}, expected {want} (chunk i lives on pp_rank i % pp)"
+                )
+        layers = _get(st, "layers", list)
+        if len(layers) != 2 or layers[0] != next_layer or not layers[0] < layers[1] <= num_layers:
+            raise PlanError(f"plan field '{where}.layers' {layers} must be [{next_layer}, hi) with hi <= {num_layers}")
+        next_layer = layers[1]
+        for key, want in (("has_embedding", i == 0), ("has_head", i == len(stages) - 1)):
+            if _get(st, key, bool) != want:
+                raise PlanError(f"plan field '{where}.{key}' must be {want}")
+        recompute = _get(st, "recompute", list)
+        if len(recompute) != layers[1] - layers[0] or any(r not in RECOMPUTE for r in recompute):
+            n = layers[1] - layers[0]
+            raise PlanError(f"plan field '{where}.recompute' must list one of {RECOMPUTE} per block ({n})")
+    if next_layer != num_layers:
+        raise PlanError(f"plan field 'stages' covers blocks [0, {next_layer}) of {num_layers}")
+
+
+def validate_plan(plan: dict) -> dict:
+    """Check every key the runtime reads; returns ``plan`` unchanged."""
+    version = _get(plan, "schema_version", str)
+    if version.split(".")[0] != SCHEMA_MAJOR:
+        raise PlanError(f"plan field 'schema_version' is {version!r}; this runtime reads {SCHEMA_MAJOR}.x")
+    spec = model_spec(plan)
+    for name in ("global_batch_size", "seq_len", "seed"):
+        _get(plan, f"inputs.training.{name}", int)
+    dtype = _get(plan, "inputs.training.dtype", str)
+    if dtype not in DTYPE_NAMES:
+        raise PlanError(f"plan field 'inputs.training.dtype' must be one of {DTYPE_NAMES}, got {dtype!r}")
+    seq_len = plan["inputs"]["training"]["seq_len"]
+    if not 1 <= seq_len <= spec.max_seq_len:
+        raise PlanError(f"plan field 'inputs.training.seq_len' ({seq_len}) must be in [1, max_seq_len={spec.max_seq_len}]")
+    _check_parallelism(plan)
+    _check_stages(plan, spec.num_layers)
+    return plan
+
+
+def load_plan(source: str | Path | dict) -> dict:
+    """A validated plan from a JSON file path or an already-parsed dict."""
+    plan = source if isinstance(source, dict) else json.loads(Path(source).read_text())
+    return validate_plan(plan)
+
+
+def make_plan(
+    spec: ModelSpec,
+    dp: int = 1,
+    tp: int = 1,
+    pp: int = 1,
+    *,
+    zero_stage: int = 0,
+    micro_batch_size: int = 1,
+    num_micro_batches: int = 1,
+    schedule: str = "gpipe",
+    virtual_stages: int = 1,
+    sequence_parallel: bool = False,
+    recompute: str = "none",
+    seq_len: int = 32,
+    dtype: str = "fp32",
+    seed: int = 0,
+) -> dict:
+    """A valid plan with blocks split as evenly as possible over pp * virtual_stages chunks
+    (earlier chunks get the remainder); for tests and hand-written runs."""
+    chunks = pp * virtual_stages
+    n = spec.num_layers
+    bounds = [k * (n // chunks) + min(k, n % chunks) for k in range(chunks + 1)]
+    stages = [
+        {
+            "index": i, "pp_rank": i % pp, "virtual_index": i // pp, "layers": [bounds[i], bounds[i + 1]],
+            "has_embedding": i == 0, "has_head": i == chunks - 1,
+            "recompute": [recompute] * (bounds[i + 1] - bounds[i]),
+        }
+        for i in range(chunks)
+    ]
+    plan = {
+        "schema_version": "1.0",
+        "inputs": {
+            "model": spec.model_dump(mode="json"),
+            "cluster": {},
+            "training": {
+                "global_batch_size": dp * micro_batch_size * num_micro_batches,
+                "seq_len": seq_len, "dtype": dtype, "seed": seed,
+            },
+        },
+        "parallelism": {
+            "dp": dp, "tp": tp, "pp": pp, "cp": 1, "ep": 1, "zero_stage": zero_stage,
+            "micro_batch_size": micro_batch_size, "num_micro_batches": num_micro_batches,
+            "schedule": schedule, "virtual_stages": virtual_stages, "sequence_parallel": sequence_parallel,
+        },
+        "stages": stages,
+        "predicted": {},
+    }
+    return validate_plan(plan)

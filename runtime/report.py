@@ -1,0 +1,62 @@
+"""The run report: what a run measured, next to what the plan predicted.
+
+Step time of a step is the slowest rank's; the summary averages steps after the first (the
+first pays one-off costs: pipeline shape inference, lazy allocations) when there is more than
+one; so does the peak memory. Peak memory per rank is ``torch.cuda.max_memory_allocated`` on CUDA (everything: weights,
+gradients, optimizer state, activations) and, on CPU, where torch keeps no allocator
+statistics, the peak bytes held for backward (``runtime.memory.SavedTensorMeter``): compare the
+latter with the plan's activation figures, not its total. The CPU meter runs inside the timed
+step (saved-tensor hooks in Python: +20-35% on the debug model, bench/runtime_overhead.py).
+"""
+
+from __future__ import annotations
+
+REPORT_SCHEMA_VERSION = "1.0"
+COMPARED = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
+
+
+def _relative_error(measured: float, predicted) -> float | None:
+    if not isinstance(predicted, (int, float)) or predicted <= 0:
+        return None
+    return (measured - predicted) / predicted
+
+
+def build_report(plan: dict, records: list[dict], device_type: str, plan_path: str | None = None) -> dict:
+    """Merge the per-rank records of one run into the report dict (versioned JSON)."""
+    t = plan["inputs"]["training"]
+    tokens_per_step = t["global_batch_size"] * t["seq_len"]
+    steps = []
+    for i, loss in enumerate(records[0]["losses"]):
+        step_time_s = max(r["step_time_s"][i] for r in records)
+        steps.append({"step": i, "loss": loss, "step_time_s": step_time_s, "tokens_per_s": tokens_per_step / step_time_s})
+    timed = steps[1:] if len(steps) > 1 else steps
+    step_time_s = sum(s["step_time_s"] for s in timed) / len(timed) if timed else 0.0
+    # The first step of a pipeline also runs the stages' shape-inference forward: skip it too.
+    first = 1 if len(steps) > 1 else 0
+    per_rank = [max(r["peak_memory_bytes_per_step"][first:]) for r in sorted(records, key=lambda r: r["rank"])]
+    measured = {
+        "step_time_s": step_time_s,
+        "tokens_per_s": tokens_per_step / step_time_s if step_time_s else 0.0,
+        "peak_memory_bytes": max(per_rank),
+        "peak_memory_bytes_per_rank": per_rank,
+        "memory_kind": records[0]["memory_kind"],
+    }
+    predicted = {k: v for k, v in (plan.get("predicted") or {}).items() if k in COMPARED}
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "kind": "run_report",
+        "plan": plan_path,
+        "device_type": device_type,
+        "world_size": len(records),
+        "parallelism": plan["parallelism"],
+        "tokens_per_step": tokens_per_step,
+        "steps": steps,
+        "measured": measured,
+        "predicted": predicted,
+        # On CPU the measured peak is activations only: not comparable with a predicted total.
+        "relative_error": {
+            k: _relative_error(measured[k], v)
+            for k, v in predicted.items()
+            if k != "peak_memory_bytes" or measured["memory_kind"] != "saved_for_backward"
+        },
+    }

@@ -1,0 +1,174 @@
+"""What one rank runs each step once a plan is applied: forward/backward over its micro-batches,
+gradient synchronisation, the optimizer, and gathering the result for comparison.
+
+Gradient arithmetic, which the parity tests pin: every micro-batch loss is a token mean; a rank
+averages its micro-batches (the loop below divides each loss by n; the pipeline schedule divides
+the gradients by n), and data-parallel ranks average each other (FSDP's reduce-scatter averages;
+otherwise :meth:`ParallelModel.sync_gradients` does). The result is the gradient of the mean loss
+over the global batch, which is what the single-process reference computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from runtime.model import next_token_loss
+
+_WRAPPER_PREFIX = "_checkpoint_wrapped_module."
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (the same storage: in-place ops write through), else ``t``."""
+    from torch.distributed.tensor import DTensor
+
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def _match_grad_placements(params: list[nn.Parameter]) -> None:
+    """Give each DTensor gradient its parameter's layout. Autograd may leave another one (the
+    vocabulary-parallel embedding's gradient comes back Replicate while its weight is Shard(0)),
+    and the by-hand all-reduces below pair up local shards, which must then be the same slice."""
+    from torch.distributed.tensor import DTensor
+
+    for p in params:
+        g = p.grad
+        if isinstance(g, DTensor) and isinstance(p, DTensor) and g.placements != p.placements:
+            p.grad = g.redistribute(p.device_mesh, p.placements)
+
+
+@dataclass
+class ParallelModel:
+    """This rank's share of a model after :func:`runtime.parallelize.apply_plan`."""
+
+    parts: list[nn.Module]  # chunks this rank runs, in model order (one unless interleaved)
+    stage_indices: list[int]  # their indices in plan["stages"]
+    plan: dict
+    mesh: Any = None  # DeviceMesh ("pp", "dp", "tp") or None for one process
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    schedule: Any = None  # pipeline schedule when pp > 1
+    dp_group: Any = None  # set when gradients are all-reduced by hand (ZeRO 0/1 with dp > 1)
+    tied_group: Any = None  # first+last pp ranks holding copies of a tied embedding
+
+    @property
+    def has_first(self) -> bool:
+        return 0 in self.stage_indices
+
+    @property
+    def has_last(self) -> bool:
+        return len(self.plan["stages"]) - 1 in self.stage_indices
+
+    def parameters(self) -> list[nn.Parameter]:
+        seen: dict[int, nn.Parameter] = {}
+        for part in self.parts:
+            for p in part.parameters():
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """Run this rank's micro-batches of ``inputs [B, s]``; the mean loss on the last stage."""
+        n = self.plan["parallelism"]["num_micro_batches"]
+        if self.schedule is not None:
+            losses: list[torch.Tensor] | None = [] if self.has_last else None
+            args = (inputs,) if self.has_first else ()
+            self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
+            return torch.stack([loss.detach() for loss in losses]).mean() if self.has_last else None
+        model, total = self.parts[0], torch.zeros((), device=self.device)
+        for x, y in zip(inputs.chunk(n), targets.chunk(n)):
+            loss = next_token_loss(model(x), y)
+            (loss / n).backward()
+            total += loss.detach()
+        return total / n
+
+    def sync_gradients(self) -> None:
+        """Average gradients over data parallel ranks (unless FSDP did) and add the two copies
+        of a tied embedding held by the first and last pipeline stages (Megatron's embedding group)."""
+        _match_grad_placements(self.parameters())
+        if self.dp_group is not None:
+            grads = []
+            for p in self.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grads.append(_local(p.grad))
+            # One flat buffer: a single collective instead of one per tensor (what DDP buckets do).
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, group=self.dp_group)
+            flat /= dist.get_world_size(self.dp_group)
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+        if self.tied_group is not None:
+            for weight in self._tied_weights():
+                dist.all_reduce(_local(weight.grad), group=self.tied_group)
+
+    def _tied_weights(self) -> list[nn.Parameter]:
+        out = []
+        for part in self.parts:
+            if getattr(part, "tok_embeddings", None) is not None:
+                out.append(part.tok_embeddings.weight)
+            elif getattr(part, "output", None) is not None:
+                out.append(part.output.weight)
+        return out
+
+    def build_optimizer(self, lr: float):
+        """SGD; under ZeRO-1 each data-parallel rank updates its shard and broadcasts it."""
+        p = self.plan["parallelism"]
+        if p["zero_stage"] == 1 and p["dp"] > 1:
+            return _ZeroOneSGD(self.parameters(), self.dp_group, lr)
+        return torch.optim.SGD(self.parameters(), lr=lr)
+
+    def global_loss(self, local: torch.Tensor | None) -> float:
+        """The global-batch mean loss on every rank (only last-stage ranks hold a loss)."""
+        if not dist.is_initialized():
+            return float(local)
+        value = torch.zeros((), device=self.device) if local is None else local.detach().float().reshape(())
+        holders = torch.tensor(0.0 if local is None else 1.0, device=self.device)
+        both = torch.stack([value, holders])
+        dist.all_reduce(both)
+        return float(both[0] / both[1])
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """Unsharded parameters of this rank's chunks on CPU, under the original model's names.
+
+        Collective for DTensor parameters: every rank of a pipeline stage must call it.
+        """
+        from torch.distributed.tensor import DTensor
+
+        state = {}
+        for part in self.parts:
+            for name, p in part.named_parameters():
+                full = p.full_tensor() if isinstance(p, DTensor) else p
+                state[name.replace(_WRAPPER_PREFIX, "")] = full.detach().cpu().clone()
+        return state
+
+
+class _ZeroOneSGD:
+    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD.
+
+    It broadcasts updated parameters with c10d ops that DTensor does not implement, so it is
+    given plain tensors aliasing each parameter's local shard (TP's DTensors): updating and
+    broadcasting them writes through to the parameters. Gradients are handed over before a step.
+    """
+
+    def __init__(self, params: list[nn.Parameter], dp_group, lr: float):
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        self.params = params
+        self.shards = [_local(p).detach() for p in params]  # same storage, plain tensors
+        self.inner = ZeroRedundancyOptimizer(self.shards, optimizer_class=torch.optim.SGD, process_group=dp_group, lr=lr)
+
+    def step(self) -> None:
+        for p, shard in zip(self.params, self.shards):
+            shard.grad = None if p.grad is None else _local(p.grad)
+        self.inner.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the gradients (always to None, whatever ``set_to_none`` says: the next backward
+        allocates them again)."""
+        for p, shard in zip(self.params, self.shards):
+            p.grad = shard.grad = None

@@ -1,0 +1,118 @@
+"""The training loop one rank runs, and the single-process reference it must reproduce.
+
+Both draw the same global batch each step from :class:`TokenSource` (seeded synthetic tokens, or
+windows of a token file), build the model from the same seed, and use SGD: SGD, not Adam, so a
+gradient scaled wrongly shows in the parameters (Adam is scale-invariant and would hide it).
+A data-parallel rank takes rows ``[r * B/dp, (r + 1) * B/dp)`` of the global batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from runtime.memory import SavedTensorMeter, state_tensors
+from runtime.model import DTYPES, build_model, next_token_loss
+from runtime.parallelize import apply_plan, build_mesh
+from runtime.plan_io import model_spec
+
+DEFAULT_LR = 0.1
+
+
+class TokenSource:
+    """Global batches ``[B, seq_len + 1]`` of token ids (inputs = [:, :-1], targets = [:, 1:]).
+
+    data: None for synthetic tokens drawn from a generator seeded by (seed, step); or a path to
+    a flat file of token ids (``data_dtype`` uint16 or int32, nanoGPT's .bin format), read as
+    consecutive windows of seq_len + 1 tokens, wrapping around.
+    """
+
+    def __init__(self, plan: dict, data: str | None = None, data_dtype: str = "uint16"):
+        t = plan["inputs"]["training"]
+        self.batch_size, self.seq_len, self.seed = t["global_batch_size"], t["seq_len"], t["seed"]
+        self.vocab_size = plan["inputs"]["model"]["vocab_size"]
+        self.tokens = None if data is None else np.memmap(data, dtype=np.dtype(data_dtype), mode="r")
+        if self.tokens is not None and len(self.tokens) < self.seq_len + 1:
+            raise ValueError(f"token file {data} holds {len(self.tokens)} tokens; one sequence needs {self.seq_len + 1}")
+
+    def batch(self, step: int) -> torch.Tensor:
+        n, width = self.batch_size, self.seq_len + 1
+        if self.tokens is None:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            return torch.randint(0, self.vocab_size, (n, width), generator=g)
+        windows = len(self.tokens) // width
+        starts = [((step * n + j) % windows) * width for j in range(n)]
+        rows = np.stack([np.asarray(self.tokens[s : s + width], dtype=np.int64) for s in starts])
+        return torch.from_numpy(rows)
+
+
+def _dtype(plan: dict) -> torch.dtype:
+    return DTYPES[plan["inputs"]["training"]["dtype"]]
+
+
+def run_reference(plan: dict, steps: int, lr: float = DEFAULT_LR, data: str | None = None) -> dict:
+    """One process, no parallelism: per-step losses and the final parameters by name."""
+    torch.set_num_threads(1)
+    spec = model_spec(plan)
+    model = build_model(spec, plan["inputs"]["training"]["seed"], _dtype(plan))
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    source, losses = TokenSource(plan, data), []
+    for step in range(steps):
+        batch = source.batch(step)
+        loss = next_token_loss(model(batch[:, :-1]), batch[:, 1:])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    return {"losses": losses, "params": params}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_rank(plan: dict, steps: int, lr: float, data: str | None, device_type: str, keep_state: bool = False) -> dict:
+    """Train ``steps`` steps as this rank of the initialised default process group.
+
+    Returns this rank's record: losses (global mean, the same on every rank), step times, peak
+    memory per step and, with keep_state, its chunks' unsharded parameters (collective).
+    """
+    torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
+    cuda = device_type == "cuda"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    mesh = build_mesh(plan, device_type)
+    spec, seed = model_spec(plan), plan["inputs"]["training"]["seed"]
+    pm = apply_plan(build_model(spec, seed, _dtype(plan), device="meta"), plan, mesh, device=device, seed=seed)
+    optimizer = pm.build_optimizer(lr)
+    source, dp = TokenSource(plan, data), plan["parallelism"]["dp"]
+    rows = source.batch_size // dp
+    first_row = mesh.get_local_rank("dp") * rows
+    record = {"rank": dist.get_rank(), "losses": [], "step_time_s": [], "peak_memory_bytes_per_step": []}
+    for step in range(steps):
+        batch = source.batch(step)[first_row : first_row + rows].to(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        # CUDA has allocator statistics; on CPU count what is held for backward instead.
+        meter = SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
+        _sync(device)
+        start = time.perf_counter()
+        with meter:
+            local = pm.forward_backward(batch[:, :-1], batch[:, 1:])
+        pm.sync_gradients()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        record["step_time_s"].append(time.perf_counter() - start)
+        record["losses"].append(pm.global_loss(local))
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else meter.peak_bytes
+        record["peak_memory_bytes_per_step"].append(peak)
+    record["memory_kind"] = "cuda_max_memory_allocated" if device.type == "cuda" else "saved_for_backward"
+    if keep_state:
+        record["state"] = pm.full_state()
+    return record
