@@ -170,7 +170,9 @@ def plan(
         err.print("no plan fits: " + plan_cli.infeasible_advice(inputs.model, inputs.cluster, inputs.training, res),
                   highlight=False)
         raise typer.Exit(1)
-    doc = build_plan(res.best, plan_cli.solver_block(res, solver), plan_cli.reproduce_command(), raw,
+    cmd = plan_cli.reproduce_command(inputs.refs, inputs.training, raw,
+                                     {"time_limit": time_limit, "gap": gap, "solver": solver})
+    doc = build_plan(res.best, plan_cli.solver_block(res, solver), cmd, raw,
                      {"alternatives": plan_cli.alternatives_block(res)})
     if out_path:
         out_path.write_text(json.dumps(doc, indent=2) + "\n")

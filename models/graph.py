@@ -29,6 +29,7 @@ OpKind = Literal["matmul", "attention", "elementwise", "embedding"]
 ByteClass = Literal["act", "mask", "fp32"]
 Shard = Literal["none", "tp", "sp"]  # tp: split by tensor parallel; sp: split only with sequence parallel
 AttentionImpl = Literal["flash", "eager"]
+NormImpl = Literal["fused", "unfused"]
 
 
 @dataclass(frozen=True)
@@ -125,19 +126,27 @@ def _attention_core(spec: ModelSpec, s: int, impl: AttentionImpl, qk_dim: int, v
     return Op("attn.core", "attention", model, model * causal_skip, bwd, io, "tp", False, ("heads",))
 
 
-def _norm(prefix: str, spec: ModelSpec, width: float, shard: Shard = "sp") -> tuple[Op, list[Saved]]:
-    """Pre-norm: saves its input and fp32 statistics (LayerNorm: mean + rstd; RMSNorm: rstd)."""
+def _norm(prefix: str, spec: ModelSpec, width: float, shard: Shard = "sp", impl: NormImpl = "fused"
+          ) -> tuple[Op, list[Saved]]:
+    """Pre-norm: saves its input and fp32 statistics (LayerNorm: mean + rstd; RMSNorm: rstd).
+
+    ``unfused``: PyTorch's composite RMSNorm (CPU in torch 2.13) upcasts and keeps the fp32
+    input and the fp32 normalised tensor x̂ as well (measured, docs/runtime.md)."""
     stats = 2.0 if spec.norm == "layernorm" else 1.0
     op = _ew(f"{prefix}.norm", 2 * width, shard, flops=5 * width)
+    if impl == "unfused" and spec.norm == "rmsnorm":
+        return op, [Saved(f"{prefix}.norm_in", width, "fp32", shard), Saved(f"{prefix}.norm_stats", stats, "fp32", shard),
+                    Saved(f"{prefix}.norm_hat", width, "fp32", shard)]
     return op, [Saved(f"{prefix}.norm_in", width, "act", shard), Saved(f"{prefix}.norm_stats", stats, "fp32", shard)]
 
 
-def _attention(spec: ModelSpec, s: int, impl: AttentionImpl) -> tuple[list[Op], list[Saved], float, float]:
+def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl = "fused"
+               ) -> tuple[list[Op], list[Saved], float, float]:
     """Self-attention sub-block: ops, saved tensors, tp-split params, replicated params."""
     h, a = spec.hidden_size, spec.num_heads
     ops: list[Op] = []
     saved: list[Saved] = []
-    norm_op, norm_saved = _norm("attn", spec, h)
+    norm_op, norm_saved = _norm("attn", spec, h, impl=norm_impl)
     ops.append(norm_op)
     saved += norm_saved
     saved.append(Saved("attn.qkv_in", h, "act", "sp"))
@@ -237,14 +246,14 @@ def _ffn_dense(prefix: str, spec: ModelSpec, h: float, f: float, expert: bool = 
     return ops, saved, params * (copies if not expert else 1.0)
 
 
-def _ffn(spec: ModelSpec, index: int) -> tuple[list[Op], list[Saved], float, float, float]:
+def _ffn(spec: ModelSpec, index: int, norm_impl: NormImpl = "fused") -> tuple[list[Op], list[Saved], float, float, float]:
     """FFN sub-block of block ``index``: ops, saved, tp-split params, replicated params, expert params."""
     h = spec.hidden_size
     ops: list[Op] = []
     saved: list[Saved] = []
     repl = 0.0
     if not spec.parallel_residual:
-        norm_op, norm_saved = _norm("ffn", spec, h)
+        norm_op, norm_saved = _norm("ffn", spec, h, impl=norm_impl)
         ops.append(norm_op)
         saved += norm_saved
         repl += h * (2 if spec.norm == "layernorm" else 1)
@@ -279,9 +288,9 @@ def _ffn(spec: ModelSpec, index: int) -> tuple[list[Op], list[Saved], float, flo
     return ops, saved, dense, repl, expert_params
 
 
-def _block(spec: ModelSpec, s: int, impl: AttentionImpl, index: int) -> Layer:
-    a_ops, a_saved, a_dense, a_repl = _attention(spec, s, impl)
-    f_ops, f_saved, f_dense, f_repl, f_exp = _ffn(spec, index)
+def _block(spec: ModelSpec, s: int, impl: AttentionImpl, index: int, norm_impl: NormImpl = "fused") -> Layer:
+    a_ops, a_saved, a_dense, a_repl = _attention(spec, s, impl, norm_impl)
+    f_ops, f_saved, f_dense, f_repl, f_exp = _ffn(spec, index, norm_impl)
     moe = spec.is_moe_layer(index)
     dense_f = spec.moe.dense_ffn_hidden_size if (spec.moe and not moe) else None
     sig = ("block", moe, dense_f)
@@ -308,7 +317,7 @@ def _embedding(spec: ModelSpec) -> Layer:
     return Layer("embedding", "embedding", tuple(ops), tuple(saved), v * h, pos, signature=("embedding",))
 
 
-def _head(spec: ModelSpec) -> Layer:
+def _head(spec: ModelSpec, norm_impl: NormImpl = "fused") -> Layer:
     """Final norm, vocab-parallel output projection and fp32 cross-entropy.
 
     Korthikanti §4.3 counts 4sbv/t bytes for the fp32 logits kept by the loss. With tied
@@ -316,7 +325,7 @@ def _head(spec: ModelSpec) -> Layer:
     both; the planner adds the copy a separate last pipeline stage keeps).
     """
     h, v = spec.hidden_size, spec.vocab_size
-    norm_op, norm_saved = _norm("head", spec, h)
+    norm_op, norm_saved = _norm("head", spec, h, impl=norm_impl)
     ops = [norm_op, _mm("head.logits", h, v, dims=("vocab",)), _ew("head.loss", 3 * v, flops=5 * v)]
     saved = norm_saved + [Saved("head.in", h, "act", "sp"), Saved("head.logits_fp32", v, "fp32")]
     params = 0.0 if spec.tie_embeddings else v * h
@@ -324,7 +333,8 @@ def _head(spec: ModelSpec) -> Layer:
     return Layer("head", "head", tuple(ops), tuple(saved), params, repl, signature=("head",))
 
 
-def build_graph(spec: ModelSpec, seq_len: int, attention_impl: AttentionImpl = "flash") -> LayerGraph:
+def build_graph(spec: ModelSpec, seq_len: int, attention_impl: AttentionImpl = "flash",
+                norm_impl: NormImpl = "fused") -> LayerGraph:
     """Embedding, ``num_layers`` blocks, head — each with per-token FLOPs, params and saved tensors."""
-    blocks = tuple(_block(spec, seq_len, attention_impl, i) for i in range(spec.num_layers))
-    return LayerGraph(spec, seq_len, attention_impl, (_embedding(spec),) + blocks + (_head(spec),))
+    blocks = tuple(_block(spec, seq_len, attention_impl, i, norm_impl) for i in range(spec.num_layers))
+    return LayerGraph(spec, seq_len, attention_impl, (_embedding(spec),) + blocks + (_head(spec, norm_impl),))

@@ -32,6 +32,7 @@ class Training:
     dtype: str = "bf16"  # compute dtype of matmuls; fp8 keeps bf16 activations (torchao/TE recipes)
     attention_impl: Literal["flash", "eager"] = "flash"
     grad_reduce_dtype: str = "auto"  # auto: fp32 for ZeRO-3/FSDP (torchtitan default), else bf16
+    norm_impl: Literal["fused", "unfused"] = "fused"  # unfused: composite RMSNorm (PyTorch on CPU)
 
     @property
     def act_bytes(self) -> int:

@@ -216,7 +216,7 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Paral
              keep_events: bool = False) -> Estimate:
     """Score one plan (raises PlanError for an invalid one). See the module docstring."""
     check_plan(par, train, model, cluster.num_gpus)
-    graph = build_graph(model, train.seq_len, train.attention_impl)
+    graph = build_graph(model, train.seq_len, train.attention_impl, train.norm_impl)
     costs = graph_costs(graph, cluster, train, par)
     chunks = make_chunks(graph, par)
     m = par.num_micro_batches(train.global_batch)

@@ -81,7 +81,8 @@ def _sha(obj: Any) -> str:
 def input_block(model: ModelSpec, cluster: ClusterSpec, train: Training, knobs: dict | None = None) -> dict:
     m, c = model.model_dump(), cluster.model_dump()
     t = {"global_batch_size": train.global_batch, "seq_len": train.seq_len, "dtype": train.dtype,
-         "attention_impl": train.attention_impl, "grad_reduce_dtype": train.grad_reduce_dtype, "seed": 0}
+         "attention_impl": train.attention_impl, "grad_reduce_dtype": train.grad_reduce_dtype,
+         "norm_impl": train.norm_impl, "seed": 0}
     return {"model": m, "cluster": c, "training": t, "knobs": knobs or {},
             "sha256": {"model": _sha(m), "cluster": _sha(c), "training": _sha(t)}}
 
@@ -143,7 +144,7 @@ def plan_inputs(doc: dict) -> tuple[ModelSpec, ClusterSpec, Training, Parallel]:
         raise SpecError(format_validation_error(exc, "plan inputs")) from None
     t = doc["inputs"]["training"]
     train = Training(t["global_batch_size"], t["seq_len"], t["dtype"], t.get("attention_impl", "flash"),
-                     t.get("grad_reduce_dtype", "auto"))
+                     t.get("grad_reduce_dtype", "auto"), t.get("norm_impl", "fused"))
     p = doc["parallelism"]
     recompute = tuple(o for s in doc["stages"] for o in s["recompute"])
     par = Parallel(dp=p["dp"], tp=p["tp"], pp=p["pp"], cp=p["cp"], ep=p["ep"], micro_batch=p["micro_batch_size"],

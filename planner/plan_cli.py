@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -47,8 +46,19 @@ def parse_knobs(raw: dict[str, str | None]) -> Knobs:
     return Knobs(values)
 
 
-def reproduce_command() -> str:
-    return "autopar " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--format", "json", "table"))
+def reproduce_command(refs: dict, train, raw: dict, extra: dict) -> str:
+    """The `autopar plan` command line that reproduces a plan from the same inputs."""
+    args = ["autopar", "plan", "--model", refs["model"], "--cluster", refs["cluster"], "--global-batch",
+            str(train.global_batch), "--seq-len", str(train.seq_len), "--dtype", train.dtype,
+            "--attention", train.attention_impl]
+    for name, value in raw.items():
+        if value is not None and str(value) != "auto":
+            args += ["--" + name.replace("_", "-"), str(value)]
+    for target, kv in refs.get("sets", {}).items():
+        args += [a for k, v in kv.items() for a in ("--set", f"{target}.{k}={v}")]
+    for name, value in extra.items():
+        args += ["--" + name.replace("_", "-"), str(value)]
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def solver_block(res: SearchResult, backend: str) -> dict:

@@ -44,7 +44,9 @@ class PathCounts:
 
 def rank_order(schedule: str, rank: int, pp: int, m: int, v: int) -> list[tuple[str, int, int]]:
     """The (op, local chunk, micro-batch) sequence that pipeline rank ``rank`` executes."""
-    if schedule == "gpipe" or pp == 1:
+    if pp == 1:  # plain gradient accumulation: each micro-batch's backward right after its forward
+        return [x for i in range(m) for x in (("F", 0, i), ("B", 0, i))]
+    if schedule == "gpipe":
         fw = [("F", c, i) for i in range(m) for c in range(v)]
         bw = [("B", c, i) for i in range(m) for c in reversed(range(v))]
         return fw + bw

@@ -202,7 +202,7 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
     """Find the fastest plan that fits; see the module docstring for the algorithm."""
     t0 = time.perf_counter()
     deadline = t0 + time_limit_s
-    graph = build_graph(spec, train.seq_len, train.attention_impl)
+    graph = build_graph(spec, train.seq_len, train.attention_impl, train.norm_impl)
     options = knobs.get("recompute", ("none", "selective", "full"))
     pars, rejected = enumerate_candidates(spec, cluster, train, knobs)
     if not pars:
@@ -217,7 +217,7 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
         scored.append((lb, mem_lb, par, costs))
     scored.sort(key=lambda x: (x[0], x[2].zero, x[2].tp, x[2].pp, x[2].micro_batch))  # deterministic
     t_bound = time.perf_counter()
-    incumbent = _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap)
+    incumbent = _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, t0 + time_limit_s / 2)
     t_heur = time.perf_counter()
     results: list[CandidateResult] = []
     for k, (lb, mem_lb, par, costs) in enumerate(scored):
@@ -246,14 +246,14 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
                          "solve_s": t_solve - t_heur, "total_s": t_solve - t0}, results)
 
 
-def _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap) -> Estimate | None:
+def _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, deadline: float) -> Estimate | None:
     """A first plan to prune against: for candidates in bound order, the default even split with
     the least uniform recompute that fits, until the bound passes the best plan found."""
     best = None
     for lb, mem_lb, par, _ in scored:
         if mem_lb > cap:
             continue
-        if best is not None and lb * (1 + gap) >= best.predicted["step_time_s"]:
+        if best is not None and lb * (1 + gap) >= best.predicted["step_time_s"] or time.perf_counter() > deadline:
             break
         for o in options:
             try:
