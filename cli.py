@@ -183,6 +183,43 @@ def plan(
         plan_cli.render_plan(out, doc, res.best)
 
 
+@app.command()
+@_guard
+def run(
+    plan_file: Path = typer.Argument(..., help="Plan JSON written by `autopar plan --out`."),
+    steps: int = typer.Option(5, "--steps", help="Training steps to run."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Token file (uint16/int32 ids); default synthetic tokens."),
+    report: Path = typer.Option(Path("report.json"), "--report", help="Where to write the run report JSON."),
+    lr: float = typer.Option(1e-2, "--lr", help="SGD learning rate."),
+    nprocs: Optional[int] = typer.Option(None, "--nprocs", help="Ranks to start (must equal the plan's world size)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: from the plan's cluster)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Nodes: >1 prints the torchrun command for each node instead."),
+    rdzv_endpoint: str = typer.Option("localhost:29500", "--rdzv-endpoint", help="host:port for multi-node rendezvous."),
+    fmt: str = FMT,
+) -> None:
+    """Train a few steps with exactly this plan (torch.distributed) and report measured vs predicted."""
+    _check_format(fmt)
+    if steps < 1:
+        raise SpecError(f"--steps must be >= 1 (got {steps})")
+    try:
+        from runtime import launch
+        from runtime.plan_io import PlanError as RuntimePlanError
+    except ImportError as exc:
+        raise SpecError(f"the runtime needs torch: pip install 'autopar[runtime]' ({exc})") from None
+    try:
+        if nnodes > 1:
+            print(launch.print_torchrun_command(str(plan_file), nnodes, rdzv_endpoint, str(plan_file), steps, str(report)))
+            return
+        rep = launch.run(str(plan_file), steps, str(data) if data else None, report, lr=lr, nprocs=nprocs, device=device)
+    except RuntimePlanError as exc:
+        raise SpecError(str(exc)) from None
+    err.print(f"wrote {report}", highlight=False)
+    if fmt == "json":
+        print(json.dumps(rep, indent=2))
+        return
+    render.run_report_table(out, rep)
+
+
 @schema_app.command("plan")
 @_guard
 def schema_plan() -> None:
