@@ -11,6 +11,7 @@ from hardware.cluster import load_cluster
 from models.spec import ModelSpec
 from planner.config import PlanError, Training
 from planner.estimate import estimate
+from planner.milp.placement import chunk_size_range
 from planner.search import Knobs, enumerate_candidates, search
 
 
@@ -35,7 +36,10 @@ def brute_force(spec, cluster, train, knobs: Knobs) -> float:
     options = knobs.get("recompute", ("none", "selective", "full"))
     pars, _ = enumerate_candidates(spec, cluster, train, knobs)
     for par in pars:
+        lo, hi = chunk_size_range(spec.num_layers, par.chunks, par.schedule)
         for sizes in _compositions(spec.num_layers, par.chunks):
+            if min(sizes) < lo or (hi is not None and max(sizes) > hi):
+                continue
             for rc in _recompute_choices(sizes, options):
                 try:
                     e = estimate(spec, cluster, train, par.with_(stage_layers=sizes, recompute=rc))
@@ -63,7 +67,7 @@ def _instance(seed: int):
     pps = [p for p in (1, 2, 4) if gpus % p == 0 and p <= layers and (layers <= 6 or p <= 2)]
     knobs = Knobs({"pp": tuple(pps), "tp": tuple(t for t in (1, 2) if gpus % t == 0), "cp": (1,),
                    "micro_batch": (1, 2), "zero": tuple(rng.sample([0, 1, 2, 3], 2)),
-                   "schedule": ("1f1b", "gpipe") if layers <= 6 else ("1f1b",), "vpp": (2,),
+                   "schedule": ("1f1b", "gpipe", "interleaved") if layers <= 6 else ("1f1b",), "vpp": (2,),
                    "recompute": ("none", "full") if layers > 6 else ("none", "selective", "full")})
     # Squeeze memory on some instances so recompute and ZeRO matter.
     if rng.random() < 0.4:

@@ -2,7 +2,8 @@
 
 Families (one function each; every variable and constraint named by its indices):
 
-1. ``add_assignment_constraints`` — every block placed exactly once, each chunk non-empty,
+1. ``add_assignment_constraints`` — every block placed exactly once, each chunk non-empty
+   (interleaved: within one block of an even split, ``chunk_size_range``),
    runs of identical blocks consumed in model order (contiguity):
    ``Σ_{j,o} n[j,t,o] = |R_t|``; ``Σ_{t,o} n[j,t,o] ≥ 1``;
    ``Σ_o n[j,t+1,o] ≤ |R_{t+1}|·u[j,t+1]``, ``Σ_{j'≤j,o} n[j',t,o] ≥ |R_t|·u[j,t+1]``.
@@ -74,8 +75,12 @@ def add_assignment_constraints(model: Model, d: PlacementData, v: PlacementVars)
     for t, run in enumerate(d.runs):
         model.add(total(v.n[j, t, o] for j in range(d.n_chunks) for o in d.options), "==", run.length,
                   f"placed[run={t}]")
+    lo, hi = chunk_size_range(sum(r.length for r in d.runs), d.n_chunks, d.par.schedule)
     for j in range(d.n_chunks):
-        model.add(total(v.n[j, t, o] for t in range(len(d.runs)) for o in d.options), ">=", 1, f"nonempty[chunk={j}]")
+        size = total(v.n[j, t, o] for t in range(len(d.runs)) for o in d.options)
+        model.add(size, ">=", lo, f"nonempty[chunk={j}]")
+        if hi is not None:
+            model.add(size, "<=", hi, f"balanced[chunk={j}]")
     for t in range(1, len(d.runs)):
         prev = d.runs[t - 1]
         for j in range(d.n_chunks):
@@ -84,6 +89,15 @@ def add_assignment_constraints(model: Model, d: PlacementData, v: PlacementVars)
                       f"touch[chunk={j},run={t}]")
             done = total(v.n[k, t - 1, o] for k in range(j + 1) for o in d.options)
             model.add(done, ">=", v.u[j, t] * prev.length, f"order[chunk={j},run={t}]")
+
+
+def chunk_size_range(blocks: int, chunks: int, schedule: str) -> tuple[int, int | None]:
+    """Blocks a chunk may hold: at least one; with the interleaved schedule within one block of
+    an even split (Megatron-LM requires equal virtual stages; ±1 leaves room for the embedding
+    and head). The brute-force tests enumerate the same space."""
+    if schedule != "interleaved":
+        return 1, None
+    return max(1, blocks // chunks - 1), -(-blocks // chunks) + 1
 
 
 def add_chunk_time_constraints(model: Model, d: PlacementData, v: PlacementVars) -> None:
