@@ -146,3 +146,35 @@ def _ready_time(op: str, j: int, i: int, n: int, done: dict, p2p_s: list[float])
         return done.get(("F", j, i))
     nxt = done.get(("B", j + 1, i))
     return None if nxt is None else nxt + p2p_s[j]
+
+
+def warmup_paths(schedule: str, pp: int, m: int, v: int) -> list[tuple[int, PathCounts]]:
+    """Two schedule paths per rank r, valid for any chunk durations (lower bounds on makespan):
+
+    micro-batch 0 runs forward through every chunk and backward to rank r's last chunk; rank r
+    then runs the rest of its order from its first backward. The first path ends at rank r's
+    last operation; the second continues that micro-batch's backward down to chunk 0 (rank 0).
+    """
+    n = pp * v
+    out = []
+    for r in range(pp):
+        order = rank_order(schedule, r, pp, m, v)
+        q0 = next(q for q, (op, _, _) in enumerate(order) if op == "B")
+        last = (v - 1) * pp + r  # rank r's last chunk: where its first backward runs
+        f, b, c = [1] * n, [0] * n, [0] * n
+        for j in range(n - 1):
+            c[j] += 1  # forward chain crosses every link
+        for j in range(last + 1, n):
+            b[j] += 1
+        for j in range(last, n - 1):
+            c[j] += 1  # backward chain back to chunk `last`
+        for op, cl, _ in order[q0:]:
+            (f if op == "F" else b)[cl * pp + r] += 1
+        out.append((r, PathCounts(tuple(f), tuple(b), tuple(c))))
+        if r > 0:
+            b2, c2 = list(b), list(c)
+            for j in range(r):
+                b2[j] += 1
+                c2[j] += 1
+            out.append((0, PathCounts(tuple(f), tuple(b2), tuple(c2))))
+    return out

@@ -29,6 +29,7 @@ from planner.estimate import OPTIMIZER_BYTES_PER_PARAM, Estimate, estimate
 from planner.layer_cost import graph_costs
 from planner.milp.data import build_data
 from planner.milp.placement import build_placement_model, read_assignment
+from planner.schedule import warmup_paths
 
 KNOBS = ("dp", "tp", "pp", "cp", "ep", "micro_batch", "zero", "schedule", "vpp", "sequence_parallel", "recompute")
 
@@ -151,8 +152,13 @@ def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: 
     d = build_data(graph, costs, cluster, train, par, options)
     cuts, seen = [], set()
     best: Estimate | None = None
-    # Seed the cuts with the critical paths of the default even split under each allowed
-    # recompute option: near-optimal placements share most of their binding paths.
+    # Seed the cuts with the warm-up paths of the schedule (valid for any placement) and the
+    # critical paths of the default even split under each allowed recompute option:
+    # near-optimal placements share most of their binding paths.
+    for rp in warmup_paths(par.schedule, par.pp, d.m, par.vpp):
+        if rp not in seen:
+            seen.add(rp)
+            cuts.append(rp)
     for o in options:
         seed = estimate(spec, cluster, train, par.with_(recompute=o))
         new = [(r, p) for r, p in enumerate(seed.critical) if (r, p) not in seen]

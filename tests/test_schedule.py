@@ -81,3 +81,27 @@ def test_hand_computed_gpipe_timeline():
     assert r.makespan_s == 10.0
     assert [(e[1], e[3], e[4], e[5]) for e in r.events if e[0] == 1] == [
         ("F", 0, 1.0, 3.0), ("F", 1, 3.0, 5.0), ("B", 0, 5.0, 7.0), ("B", 1, 7.0, 9.0)]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_warmup_paths_are_lower_bounds_on_every_rank(seed):
+    from planner.schedule import warmup_paths
+
+    rng = random.Random(seed)
+    schedule, pp, v = rng.choice([("gpipe", 3, 1), ("1f1b", 4, 1), ("interleaved", 2, 2), ("interleaved", 4, 2)])
+    m, n = pp * rng.randint(1, 3), pp * v
+    f = [rng.uniform(0.5, 2) for _ in range(n)]
+    b = [x * rng.uniform(1.5, 3) for x in f]
+    c = [rng.uniform(0, 0.3) for _ in range(n)]
+    r = simulate(schedule, pp, m, v, f, b, c, [1.0] * n)
+    for rank, p in warmup_paths(schedule, pp, m, v):
+        length = sum(p.f[j] * f[j] + p.b[j] * b[j] + p.c[j] * c[j] for j in range(n))
+        assert length <= r.rank_end_s[rank] + 1e-9
+
+
+def test_warmup_path_is_exact_for_equal_stages():
+    from planner.schedule import warmup_paths
+
+    r = simulate("1f1b", 4, 8, 1, [1.0] * 4, [2.0] * 4, [0.0] * 4, [1.0] * 4)
+    best = max(sum(p.f[j] * 1.0 + p.b[j] * 2.0 for j in range(4)) for _, p in warmup_paths("1f1b", 4, 8, 1))
+    assert best == pytest.approx(r.makespan_s)
