@@ -232,7 +232,9 @@ def measure_saved_bytes_per_layer(
 
     if dist.is_initialized():
         raise RuntimeError("measure_saved_bytes_per_layer(tp>1) forks: call it from a process without a process group")
-    ctx = mp.get_context("fork")
+    from runtime.launch import cpu_context  # fork-server: safe when the caller has other threads
+
+    ctx = cpu_context()
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(send, args))
     child.start()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,10 +101,19 @@ def test_module_entry_point_has_help() -> None:
     assert out.returncode == 0 and "--plan" in out.stdout
 
 
-def test_a_failing_rank_surfaces_its_traceback(tmp_path, monkeypatch) -> None:
-    def broken(*args, **kwargs):
-        raise ValueError("boom in rank")
-
-    monkeypatch.setattr("runtime.launch.train_rank", broken)  # forked ranks inherit the patch
-    with pytest.raises(RuntimeError, match="boom in rank"):
-        run(make_plan(LLAMA, dp=2), 1, out=tmp_path / "r.json")
+def test_a_failing_rank_surfaces_its_traceback(tmp_path) -> None:
+    """A rank that raises reaches the caller with its traceback. The failure is patched into the
+    ranks, so this runs in a fresh interpreter with fork (see test_runtime_parity)."""
+    code = (
+        "import runtime.launch as L\n"
+        "from models.load import load_model\n"
+        "from runtime.plan_io import make_plan\n"
+        "def broken(*a, **k):\n    raise ValueError('boom in rank')\n"
+        "L.train_rank = broken\n"
+        "try:\n"
+        f"    L.run(make_plan(load_model('debug'), dp=2), 1, out={str(tmp_path / 'r.json')!r}, start_method='fork')\n"
+        "except RuntimeError as e:\n    print('CAUGHT', 'boom in rank' in str(e))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert "CAUGHT True" in out.stdout, out.stdout + out.stderr
