@@ -53,6 +53,12 @@ def _guard(fn):
     return wrapper
 
 
+# Shared by estimate and plan: optional here so `estimate --plan` can omit them; missing ones
+# are reported by planner.inputs with exit code 2.
+MODEL = typer.Option(None, "--model", "-m", help="Preset name, spec file or HF config.json.")
+CLUSTER = typer.Option(None, "--cluster", "-c", help="GPU:N, a GPU preset or a cluster file.")
+GBS = typer.Option(None, "--global-batch", "-b", help="Sequences per optimizer step.")
+SEQ = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence.")
 DTYPE = typer.Option("bf16", "--dtype", help="Compute dtype: bf16, fp16, fp8 or fp32.")
 ATTN = typer.Option("flash", "--attention", help="Attention kernel: flash (fused, no s^2 tensors) or eager.")
 SETS = typer.Option(None, "--set", help="Override a spec field: model.KEY=VALUE or cluster.KEY=VALUE (repeatable).")
@@ -62,10 +68,10 @@ FMT = typer.Option("table", "--format", "-f", help="Output format: table or json
 @app.command()
 @_guard
 def estimate(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Preset name, spec file or HF config.json."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", "-c", help="GPU:N, a GPU preset or a cluster file."),
-    global_batch: Optional[int] = typer.Option(None, "--global-batch", "-b", help="Sequences per optimizer step."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
+    model: Optional[str] = MODEL,
+    cluster: Optional[str] = CLUSTER,
+    global_batch: Optional[int] = GBS,
+    seq_len: Optional[int] = SEQ,
     dtype: str = DTYPE,
     attention: str = ATTN,
     dp: Optional[int] = typer.Option(None, help="Data-parallel degree (default: GPUs / (tp*pp*cp))."),
@@ -121,10 +127,10 @@ KNOB = "auto, one value, or a comma list"
 @app.command()
 @_guard
 def plan(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Preset name, spec file or HF config.json."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", "-c", help="GPU:N, a GPU preset or a cluster file."),
-    global_batch: Optional[int] = typer.Option(None, "--global-batch", "-b", help="Sequences per optimizer step."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence."),
+    model: Optional[str] = MODEL,
+    cluster: Optional[str] = CLUSTER,
+    global_batch: Optional[int] = GBS,
+    seq_len: Optional[int] = SEQ,
     dtype: str = DTYPE,
     attention: str = ATTN,
     dp: str = typer.Option("auto", help=f"Data-parallel degree: {KNOB} (default GPUs/(tp*pp*cp))."),
