@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from conftest import run_python
+
 import json
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,5 @@ def test_a_failing_rank_surfaces_its_traceback(tmp_path) -> None:
         f"    L.run(make_plan(load_model('debug'), dp=2), 1, out={str(tmp_path / 'r.json')!r}, start_method='fork')\n"
         "except RuntimeError as e:\n    print('CAUGHT', 'boom in rank' in str(e))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = run_python(code)
     assert "CAUGHT True" in out.stdout, out.stdout + out.stderr

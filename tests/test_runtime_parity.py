@@ -3,11 +3,8 @@ every step's loss and every final parameter within 1e-5 (runtime.parity)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import run_python
 
 torch = pytest.importorskip("torch")
 
@@ -63,7 +60,6 @@ def test_parity_check_catches_a_missing_gradient_all_reduce() -> None:
         f"r = check_parity(make_plan(load_model('debug'), dp=2, seq_len={SEQ}), steps=2, start_method='fork')\n"
         "print(r.max_param_err)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                         cwd=Path(__file__).resolve().parents[1])
+    out = run_python(code)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip().splitlines()[-1]) > 1e-4
