@@ -127,6 +127,8 @@ def _check_pipeline(par: Parallel, train: Training, spec) -> None:
     m = par.num_micro_batches(train.global_batch)
     if par.vpp > 1 and par.schedule != "interleaved":
         raise PlanError(f"--vpp {par.vpp} needs --schedule interleaved")
+    if par.schedule == "interleaved" and par.pp == 1:
+        raise PlanError("--schedule interleaved needs --pp > 1 (it interleaves chunks of several pipeline ranks)")
     if par.schedule == "interleaved" and par.pp > 1 and m % par.pp:
         raise PlanError(f"interleaved 1F1B needs micro-batches ({m}) % pp ({par.pp}) == 0")
     if par.schedule in ("1f1b", "interleaved") and par.pp > 1 and m < par.pp:

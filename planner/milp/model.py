@@ -150,6 +150,8 @@ class Model:
         t0 = time.perf_counter()
         if backend in ("ortools", "ortools-scip", "ortools-highs", "ortools-cbc"):
             engine = {"ortools": "HIGHS", "ortools-scip": "SCIP", "ortools-highs": "HIGHS", "ortools-cbc": "CBC"}[backend]
+            if backend == "ortools" and not self.size["integer_variables"]:
+                engine = "GLOP"  # pure LPs (relaxation bounds): GLOP measured 2-3x faster than HiGHS here
             sol = _solve_ortools(self, time_limit_s, rel_gap, engine)
         elif backend == "pulp":
             sol = _solve_pulp(self, time_limit_s, rel_gap)
