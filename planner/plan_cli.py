@@ -119,17 +119,24 @@ def render_plan(out: Console, doc: dict, est) -> None:
         out.print(a)
 
 
-def infeasible_advice(spec, cluster, train, res: SearchResult) -> str:
-    """Quantified advice from the plan that comes closest to fitting."""
+def closest_plan(spec, cluster, train, pars) -> tuple | None:
+    """(Estimate, bytes over capacity) of the candidate that comes closest to fitting with full
+    recompute on the even split (the least activation memory a candidate can have), or None."""
     closest = None
-    for r in res.candidates:
+    for par in pars:
         try:
-            e = estimate(spec, cluster, train, r.par.with_(recompute="full"))
+            e = estimate(spec, cluster, train, par.with_(recompute="full", stage_layers=None))
         except SpecError:
             continue
         over = max((o for _, o in e.over), default=0.0)
         if closest is None or over < closest[1]:
             closest = (e, over)
+    return closest
+
+
+def infeasible_advice(spec, cluster, train, res: SearchResult) -> str:
+    """Quantified advice from the plan that comes closest to fitting."""
+    closest = closest_plan(spec, cluster, train, [r.par for r in res.candidates])
     if closest is None:
         return "no candidate could be scored"
     e, over = closest
