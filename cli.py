@@ -63,6 +63,8 @@ DTYPE = typer.Option("bf16", "--dtype", help="Compute dtype: bf16, fp16, fp8 or 
 ATTN = typer.Option("flash", "--attention", help="Attention kernel: flash (fused, no s^2 tensors) or eager.")
 SETS = typer.Option(None, "--set", help="Override a spec field: model.KEY=VALUE or cluster.KEY=VALUE (repeatable).")
 FMT = typer.Option("table", "--format", "-f", help="Output format: table or json.")
+PLOT = typer.Option(None, "--plot", help="Draw the plan to this .png/.svg/.pdf (needs autopar[plots]).")
+PLOT_KIND = typer.Option("gantt", "--plot-kind", help="gantt, memory, breakdown, or all (PATH-gantt, -memory, -breakdown).")
 
 
 @app.command()
@@ -89,11 +91,16 @@ def estimate(
     plan: Optional[Path] = typer.Option(None, "--plan", help="Re-score a saved plan JSON with the current cost model."),
     sets: Optional[list[str]] = SETS,
     fmt: str = FMT,
+    plot: Optional[Path] = PLOT,
+    plot_kind: str = PLOT_KIND,
 ) -> None:
     """Score one hand-specified plan: step time, tokens/s, MFU/HFU and memory per pipeline stage."""
+    from planner import plots
     from planner.estimate import estimate as run_estimate
 
     _check_format(fmt)
+    if plot:
+        plots.plot_paths(plot, plot_kind)  # a bad --plot or no matplotlib: exit 2 before any work
     if plan is not None:
         from planner.inputs import Inputs
         from planner.plan import load_plan, plan_inputs
@@ -109,6 +116,8 @@ def estimate(
         print(json.dumps(render.estimate_json(result, inputs), indent=2))
     else:
         render.estimate_table(out, result)
+    if plot:
+        err.print("wrote " + ", ".join(map(str, plots.write_plots(result, plot, plot_kind))), highlight=False)
     if not result.fits:
         r, over = max(result.over, key=lambda x: x[1])
         err.print(f"does not fit: pipeline stage {r} needs {over / 2**30:.2f} GiB more than the "
@@ -151,13 +160,17 @@ def plan(
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the plan JSON to this file."),
     sets: Optional[list[str]] = SETS,
     fmt: str = FMT,
+    plot: Optional[Path] = PLOT,
+    plot_kind: str = PLOT_KIND,
 ) -> None:
     """Search the plan space (MILP per candidate, certified gap) for the fastest plan that fits."""
-    from planner import plan_cli
+    from planner import plan_cli, plots
     from planner.plan import build_plan
     from planner.search import search
 
     _check_format(fmt)
+    if plot:
+        plots.plot_paths(plot, plot_kind)
     if solver not in ("ortools", "pulp"):
         raise SpecError(f"--solver must be ortools or pulp (got {solver!r})")
     if gap < 0 or time_limit <= 0:
@@ -183,6 +196,8 @@ def plan(
     if out_path:
         out_path.write_text(json.dumps(doc, indent=2) + "\n")
         err.print(f"wrote {out_path}", highlight=False)
+    if plot:
+        err.print("wrote " + ", ".join(map(str, plots.write_plots(res.best, plot, plot_kind))), highlight=False)
     if fmt == "json":
         print(json.dumps(doc, indent=2))
     else:
@@ -249,6 +264,164 @@ def presets_show(name: str = typer.Argument(..., help="A model or GPU preset nam
     """Show one preset's fields (model spec or GPU spec) with derived sizes."""
     _check_format(fmt)
     render.preset_show(out, name, fmt)
+
+
+@app.command()
+@_guard
+def sweep(
+    model: Optional[str] = MODEL, cluster: Optional[str] = CLUSTER, global_batch: Optional[int] = GBS,
+    seq_len: Optional[int] = SEQ, dtype: str = DTYPE, attention: str = ATTN,
+    dp: str = typer.Option("auto", help=f"Data-parallel degree: {KNOB}."),
+    tp: str = typer.Option("auto", help=f"Tensor-parallel degree: {KNOB}."),
+    pp: str = typer.Option("auto", help=f"Pipeline-parallel degree: {KNOB}."),
+    cp: str = typer.Option("auto", help=f"Context-parallel degree: {KNOB}."),
+    ep: str = typer.Option("auto", help=f"Expert-parallel degree: {KNOB}."),
+    micro_batch: str = typer.Option("auto", "--micro-batch", help=f"Micro-batch size: {KNOB}."),
+    zero: str = typer.Option("auto", help=f"ZeRO stage: {KNOB}."),
+    schedule: str = typer.Option("auto", help=f"Pipeline schedule: {KNOB} of gpipe, 1f1b, interleaved."),
+    vpp: str = typer.Option("auto", help=f"Virtual stages for interleaved: {KNOB}."),
+    sequence_parallel: str = typer.Option("auto", "--sequence-parallel", help="auto, on, off or on,off."),
+    recompute: str = typer.Option("auto", help=f"Per-layer recompute options: {KNOB} of none, selective, full."),
+    vary: Optional[list[str]] = typer.Option(None, "--vary", help="KEY=V1,V2,... (repeatable; the points are the cartesian product)."),
+    tokens: str = typer.Option("1T", "--tokens", help="Token budget for time-to-train, e.g. 1e12, 15T, 300B."),
+    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour for the cost column."),
+    time_limit: float = typer.Option(60.0, "--time-limit", help="Wall-clock seconds per point."),
+    gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap per point (0.01 = 1%)."),
+    solver: str = typer.Option("ortools", "--solver", help="MILP backend: ortools (HiGHS) or pulp (CBC)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Worker processes (default: CPU count)."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Cache directory (default $AUTOPAR_CACHE_DIR or ~/.cache/autopar/sweep)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the rows to a .csv or .jsonl file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw tokens/s and cost against the first --vary key (.png/.svg/.pdf)."),
+    sets: Optional[list[str]] = SETS,
+    fmt: str = typer.Option("table", "--format", "-f", help="Output format: table, csv or jsonl."),
+) -> None:
+    """What-if over any input: plan every point of the --vary product (time-to-train, cost, Pareto front)."""
+    from planner import sweep as sw
+    from planner.sweep_cli import plot_rows, run_cli
+
+    knobs = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, micro_batch=micro_batch, zero=zero, schedule=schedule, vpp=vpp,
+                 sequence_parallel=sequence_parallel, recompute=recompute)
+    spec = sw.SweepSpec(model, cluster, global_batch, seq_len, dtype, attention, tuple(sets or ()), knobs,
+                        tuple(vary or ()), time_limit, gap, solver, sw.parse_tokens(tokens), price)
+    rows = run_cli(spec, jobs, cache, no_cache, fmt, out_path, out, err)
+    if plot:
+        plot_rows(rows, spec, plot, err)
+    if not any(r["feasible"] for r in rows):
+        raise typer.Exit(1)
+
+
+@schema_app.command("model")
+@_guard
+def schema_model() -> None:
+    """JSON Schema of a model spec file (complete, or `extends:` a preset)."""
+    from planner.schemas import model_schema
+
+    print(json.dumps(model_schema(), indent=2))
+
+
+@schema_app.command("cluster")
+@_guard
+def schema_cluster() -> None:
+    """JSON Schema of a cluster file (`--cluster my-cluster.yaml`)."""
+    from planner.schemas import cluster_schema
+
+    print(json.dumps(cluster_schema(), indent=2))
+
+
+@app.command("import-hf")
+@_guard
+def import_hf(
+    source: str = typer.Argument(..., help="A Hugging Face config.json, or a directory holding one."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the spec to this .yaml/.json file."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default: from _name_or_path or the folder)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="yaml or json (default: -o's suffix, else yaml)."),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a field: model.KEY=VALUE (repeatable)."),
+) -> None:
+    """Import a Hugging Face config.json as a model spec (stdout or -o); what was read or ignored goes to stderr."""
+    from planner.import_hf import run_import
+
+    text = run_import(err, source, out_path, name, fmt, parse_sets(sets or []))
+    if text is not None:
+        sys.stdout.write(text)
+
+
+@app.command()
+@_guard
+def doctor(fmt: str = FMT) -> None:
+    """Check the installation: versions, MILP solvers, GPUs, torch.distributed (exit 1: no solver can plan)."""
+    from planner.doctor import run_doctor
+
+    _check_format(fmt)
+    raise typer.Exit(run_doctor(out, err, fmt))
+
+
+@app.command("export")
+@_guard
+def export_cmd(
+    plan_file: Path = typer.Argument(..., help="Plan JSON written by `autopar plan --out`."),
+    to: str = typer.Option(..., "--to", help="Target runtime: torchtitan (TOML), megatron (arguments) or deepspeed (JSON)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the configuration to this file (default: stdout)."),
+    fmt: str = typer.Option("text", "--format", "-f", help="text (the runtime's own file) or json (config, notes, text)."),
+) -> None:
+    """Write the plan as torchtitan, Megatron-LM or DeepSpeed configuration, with a note per setting it lacks."""
+    from planner.export import run_export
+
+    _check_format(fmt, ("text", "json"))
+    run_export(plan_file, to, out_path, fmt, err)
+
+
+@app.command()
+@_guard
+def validate(
+    plan_file: Path = typer.Argument(..., help="Plan JSON to check (written by `autopar plan --out`)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Re-derive with this model instead of the recorded one."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", "-c", help="Re-derive with this cluster instead of the recorded one."),
+    sets: Optional[list[str]] = SETS,
+    against: Optional[Path] = typer.Option(None, "--against", help="Golden plan: step time or peak memory above its figures by more than the tolerance is an error."),
+    tolerance: str = typer.Option("2%", "--tolerance", help="Allowed regression and drift: a percentage (2%) or a fraction (0.02)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or github (one Actions annotation line per finding)."),
+) -> None:
+    """The CI gate: re-derive a plan's checks with the current cost model (exit 1 on any error finding)."""
+    from planner.validate_render import run_cli
+
+    if not run_cli(out, err, plan_file, model, cluster, sets or [], against, tolerance, fmt):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_guard
+def diff(
+    a: Path = typer.Argument(..., help="The plan to start from."),
+    b: Path = typer.Argument(..., help="The plan to compare with."),
+    fmt: str = FMT,
+) -> None:
+    """Which knobs changed between two plans and how much of the step time, tokens/s and memory change each accounts for."""
+    from planner import diff as plan_diff
+
+    _check_format(fmt)
+    plan_diff.render(out, plan_diff.diff_plans(a, b), fmt)
+
+
+@app.command()
+@_guard
+def explain(
+    plan_file: Optional[Path] = typer.Argument(None, help="Plan JSON to explain (omit it with --infeasible -m -c -b -s)."),
+    infeasible: bool = typer.Option(False, "--infeasible", help="No plan fits: the conflicting constraints and what would fit."),
+    model: Optional[str] = MODEL, cluster: Optional[str] = CLUSTER, global_batch: Optional[int] = GBS,
+    seq_len: Optional[int] = SEQ, dtype: str = DTYPE, attention: str = ATTN,
+    time_limit: float = typer.Option(30.0, "--time-limit", help="Wall-clock seconds shared by all the re-plans."),
+    sets: Optional[list[str]] = SETS,
+    fmt: str = FMT,
+) -> None:
+    """Why this plan: each decision forced to each alternative, the binding constraint, what +1 GiB or +1 node buys."""
+    from planner.explain_render import run_cli
+
+    _check_format(fmt)
+    problem = dict(model=model, cluster=cluster, global_batch=global_batch, seq_len=seq_len, dtype=dtype, attention=attention)
+    code = run_cli(out, err, plan_file, infeasible, problem, time_limit, parse_sets(sets or []), fmt)
+    if code:
+        raise typer.Exit(code)
 
 
 if __name__ == "__main__":
