@@ -131,6 +131,18 @@ def _check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> Non
 
 
 KNOB = "auto, one value, or a comma list"
+# Search-space knobs shared by plan and sweep.
+K_DP = typer.Option("auto", help=f"Data-parallel degree: {KNOB} (default GPUs/(tp*pp*cp)).")
+K_TP = typer.Option("auto", help=f"Tensor-parallel degree: {KNOB} (auto: powers of 2 up to a node, max 8).")
+K_PP = typer.Option("auto", help=f"Pipeline-parallel degree: {KNOB} (auto: divisors up to the layer count).")
+K_CP = typer.Option("auto", help=f"Context-parallel degree: {KNOB} (auto: 1, or 1-8 from 16k tokens).")
+K_EP = typer.Option("auto", help=f"Expert-parallel degree: {KNOB} (auto: 1 for dense models).")
+K_MICRO_BATCH = typer.Option("auto", "--micro-batch", help=f"Micro-batch size: {KNOB} (auto: 1,2,4,8).")
+K_ZERO = typer.Option("auto", help=f"ZeRO stage: {KNOB} (auto: 0,1,2,3).")
+K_SCHEDULE = typer.Option("auto", help=f"Pipeline schedule: {KNOB} of gpipe, 1f1b, interleaved.")
+K_VPP = typer.Option("auto", help=f"Virtual stages for interleaved: {KNOB} (auto: 2).")
+K_SEQUENCE_PARALLEL = typer.Option("auto", "--sequence-parallel", help="auto, on, off or on,off (auto: on when tp>1).")
+K_RECOMPUTE = typer.Option("auto", help=f"Per-layer recompute options: {KNOB} of none, selective, full.")
 
 
 @app.command()
@@ -142,17 +154,17 @@ def plan(
     seq_len: Optional[int] = SEQ,
     dtype: str = DTYPE,
     attention: str = ATTN,
-    dp: str = typer.Option("auto", help=f"Data-parallel degree: {KNOB} (default GPUs/(tp*pp*cp))."),
-    tp: str = typer.Option("auto", help=f"Tensor-parallel degree: {KNOB} (auto: powers of 2 up to a node, max 8)."),
-    pp: str = typer.Option("auto", help=f"Pipeline-parallel degree: {KNOB} (auto: divisors up to the layer count)."),
-    cp: str = typer.Option("auto", help=f"Context-parallel degree: {KNOB} (auto: 1, or 1-8 from 16k tokens)."),
-    ep: str = typer.Option("auto", help=f"Expert-parallel degree: {KNOB} (auto: 1 for dense models)."),
-    micro_batch: str = typer.Option("auto", "--micro-batch", help=f"Micro-batch size: {KNOB} (auto: 1,2,4,8)."),
-    zero: str = typer.Option("auto", help=f"ZeRO stage: {KNOB} (auto: 0,1,2,3)."),
-    schedule: str = typer.Option("auto", help=f"Pipeline schedule: {KNOB} of gpipe, 1f1b, interleaved."),
-    vpp: str = typer.Option("auto", help=f"Virtual stages for interleaved: {KNOB} (auto: 2)."),
-    sequence_parallel: str = typer.Option("auto", "--sequence-parallel", help="auto, on, off or on,off (auto: on when tp>1)."),
-    recompute: str = typer.Option("auto", help=f"Per-layer recompute options: {KNOB} of none, selective, full."),
+    dp: str = K_DP,
+    tp: str = K_TP,
+    pp: str = K_PP,
+    cp: str = K_CP,
+    ep: str = K_EP,
+    micro_batch: str = K_MICRO_BATCH,
+    zero: str = K_ZERO,
+    schedule: str = K_SCHEDULE,
+    vpp: str = K_VPP,
+    sequence_parallel: str = K_SEQUENCE_PARALLEL,
+    recompute: str = K_RECOMPUTE,
     time_limit: float = typer.Option(60.0, "--time-limit", help="Wall-clock seconds; the best plan so far is returned."),
     gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap at which to stop (0.01 = 1%)."),
     solver: str = typer.Option("ortools", "--solver", help="MILP backend: ortools (HiGHS) or pulp (CBC)."),
@@ -271,17 +283,17 @@ def presets_show(name: str = typer.Argument(..., help="A model or GPU preset nam
 def sweep(
     model: Optional[str] = MODEL, cluster: Optional[str] = CLUSTER, global_batch: Optional[int] = GBS,
     seq_len: Optional[int] = SEQ, dtype: str = DTYPE, attention: str = ATTN,
-    dp: str = typer.Option("auto", help=f"Data-parallel degree: {KNOB}."),
-    tp: str = typer.Option("auto", help=f"Tensor-parallel degree: {KNOB}."),
-    pp: str = typer.Option("auto", help=f"Pipeline-parallel degree: {KNOB}."),
-    cp: str = typer.Option("auto", help=f"Context-parallel degree: {KNOB}."),
-    ep: str = typer.Option("auto", help=f"Expert-parallel degree: {KNOB}."),
-    micro_batch: str = typer.Option("auto", "--micro-batch", help=f"Micro-batch size: {KNOB}."),
-    zero: str = typer.Option("auto", help=f"ZeRO stage: {KNOB}."),
-    schedule: str = typer.Option("auto", help=f"Pipeline schedule: {KNOB} of gpipe, 1f1b, interleaved."),
-    vpp: str = typer.Option("auto", help=f"Virtual stages for interleaved: {KNOB}."),
-    sequence_parallel: str = typer.Option("auto", "--sequence-parallel", help="auto, on, off or on,off."),
-    recompute: str = typer.Option("auto", help=f"Per-layer recompute options: {KNOB} of none, selective, full."),
+    dp: str = K_DP,
+    tp: str = K_TP,
+    pp: str = K_PP,
+    cp: str = K_CP,
+    ep: str = K_EP,
+    micro_batch: str = K_MICRO_BATCH,
+    zero: str = K_ZERO,
+    schedule: str = K_SCHEDULE,
+    vpp: str = K_VPP,
+    sequence_parallel: str = K_SEQUENCE_PARALLEL,
+    recompute: str = K_RECOMPUTE,
     vary: Optional[list[str]] = typer.Option(None, "--vary", help="KEY=V1,V2,... (repeatable; the points are the cartesian product)."),
     tokens: str = typer.Option("1T", "--tokens", help="Token budget for time-to-train, e.g. 1e12, 15T, 300B."),
     price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour for the cost column."),
