@@ -31,6 +31,9 @@ from planner.milp.data import build_data
 from planner.milp.placement import build_placement_model, read_assignment
 from planner.schedule import warmup_paths
 
+# Above this many schedule operations (2·m·p·v) the exact-schedule LP takes seconds; the
+# path-cut LP and the MILP bound such candidates instead.
+EXACT_LP_MAX_OPS = 8192
 KNOBS = ("dp", "tp", "pp", "cp", "ep", "micro_batch", "zero", "schedule", "vpp", "sequence_parallel", "recompute")
 
 
@@ -151,12 +154,7 @@ def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: 
     infeasible MILP then proves this candidate cannot beat it (branch-and-bound pruning)."""
     d = build_data(graph, costs, cluster, train, par, options)
     t0 = time.perf_counter()
-    lp = _exact_lp_bound(d, backend, deadline) if par.pp > 1 else None
-    if lp is not None and lp >= cutoff_s:
-        # The LP relaxation of the exact schedule MILP already reaches the cutoff: prune.
-        return CandidateResult(par, lp, "pruned_bound", None, 1, {}, time.perf_counter() - t0)
     cuts, seen = [], set()
-    best: Estimate | None = None
     # Seed the cuts with the warm-up paths of the schedule (valid for any placement) and the
     # critical paths of the default even split under each allowed recompute option:
     # near-optimal placements share most of their binding paths.
@@ -164,6 +162,16 @@ def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: 
         if rp not in seen:
             seen.add(rp)
             cuts.append(rp)
+    lp = _lp_bound(build_placement_model(d, exact=False, cuts=cuts)[0], backend, deadline)
+    if par.pp > 1 and lp < cutoff_s and 2 * d.m * par.chunks <= EXACT_LP_MAX_OPS:
+        lp = max(lp, _lp_bound(build_placement_model(d, exact=True)[0], backend, deadline))
+    if lp == float("inf"):
+        return CandidateResult(par, lp, "infeasible", None, 1, {}, time.perf_counter() - t0)
+    if lp >= cutoff_s:
+        # An LP relaxation (of the rank-bound/warm-up-path model, which already holds memory and
+        # recompute, or of the exact schedule) reaches the cutoff: prune without a MILP.
+        return CandidateResult(par, lp, "pruned_bound", None, 1, {}, time.perf_counter() - t0)
+    best: Estimate | None = None
     for o in options:
         seed = estimate(spec, cluster, train, par.with_(recompute=o))
         new = [(r, p) for r, p in enumerate(seed.critical) if (r, p) not in seen]
@@ -171,7 +179,7 @@ def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: 
         cuts.extend(new)
         if seed.fits and (best is None or seed.predicted["step_time_s"] < best.predicted["step_time_s"]):
             best = seed
-    bound, it, size = (lp or 0.0), 0, {}
+    bound, it, size = lp, 0, {}
     status = "time_limit"
     while True:
         it += 1
@@ -260,36 +268,52 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
 
 def _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, deadline: float) -> Estimate | None:
     """A first plan to prune against: for candidates in bound order, the default even split with
-    the least uniform recompute that fits, until the bound passes the best plan found."""
+    the least uniform recompute that fits, until the bound passes the best plan found. Candidates
+    whose schedule is cheap to simulate go first (an estimate costs time linear in its 2·m·p·v
+    operations, and a deep pipeline over hundreds of micro-batches can take 0.3 s), so a good
+    incumbent is found before the expensive ones are tried."""
     best = None
-    for lb, mem_lb, par, _ in scored:
-        if mem_lb > cap:
-            continue
-        if best is not None and lb * (1 + gap) >= best.predicted["step_time_s"] or time.perf_counter() > deadline:
-            break
-        for o in options:
-            try:
-                e = estimate(spec, cluster, train, par.with_(recompute=o))
-            except PlanError:
+    cheap = [x for x in scored if 2 * x[2].num_micro_batches(train.global_batch) * x[2].chunks <= EXACT_LP_MAX_OPS]
+    dear = [x for x in scored if x not in cheap]
+    for group in (cheap, dear):
+        for lb, mem_lb, par, _ in group:
+            if mem_lb > cap:
+                continue
+            if best is not None and lb * (1 + gap) >= best.predicted["step_time_s"] or time.perf_counter() > deadline:
                 break
-            if e.fits:
-                if best is None or e.predicted["step_time_s"] < best.predicted["step_time_s"]:
-                    best = e
-                break
+            best = _better(best, _least_recompute_that_fits(spec, cluster, train, par, options))
     return best
 
 
-def _exact_lp_bound(d, backend: str, deadline: float) -> float | None:
-    """Lower bound from the LP relaxation of the exact schedule formulation (all DAG paths, block
-    counts fractional). Far stronger than the path-cut model's root for deep pipelines, and
-    cheap: one LP over 2·m·p·v start times."""
-    model, _ = build_placement_model(d, exact=True)
+def _least_recompute_that_fits(spec, cluster, train, par: Parallel, options) -> Estimate | None:
+    for o in options:
+        try:
+            e = estimate(spec, cluster, train, par.with_(recompute=o))
+        except PlanError:
+            return None
+        if e.fits:
+            return e
+    return None
+
+
+def _better(a: Estimate | None, b: Estimate | None) -> Estimate | None:
+    if b is None:
+        return a
+    return b if a is None or b.predicted["step_time_s"] < a.predicted["step_time_s"] else a
+
+
+def _lp_bound(model, backend: str, deadline: float) -> float:
+    """Lower bound from a placement model's LP relaxation (block counts fractional); 0 when the
+    LP does not finish. The exact schedule form's relaxation is far stronger than the path-cut
+    form's for deep pipelines but costs one LP over 2·m·p·v start times; the path-cut form's
+    is tiny and already prices memory-forced recompute (the cheap bound in ``candidate_bound``
+    assumes none)."""
     for var in model.vars:
         var.integer = False
     sol = model.solve(backend, max(0.05, min(5.0, deadline - time.perf_counter())), rel_gap=1e-9)
     if sol.status == "infeasible":
         return float("inf")
-    return sol.objective if sol.status == "optimal" else None
+    return sol.objective if sol.status == "optimal" else 0.0
 
 
 def _alternatives(results, incumbent, top_k: int) -> list[CandidateResult]:
