@@ -58,19 +58,6 @@ MODEL_DOCS = [
 ]
 
 
-@pytest.mark.parametrize("doc, ok", MODEL_DOCS)
-def test_model_schema_agrees_with_the_loader(tmp_path, doc, ok):
-    schema = _schema("model")
-    assert _valid(schema, doc) is ok
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    if ok:
-        load_model(str(path))
-    else:
-        with pytest.raises(SpecError):
-            load_model(str(path))
-
-
 H100 = yaml.safe_load((GPU_PRESETS / "h100-sxm-80gb.yaml").read_text())
 CLUSTER_DOCS = [
     ({"gpu": "h100-sxm-80gb", "num_nodes": 4}, True),
@@ -88,17 +75,19 @@ CLUSTER_DOCS = [
 ]
 
 
-@pytest.mark.parametrize("doc, ok", CLUSTER_DOCS)
-def test_cluster_schema_agrees_with_the_loader(tmp_path, doc, ok):
-    schema = _schema("cluster")
-    assert _valid(schema, doc) is ok
-    path = tmp_path / "cluster.yaml"
+@pytest.mark.parametrize("kind, doc, ok", [("model", d, ok) for d, ok in MODEL_DOCS]
+                         + [("cluster", d, ok) for d, ok in CLUSTER_DOCS])
+def test_schema_agrees_with_the_loader(tmp_path, kind, doc, ok):
+    """The JSON Schema and the real loader give the same verdict on every document."""
+    load = {"model": load_model, "cluster": load_cluster}[kind]
+    assert _valid(_schema(kind), doc) is ok
+    path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump(doc))
     if ok:
-        load_cluster(str(path))
+        load(str(path))
     else:
         with pytest.raises(SpecError):
-            load_cluster(str(path))
+            load(str(path))
 
 
 def test_cluster_schema_accepts_every_gpu_preset_inline():
