@@ -183,10 +183,7 @@ def plan(
     _check_format(fmt)
     if plot:
         plots.plot_paths(plot, plot_kind)
-    if solver not in ("ortools", "pulp"):
-        raise SpecError(f"--solver must be ortools or pulp (got {solver!r})")
-    if gap < 0 or time_limit <= 0:
-        raise SpecError("--gap must be >= 0 and --time-limit > 0")
+    plan_cli.check_search_settings(solver, gap, time_limit)
     raw = dict(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, micro_batch=micro_batch, zero=zero, schedule=schedule, vpp=vpp,
                sequence_parallel=sequence_parallel, recompute=recompute)
     knobs = plan_cli.parse_knobs(raw)

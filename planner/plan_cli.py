@@ -15,6 +15,14 @@ from planner.search import Knobs, SearchResult
 INT_KNOBS = ("dp", "tp", "pp", "cp", "ep", "micro_batch", "zero", "vpp")
 
 
+def check_search_settings(solver: str, gap: float, time_limit_s: float) -> None:
+    """--solver, --gap and --time-limit as `plan` and `sweep` take them (bad input: exit 2)."""
+    if solver not in ("ortools", "pulp"):
+        raise SpecError(f"--solver must be ortools or pulp (got {solver!r})")
+    if gap < 0 or time_limit_s <= 0:
+        raise SpecError("--gap must be >= 0 and --time-limit > 0")
+
+
 def parse_knobs(raw: dict[str, str | None]) -> Knobs:
     """Each knob: 'auto' (or absent), one value, or a comma list: --tp 1,2,4,8."""
     values: dict[str, tuple | None] = {}

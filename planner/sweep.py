@@ -41,7 +41,7 @@ from models.load import load_model
 from planner.config import DTYPES, RECOMPUTE_OPTIONS
 from planner.inputs import Inputs, build_inputs, parse_sets
 from planner.plan import input_block
-from planner.plan_cli import INT_KNOBS, infeasible_advice, parse_knobs
+from planner.plan_cli import INT_KNOBS, check_search_settings, infeasible_advice, parse_knobs
 from planner.search import KNOBS, Knobs, search
 
 CACHE_VERSION = 1
@@ -280,10 +280,7 @@ def _open_cache(cache_dir: Path | None) -> None:
 
 def _check_settings(spec: SweepSpec) -> None:
     """Settings shared by every point are bad input (exit 2), not a per-point reason."""
-    if spec.solver not in ("ortools", "pulp"):
-        raise SpecError(f"--solver must be ortools or pulp (got {spec.solver!r})")
-    if spec.gap < 0 or spec.time_limit_s <= 0:
-        raise SpecError("--gap must be >= 0 and --time-limit > 0")
+    check_search_settings(spec.solver, spec.gap, spec.time_limit_s)
     if spec.price_per_gpu_hour is not None and spec.price_per_gpu_hour < 0:
         raise SpecError(f"--price-per-gpu-hour must be >= 0 (got {spec.price_per_gpu_hour})")
     parse_sets(list(spec.sets))
