@@ -72,7 +72,7 @@ class ClusterSpec(_Strict):
         return self.num_nodes * self.gpus_per_node
 
 
-class _ClusterFile(_Strict):
+class ClusterFile(_Strict):
     """The on-disk cluster format before defaults are filled in from the GPU preset."""
 
     gpu: Any = Field(description="GPU preset name, or an inline GPU object (may use extends: <preset>).")
@@ -156,7 +156,7 @@ def _read_cluster_file(path: Path) -> dict[str, Any]:
 
 def _build(raw: dict[str, Any], what: str) -> ClusterSpec:
     try:
-        spec = _ClusterFile.model_validate(raw)
+        spec = ClusterFile.model_validate(raw)
     except ValidationError as err:
         raise SpecError(format_validation_error(err, what)) from None
     gpu = _resolve_gpu(spec.gpu, what)

@@ -57,7 +57,7 @@ def load_model(arg: str, overrides: Mapping[str, object] | None = None) -> Model
     """Load a preset, spec file or Hugging Face config, apply ``overrides``, validate."""
     data, what = _load_data(arg)
     if overrides:
-        data = _apply_overrides(data, overrides)
+        data = apply_overrides(data, overrides)
         what += " with overrides"
     try:
         return ModelSpec.model_validate(data)
@@ -125,7 +125,7 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, object]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: Mapping[str, object]) -> dict[str, Any]:
     """Set each dotted path (``moe.top_k``), creating absent sections (``moe`` on a dense model)."""
     out = copy.deepcopy(data)
     for dotted, value in overrides.items():

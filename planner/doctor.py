@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from planner.milp.model import Model, _quiet, _solve_ortools
+from planner.milp.model import Model, quiet_native_output, solve_ortools
 
 MILP_OPTIMUM = 11.0  # the integer optimum of the test MILP above
 LP_OPTIMUM = 11.5  # its LP relaxation
@@ -80,11 +80,11 @@ def solve_check(backend: str) -> Check:
         if backend in ORTOOLS_ENGINES:
             from ortools.linear_solver import pywraplp
 
-            with _quiet():  # an engine missing from the build logs to fd 2 from native code
+            with quiet_native_output():  # an engine missing from the build logs to fd 2 from native code
                 created = pywraplp.Solver.CreateSolver(ORTOOLS_ENGINES[backend])
             if created is None:
                 return Check("solvers", name, False, "not available in this OR-Tools build", serves)
-            sol = _solve_ortools(_test_milp(), SOLVER_TIME_LIMIT_S, 1e-9, ORTOOLS_ENGINES[backend])
+            sol = solve_ortools(_test_milp(), SOLVER_TIME_LIMIT_S, 1e-9, ORTOOLS_ENGINES[backend])
         else:
             with warnings.catch_warnings():  # PuLP 3 announces its 4.0 API on every call
                 warnings.simplefilter("ignore")

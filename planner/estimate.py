@@ -200,7 +200,7 @@ def optimizer_s(rank_layers, costs, tied_params: float, par: Parallel, cluster) 
     return local * OPTIMIZER_BYTES_PER_PARAM / cluster.gpu.hbm_effective_Bps
 
 
-def _p2p_list(chunks, cluster, train, par, graph) -> list[float]:
+def p2p_list(chunks, cluster, train, par, graph) -> list[float]:
     """Activation (and its gradient) transfer between consecutive chunks: b·s/cp·h elements,
     /tp when sequence parallel keeps them split (Megatron scatter-gather optimisation)."""
     nbytes = par.micro_batch * train.seq_len / par.cp * graph.spec.hidden_size * train.act_bytes
@@ -226,7 +226,7 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Paral
     states = _rank_states(chunks, costs, graph, par)
     if par.zero >= 2:
         add_per_microbatch_dp(chunks, costs, f, b, par)
-    sim = simulate(par.schedule, par.pp, m, par.vpp, f, b, _p2p_list(chunks, cluster, train, par, graph),
+    sim = simulate(par.schedule, par.pp, m, par.vpp, f, b, p2p_list(chunks, cluster, train, par, graph),
                    [s[2] for s in sums], keep_events)
     tied = tied_copy_comm(graph, cluster, train, par)
     tails = []

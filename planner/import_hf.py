@@ -22,7 +22,7 @@ from models.errors import SpecError, format_validation_error
 from models.graph import build_graph
 from models.hf_import import from_hf_config
 from models.hf_report import ImportReport, import_report
-from models.load import _apply_overrides  # the same dotted-path rule --model applies to --set
+from models.load import apply_overrides  # the same dotted-path rule --model applies to --set
 from models.spec import ModelSpec
 
 FORMATS = ("yaml", "json")
@@ -59,7 +59,7 @@ def import_hf(source: str, name: str | None = None, overrides: Mapping[str, obje
     spec = from_hf_config(cfg, name, origin=str(path))
     if overrides:
         try:
-            spec = ModelSpec.model_validate(_apply_overrides(spec.model_dump(), overrides))
+            spec = ModelSpec.model_validate(apply_overrides(spec.model_dump(), overrides))
         except ValidationError as exc:
             raise SpecError(format_validation_error(exc, f"model spec from {path} with overrides")) from None
     return Imported(spec, import_report(cfg), path, dict(overrides or {}))

@@ -74,7 +74,7 @@ class PlanFile(_Open):
     reproduce: str = Field(description="The command that reproduces this plan.")
 
 
-def _sha(obj: Any) -> str:
+def input_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
@@ -84,7 +84,7 @@ def input_block(model: ModelSpec, cluster: ClusterSpec, train: Training, knobs: 
          "attention_impl": train.attention_impl, "grad_reduce_dtype": train.grad_reduce_dtype,
          "norm_impl": train.norm_impl, "seed": 0}
     return {"model": m, "cluster": c, "training": t, "knobs": knobs or {},
-            "sha256": {"model": _sha(m), "cluster": _sha(c), "training": _sha(t)}}
+            "sha256": {"model": input_sha256(m), "cluster": input_sha256(c), "training": input_sha256(t)}}
 
 
 def stage_blocks(est) -> list[dict]:
@@ -130,7 +130,7 @@ def load_plan(path: Path) -> dict:
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, f"plan {path}")) from None
     for key in ("model", "cluster", "training"):
-        if _sha(doc["inputs"][key]) != doc["inputs"]["sha256"][key]:
+        if input_sha256(doc["inputs"][key]) != doc["inputs"]["sha256"][key]:
             raise SpecError(f"{path}: inputs.{key} does not match inputs.sha256.{key} (edited by hand?)")
     return doc
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 # The loader's own on-disk model (private there): the schema must describe what load_cluster accepts.
-from hardware.cluster import _ClusterFile
+from hardware.cluster import ClusterFile
 from hardware.gpu import GPUSpec, list_gpus
 from models.load import list_presets
 from models.spec import ModelSpec
@@ -78,7 +78,7 @@ def cluster_schema() -> dict[str, Any]:
     gpu_patch["required"] = ["extends"]
     gpu_patch["title"] = "GPUSpecPatch"
     defs.update({"GPUSpec": gpu_full, "GPUSpecPatch": gpu_patch})
-    schema = _ClusterFile.model_json_schema()
+    schema = ClusterFile.model_json_schema()
     schema["properties"]["gpu"] = {
         "description": schema["properties"]["gpu"].get("description", ""),
         "anyOf": [{"type": "string", "description": "A GPU preset name.", "examples": list_gpus()},

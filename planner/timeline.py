@@ -116,7 +116,7 @@ def _residue(x: float, scale: float) -> float:
 def p2p_seconds(est: Estimate) -> list[float]:
     """Transfer time from chunk j to j+1, priced by the estimate's own p2p model."""
     graph = build_graph(est.model, est.train.seq_len, est.train.attention_impl, est.train.norm_impl)
-    return est_mod._p2p_list(est.chunks, est.cluster, est.train, est.par, graph)  # same function estimate uses
+    return est_mod.p2p_list(est.chunks, est.cluster, est.train, est.par, graph)  # same function estimate uses
 
 
 def _op_parts(op: str, part: ChunkParts) -> list[tuple[str, float]]:

@@ -37,13 +37,13 @@ from pydantic import ValidationError
 
 from hardware.cluster import ClusterSpec, load_cluster
 from models.errors import SpecError
-from models.load import _apply_overrides  # the same dotted-path semantics as --set on a spec
+from models.load import apply_overrides  # the same dotted-path semantics as --set on a spec
 from models.load import load_model
 from models.spec import ModelSpec
 from planner.diff import flat_changes, read_json
 from planner.estimate import Estimate, estimate
 from planner.inputs import build_inputs, parse_sets
-from planner.plan import PlanFile, _sha, input_block, plan_inputs  # _sha: the hash plan files carry
+from planner.plan import PlanFile, input_sha256, input_block, plan_inputs  # input_sha256: the hash plan files carry
 from planner.plan_checks import (Finding, Severity, check_records, check_rules, check_stages, check_summary,
                                  check_training, short_repr)
 from planner.render import SCHEMA_VERSION
@@ -146,12 +146,12 @@ def check_hashes(doc: dict) -> list[Finding]:
         if key not in inputs:
             out.append(Finding(f"inputs.{key}", "error", f"inputs.{key} is missing"))
             continue
-        now = _sha(inputs[key])
+        now = input_sha256(inputs[key])
         if now == sha.get(key):
             continue
         again = again if again is not None else (_reproduced_inputs(doc) or {})
         orig = again.get(key)
-        if isinstance(orig, dict) and _sha(orig) == sha.get(key):
+        if isinstance(orig, dict) and input_sha256(orig) == sha.get(key):
             for path, was, rec in flat_changes(orig, inputs[key], f"inputs.{key}"):
                 out.append(Finding(path, "error", f"{path} is {short_repr(rec)} but inputs.sha256.{key} matches "
                                    f"{short_repr(was)} (what `reproduce` resolves to): edited by hand"))
@@ -172,7 +172,7 @@ def _one_input(kind: str, recorded: Any, arg: str | None, overrides: dict, out: 
         return None
     else:
         try:
-            data = _apply_overrides(recorded, overrides) if overrides else recorded
+            data = apply_overrides(recorded, overrides) if overrides else recorded
             spec, how = cls.model_validate(data), "--set"
         except ValidationError as exc:
             if overrides:

@@ -15,7 +15,7 @@ from hardware.cluster import ClusterSpec
 from models.graph import LayerGraph
 from planner import memory as mem
 from planner.config import Parallel, Training
-from planner.estimate import _p2p_list, make_chunks, one_block_comm, tied_copy_comm, tied_params
+from planner.estimate import p2p_list, make_chunks, one_block_comm, tied_copy_comm, tied_params
 from planner.layer_cost import LayerCost
 from planner.schedule import rank_order
 
@@ -95,7 +95,7 @@ def build_data(graph: LayerGraph, costs: list[LayerCost], cluster: ClusterSpec, 
     ag1, rs1, ar1 = one_block_comm(costs)
     return PlacementData(
         par=par, train=train, m=m, n_chunks=n, runs=block_runs(graph, costs), options=options,
-        emb=costs[0], head=costs[-1], p2p_s=_p2p_list(chunks, cluster, train, par, graph),
+        emb=costs[0], head=costs[-1], p2p_s=p2p_list(chunks, cluster, train, par, graph),
         orders=[rank_order(par.schedule, r, par.pp, m, par.vpp) for r in range(par.pp)],
         ag1=ag1, rs1=rs1, ar1=ar1, tied_comm=tied_copy_comm(graph, cluster, train, par),
         tied_params=tied_params(graph, par), state_bytes_per_dense=per_dense, state_bytes_per_expert=per_exp,

@@ -152,7 +152,7 @@ class Model:
             engine = {"ortools": "HIGHS", "ortools-scip": "SCIP", "ortools-highs": "HIGHS", "ortools-cbc": "CBC"}[backend]
             if backend == "ortools" and not self.size["integer_variables"]:
                 engine = "GLOP"  # pure LPs (relaxation bounds): GLOP measured 2-3x faster than HiGHS here
-            sol = _solve_ortools(self, time_limit_s, rel_gap, engine)
+            sol = solve_ortools(self, time_limit_s, rel_gap, engine)
         elif backend == "pulp":
             sol = _solve_pulp(self, time_limit_s, rel_gap)
         else:
@@ -161,10 +161,10 @@ class Model:
         return sol
 
 
-def _solve_ortools(model: Model, time_limit_s: float, rel_gap: float, engine: str = "SCIP") -> Solution:
+def solve_ortools(model: Model, time_limit_s: float, rel_gap: float, engine: str = "SCIP") -> Solution:
     from ortools.linear_solver import pywraplp
 
-    with _quiet():  # HiGHS prints a banner from native code; keep stdout and stderr clean
+    with quiet_native_output():  # HiGHS prints a banner from native code; keep stdout and stderr clean
         s = pywraplp.Solver.CreateSolver(engine)
     inf = s.infinity()
     xs = [s.IntVar(v.lb, inf if v.ub is None else v.ub, v.name) if v.integer
@@ -182,7 +182,7 @@ def _solve_ortools(model: Model, time_limit_s: float, rel_gap: float, engine: st
     s.SetTimeLimit(int(max(1, time_limit_s * 1000)))
     params = pywraplp.MPSolverParameters()
     params.SetDoubleParam(pywraplp.MPSolverParameters.RELATIVE_MIP_GAP, rel_gap)
-    with _quiet():
+    with quiet_native_output():
         code = s.Solve(params)
     status = {pywraplp.Solver.OPTIMAL: "optimal", pywraplp.Solver.FEASIBLE: "feasible",
               pywraplp.Solver.INFEASIBLE: "infeasible"}.get(code, "time_limit_no_solution"
@@ -195,7 +195,7 @@ def _solve_ortools(model: Model, time_limit_s: float, rel_gap: float, engine: st
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_native_output():
     """Silence file descriptors 1 and 2 while native solver code runs (its banner and logs);
     solver failures still surface through the returned status."""
     sys.stdout.flush()
