@@ -31,7 +31,7 @@ class Training:
     seq_len: int
     dtype: str = "bf16"  # compute dtype of matmuls; fp8 keeps bf16 activations (torchao/TE recipes)
     attention_impl: Literal["flash", "eager"] = "flash"
-    grad_reduce_dtype: str = "auto"  # auto: fp32 for ZeRO-3/FSDP (torchtitan default), else bf16
+    grad_reduce_dtype: str = "auto"  # auto: fp32, fp16 for fp16 below ZeRO-3 (layer_cost.grad_reduce_bytes)
     norm_impl: Literal["fused", "unfused"] = "fused"  # unfused: composite RMSNorm (PyTorch on CPU)
 
     @property

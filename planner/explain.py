@@ -31,7 +31,7 @@ from models.spec import ModelSpec
 from planner.config import RECOMPUTE_OPTIONS, SCHEDULES, Parallel, PlanError, Training, check_plan
 from planner.estimate import Estimate, estimate
 from planner.explain_search import Answer, Cand, Pool
-from planner.inputs import parse_sets
+from planner.inputs import apply_training_sets, parse_sets
 from planner.plan import plan_inputs
 from planner.plan_cli import closest_plan, parse_knobs
 from planner.render import SCHEMA_VERSION, parallel_dict
@@ -96,6 +96,7 @@ def load_problem(doc: dict, sets: dict) -> Problem:
         spec = override(spec, sets["model"], ModelSpec, "model")
     if sets.get("cluster"):
         cluster = override(cluster, sets["cluster"], ClusterSpec, "cluster")
+    train = apply_training_sets(train, sets.get("training"))
     raw = {k: v for k, v in (doc["inputs"].get("knobs") or {}).items() if k in KNOBS}
     cert = doc["solver"].get("certificate") or {}
     backend = "pulp" if str(doc["solver"]["backend"]).startswith("pulp") else "ortools"

@@ -9,7 +9,8 @@ with pipelining the local batch is all of a rank's micro-batches and
 ``pipeline_parallel_microbatch_size`` cuts it.
 
 DeepSpeed (deepspeed/runtime/config.py): ``train_batch_size`` = micro · accumulation · dp,
-``zero_optimization.stage``, ``bf16``/``fp16``, ``activation_checkpointing``, the ``pipeline``
+``zero_optimization.stage``, ``bf16``/``fp16``, ``communication_data_type`` (the gradient reduce dtype the plan
+was priced in), ``activation_checkpointing``, the ``pipeline``
 block (stages, activation_checkpoint_interval) and AutoTP's ``tensor_parallel.autotp_size``.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 
 from planner.export_common import Export, PlanView, common_notes, recompute_note, recompute_pattern
+from planner.layer_cost import grad_reduce_bytes
 
 TT_SCHEDULE = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved": "Interleaved1F1B"}
 TT_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"), "llama3-405b": ("llama3", "405B")}
@@ -151,6 +153,9 @@ def deepspeed_export(view: PlanView) -> Export:
                  "gradient_accumulation_steps": view.num_micro_batches, "zero_optimization": {"stage": p.zero}}
     if t.dtype in ("bf16", "fp8", "fp16"):
         cfg["fp16" if t.dtype == "fp16" else "bf16"] = {"enabled": True}
+        # The dtype the plan's gradient traffic was priced in (layer_cost.grad_reduce_bytes).
+        cfg["communication_data_type"] = "fp32" if grad_reduce_bytes(t, p.zero) == 4 else \
+            ("fp16" if t.dtype == "fp16" else "bf16")
     if t.dtype == "fp8":
         notes.append("dtype fp8: DeepSpeed's config has no FP8 switch; use Transformer Engine layers in the model")
     ckpt, interval = _ds_recompute(view, notes)

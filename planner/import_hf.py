@@ -134,8 +134,9 @@ def run_import(console: Console, source: str, out_path: Path | None, name: str |
     Returns the spec text when it belongs on stdout (no ``out_path``), else None.
     """
     fmt = output_format(fmt, out_path)
-    if sets.get("cluster"):
-        raise SpecError(f"import-hf has no cluster: --set cluster.{next(iter(sets['cluster']))} does not apply")
+    for target in ("cluster", "training"):
+        if sets.get(target):
+            raise SpecError(f"import-hf imports a model only: --set {target}.{next(iter(sets[target]))} does not apply")
     imported = import_hf(source, name, sets.get("model"))
     text = dump_spec(imported, fmt)
     for line in summary_lines(imported):

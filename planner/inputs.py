@@ -17,6 +17,11 @@ from models.spec import ModelSpec
 from planner.config import DTYPES, RECOMPUTE_OPTIONS, SCHEDULES, Parallel, Training
 
 
+# Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
+# data parallelism; auto = what Megatron-LM and torchtitan do (layer_cost.grad_reduce_bytes).
+TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16")}
+
+
 @dataclass
 class Inputs:
     model: ModelSpec
@@ -27,13 +32,15 @@ class Inputs:
 
 
 def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
-    """``--set model.num_layers=4`` -> {"model": {"num_layers": 4}}; values parsed as YAML scalars."""
-    out: dict[str, dict[str, object]] = {"model": {}, "cluster": {}}
+    """``--set model.num_layers=4`` -> {"model": {"num_layers": 4}, ...}; values parsed as YAML
+    scalars. ``training.KEY`` sets the numerics the command line has no flag for (TRAINING_SETS)."""
+    out: dict[str, dict[str, object]] = {"model": {}, "cluster": {}, "training": {}}
     for item in items:
         key, sep, value = item.partition("=")
         target, dot, path = key.partition(".")
         if not sep or not dot or target not in out or not path:
-            raise SpecError(f"--set {item!r}: expected model.KEY=VALUE or cluster.KEY=VALUE")
+            raise SpecError(f"--set {item!r}: expected model.KEY=VALUE, cluster.KEY=VALUE or "
+                            f"training.KEY=VALUE ({', '.join(TRAINING_SETS)})")
         try:
             out[target][path] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
@@ -49,12 +56,25 @@ def _positive(name: str, value: int | None) -> int:
     return value
 
 
-def build_training(global_batch: int | None, seq_len: int | None, dtype: str, attention: str) -> Training:
+def build_training(global_batch: int | None, seq_len: int | None, dtype: str, attention: str,
+                   sets: dict | None = None) -> Training:
     if dtype not in DTYPES:
         raise SpecError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     if attention not in ("flash", "eager"):
         raise SpecError(f"--attention must be flash or eager (got {attention!r})")
-    return Training(_positive("global_batch", global_batch), _positive("seq_len", seq_len), dtype, attention)
+    train = Training(_positive("global_batch", global_batch), _positive("seq_len", seq_len), dtype, attention)
+    return apply_training_sets(train, sets)
+
+
+def apply_training_sets(train: Training, sets: dict | None) -> Training:
+    """``train`` with the ``--set training.KEY=VALUE`` overrides applied (TRAINING_SETS)."""
+    for key, value in (sets or {}).items():
+        if key not in TRAINING_SETS:
+            raise SpecError(f"--set training.{key}: unknown key (known: {', '.join(TRAINING_SETS)})")
+        if str(value) not in TRAINING_SETS[key]:
+            raise SpecError(f"--set training.{key} must be one of {', '.join(TRAINING_SETS[key])} (got {value!r})")
+        train = replace(train, **{key: str(value)})
+    return train
 
 
 def build_parallel(knobs: dict, num_gpus: int) -> Parallel:
@@ -89,7 +109,7 @@ def build_inputs(model: str | None, cluster: str | None, global_batch: int | Non
         raise SpecError("missing option --cluster (e.g. h100-sxm-80gb:8)")
     spec = load_model(model, sets.get("model") or None)
     clus = load_cluster(cluster, sets.get("cluster") or None)
-    train = build_training(global_batch, seq_len, dtype, attention)
+    train = build_training(global_batch, seq_len, dtype, attention, sets.get("training"))
     if clus.gpu.name == "cpu":
         # PyTorch's CPU RMSNorm is a composite op that keeps more for backward (docs/runtime.md).
         train = replace(train, norm_impl="unfused")

@@ -188,12 +188,16 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
 
 
 def grad_reduce_bytes(train: Training, zero: int) -> int:
-    """Bytes per gradient element on the wire: fp32 under ZeRO-3/FSDP (torchtitan's default
-    reduce dtype), the 16-bit training dtype otherwise, unless the training spec says."""
+    """Bytes per gradient element on the wire, unless the training spec says: what the frameworks
+    do by default. bf16 (and fp8, whose gradients are bf16) -> fp32: Megatron-LM forces
+    ``accumulate_allreduce_grads_in_fp32`` for bf16 unless ``--grad-reduce-in-bf16`` (arguments.py,
+    "bfloat16 requires gradient accumulation and all-reduce to be done in fp32"); torchtitan's
+    FSDP2 ``reduce_dtype`` is float32. fp16 -> fp16 (Megatron's fp16 default) except under
+    ZeRO-3/FSDP, which reduces in float32."""
     if train.dtype == "fp32":
         return 4
     if train.grad_reduce_dtype == "auto":
-        return 4 if zero == 3 else 2
+        return 2 if train.dtype == "fp16" and zero < 3 else 4
     return 4 if train.grad_reduce_dtype == "fp32" else 2
 
 

@@ -42,7 +42,7 @@ from models.load import load_model
 from models.spec import ModelSpec
 from planner.diff import flat_changes, read_json
 from planner.estimate import Estimate, estimate
-from planner.inputs import build_inputs, parse_sets
+from planner.inputs import apply_training_sets, build_inputs, parse_sets
 from planner.plan import PlanFile, input_sha256, input_block, plan_inputs  # input_sha256: the hash plan files carry
 from planner.plan_checks import (Finding, Severity, check_records, check_rules, check_stages, check_summary,
                                  check_training, short_repr)
@@ -271,6 +271,11 @@ def validate_plan(path: Path, model_arg: str | None, cluster_arg: str | None, se
                                                           "cluster": cluster.model_dump()}})
     except (KeyError, TypeError, ValueError) as exc:
         rep.findings.append(Finding("inputs.training", "error", f"cannot be read: {type(exc).__name__} {exc}"))
+        return rep
+    try:
+        train = apply_training_sets(train, sets.get("training"))
+    except SpecError as exc:
+        rep.findings.append(Finding("inputs.training", "error", str(exc)))
         return rep
     if bad_training := check_training(train):
         rep.findings += bad_training

@@ -127,7 +127,8 @@ def test_set_overrides_apply_as_they_do_for_model(tmp_path):
     assert "--set      model.num_layers = 4, model.moe.top_k = 1" in r.stderr
     expected = load_model(str(HF / "mixtral-8x7b-v0.1"), {"num_layers": 4, "moe.top_k": 1})
     assert load_model(str(out)) == expected and expected.num_layers == 4 and expected.moe.top_k == 1
-    for bad, needle in (("cluster.num_nodes=2", "import-hf has no cluster"), ("model.rope_theta=1", "unknown key"),
-                        ("model.num_kv_heads=3", "divisible by num_kv_heads")):
+    for bad, needle in (("cluster.num_nodes=2", "imports a model only"),
+                        ("training.grad_reduce_dtype=bf16", "imports a model only"),
+                        ("model.rope_theta=1", "unknown key"), ("model.num_kv_heads=3", "divisible by num_kv_heads")):
         r = runner.invoke(app, ["import-hf", str(HF / "meta-llama-3-8b"), "--set", bad])
         assert r.exit_code == 2 and needle in r.stderr and r.stdout == "", bad
