@@ -161,6 +161,7 @@ def test_deepspeed_json_carries_the_published_plan(published, case_id):
     if any(o == "selective" for r in recompute for o in r):
         assert any("selective" in n for n in exp.notes)
     assert cfg["bf16"] == {"enabled": True}
+    assert cfg["communication_data_type"] == "fp32"  # bf16 gradients are priced as reduced in fp32
 
 
 @pytest.mark.parametrize("case_id", PUBLISHED)
