@@ -31,12 +31,27 @@ class Training:
     seq_len: int
     dtype: str = "bf16"  # compute dtype of matmuls; fp8 keeps bf16 activations (torchao/TE recipes)
     attention_impl: Literal["flash", "eager"] = "flash"
-    grad_reduce_dtype: str = "auto"  # auto: fp32, fp16 for fp16 below ZeRO-3 (layer_cost.grad_reduce_bytes)
+    grad_reduce_dtype: str = "auto"  # auto: fp32, fp16 for fp16 below ZeRO-3 (grad_reduce_bytes)
     norm_impl: Literal["fused", "unfused"] = "fused"  # unfused: composite RMSNorm (PyTorch on CPU)
 
     @property
     def act_bytes(self) -> int:
         return 4 if self.dtype == "fp32" else 2
+
+
+def grad_reduce_bytes(train: Training, zero: int) -> int:
+    """Bytes per gradient element as accumulated and reduced (on the wire and, below ZeRO-3, in the
+    gradient buffer: memory.bytes_per_param), unless the training spec says: what the frameworks
+    do by default. bf16 (and fp8, whose gradients are bf16) -> fp32: Megatron-LM forces
+    ``accumulate_allreduce_grads_in_fp32`` for bf16 unless ``--grad-reduce-in-bf16`` (arguments.py,
+    "bfloat16 requires gradient accumulation and all-reduce to be done in fp32"); torchtitan's
+    FSDP2 ``reduce_dtype`` is float32. fp16 -> fp16 (Megatron's fp16 default) except under
+    ZeRO-3/FSDP, which reduces in float32."""
+    if train.dtype == "fp32":
+        return 4
+    if train.grad_reduce_dtype == "auto":
+        return 2 if train.dtype == "fp16" and zero < 3 else 4
+    return 4 if train.grad_reduce_dtype == "fp32" else 2
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,7 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Paral
 def _rank_memory(r, chunks, sums, state: _RankState, sim, train, par, graph) -> mem.StageMemory:
     n_dense = par.dp * par.cp
     n_exp = n_dense // par.ep
-    states = mem.model_state_bytes(state.dense_params, state.expert_params, par.zero, n_dense, n_exp, train.dtype)
+    states = mem.model_state_bytes(state.dense_params, state.expert_params, par.zero, n_dense, n_exp, train)
     mine = [c for c in chunks if c.pp_rank == r]
     transient = max(sums[c.index][3] for c in mine)
     tokens = par.micro_batch * train.seq_len / par.cp

@@ -22,7 +22,7 @@ from __future__ import annotations
 import shlex
 
 from planner.export_common import Export, PlanView, common_notes, recompute_note, recompute_pattern
-from planner.layer_cost import grad_reduce_bytes
+from planner.config import grad_reduce_bytes
 
 Args = list[tuple[str, str | None]]
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}

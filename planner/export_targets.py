@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 
 from planner.export_common import Export, PlanView, common_notes, recompute_note, recompute_pattern
-from planner.layer_cost import grad_reduce_bytes
+from planner.config import grad_reduce_bytes
 
 TT_SCHEDULE = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved": "Interleaved1F1B"}
 TT_FLAVORS = {"llama3-8b": ("llama3", "8B"), "llama3-70b": ("llama3", "70B"), "llama3-405b": ("llama3", "405B")}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from hardware import comm
 from hardware.cluster import ClusterSpec
 from models.graph import Layer, LayerGraph, Op, Saved
-from planner.config import RECOMPUTE_OPTIONS, Parallel, Training
+from planner.config import RECOMPUTE_OPTIONS, Parallel, Training, grad_reduce_bytes
 
 BYTES = {"mask": 1, "fp32": 4}
 
@@ -185,20 +185,6 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
     ag, rs, ar = _dp_comm_s(local - dense, dense, ctx)
     return LayerCost(fwd + comm_f, bwd + comm_b, recompute, act, act["none"], local, dense,
                      comm_f + comm_b, model_flops, hw, ag, rs, ar)
-
-
-def grad_reduce_bytes(train: Training, zero: int) -> int:
-    """Bytes per gradient element on the wire, unless the training spec says: what the frameworks
-    do by default. bf16 (and fp8, whose gradients are bf16) -> fp32: Megatron-LM forces
-    ``accumulate_allreduce_grads_in_fp32`` for bf16 unless ``--grad-reduce-in-bf16`` (arguments.py,
-    "bfloat16 requires gradient accumulation and all-reduce to be done in fp32"); torchtitan's
-    FSDP2 ``reduce_dtype`` is float32. fp16 -> fp16 (Megatron's fp16 default) except under
-    ZeRO-3/FSDP, which reduces in float32."""
-    if train.dtype == "fp32":
-        return 4
-    if train.grad_reduce_dtype == "auto":
-        return 2 if train.dtype == "fp16" and zero < 3 else 4
-    return 4 if train.grad_reduce_dtype == "fp32" else 2
 
 
 def dp_groups(cluster: ClusterSpec, par: Parallel) -> tuple[comm.Group, comm.Group]:

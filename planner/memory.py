@@ -1,15 +1,21 @@
 """Per-GPU memory of one pipeline rank: model states by ZeRO stage, activations, transients.
 
 Model states (Rajbhandari et al. 2020, "ZeRO", §3 and Fig. 1): mixed-precision Adam keeps
-2 bytes of 16-bit weights + 2 bytes of 16-bit gradients + 12 bytes of fp32 master weights,
-momentum and variance = 16 bytes per parameter (fp32 training: 4 + 4 + 8). ZeRO-1 shards the
-optimizer states, ZeRO-2 also the gradients, ZeRO-3 (= FSDP full sharding) also the weights,
-over the data-parallel group (dp · cp ranks for dense weights, dp · cp / ep for experts).
+16-bit weights (2 bytes), gradients, and 12 bytes of fp32 master weights, momentum and variance.
+The gradients are held in the dtype they are accumulated and reduced in
+(``config.grad_reduce_bytes``): 2 bytes for fp16 (ZeRO's 16 bytes per parameter), 4 bytes for
+bf16, as Megatron-LM does ("bf16 param, fp32 grads: 18 bytes per parameter, 6 + 12/d with the
+distributed optimizer", Megatron-LM README, distributed optimizer). fp32 training: 4 + 4 + 8.
+ZeRO-1 shards the optimizer states, ZeRO-2 also the gradients, ZeRO-3 (= FSDP full sharding)
+also the weights, over the data-parallel group (dp · cp ranks for dense weights, dp · cp / ep for
+experts).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from planner.config import Training, grad_reduce_bytes
 
 GiB = 2**30
 # Allocator slack: the caching allocator reserves whole segments and rounds blocks; PyTorch's
@@ -28,15 +34,24 @@ class StateBytes:
     optimizer: float
 
 
-def bytes_per_param(dtype: str) -> tuple[int, int, int]:
-    """(weights, gradients, optimizer) bytes per parameter before sharding: 2/2/12 or 4/4/8."""
-    return (4, 4, 8) if dtype == "fp32" else (2, 2, 12)
+def bytes_per_param(train: Training, zero: int) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes per parameter before sharding.
+
+    fp32: 4/4/8. 16-bit below ZeRO-3: 2 / grad_reduce_bytes / 12, so 2/4/12 = 18 for bf16 (Megatron)
+    and 2/2/12 = 16 for fp16 (ZeRO). ZeRO-3 (FSDP2): 2/2/12 = 16 whatever the reduce dtype, because
+    FSDP2 keeps no 16-bit shard: its sharded fp32 parameter is the master copy and its sharded
+    gradient is fp32, 4 + 4 + 8 = 16 bytes in all (the 16-bit weights exist only gathered)."""
+    if train.dtype == "fp32":
+        return 4, 4, 8
+    if zero >= 3:
+        return 2, 2, 12
+    return 2, grad_reduce_bytes(train, zero), 12
 
 
 def model_state_bytes(dense: float, expert: float, zero: int, dp_dense: int, dp_expert: int,
-                      dtype: str) -> StateBytes:
+                      train: Training) -> StateBytes:
     """Weights, gradients and optimizer bytes on one GPU after ZeRO sharding (ZeRO §3)."""
-    w, g, o = bytes_per_param(dtype)
+    w, g, o = bytes_per_param(train, zero)
 
     def shard(nbytes_per_param: float, stage_needed: int) -> float:
         if zero >= stage_needed:

@@ -134,7 +134,7 @@ def candidate_bound(graph, costs, cluster: ClusterSpec, train: Training, par: Pa
     params_dense = sum(c.params_dp_replicas for c in costs)
     params_exp = sum(c.params_local - c.params_dp_replicas for c in costs)
     n_dense = par.dp * par.cp
-    states = mem.model_state_bytes(params_dense, params_exp, par.zero, n_dense, n_dense // par.ep, train.dtype)
+    states = mem.model_state_bytes(params_dense, params_exp, par.zero, n_dense, n_dense // par.ep, train)
     mem_lb = (states.weights + states.gradients + states.optimizer) / p
     # Tails every rank pays at least: the last bucket / block of gradient sync, and Adam on an
     # average rank's share of the (sharded) parameters.

@@ -47,15 +47,30 @@ def test_activation_memory_matches_korthikanti(tp, sp, recompute):
     assert _block_act(tp, sp, recompute) == pytest.approx(_korthikanti(tp, sp, recompute), rel=2e-3)
 
 
+def _states(zero: int, dtype: str, reduce: str = "auto") -> float:
+    train = Training(global_batch=8, seq_len=S, dtype=dtype, grad_reduce_dtype=reduce)
+    st = model_state_bytes(1e9, 0.0, zero=zero, dp_dense=8, dp_expert=8, train=train)
+    return st.weights + st.gradients + st.optimizer
+
+
 def test_sixteen_bytes_per_parameter_mixed_precision_adam():
-    st = model_state_bytes(1e9, 0.0, zero=0, dp_dense=8, dp_expert=8, dtype="bf16")
-    assert st.weights + st.gradients + st.optimizer == 16e9
-    z1 = model_state_bytes(1e9, 0.0, zero=1, dp_dense=8, dp_expert=8, dtype="bf16")
-    assert z1.weights + z1.gradients + z1.optimizer == pytest.approx(4e9 + 12e9 / 8)
-    z2 = model_state_bytes(1e9, 0.0, zero=2, dp_dense=8, dp_expert=8, dtype="bf16")
-    assert z2.weights + z2.gradients + z2.optimizer == pytest.approx(2e9 + 14e9 / 8)
-    z3 = model_state_bytes(1e9, 0.0, zero=3, dp_dense=8, dp_expert=8, dtype="bf16")
-    assert z3.weights + z3.gradients + z3.optimizer == pytest.approx(16e9 / 8)
+    """ZeRO §3: 16 bytes per parameter with fp16 gradients, sharded stage by stage."""
+    assert _states(0, "fp16") == 16e9
+    assert _states(1, "fp16") == pytest.approx(4e9 + 12e9 / 8)
+    assert _states(2, "fp16") == pytest.approx(2e9 + 14e9 / 8)
+    assert _states(3, "fp16") == pytest.approx(16e9 / 8)
+    assert _states(0, "bf16", "bf16") == 16e9  # Megatron --grad-reduce-in-bf16
+
+
+def test_eighteen_bytes_per_parameter_with_fp32_gradients():
+    """Megatron-LM README (distributed optimizer): bf16 params with fp32 grads take 18 bytes per
+    parameter, 6 + 12/d with the distributed optimizer (ZeRO-1). FSDP2 stays at 16/d."""
+    assert _states(0, "bf16") == 18e9
+    assert _states(1, "bf16") == pytest.approx(6e9 + 12e9 / 8)
+    assert _states(1, "fp8") == pytest.approx(6e9 + 12e9 / 8)
+    assert _states(2, "bf16") == pytest.approx(2e9 + 16e9 / 8)
+    assert _states(3, "bf16") == pytest.approx(16e9 / 8)
+    assert _states(0, "fp32") == 16e9
 
 
 def test_flops_match_narayanan_eq3():

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from planner.config import Training
-from planner.layer_cost import grad_reduce_bytes
+from planner.config import grad_reduce_bytes
 
 runner = CliRunner()
 EST = ["estimate", "-m", "llama3-8b", "-c", "h100-sxm-80gb:64", "-b", "64", "-s", "4096", "--dp", "64",

@@ -75,7 +75,7 @@ def build_data(graph: LayerGraph, costs: list[LayerCost], cluster: ClusterSpec, 
     m = par.num_micro_batches(train.global_batch)
     n = par.chunks
     chunks = make_chunks(graph, par.with_(stage_layers=None, recompute="none"))
-    w, g, o = mem.bytes_per_param(train.dtype)
+    w, g, o = mem.bytes_per_param(train, par.zero)
     n_dense, n_exp = par.dp * par.cp, par.dp * par.cp // par.ep
 
     def shard(per_param: float, stage: int, group: int) -> float:
