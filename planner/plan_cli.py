@@ -89,7 +89,10 @@ def alternatives_block(res: SearchResult) -> list[dict]:
         out.append({"parallelism": f"dp{par.dp} tp{par.tp} pp{par.pp} cp{par.cp} ep{par.ep} zero{par.zero} "
                                    f"mb{par.micro_batch} {par.schedule}{f' v{par.vpp}' if par.vpp > 1 else ''}",
                     "step_time_s": p["step_time_s"], "slower_by": p["step_time_s"] / best - 1,
-                    "why": _why(res.best.predicted, p)})
+                    "why": _why(res.best.predicted, p),
+                    # milp: this candidate's optimal placement; heuristic: its even split with the
+                    # least uniform recompute that fits (pruned by a bound, never placed).
+                    "placement": "heuristic" if r.status == "heuristic" else "milp"})
     return out
 
 
@@ -121,9 +124,11 @@ def render_plan(out: Console, doc: dict, est) -> None:
                   summary or "-", f"{st['ranks'][0]}..{st['ranks'][-1]}")
     out.print(t)
     if doc["alternatives"]:
-        a = Table("alternative", "step s", "slower by", "why it lost", title="next best", title_justify="left")
+        a = Table("alternative", "step s", "slower by", "why it lost", "placement", title="next best",
+                  title_justify="left")
         for alt in doc["alternatives"]:
-            a.add_row(alt["parallelism"], f"{alt['step_time_s']:.3f}", f"{alt['slower_by']:.1%}", alt["why"])
+            a.add_row(alt["parallelism"], f"{alt['step_time_s']:.3f}", f"{alt['slower_by']:.1%}", alt["why"],
+                      "solved" if alt["placement"] == "milp" else "even split")
         out.print(a)
 
 

@@ -52,7 +52,8 @@ class Knobs:
 class CandidateResult:
     par: Parallel  # the outer candidate (no placement)
     bound_s: float  # valid lower bound on this candidate's best step time
-    status: str  # optimal | gap | time_limit | infeasible | pruned_time | pruned_memory
+    status: str  # optimal | gap | time_limit | infeasible | pruned_time | pruned_bound | pruned_memory
+    #               | heuristic (alternatives only)
     best: Estimate | None = None
     iterations: int = 0
     model_size: dict = field(default_factory=dict)
@@ -237,7 +238,8 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
         scored.append((lb, mem_lb, par, costs))
     scored.sort(key=lambda x: (x[0], x[2].zero, x[2].tp, x[2].pp, x[2].micro_batch))  # deterministic
     t_bound = time.perf_counter()
-    incumbent = _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, t0 + time_limit_s / 2)
+    tried: dict = {}
+    incumbent = _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, t0 + time_limit_s / 2, tried)
     t_heur = time.perf_counter()
     results: list[CandidateResult] = []
     for k, (lb, mem_lb, par, costs) in enumerate(scored):
@@ -260,20 +262,25 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
         if progress:
             progress(k + 1, len(scored), incumbent, r)
     t_solve = time.perf_counter()
-    return SearchResult(incumbent, _alternatives(results, incumbent, top_k),
+    alternatives = _alternatives(spec, cluster, train, options, results, incumbent, top_k, tried, deadline)
+    t_alt = time.perf_counter()
+    return SearchResult(incumbent, alternatives,
                         _certificate(results, incumbent, rejected, gap),
                         {"enumerate_s": t_enum - t0, "bound_s": t_bound - t_enum, "heuristic_s": t_heur - t_bound,
-                         "solve_s": t_solve - t_heur, "total_s": t_solve - t0}, results)
+                         "solve_s": t_solve - t_heur, "alternatives_s": t_alt - t_solve, "total_s": t_alt - t0},
+                        results)
 
 
-def _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, deadline: float) -> Estimate | None:
+def _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, deadline: float,
+                         tried: dict) -> Estimate | None:
     """A first plan to prune against: for candidates in bound order, the default even split with
     the least uniform recompute that fits, until the bound passes the best plan found. Candidates
     whose schedule is cheap to simulate go first (an estimate costs time linear in its 2·m·p·v
     operations, and a deep pipeline over hundreds of micro-batches can take 0.3 s), so a good
-    incumbent is found before the expensive ones are tried."""
+    incumbent is found before the expensive ones are tried. Every plan tried is kept in ``tried``
+    (candidate -> Estimate or None) for the list of alternatives."""
     best = None
-    cheap = [x for x in scored if 2 * x[2].num_micro_batches(train.global_batch) * x[2].chunks <= EXACT_LP_MAX_OPS]
+    cheap = [x for x in scored if _cheap(x[2], train)]
     dear = [x for x in scored if x not in cheap]
     for group in (cheap, dear):
         for lb, mem_lb, par, _ in group:
@@ -281,8 +288,14 @@ def _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, deadli
                 continue
             if best is not None and lb * (1 + gap) >= best.predicted["step_time_s"] or time.perf_counter() > deadline:
                 break
-            best = _better(best, _least_recompute_that_fits(spec, cluster, train, par, options))
+            tried[par] = _least_recompute_that_fits(spec, cluster, train, par, options)
+            best = _better(best, tried[par])
     return best
+
+
+def _cheap(par: Parallel, train: Training) -> bool:
+    """Whether the schedule is small enough that estimating it is fast (see _heuristic_incumbent)."""
+    return 2 * par.num_micro_batches(train.global_batch) * par.chunks <= EXACT_LP_MAX_OPS
 
 
 def _least_recompute_that_fits(spec, cluster, train, par: Parallel, options) -> Estimate | None:
@@ -316,10 +329,40 @@ def _lp_bound(model, backend: str, deadline: float) -> float:
     return sol.objective if sol.status == "optimal" else 0.0
 
 
-def _alternatives(results, incumbent, top_k: int) -> list[CandidateResult]:
+def _alternatives(spec, cluster, train, options, results, incumbent, top_k: int, tried: dict,
+                  deadline: float) -> list[CandidateResult]:
+    """The ``top_k`` fastest other candidates. Solved candidates bring their MILP plan. Candidates
+    pruned by a bound (or cut by the time limit) were never placed: each gets the even split with
+    the least uniform recompute that fits (status ``heuristic``, an upper bound on that candidate's
+    best), reusing the plans the incumbent heuristic tried, then up to ``4·top_k`` more in the same
+    cheap-first bound order whose bound could still beat the k-th plan listed (a count, not a
+    time budget, so the list is deterministic). Without this the list would skip the strongest
+    losers: exactly the ones a bound prunes."""
     same = incumbent.par.with_(recompute="none", stage_layers=None) if incumbent else None
-    done = [r for r in results if r.best is not None and r.par != same]
-    return sorted(done, key=lambda r: r.best.predicted["step_time_s"])[:top_k]
+    alts = [r for r in results if r.best is not None and r.par != same]
+    pool = [r for r in results if r.status in ("pruned_time", "pruned_bound", "time_limit") and r.best is None
+            and r.par != same]
+    pool.sort(key=lambda r: (r.par not in tried, not _cheap(r.par, train), r.bound_s,
+                             r.par.zero, r.par.tp, r.par.pp, r.par.micro_batch))
+
+    def kth() -> float:
+        times = sorted(r.best.predicted["step_time_s"] for r in alts)
+        return times[top_k - 1] if len(times) >= top_k else float("inf")
+
+    extra = 4 * top_k
+    for r in pool if top_k > 0 else []:
+        if r.par in tried:
+            e = tried[r.par]
+        elif extra <= 0 or time.perf_counter() > deadline:
+            break
+        elif r.bound_s >= kth():
+            continue
+        else:
+            extra -= 1
+            e = _least_recompute_that_fits(spec, cluster, train, r.par, options)
+        if e is not None:
+            alts.append(CandidateResult(r.par, r.bound_s, "heuristic", e))
+    return sorted(alts, key=lambda r: r.best.predicted["step_time_s"])[:top_k]
 
 
 def _certificate(results: list[CandidateResult], incumbent, rejected: int, gap_target: float) -> dict:

@@ -14,6 +14,7 @@ from cli import app
 from hardware.cluster import load_cluster
 from models.graph import build_graph
 from models.load import load_model
+from planner import plan_cli
 from planner.config import Parallel, Training
 from planner.estimate import estimate
 from planner.layer_cost import graph_costs
@@ -111,6 +112,32 @@ def test_fig13_tensor_parallel_in_a_node_and_pipeline_across_nodes_is_fastest(gb
                                                                     recompute="full")).predicted["step_time_s"]
              for t in (2, 4, 8, 16, 32)}
     assert min(steps, key=steps.get) == (8, 8)
+
+
+@pytest.mark.parametrize("model,cluster,gbs,seq", [("gpt3-1.3b", "a100-sxm-40gb:8", 256, 2048),
+                                                    ("llama3-8b", "h100-sxm-80gb:32", 256, 4096)])
+def test_alternatives_are_the_fastest_other_candidates(model, cluster, gbs, seq):
+    """The runner-ups are the k fastest other candidates, pruned ones included (brute force: each
+    candidate's MILP plan if it was solved, else its even split with the least uniform recompute)."""
+    from planner.search import _least_recompute_that_fits
+
+    spec, cl, train = load_model(model), load_cluster(cluster), Training(gbs, seq)
+    res = search(spec, cl, train, Knobs(), time_limit_s=30, top_k=3)
+    same = res.best.par.with_(recompute="none", stage_layers=None)
+    brute = []
+    for r in res.candidates:
+        e = r.best if r.best else _least_recompute_that_fits(spec, cl, train, r.par, OPTS)
+        if r.par != same and e is not None:
+            brute.append(e.predicted["step_time_s"])
+    got = [a.best.predicted["step_time_s"] for a in res.alternatives]
+    assert got == pytest.approx(sorted(brute)[:3], rel=1e-12)
+    best = res.best.predicted["step_time_s"]
+    for a in res.alternatives:
+        assert a.par != same and a.best.predicted["step_time_s"] >= best
+        assert a.best.predicted["step_time_s"] >= a.bound_s * (1 - 1e-9)  # the pruning bound was valid
+    doc = plan_cli.alternatives_block(res)
+    assert [d["placement"] for d in doc] == ["heuristic" if a.status == "heuristic" else "milp"
+                                             for a in res.alternatives]
 
 
 @pytest.mark.parametrize("case_id", ["narayanan21-t2-ptdp-174b-384gpu", "korthikanti22-22b-full-recompute",
