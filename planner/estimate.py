@@ -18,7 +18,7 @@ from models.spec import ModelSpec
 from planner import memory as mem
 from planner.config import Parallel, Training, check_plan
 from planner.layer_cost import LayerCost, graph_costs
-from planner.schedule import simulate
+from planner.schedule import inflight_peaks, rank_order, simulate
 
 # Adam step touches per local parameter: fp32 master r/w (8), m r/w (8), v r/w (8), grad read (4),
 # 16-bit weight write (2) = 30 bytes, memory-bound (fused/foreach AdamW kernels).
@@ -212,18 +212,36 @@ def p2p_list(chunks, cluster, train, par, graph) -> list[float]:
     return [comm.p2p_s(cluster, nbytes, inter_node=inter) for _ in chunks]
 
 
-def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel,
-             keep_events: bool = False) -> Estimate:
-    """Score one plan (raises PlanError for an invalid one). See the module docstring."""
+def _prepare(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel):
+    """What both the memory check and the timing need: graph, layer costs, chunks, per-chunk sums."""
     check_plan(par, train, model, cluster.num_gpus)
     graph = build_graph(model, train.seq_len, train.attention_impl, train.norm_impl)
     costs = graph_costs(graph, cluster, train, par)
     chunks = make_chunks(graph, par)
-    m = par.num_micro_batches(train.global_batch)
     sums = [_chunk_sums(c, costs, par) for c in chunks]
+    return graph, costs, chunks, sums, _rank_states(chunks, costs, graph, par)
+
+
+def fits_in_memory(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel) -> bool:
+    """Whether ``estimate`` would report the plan as fitting, without timing the schedule (the
+    in-flight activations depend on each rank's order only): the planner's heuristics try the
+    least recompute that fits and skip the simulations of plans that do not."""
+    graph, costs, chunks, sums, states = _prepare(model, cluster, train, par)
+    m = par.num_micro_batches(train.global_batch)
+    orders = [rank_order(par.schedule, r, par.pp, m, par.vpp) for r in range(par.pp)]
+    peak, inflight = inflight_peaks(orders, par.pp, par.vpp, [s[2] for s in sums])
+    cap = mem.capacity_bytes(cluster.gpu.hbm_bytes)
+    return all(_rank_memory(r, chunks, sums, states[r], peak[r], inflight[r], train, par, graph).total_bytes <= cap
+               for r in range(par.pp))
+
+
+def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel,
+             keep_events: bool = False) -> Estimate:
+    """Score one plan (raises PlanError for an invalid one). See the module docstring."""
+    graph, costs, chunks, sums, states = _prepare(model, cluster, train, par)
+    m = par.num_micro_batches(train.global_batch)
     f = [s[0] for s in sums]
     b = [s[1] for s in sums]
-    states = _rank_states(chunks, costs, graph, par)
     if par.zero >= 2:
         add_per_microbatch_dp(chunks, costs, f, b, par)
     sim = simulate(par.schedule, par.pp, m, par.vpp, f, b, p2p_list(chunks, cluster, train, par, graph),
@@ -239,11 +257,13 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Paral
         tied_p = tied_params(graph, par) if has_head else 0.0
         tails.append((sync, optimizer_s(layers, costs, tied_p, par, cluster)))
     step = max(sim.rank_end_s[r] + sum(tails[r]) for r in range(par.pp))
-    memories = [_rank_memory(r, chunks, sums, states[r], sim, train, par, graph) for r in range(par.pp)]
+    memories = [_rank_memory(r, chunks, sums, states[r], sim.peak_inflight_bytes[r], sim.peak_inflight_microbatches[r],
+                             train, par, graph) for r in range(par.pp)]
     return _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, step, memories, m)
 
 
-def _rank_memory(r, chunks, sums, state: _RankState, sim, train, par, graph) -> mem.StageMemory:
+def _rank_memory(r, chunks, sums, state: _RankState, inflight_bytes: float, inflight_mb: float, train, par,
+                 graph) -> mem.StageMemory:
     n_dense = par.dp * par.cp
     n_exp = n_dense // par.ep
     states = mem.model_state_bytes(state.dense_params, state.expert_params, par.zero, n_dense, n_exp, train)
@@ -258,7 +278,7 @@ def _rank_memory(r, chunks, sums, state: _RankState, sim, train, par, graph) -> 
     buffers = 2 * 25 * 2**20 if par.zero < 3 and par.dp * par.cp > 1 else 0.0  # DDP 25 MiB buckets
     if par.pp > 1:
         buffers += 2 * tokens * graph.spec.hidden_size * train.act_bytes  # p2p send + recv
-    return mem.stage_memory(states, sim.peak_inflight_bytes[r], sim.peak_inflight_microbatches[r], transient, buffers)
+    return mem.stage_memory(states, inflight_bytes, inflight_mb, transient, buffers)
 
 
 def _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, step, memories, m) -> Estimate:

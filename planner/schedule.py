@@ -79,8 +79,6 @@ def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: 
     last_of: dict[int, tuple[str, int, int]] = {}
     pos = [0] * pp
     free = [0.0] * pp
-    live = [0.0] * pp
-    peak = [0.0] * pp
     events = []
     remaining = sum(len(o) for o in orders)
     while remaining:
@@ -99,9 +97,6 @@ def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: 
                 pred[(op, j, i)] = _data_dep(op, j, i, n) if ready >= free[r] else last_of.get(r)
                 last_of[r] = (op, j, i)
                 free[r] = end
-                live[r] += act_bytes[j] if op == "F" else 0.0
-                peak[r] = max(peak[r], live[r])
-                live[r] -= act_bytes[j] if op == "B" else 0.0
                 if keep_events:
                     events.append((r, op, j, i, start, end))
                 pos[r] += 1
@@ -109,10 +104,29 @@ def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: 
                 progressed = True
         if not progressed:
             raise RuntimeError(f"schedule {schedule} deadlocks for pp={pp} m={m} v={v}")
-    per_mb = [sum(act_bytes[c * pp + r] for c in range(v)) for r in range(pp)]
-    inflight = tuple(peak[r] / per_mb[r] if per_mb[r] else 0.0 for r in range(pp))
+    peak, inflight = inflight_peaks(orders, pp, v, act_bytes)
     paths = tuple(_path_counts(last_of[r], pred, n) for r in range(pp))
-    return ScheduleResult(max(free), tuple(free), tuple(peak), inflight, tuple(events), paths)
+    return ScheduleResult(max(free), tuple(free), peak, inflight, tuple(events), paths)
+
+
+def inflight_peaks(orders: list[list[tuple[str, int, int]]], pp: int, v: int,
+                   act_bytes: list[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per rank, the peak activation bytes held (forward run, backward not yet) over its order,
+    and that peak in units of a full micro-batch of its chunks. A rank runs its operations in
+    order, so this needs the orders only, not the timing: memory can be checked without a
+    simulation."""
+    peak, inflight = [], []
+    for r in range(pp):
+        live = top = 0.0
+        for op, c, _ in orders[r]:
+            a = act_bytes[c * pp + r]
+            live += a if op == "F" else 0.0
+            top = max(top, live)
+            live -= a if op == "B" else 0.0
+        per_mb = sum(act_bytes[c * pp + r] for c in range(v))
+        peak.append(top)
+        inflight.append(top / per_mb if per_mb else 0.0)
+    return tuple(peak), tuple(inflight)
 
 
 def _data_dep(op: str, j: int, i: int, n: int) -> tuple[str, int, int] | None:

@@ -25,7 +25,7 @@ from models.graph import build_graph
 from models.spec import ModelSpec
 from planner import memory as mem
 from planner.config import PlanError, Parallel, Training, check_plan
-from planner.estimate import OPTIMIZER_BYTES_PER_PARAM, Estimate, estimate
+from planner.estimate import OPTIMIZER_BYTES_PER_PARAM, Estimate, estimate, fits_in_memory
 from planner.layer_cost import graph_costs
 from planner.milp.data import build_data
 from planner.milp.placement import build_placement_model, read_assignment
@@ -299,13 +299,14 @@ def _cheap(par: Parallel, train: Training) -> bool:
 
 
 def _least_recompute_that_fits(spec, cluster, train, par: Parallel, options) -> Estimate | None:
+    """The estimate under the first uniform recompute option that fits, or None. Memory is checked
+    first (no schedule timing), so the options that do not fit cost no simulation."""
     for o in options:
         try:
-            e = estimate(spec, cluster, train, par.with_(recompute=o))
+            if fits_in_memory(spec, cluster, train, par.with_(recompute=o)):
+                return estimate(spec, cluster, train, par.with_(recompute=o))
         except PlanError:
             return None
-        if e.fits:
-            return e
     return None
 
 

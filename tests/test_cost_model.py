@@ -11,7 +11,7 @@ from models.graph import build_graph
 from models.load import load_model
 from models.spec import ModelSpec
 from planner.config import Parallel, Training
-from planner.estimate import estimate, split_layers
+from planner.estimate import estimate, fits_in_memory, split_layers
 from planner.layer_cost import graph_costs
 from planner.memory import model_state_bytes
 
@@ -117,6 +117,20 @@ def test_memory_breakdown_adds_up_and_first_stage_holds_most_microbatches():
         parts = sum(v for k, v in m.items() if k.endswith("_bytes") and k != "total_bytes")
         assert parts == pytest.approx(m["total_bytes"])
     assert e.predicted["peak_memory_bytes"] == max(s["memory"]["total_bytes"] for s in stages)
+
+
+@pytest.mark.parametrize("gpus,par", [
+    (64, Parallel(dp=8, tp=8, pp=1, micro_batch=1, zero=1)),
+    (64, Parallel(dp=2, tp=8, pp=4, micro_batch=1, zero=1, recompute="selective", sequence_parallel=True)),
+    (64, Parallel(dp=1, tp=4, pp=16, micro_batch=2, schedule="gpipe")),
+    (128, Parallel(dp=2, tp=8, pp=8, micro_batch=1, schedule="interleaved", vpp=3, recompute="full")),
+    (128, Parallel(dp=16, tp=8, pp=1, micro_batch=4, zero=3, recompute="selective")),
+    (256, Parallel(dp=8, tp=4, pp=8, micro_batch=1, zero=2, schedule="interleaved", vpp=2))])
+def test_memory_check_without_timing_agrees_with_estimate(gpus, par):
+    """The planner's heuristics skip timing plans that do not fit; that check must be estimate's."""
+    spec, cluster, train = load_model("gpt3-175b"), load_cluster(f"a100-sxm-80gb:{gpus}"), Training(256, 2048)
+    e = estimate(spec, cluster, train, par)
+    assert fits_in_memory(spec, cluster, train, par) == e.fits
 
 
 def test_pipeline_bubble_shrinks_with_more_microbatches_and_interleaving():
