@@ -153,7 +153,7 @@ def deepspeed_export(view: PlanView) -> Export:
                  "gradient_accumulation_steps": view.num_micro_batches, "zero_optimization": {"stage": p.zero}}
     if t.dtype in ("bf16", "fp8", "fp16"):
         cfg["fp16" if t.dtype == "fp16" else "bf16"] = {"enabled": True}
-        # The dtype the plan's gradient traffic was priced in (layer_cost.grad_reduce_bytes).
+        # The dtype the plan's gradient traffic was priced in (config.grad_reduce_bytes).
         cfg["communication_data_type"] = "fp32" if grad_reduce_bytes(t, p.zero) == 4 else \
             ("fp16" if t.dtype == "fp16" else "bf16")
     if t.dtype == "fp8":

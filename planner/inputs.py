@@ -18,7 +18,7 @@ from planner.config import DTYPES, RECOMPUTE_OPTIONS, SCHEDULES, Parallel, Train
 
 
 # Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
-# data parallelism; auto = what Megatron-LM and torchtitan do (layer_cost.grad_reduce_bytes).
+# data parallelism; auto = what Megatron-LM and torchtitan do (config.grad_reduce_bytes).
 TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16")}
 
 

@@ -74,7 +74,9 @@ def _divisors(n: int) -> list[int]:
 
 
 def enumerate_candidates(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs) -> tuple[list[Parallel], int]:
-    """All outer candidates that pass ``check_plan``; returns them and the count rejected."""
+    """All outer candidates that pass ``check_plan``; returns them and the count rejected. ZeRO
+    over a data-parallel group of one rank (dp·cp = 1) shards nothing: when stage 0 is allowed,
+    stages 1-3 there are the same plan (or, for 3, a worse one) and are not listed."""
     n = cluster.num_gpus
     pow2 = [x for x in _divisors(n) if x & (x - 1) == 0]
     tps = knobs.get("tp", [t for t in pow2 if t <= cluster.gpus_per_node and t <= 8])
@@ -96,7 +98,7 @@ def enumerate_candidates(spec: ModelSpec, cluster: ClusterSpec, train: Training,
         if n % (tp * pp * cp) or (pp == 1 and sched != scheds[0]):
             continue
         dp = n // (tp * pp * cp)
-        if dps is not None and dp not in dps:
+        if dps is not None and dp not in dps or dp * cp == 1 and zero > 0 and 0 in zeros:
             continue
         for v in (vpps if sched == "interleaved" and pp > 1 else (1,)):
             par = Parallel(dp=dp, tp=tp, pp=pp, cp=cp, ep=ep, micro_batch=mb, zero=zero,
@@ -263,6 +265,11 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
             progress(k + 1, len(scored), incumbent, r)
     t_solve = time.perf_counter()
     alternatives = _alternatives(spec, cluster, train, options, results, incumbent, top_k, tried, deadline)
+    while incumbent and alternatives and alternatives[0].best.predicted["step_time_s"] < incumbent.predicted["step_time_s"]:
+        # With a loose --gap a bound may prune a candidate whose even split beats the incumbent
+        # by up to the gap; found while listing alternatives, it becomes the plan.
+        incumbent = alternatives[0].best
+        alternatives = _alternatives(spec, cluster, train, options, results, incumbent, top_k, tried, deadline)
     t_alt = time.perf_counter()
     return SearchResult(incumbent, alternatives,
                         _certificate(results, incumbent, rejected, gap),
@@ -337,8 +344,8 @@ def _alternatives(spec, cluster, train, options, results, incumbent, top_k: int,
     the least uniform recompute that fits (status ``heuristic``, an upper bound on that candidate's
     best), reusing the plans the incumbent heuristic tried, then up to ``4·top_k`` more in the same
     cheap-first bound order whose bound could still beat the k-th plan listed (a count, not a
-    time budget, so the list is deterministic). Without this the list would skip the strongest
-    losers: exactly the ones a bound prunes."""
+    time budget, so the list is deterministic unless the time limit has already passed). Without
+    this the list would skip the strongest losers: exactly the ones a bound prunes."""
     same = incumbent.par.with_(recompute="none", stage_layers=None) if incumbent else None
     alts = [r for r in results if r.best is not None and r.par != same]
     pool = [r for r in results if r.status in ("pruned_time", "pruned_bound", "time_limit") and r.best is None
@@ -360,7 +367,7 @@ def _alternatives(spec, cluster, train, options, results, incumbent, top_k: int,
             continue
         else:
             extra -= 1
-            e = _least_recompute_that_fits(spec, cluster, train, r.par, options)
+            e = tried[r.par] = _least_recompute_that_fits(spec, cluster, train, r.par, options)
         if e is not None:
             alts.append(CandidateResult(r.par, r.bound_s, "heuristic", e))
     return sorted(alts, key=lambda r: r.best.predicted["step_time_s"])[:top_k]
