@@ -9,6 +9,8 @@
 3. Visit candidates by increasing bound; solve each with the placement MILP by constraint
    generation (rank bounds + critical-path cuts, ``solve_candidate``) until its bound meets the
    simulated time; prune every candidate whose bound is within the gap target of the incumbent.
+   Candidates whose time slice ran out resume from their cuts with the time left
+   (``_resume_unfinished``).
 4. Report incumbent, global best bound (minimum over unsolved/pruned/unfinished candidates'
    bounds and the solved ones' MILP bounds), the relative gap and the prune counts.
 """
@@ -58,6 +60,7 @@ class CandidateResult:
     iterations: int = 0
     model_size: dict = field(default_factory=dict)
     solve_s: float = 0.0
+    cuts: list = field(default_factory=list, repr=False)  # critical-path cuts, to resume an unfinished solve
 
 
 @dataclass
@@ -149,14 +152,19 @@ def candidate_bound(graph, costs, cluster: ClusterSpec, train: Training, par: Pa
 
 
 def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: tuple[str, ...], backend: str,
-                    rel_tol: float, deadline: float, cutoff_s: float = float("inf")) -> CandidateResult:
+                    rel_tol: float, deadline: float, cutoff_s: float = float("inf"),
+                    prior: CandidateResult | None = None) -> CandidateResult:
     """Constraint generation: solve the bound MILP, simulate its plan exactly, add the critical
     paths of every rank as cuts, repeat until the MILP bound meets the simulated step time.
 
     ``cutoff_s`` (the incumbent shrunk by the gap target) is imposed as ``T ≤ cutoff``: an
-    infeasible MILP then proves this candidate cannot beat it (branch-and-bound pruning)."""
+    infeasible MILP then proves this candidate cannot beat it (branch-and-bound pruning).
+    ``prior``, an unfinished result of this candidate, resumes from its cuts, bound and plan."""
     d = build_data(graph, costs, cluster, train, par, options)
     t0 = time.perf_counter()
+    if prior is not None:
+        return _refine(spec, cluster, train, par, d, backend, rel_tol, deadline, cutoff_s, list(prior.cuts),
+                       prior.best, prior.bound_s, prior.iterations, t0, prior.solve_s)
     cuts, seen = [], set()
     # Seed the cuts with the warm-up paths of the schedule (valid for any placement) and the
     # critical paths of the default even split under each allowed recompute option:
@@ -182,8 +190,14 @@ def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: 
         cuts.extend(new)
         if seed.fits and (best is None or seed.predicted["step_time_s"] < best.predicted["step_time_s"]):
             best = seed
-    bound, it, size = lp, 0, {}
-    status = "time_limit"
+    return _refine(spec, cluster, train, par, d, backend, rel_tol, deadline, cutoff_s, cuts, best, lp, 0, t0, 0.0)
+
+
+def _refine(spec, cluster, train, par: Parallel, d, backend: str, rel_tol: float, deadline: float, cutoff_s: float,
+            cuts: list, best: Estimate | None, bound: float, it: int, t0: float, spent_s: float) -> CandidateResult:
+    """The constraint-generation loop of ``solve_candidate`` from a given cut set, plan and bound."""
+    seen = set(cuts)
+    size, status = {}, "time_limit"
     while True:
         it += 1
         model, v = build_placement_model(d, exact=False, cuts=cuts)
@@ -217,7 +231,7 @@ def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: 
             break
         seen.update(new)
         cuts.extend(new)
-    return CandidateResult(par, bound, status, best, it, size, time.perf_counter() - t0)
+    return CandidateResult(par, bound, status, best, it, size, spent_s + time.perf_counter() - t0, cuts)
 
 
 def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs, backend: str = "ortools",
@@ -263,6 +277,8 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
             incumbent = r.best
         if progress:
             progress(k + 1, len(scored), incumbent, r)
+    incumbent = _resume_unfinished(spec, graph, cluster, train, options, backend, gap, deadline, scored, results,
+                                   incumbent)
     t_solve = time.perf_counter()
     alternatives = _alternatives(spec, cluster, train, options, results, incumbent, top_k, tried, deadline)
     while incumbent and alternatives and alternatives[0].best.predicted["step_time_s"] < incumbent.predicted["step_time_s"]:
@@ -276,6 +292,31 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
                         {"enumerate_s": t_enum - t0, "bound_s": t_bound - t_enum, "heuristic_s": t_heur - t_bound,
                          "solve_s": t_solve - t_heur, "alternatives_s": t_alt - t_solve, "total_s": t_alt - t0},
                         results)
+
+
+def _resume_unfinished(spec, graph, cluster, train, options, backend: str, gap: float, deadline: float, scored,
+                       results: list[CandidateResult], incumbent: Estimate | None) -> Estimate | None:
+    """Second pass: candidates whose time slice ran out while their bound could still beat the
+    incumbent resume from their cuts, sharing the time that is left, until they settle or the
+    deadline passes. Without it the search could stop at a third of ``--time-limit`` and report
+    ``time_limit`` with a gap above the target."""
+    costs = {par: c for _, _, par, c in scored}
+    while time.perf_counter() < deadline:
+        inc = incumbent.predicted["step_time_s"] if incumbent else float("inf")
+        open_ = [k for k, r in enumerate(results)
+                 if r.status == "time_limit" and r.iterations and r.bound_s * (1 + gap) < inc]
+        if not open_:
+            break
+        budget = (deadline - time.perf_counter()) / len(open_)
+        for k in open_:
+            old = results[k]
+            r = solve_candidate(spec, graph, costs[old.par], cluster, train, old.par, options, backend, gap / 2,
+                                min(deadline, time.perf_counter() + budget), inc / (1 + gap), prior=old)
+            r.bound_s = max(r.bound_s, old.bound_s)
+            results[k] = r
+            if r.best and (incumbent is None or r.best.predicted["step_time_s"] < incumbent.predicted["step_time_s"]):
+                incumbent = r.best
+    return incumbent
 
 
 def _heuristic_incumbent(spec, cluster, train, scored, options, cap, gap, deadline: float,

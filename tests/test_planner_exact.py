@@ -11,13 +11,14 @@ from hardware.cluster import load_cluster
 from models.spec import ModelSpec
 from planner.config import PlanError, Training
 from planner.estimate import estimate
-from planner.milp.placement import chunk_size_range
+from planner.milp.placement import chunk_size_ranges
 from planner.search import Knobs, enumerate_candidates, search
 
 
 def _compositions(total: int, parts: int):
-    """Ordered ways to write ``total`` as ``parts`` positive integers."""
-    for cuts in itertools.combinations(range(1, total), parts - 1):
+    """Ordered ways to write ``total`` as ``parts`` non-negative integers (the planner's space
+    filters them by ``chunk_size_ranges``; a first or last chunk may hold no block)."""
+    for cuts in itertools.combinations_with_replacement(range(total + 1), parts - 1):
         edges = (0,) + cuts + (total,)
         yield tuple(edges[i + 1] - edges[i] for i in range(parts))
 
@@ -36,9 +37,9 @@ def brute_force(spec, cluster, train, knobs: Knobs) -> float:
     options = knobs.get("recompute", ("none", "selective", "full"))
     pars, _ = enumerate_candidates(spec, cluster, train, knobs)
     for par in pars:
-        lo, hi = chunk_size_range(spec.num_layers, par.chunks, par.schedule)
+        ranges = chunk_size_ranges(spec.num_layers, par.chunks, par.schedule)
         for sizes in _compositions(spec.num_layers, par.chunks):
-            if min(sizes) < lo or (hi is not None and max(sizes) > hi):
+            if any(k < lo or (hi is not None and k > hi) for k, (lo, hi) in zip(sizes, ranges)):
                 continue
             for rc in _recompute_choices(sizes, options):
                 try:

@@ -3,7 +3,8 @@
 Families (one function each; every variable and constraint named by its indices):
 
 1. ``add_assignment_constraints`` — every block placed exactly once, each chunk non-empty
-   (interleaved: the floor or ceiling of an even split, ``chunk_size_range``),
+   (interleaved: the floor or ceiling of an even split or the default split's size,
+   ``chunk_size_ranges``),
    runs of identical blocks consumed in model order (contiguity):
    ``Σ_{j,o} n[j,t,o] = |R_t|``; ``Σ_{t,o} n[j,t,o] ≥ 1``;
    ``Σ_o n[j,t+1,o] ≤ |R_{t+1}|·u[j,t+1]``, ``Σ_{j'≤j,o} n[j',t,o] ≥ |R_t|·u[j,t+1]``.
@@ -75,10 +76,11 @@ def add_assignment_constraints(model: Model, d: PlacementData, v: PlacementVars)
     for t, run in enumerate(d.runs):
         model.add(total(v.n[j, t, o] for j in range(d.n_chunks) for o in d.options), "==", run.length,
                   f"placed[run={t}]")
-    lo, hi = chunk_size_range(sum(r.length for r in d.runs), d.n_chunks, d.par.schedule)
-    for j in range(d.n_chunks):
+    ranges = chunk_size_ranges(sum(r.length for r in d.runs), d.n_chunks, d.par.schedule)
+    for j, (lo, hi) in enumerate(ranges):
         size = total(v.n[j, t, o] for t in range(len(d.runs)) for o in d.options)
-        model.add(size, ">=", lo, f"nonempty[chunk={j}]")
+        if lo:
+            model.add(size, ">=", lo, f"nonempty[chunk={j}]")
         if hi is not None:
             model.add(size, "<=", hi, f"balanced[chunk={j}]")
     for t in range(1, len(d.runs)):
@@ -91,16 +93,27 @@ def add_assignment_constraints(model: Model, d: PlacementData, v: PlacementVars)
             model.add(done, ">=", v.u[j, t] * prev.length, f"order[chunk={j},run={t}]")
 
 
-def chunk_size_range(blocks: int, chunks: int, schedule: str) -> tuple[int, int | None]:
-    """Blocks a chunk may hold: at least one; with the interleaved schedule the floor or the
-    ceiling of an even split. Megatron-LM's interleaved schedule wants equal virtual stages;
-    floor/ceil leaves room for the embedding and head. A wider range (±1 around them) was
-    measured to loosen the LP relaxation by 6% on llama3-405b (pp 16, v 2: fractional chunk
-    sizes 2.2-4.4 against an integer optimum near the even split) so that deep interleaved
-    candidates could not be certified. The brute-force tests enumerate the same space."""
+def chunk_size_ranges(blocks: int, chunks: int, schedule: str) -> list[tuple[int, int | None]]:
+    """Blocks each chunk may hold, ``(lo, hi)`` per chunk (``hi`` None: no upper limit).
+
+    Any schedule: at least one block, or none where the default split leaves a first or last
+    chunk only the embedding or head (a model with fewer blocks than chunks + 2). Interleaved: Megatron-LM's schedule wants equal virtual stages,
+    so a chunk holds the floor or the ceiling of an even split, and, so that the embedding and
+    head can be balanced, whatever the default split gives it (``estimate.split_layers``, which
+    counts them as a layer each: 96 blocks on 16 chunks -> 5, 7, 7, 6, ..., 6, 5). The plan the
+    planner seeds and reports as "even split" thus lies inside the space its bound speaks of.
+    A uniform ±1 around floor/ceil for every chunk was measured to loosen the LP relaxation by
+    6% on llama3-405b (pp 16, v 2: fractional chunk sizes 2.2-4.4 against an integer optimum
+    near the even split), so that deep interleaved candidates could not be certified; the
+    ranges here widen only where the default split needs it. The brute-force tests enumerate
+    the same space."""
+    from planner.estimate import split_layers  # estimate imports nothing from the MILP
+
+    default = split_layers(blocks, chunks)
     if schedule != "interleaved":
-        return 1, None
-    return max(1, blocks // chunks), -(-blocks // chunks)
+        return [(min(1, k), None) for k in default]
+    floor, ceil = max(1, blocks // chunks), -(-blocks // chunks)
+    return [(min(floor, k), max(ceil, k)) for k in default]
 
 
 def add_chunk_time_constraints(model: Model, d: PlacementData, v: PlacementVars) -> None:
