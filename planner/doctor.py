@@ -77,7 +77,9 @@ def solve_check(backend: str) -> Check:
     name = backend + (f" (--solver {serves})" if serves else "")
     t0 = time.perf_counter()
     try:
-        if backend in ORTOOLS_ENGINES:
+        if backend == "ortools-highs":  # what `plan --solver ortools` runs: HiGHS through MathOpt
+            sol = _test_milp().solve("ortools-highs", SOLVER_TIME_LIMIT_S)
+        elif backend in ORTOOLS_ENGINES:
             from ortools.linear_solver import pywraplp
 
             with quiet_native_output():  # an engine missing from the build logs to fd 2 from native code

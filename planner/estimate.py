@@ -18,7 +18,7 @@ from models.spec import ModelSpec
 from planner import memory as mem
 from planner.config import Parallel, Training, check_plan
 from planner.layer_cost import LayerCost, graph_costs
-from planner.schedule import inflight_peaks, rank_order, simulate
+from planner.schedule import inflight_peaks, simulate
 
 # Adam step touches per local parameter: fp32 master r/w (8), m r/w (8), v r/w (8), grad read (4),
 # 16-bit weight write (2) = 30 bytes, memory-bound (fused/foreach AdamW kernels).
@@ -228,8 +228,7 @@ def fits_in_memory(model: ModelSpec, cluster: ClusterSpec, train: Training, par:
     least recompute that fits and skip the simulations of plans that do not."""
     graph, costs, chunks, sums, states = _prepare(model, cluster, train, par)
     m = par.num_micro_batches(train.global_batch)
-    orders = [rank_order(par.schedule, r, par.pp, m, par.vpp) for r in range(par.pp)]
-    peak, inflight = inflight_peaks(orders, par.pp, par.vpp, [s[2] for s in sums])
+    peak, inflight = inflight_peaks(par.schedule, par.pp, m, par.vpp, [s[2] for s in sums])
     cap = mem.capacity_bytes(cluster.gpu.hbm_bytes)
     return all(_rank_memory(r, chunks, sums, states[r], peak[r], inflight[r], train, par, graph).total_bytes <= cap
                for r in range(par.pp))

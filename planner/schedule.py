@@ -21,6 +21,7 @@ and whose backward has not — the in-flight memory of that schedule.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,21 @@ class PathCounts:
     c: tuple[int, ...]
 
 
-def rank_order(schedule: str, rank: int, pp: int, m: int, v: int) -> list[tuple[str, int, int]]:
+def rank_order(schedule: str, rank: int, pp: int, m: int, v: int) -> tuple[tuple[str, int, int], ...]:
     """The (op, local chunk, micro-batch) sequence that pipeline rank ``rank`` executes."""
+    return _rank_order(schedule, rank, pp, m, v)
+
+
+@lru_cache(maxsize=256)
+def _rank_order(schedule: str, rank: int, pp: int, m: int, v: int) -> tuple[tuple[str, int, int], ...]:
+    # Cached: a search asks for the same orders once per candidate, bound, memory check and
+    # simulation (25,000 calls, 3 s of a 30 s search on a 384-GPU case before caching).
     if pp == 1:  # plain gradient accumulation: each micro-batch's backward right after its forward
-        return [x for i in range(m) for x in (("F", 0, i), ("B", 0, i))]
+        return tuple(x for i in range(m) for x in (("F", 0, i), ("B", 0, i)))
     if schedule == "gpipe":
         fw = [("F", c, i) for i in range(m) for c in range(v)]
         bw = [("B", c, i) for i in range(m) for c in reversed(range(v))]
-        return fw + bw
+        return tuple(fw + bw)
     if schedule == "1f1b" and v == 1:
         return _one_f_one_b([("F", 0, i) for i in range(m)], [("B", 0, i) for i in range(m)],
                             min(pp - rank - 1, m))
@@ -59,13 +67,35 @@ def rank_order(schedule: str, rank: int, pp: int, m: int, v: int) -> list[tuple[
     return _one_f_one_b(fw, bw, min((pp - rank - 1) * 2 + (v - 1) * pp, total))
 
 
-def _one_f_one_b(fw: list, bw: list, warmup: int) -> list:
+def _one_f_one_b(fw: list, bw: list, warmup: int) -> tuple:
     order = fw[:warmup]
     f, b = warmup, 0
     while f < len(fw):
         order += [fw[f], bw[b]]
         f, b = f + 1, b + 1
-    return order + bw[b:]
+    return tuple(order + bw[b:])
+
+
+@lru_cache(maxsize=256)
+def _flat_order(schedule: str, rank: int, pp: int, m: int, v: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Rank ``rank``'s order as integers for the simulation loop: (op index, input's op index or
+    −1, global chunk, 1 for a forward). Op index of (op, j, i): ``(2j + is_backward)·m + i``."""
+    n = pp * v
+    out = []
+    for op, c, i in _rank_order(schedule, rank, pp, m, v):
+        j = c * pp + rank
+        if op == "F":
+            out.append((2 * j * m + i, 2 * (j - 1) * m + i if j > 0 else -1, j, 1))
+        else:
+            dep = 2 * j * m + i if j == n - 1 else (2 * (j + 1) + 1) * m + i
+            out.append(((2 * j + 1) * m + i, dep, j, 0))
+    return tuple(out)
+
+
+def _op_key(idx: int, m: int) -> tuple[str, int, int]:
+    """(op, global chunk, micro-batch) of a flat op index."""
+    q, i = divmod(idx, m)
+    return ("B" if q % 2 else "F", q // 2, i)
 
 
 def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: list[float],
@@ -73,10 +103,15 @@ def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: 
     """Time a schedule. Lists are indexed by global chunk j = c·pp + r (v·pp entries); ``p2p_s[j]``
     is the transfer from chunk j to j+1 (and of the gradient back)."""
     n = pp * v
-    orders = [rank_order(schedule, r, pp, m, v) for r in range(pp)]
-    done: dict[tuple[str, int, int], float] = {}
-    pred: dict[tuple[str, int, int], tuple | None] = {}
-    last_of: dict[int, tuple[str, int, int]] = {}
+    orders = [_flat_order(schedule, r, pp, m, v) for r in range(pp)]
+    # Per op index: finish time (−1 = not run yet) and binding predecessor (−1 = none).
+    done = [-1.0] * (2 * n * m)
+    pred = [-1] * (2 * n * m)
+    # Delay between an op's input finishing and the op being able to start: the transfer from
+    # the previous chunk (F) or from the next one (B); none for the last chunk's own loss.
+    delay_f = [0.0] + [p2p_s[j - 1] for j in range(1, n)]
+    delay_b = [p2p_s[j] for j in range(n - 1)] + [0.0]
+    last_of = [-1] * pp
     pos = [0] * pp
     free = [0.0] * pp
     events = []
@@ -84,82 +119,88 @@ def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: 
     while remaining:
         progressed = False
         for r in range(pp):
-            while pos[r] < len(orders[r]):
-                op, c, i = orders[r][pos[r]]
-                j = c * pp + r
-                ready = _ready_time(op, j, i, n, done, p2p_s)
-                if ready is None:
-                    break
-                start = max(ready, free[r])
-                end = start + (fwd_s[j] if op == "F" else bwd_s[j])
-                done[(op, j, i)] = end
+            order, q, t_free, last = orders[r], pos[r], free[r], last_of[r]
+            while q < len(order):
+                idx, dep, j, is_f = order[q]
+                if dep < 0:
+                    ready = 0.0
+                else:
+                    t = done[dep]
+                    if t < 0:
+                        break
+                    ready = t + (delay_f[j] if is_f else delay_b[j])
+                start = ready if ready > t_free else t_free
+                end = start + (fwd_s[j] if is_f else bwd_s[j])
+                done[idx] = end
                 # The binding predecessor: the data dependency if it arrives last, else the rank's previous op.
-                pred[(op, j, i)] = _data_dep(op, j, i, n) if ready >= free[r] else last_of.get(r)
-                last_of[r] = (op, j, i)
-                free[r] = end
+                pred[idx] = dep if ready >= t_free else last
+                last, t_free = idx, end
                 if keep_events:
-                    events.append((r, op, j, i, start, end))
-                pos[r] += 1
-                remaining -= 1
+                    events.append((r, "F" if is_f else "B", j, idx % m, start, end))
+                q += 1
+            if q != pos[r]:
+                remaining -= q - pos[r]
+                pos[r], free[r], last_of[r] = q, t_free, last
                 progressed = True
         if not progressed:
             raise RuntimeError(f"schedule {schedule} deadlocks for pp={pp} m={m} v={v}")
-    peak, inflight = inflight_peaks(orders, pp, v, act_bytes)
-    paths = tuple(_path_counts(last_of[r], pred, n) for r in range(pp))
+    peak, inflight = inflight_peaks(schedule, pp, m, v, act_bytes)
+    paths = tuple(_path_counts(last_of[r], pred, n, m) for r in range(pp))
     return ScheduleResult(max(free), tuple(free), peak, inflight, tuple(events), paths)
 
 
-def inflight_peaks(orders: list[list[tuple[str, int, int]]], pp: int, v: int,
+@lru_cache(maxsize=256)
+def live_vectors(schedule: str, rank: int, pp: int, m: int, v: int) -> tuple[tuple[int, ...], ...]:
+    """Distinct live-micro-batch count vectors (per local chunk of ``rank``) right after each
+    forward of its order, keeping only those no other vector dominates component-wise (they can
+    never be the peak, activation bytes being non-negative), in the order they first occur."""
+    live = [0] * v
+    seen: dict[tuple[int, ...], None] = {}
+    for op, c, _ in _rank_order(schedule, rank, pp, m, v):
+        live[c] += 1 if op == "F" else -1
+        if op == "F":
+            seen.setdefault(tuple(live), None)
+    # A vector dominated by another is dominated by one with a larger sum, and then by a maximal
+    # one: visiting by decreasing sum, comparing against the maximal vectors kept so far suffices.
+    # (A gpipe rank over 2,048 micro-batches has 2,048 vectors; pairwise it took minutes.)
+    kept: list[tuple[int, ...]] = []
+    for a in sorted(seen, key=sum, reverse=True):
+        if not any(all(x <= y for x, y in zip(a, b)) for b in kept):
+            kept.append(a)
+    maximal = set(kept)
+    return tuple(a for a in seen if a in maximal)
+
+
+def inflight_peaks(schedule: str, pp: int, m: int, v: int,
                    act_bytes: list[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per rank, the peak activation bytes held (forward run, backward not yet) over its order,
     and that peak in units of a full micro-batch of its chunks. A rank runs its operations in
     order, so this needs the orders only, not the timing: memory can be checked without a
-    simulation."""
+    simulation. The peak is reached right after a forward, at one of ``live_vectors``."""
     peak, inflight = [], []
     for r in range(pp):
-        live = top = 0.0
-        for op, c, _ in orders[r]:
-            a = act_bytes[c * pp + r]
-            live += a if op == "F" else 0.0
-            top = max(top, live)
-            live -= a if op == "B" else 0.0
-        per_mb = sum(act_bytes[c * pp + r] for c in range(v))
+        acts = [act_bytes[c * pp + r] for c in range(v)]
+        top = max((sum(k * a for k, a in zip(live, acts)) for live in live_vectors(schedule, r, pp, m, v)),
+                  default=0.0)
+        per_mb = sum(acts)
         peak.append(top)
         inflight.append(top / per_mb if per_mb else 0.0)
     return tuple(peak), tuple(inflight)
 
 
-def _data_dep(op: str, j: int, i: int, n: int) -> tuple[str, int, int] | None:
-    if op == "F":
-        return ("F", j - 1, i) if j > 0 else None
-    return ("F", j, i) if j == n - 1 else ("B", j + 1, i)
-
-
-def _path_counts(node, pred: dict, n: int) -> PathCounts:
+def _path_counts(node: int, pred: list[int], n: int, m: int) -> PathCounts:
     """Walk binding predecessors back from ``node``; count F, B and transfers per chunk."""
     f, b, c = [0] * n, [0] * n, [0] * n
-    while node is not None:
-        op, j, i = node
+    while node >= 0:
+        op, j, i = _op_key(node, m)
         (f if op == "F" else b)[j] += 1
         prev = pred[node]
-        if prev is not None and prev[2] == i and prev != node and (
-                (op == "F" and prev == ("F", j - 1, i)) or (op == "B" and prev == ("B", j + 1, i))):
-            c[min(j, prev[1])] += 1  # crossed the link between chunks j-1|j (F) or j|j+1 (B)
+        if prev >= 0:
+            pop, pj, pi = _op_key(prev, m)
+            if pi == i and ((op == "F" and (pop, pj) == ("F", j - 1)) or (op == "B" and (pop, pj) == ("B", j + 1))):
+                c[min(j, pj)] += 1  # crossed the link between chunks j-1|j (F) or j|j+1 (B)
         node = prev
     return PathCounts(tuple(f), tuple(b), tuple(c))
-
-
-def _ready_time(op: str, j: int, i: int, n: int, done: dict, p2p_s: list[float]) -> float | None:
-    """When the input of op (F or B of chunk j, micro-batch i) is available, or None if not yet."""
-    if op == "F":
-        if j == 0:
-            return 0.0
-        prev = done.get(("F", j - 1, i))
-        return None if prev is None else prev + p2p_s[j - 1]
-    if j == n - 1:
-        return done.get(("F", j, i))
-    nxt = done.get(("B", j + 1, i))
-    return None if nxt is None else nxt + p2p_s[j]
 
 
 def warmup_paths(schedule: str, pp: int, m: int, v: int) -> list[tuple[int, PathCounts]]:

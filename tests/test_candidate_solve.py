@@ -69,3 +69,23 @@ def test_an_unfinished_solve_resumes_to_the_uninterrupted_answer():
     assert resumed.iterations > cut_short.iterations
     assert len(resumed.cuts) > len(cut_short.cuts)
     assert resumed.best.predicted["step_time_s"] == pytest.approx(full.best.predicted["step_time_s"], rel=1e-9)
+
+
+def test_constraint_names_are_unique_for_a_single_chunk_under_zero3():
+    """One chunk holds both the embedding and the head: their ZeRO-3 gather rows need distinct
+    names (MathOpt rejects a model that repeats one; the builder now refuses it too)."""
+    from planner.milp.data import build_data
+    from planner.milp.model import Model
+    from planner.milp.placement import build_placement_model
+
+    spec, cl, train, p, graph, costs = _setup("llama3-8b", "h100-sxm-80gb:8", 16, 4096, dp=8, zero=3)
+    model, _ = build_placement_model(build_data(graph, costs, cl, train, p, OPTS), exact=False)
+    names = [c.name for c in model.constraints]
+    assert len(names) == len(set(names))
+    assert {"gather_end[rank=0,chunk=0,layer=embedding]", "gather_end[rank=0,chunk=0,layer=head]"} <= set(names)
+    assert model.solve("ortools", 30).status == "optimal"
+    m = Model("dup")
+    x = m.var("x")
+    m.add(x, ">=", 1, "row[k=0]")
+    with pytest.raises(ValueError, match="duplicate constraint name"):
+        m.add(x, "<=", 2, "row[k=0]")

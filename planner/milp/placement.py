@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from planner import memory as mem
 from planner.milp.data import PlacementData
 from planner.milp.model import Expr, Model, Var, total
+from planner.schedule import live_vectors
 
 GiB = float(2**30)
 
@@ -232,27 +233,6 @@ def add_tail_constraints(model: Model, d: PlacementData, v: PlacementVars) -> No
         model.add(v.T, ">=", v.end[r] + sync + opt, f"step[rank={r}]")
 
 
-def _live_vectors(order: list[tuple[str, int, int]], vpp: int) -> list[tuple[int, ...]]:
-    """Distinct live-micro-batch count vectors (per local chunk) right after each forward, keeping
-    only those no other vector dominates component-wise (they can never be the peak), in the
-    order they first occur."""
-    live = [0] * vpp
-    seen: dict[tuple[int, ...], None] = {}
-    for op, c, _ in order:
-        live[c] += 1 if op == "F" else -1
-        if op == "F":
-            seen.setdefault(tuple(live), None)
-    # A vector dominated by another is dominated by one with a larger sum, and then by a maximal
-    # one: visiting by decreasing sum, comparing against the maximal vectors kept so far suffices.
-    # (A gpipe rank over 2,048 micro-batches has 2,048 vectors; pairwise it took minutes.)
-    kept: list[tuple[int, ...]] = []
-    for a in sorted(seen, key=sum, reverse=True):
-        if not any(all(x <= y for x, y in zip(a, b)) for b in kept):
-            kept.append(a)
-    maximal = set(kept)
-    return [a for a in seen if a in maximal]
-
-
 def add_memory_constraints(model: Model, d: PlacementData, v: PlacementVars) -> None:
     """Peak bytes of every rank at every in-flight state of its schedule fit in capacity."""
     for r in range(d.par.pp):
@@ -262,7 +242,7 @@ def add_memory_constraints(model: Model, d: PlacementData, v: PlacementVars) -> 
         transient = _transient(model, d, v, r) + (d.head_transient_bytes if _has_head(d, r) else 0.0)
         acts = [_blocks_of_chunk(d, v, j, lambda run, o: run.cost.act_bytes[o]) + _ends(d, j, lambda c: c.act_bytes["none"])
                 for j in mine]
-        for k, live in enumerate(_live_vectors(d.orders[r], d.par.vpp)):
+        for k, live in enumerate(live_vectors(d.par.schedule, r, d.par.pp, d.m, d.par.vpp)):
             act = total(a * cnt for a, cnt in zip(acts, live))
             live_bytes = states + act + transient + d.buffer_bytes
             # Rows in GiB, not bytes: coefficients near 1e10 next to times near 1e-3 break the
@@ -285,8 +265,9 @@ def _transient(model: Model, d: PlacementData, v: PlacementVars, r: int) -> Expr
         return remat * GiB
     gather = model.var(f"gather_GiB[rank={r}]")
     for j in mine:
-        for end in ([d.emb] if j == 0 else []) + ([d.head] if j == d.n_chunks - 1 else []):
-            model.add(gather, ">=", end.params_local * d.gather_bytes_per_param / GiB, f"gather_end[rank={r},chunk={j}]")
+        for kind, end in ([("embedding", d.emb)] if j == 0 else []) + ([("head", d.head)] if j == d.n_chunks - 1 else []):
+            model.add(gather, ">=", end.params_local * d.gather_bytes_per_param / GiB,
+                      f"gather_end[rank={r},chunk={j},layer={kind}]")
     for t, run in enumerate(d.runs):
         w = model.var(f"w[rank={r},run={t}]", 0, 1, integer=True)
         model.add(total(v.n[j, t, o] for j in mine for o in d.options), "<=", w * run.length, f"holds[rank={r},run={t}]")
