@@ -89,3 +89,29 @@ def test_constraint_names_are_unique_for_a_single_chunk_under_zero3():
     m.add(x, ">=", 1, "row[k=0]")
     with pytest.raises(ValueError, match="duplicate constraint name"):
         m.add(x, "<=", 2, "row[k=0]")
+
+
+@pytest.mark.parametrize("blocks,pp,vpp,zero", [(5, 2, 1, 0), (8, 3, 1, 3), (12, 4, 2, 2), (7, 4, 1, 0), (16, 4, 2, 3)])
+def test_busiest_rank_bound_is_the_whole_block_min_max(blocks, pp, vpp, zero):
+    """The greedy bound equals brute force over whole-block counts per rank, and exceeds the
+    fractional average when blocks do not divide evenly."""
+    import itertools
+
+    from models.spec import ModelSpec
+    from planner.search import busiest_rank_work
+
+    spec = ModelSpec(name="t", num_layers=blocks, hidden_size=256, num_heads=4, num_kv_heads=4,
+                     ffn_hidden_size=1024, vocab_size=32000, max_seq_len=512)
+    cl, train = load_cluster(f"h100-sxm-80gb:{pp * 2}"), Training(16, 512)
+    p = Parallel(dp=2, pp=pp, zero=zero, schedule="interleaved" if vpp > 1 else "1f1b", vpp=vpp)
+    graph = build_graph(spec, train.seq_len, train.attention_impl, train.norm_impl)
+    costs = graph_costs(graph, cl, train, p)
+    extra = 0.25e-3  # an arbitrary per-chunk exposure
+    w = costs[1].fwd_s + costs[1].bwd_s
+    ends = [costs[0].fwd_s + costs[0].bwd_s if r == 0 else 0.0 for r in range(pp)]
+    ends[-1] += costs[-1].fwd_s + costs[-1].bwd_s
+    brute = min(max(k * w + e + vpp * extra for k, e in zip(ks, ends))
+                for ks in itertools.product(range(blocks + 1), repeat=pp) if sum(ks) == blocks)
+    assert busiest_rank_work(costs, p, extra) == pytest.approx(brute, rel=1e-12)
+    average = (sum(c.fwd_s + c.bwd_s for c in costs) + pp * vpp * extra) / pp
+    assert brute >= average * (1 - 1e-12)
