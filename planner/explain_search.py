@@ -31,7 +31,8 @@ from planner import memory as mem
 from planner.config import PlanError, Parallel
 from planner.estimate import Estimate, estimate
 from planner.layer_cost import graph_costs
-from planner.search import Knobs, candidate_bound, enumerate_candidates, solve_candidate
+from planner.bounds import candidate_bound
+from planner.search import Knobs, enumerate_candidates, solve_candidate
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Cand:
 
     par: Parallel
     costs: list
-    lb_s: float  # closed-form lower bound (planner.search.candidate_bound)
+    lb_s: float  # closed-form lower bound (planner.bounds.candidate_bound)
     mem_lb_bytes: float  # model states of an average pipeline rank: above capacity = cannot fit
     bound_s: float  # best valid lower bound on any plan of this candidate
     best: Estimate | None = None

@@ -98,7 +98,7 @@ def test_busiest_rank_bound_is_the_whole_block_min_max(blocks, pp, vpp, zero):
     import itertools
 
     from models.spec import ModelSpec
-    from planner.search import busiest_rank_work
+    from planner.bounds import busiest_rank_work
 
     spec = ModelSpec(name="t", num_layers=blocks, hidden_size=256, num_heads=4, num_kv_heads=4,
                      ffn_hidden_size=1024, vocab_size=32000, max_seq_len=512)
