@@ -56,7 +56,7 @@ class Knobs:
 class CandidateResult:
     par: Parallel  # the outer candidate (no placement)
     bound_s: float  # valid lower bound on this candidate's best step time
-    status: str  # optimal | gap | time_limit | infeasible | pruned_time | pruned_bound | pruned_memory
+    status: str  # optimal | gap | time_limit | stalled | infeasible | pruned_time | pruned_bound | pruned_memory
     #               | heuristic (alternatives only)
     best: Estimate | None = None
     iterations: int = 0
@@ -203,7 +203,10 @@ def _refine(spec, cluster, train, par: Parallel, d, backend: str, rel_tol: float
             status = "optimal" if ub <= bound * (1 + 1e-9) + 1e-12 else "gap"
             break
         new = [(r, p) for r, p in enumerate(est.critical) if (r, p) not in seen]
-        if not new or time.perf_counter() > deadline:
+        if not new:
+            status = "stalled"  # no new path to cut: more time would not help (not resumed)
+            break
+        if time.perf_counter() > deadline:
             break
         seen.update(new)
         cuts.extend(new)
