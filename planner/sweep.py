@@ -211,7 +211,7 @@ def solve_point(task: tuple) -> dict:
 # this repository (tests/test_sweep.py checks the list against a fresh interpreter), and this file.
 # Loaders (models/load.py, ...) are left out: their output, the resolved specs, is in the key.
 CODE_FILES = ("hardware/cluster.py", "hardware/comm.py", "hardware/gpu.py", "models/errors.py", "models/graph.py",
-              "models/spec.py", "planner/config.py", "planner/estimate.py", "planner/layer_cost.py",
+              "models/spec.py", "planner/bounds.py", "planner/config.py", "planner/estimate.py", "planner/layer_cost.py",
               "planner/memory.py", "planner/milp/data.py", "planner/milp/model.py", "planner/milp/placement.py",
               "planner/plan_cli.py", "planner/schedule.py", "planner/search.py", "planner/sweep.py")
 
