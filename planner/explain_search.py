@@ -144,7 +144,7 @@ class Pool:
 
     def _solve(self, c: Cand, cutoff_s: float, deadline: float, gap: float) -> None:
         r = solve_candidate(self.spec, self.graph, c.costs, self.cluster, self.train, c.par, self.options,
-                            self.backend, gap / 2, deadline, cutoff_s)
+                            self.backend, gap / 2, deadline, cutoff_s, floor_s=c.lb_s)
         self.milps += max(1, r.iterations)
         if r.best is not None and r.best.predicted["step_time_s"] < c.step_s:
             c.best = r.best

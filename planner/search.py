@@ -122,18 +122,20 @@ def enumerate_candidates(spec: ModelSpec, cluster: ClusterSpec, train: Training,
 
 def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: tuple[str, ...], backend: str,
                     rel_tol: float, deadline: float, cutoff_s: float = float("inf"),
-                    prior: CandidateResult | None = None) -> CandidateResult:
+                    prior: CandidateResult | None = None, floor_s: float | None = None) -> CandidateResult:
     """Constraint generation: solve the bound MILP, simulate its plan exactly, add the critical
     paths of every rank as cuts, repeat until the MILP bound meets the simulated step time.
 
     ``cutoff_s`` (the incumbent shrunk by the gap target) is imposed as ``T ≤ cutoff``: an
     infeasible MILP then proves this candidate cannot beat it (branch-and-bound pruning).
-    ``prior``, an unfinished result of this candidate, resumes from its cuts, bound and plan."""
+    ``prior``, an unfinished result of this candidate, resumes from its cuts, bound and plan.
+    ``floor_s``: the candidate's ``candidate_bound`` (computed here when not given)."""
     d = build_data(graph, costs, cluster, train, par, options)
     t0 = time.perf_counter()
     # The candidate's combinatorial bound (whole blocks per rank, which LP relaxations miss) is
     # also a valid floor on T in the relaxed MILP: it starts branch and bound from there.
-    floor_s = candidate_bound(graph, costs, cluster, train, par)[0]
+    if floor_s is None:  # the search passes the bound it already computed to order candidates
+        floor_s = candidate_bound(graph, costs, cluster, train, par)[0]
     if prior is not None:
         return _refine(spec, cluster, train, par, d, backend, rel_tol, deadline, cutoff_s, floor_s, list(prior.cuts),
                        prior.best, prior.bound_s, prior.iterations, t0, prior.solve_s)
@@ -249,7 +251,7 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
         # rest; an unfinished candidate keeps its valid bound and enters the certified gap.
         budget = max(0.5, (deadline - time.perf_counter()) / 8)
         r = solve_candidate(spec, graph, costs, cluster, train, par, options, backend, gap / 2,
-                            min(deadline, time.perf_counter() + budget), inc / (1 + gap))
+                            min(deadline, time.perf_counter() + budget), inc / (1 + gap), floor_s=lb)
         r.bound_s = max(r.bound_s, lb)
         results.append(r)
         if r.best and (incumbent is None or r.best.predicted["step_time_s"] < inc):
@@ -280,6 +282,7 @@ def _resume_unfinished(spec, graph, cluster, train, options, backend: str, gap: 
     deadline passes. Without it the search could stop at a third of ``--time-limit`` and report
     ``time_limit`` with a gap above the target."""
     costs = {par: c for _, _, par, c in scored}
+    floors = {par: lb for lb, _, par, _ in scored}
     while time.perf_counter() < deadline:
         inc = incumbent.predicted["step_time_s"] if incumbent else float("inf")
         open_ = [k for k, r in enumerate(results)
@@ -290,7 +293,8 @@ def _resume_unfinished(spec, graph, cluster, train, options, backend: str, gap: 
         for k in open_:
             old = results[k]
             r = solve_candidate(spec, graph, costs[old.par], cluster, train, old.par, options, backend, gap / 2,
-                                min(deadline, time.perf_counter() + budget), inc / (1 + gap), prior=old)
+                                min(deadline, time.perf_counter() + budget), inc / (1 + gap), prior=old,
+                                floor_s=floors[old.par])
             r.bound_s = max(r.bound_s, old.bound_s)
             results[k] = r
             if r.best and (incumbent is None or r.best.predicted["step_time_s"] < incumbent.predicted["step_time_s"]):

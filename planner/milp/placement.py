@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner import memory as mem
+from planner.estimate import split_layers
 from planner.milp.data import PlacementData
 from planner.milp.model import Expr, Model, Var, total
 from planner.schedule import live_vectors
@@ -108,8 +109,6 @@ def chunk_size_ranges(blocks: int, chunks: int, schedule: str) -> list[tuple[int
     near the even split), so that deep interleaved candidates could not be certified; the
     ranges here widen only where the default split needs it. The brute-force tests enumerate
     the same space."""
-    from planner.estimate import split_layers  # estimate imports nothing from the MILP
-
     default = split_layers(blocks, chunks)
     if schedule != "interleaved":
         return [(min(1, k), None) for k in default]
