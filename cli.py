@@ -62,7 +62,7 @@ SEQ = typer.Option(None, "--seq-len", "-s", help="Tokens per sequence.")
 DTYPE = typer.Option("bf16", "--dtype", help="Compute dtype: bf16, fp16, fp8 or fp32.")
 ATTN = typer.Option("flash", "--attention", help="Attention kernel: flash (fused, no s^2 tensors) or eager.")
 SETS = typer.Option(None, "--set", help="Override a spec field: model.KEY=VALUE, cluster.KEY=VALUE or "
-                    "training.grad_reduce_dtype=auto|fp32|bf16 (repeatable).")
+                    "training.grad_reduce_dtype=auto|fp32|bf16 or training.tp_overlap=backward|none (repeatable).")
 FMT = typer.Option("table", "--format", "-f", help="Output format: table or json.")
 PLOT = typer.Option(None, "--plot", help="Draw the plan to this .png/.svg/.pdf (needs autopar[plots]).")
 PLOT_KIND = typer.Option("gantt", "--plot-kind", help="gantt, memory, breakdown, or all (PATH-gantt, -memory, -breakdown).")

@@ -7,6 +7,10 @@ Rules (the same for every case — nothing here is tuned per case):
   SwiGLU -> Llama style (RMSNorm, RoPE, untied). A preset with the same dimensions is used when
   the case matches one (it carries fields the case omits, e.g. Qwen3's head_dim).
 - Attention kernel: Megatron-LM runs of 2021-22 predate FlashAttention -> eager; others flash.
+- Backward TP overlap (training.tp_overlap): Megatron-LM from 2022 on overlaps the backward TP
+  collectives with the weight-gradient GEMMs (Korthikanti et al. 2022, whose Table 4 backward
+  times show it) -> backward; the 2021 runs predate Megatron's async TP all-reduce and
+  torchtitan's eager DTensor TP exposes them -> none.
 - FSDP -> ZeRO-3; no ZeRO/FSDP stated -> 0. Unstated micro-batch -> 1. "interleaved" without a
   virtual-stage count -> 2 chunks per rank.
 - Unstated recompute -> the least recompute (none, selective, full) that fits in memory: the run
@@ -86,7 +90,9 @@ def case_inputs(c: dict) -> CaseInputs:
     p, notes = c["plan"], []
     megatron = c["id"].startswith(("narayanan", "korthikanti"))
     dtype = "fp8" if "FP8" in c["precision"] else "bf16"
-    train = Training(p["global_batch_seqs"], c["model"]["seq_len"], dtype, "eager" if megatron else "flash")
+    overlap = "backward" if c["id"].startswith("korthikanti") else "none"
+    train = Training(p["global_batch_seqs"], c["model"]["seq_len"], dtype, "eager" if megatron else "flash",
+                     tp_overlap=overlap)
     zero = 3 if p.get("fsdp") else (p.get("zero_stage") or 0)
     mbs = p.get("micro_batch") or 1
     if not p.get("micro_batch"):

@@ -32,6 +32,7 @@ ByteClass = Literal["act", "mask", "fp32"]
 Shard = Literal["none", "tp", "sp"]  # tp: split by tensor parallel; sp: split only with sequence parallel
 AttentionImpl = Literal["flash", "eager"]
 NormImpl = Literal["fused", "unfused"]
+TpRole = Literal["", "column", "row"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Op:
     shard: Shard = "tp"
     expert: bool = False  # routed-expert work: split by expert parallelism, not tensor parallelism
     shardable: tuple[str, ...] = ()
+    tp_role: TpRole = ""  # Megatron linear kind: column-parallel (opens a TP region) or row-parallel
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,11 @@ class LayerGraph:
         return sum(3.0 * op.fwd_flops for x in self.layers for op in x.ops)
 
 
-def _mm(name: str, k: float, n: float, shard: Shard = "tp", expert: bool = False, dims=()) -> Op:
-    """Per-token matmul [1,k]x[k,n]: 2kn FLOPs; traffic = input + output (weights counted per op)."""
-    return Op(name, "matmul", 2 * k * n, 2 * k * n, 2.0, k + n, shard, expert, dims)
+def _mm(name: str, k: float, n: float, shard: Shard = "tp", expert: bool = False, dims=(), role: TpRole = "") -> Op:
+    """Per-token matmul [1,k]x[k,n]: 2kn FLOPs; traffic = input + output (weights counted per op).
+    ``role``: column-parallel linears open a TP region (their backward reduces the input
+    gradient), row-parallel ones close it (Shoeybi et al. 2019 §3)."""
+    return Op(name, "matmul", 2 * k * n, 2 * k * n, 2.0, k + n, shard, expert, dims, role)
 
 
 def _ew(name: str, io: float, shard: Shard = "tp", flops: float = 0.0, expert: bool = False) -> Op:
@@ -164,10 +168,10 @@ def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl
                       Saved("attn.q_norm_out", m.q_lora_rank, "act", "none")]
             repl += h * m.q_lora_rank + m.q_lora_rank
             q_in = m.q_lora_rank
-        ops += [_mm("attn.q_up", q_in, a * qk_dim, dims=("heads",)),
+        ops += [_mm("attn.q_up", q_in, a * qk_dim, dims=("heads",), role="column"),
                 _mm("attn.kv_down", h, m.kv_lora_rank + m.qk_rope_head_dim, "none"),
                 _ew("attn.kv_norm", 2 * m.kv_lora_rank, "none"),
-                _mm("attn.kv_up", m.kv_lora_rank, a * (m.qk_nope_head_dim + v_dim), dims=("heads",))]
+                _mm("attn.kv_up", m.kv_lora_rank, a * (m.qk_nope_head_dim + v_dim), dims=("heads",), role="column")]
         saved += [Saved("attn.kv_down_out", m.kv_lora_rank + m.qk_rope_head_dim, "act", "none", mm_output=True),
                   Saved("attn.kv_norm_out", m.kv_lora_rank, "act", "none")]
         dense = q_in * a * qk_dim + m.kv_lora_rank * a * (m.qk_nope_head_dim + v_dim) + a * v_dim * h
@@ -176,7 +180,7 @@ def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl
     else:
         d, kv = spec.dim_per_head, spec.kv_heads
         qk_dim = v_dim = d
-        ops.append(_mm("attn.qkv", h, (a + 2 * kv) * d, dims=("heads",)))
+        ops.append(_mm("attn.qkv", h, (a + 2 * kv) * d, dims=("heads",), role="column"))
         dense = h * (a + 2 * kv) * d + a * d * h + (spec.bias and (a + 2 * kv) * d)
         repl += h if spec.bias else 0
         q_e, k_e, v_e = a * d, kv * d, kv * d
@@ -187,7 +191,7 @@ def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl
               Saved("attn.v", v_e, mm_output=True)]
     ops.append(_attention_core(spec, s, impl, qk_dim, v_dim))
     saved += _attention_core_saved(spec, s, impl, a * v_dim)
-    ops.append(_mm("attn.out", a * v_dim, h, dims=("heads",)))
+    ops.append(_mm("attn.out", a * v_dim, h, dims=("heads",), role="row"))
     saved.append(Saved("attn.out_proj_out", h, "act", "sp", mm_output=True, in_none=False))
     ops += _dropout_residual("attn", spec, h)
     saved += _dropout_saved("attn", spec, h)
@@ -229,22 +233,22 @@ def _ffn_dense(prefix: str, spec: ModelSpec, h: float, f: float, expert: bool = 
     c = copies
     ex = dict(expert=expert)
     if spec.gated:
-        ops = [_mm(f"{prefix}.gate_up", h, 2 * f, **ex, dims=("ffn",)),
+        ops = [_mm(f"{prefix}.gate_up", h, 2 * f, **ex, dims=("ffn",), role="column"),
                _ew(f"{prefix}.act", 4 * f, flops=5 * f, **ex),
-               _mm(f"{prefix}.down", f, h, **ex, dims=("ffn",))]
+               _mm(f"{prefix}.down", f, h, **ex, dims=("ffn",), role="row")]
         saved = [Saved(f"{prefix}.gate", f * c, mm_output=True), Saved(f"{prefix}.up", f * c, mm_output=True),
                  Saved(f"{prefix}.act_out", f * c), Saved(f"{prefix}.down_in", f * c)]
         params = 3 * h * f
     else:
-        ops = [_mm(f"{prefix}.fc1", h, f, **ex, dims=("ffn",)), _ew(f"{prefix}.act", 2 * f, flops=8 * f, **ex),
-               _mm(f"{prefix}.fc2", f, h, **ex, dims=("ffn",))]
+        ops = [_mm(f"{prefix}.fc1", h, f, **ex, dims=("ffn",), role="column"), _ew(f"{prefix}.act", 2 * f, flops=8 * f, **ex),
+               _mm(f"{prefix}.fc2", f, h, **ex, dims=("ffn",), role="row")]
         relu = spec.activation == "relu"
         saved = [Saved(f"{prefix}.fc1_out", f * c, mm_output=True, in_none=not relu), Saved(f"{prefix}.fc2_in", f * c)]
         params = 2 * h * f + (f if spec.bias else 0)
     saved.append(Saved(f"{prefix}.down_out", h * c, "act", "sp", mm_output=True, in_none=False))
     if c != 1.0:
         ops = [Op(o.name, o.kind, o.fwd_flops * c, o.exec_fwd_flops * c, o.bwd_factor, o.io_elems * c,
-                  o.shard, o.expert, o.shardable) for o in ops]
+                  o.shard, o.expert, o.shardable, o.tp_role) for o in ops]
     return ops, saved, params * (copies if not expert else 1.0)
 
 
@@ -328,7 +332,7 @@ def _head(spec: ModelSpec, norm_impl: NormImpl = "fused") -> Layer:
     """
     h, v = spec.hidden_size, spec.vocab_size
     norm_op, norm_saved = _norm("head", spec, h, impl=norm_impl)
-    ops = [norm_op, _mm("head.logits", h, v, dims=("vocab",)), _ew("head.loss", 3 * v, flops=5 * v)]
+    ops = [norm_op, _mm("head.logits", h, v, dims=("vocab",), role="column"), _ew("head.loss", 3 * v, flops=5 * v)]
     saved = norm_saved + [Saved("head.in", h, "act", "sp"), Saved("head.logits_fp32", v, "fp32")]
     params = 0.0 if spec.tie_embeddings else v * h
     repl = h * (2 if spec.norm == "layernorm" else 1)

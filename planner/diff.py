@@ -36,7 +36,7 @@ from planner.config import Parallel, Training
 from planner.estimate import estimate, split_layers
 from planner.plan import load_plan, plan_inputs
 
-TRAIN_KEYS = ("global_batch", "seq_len", "dtype", "attention_impl", "grad_reduce_dtype", "norm_impl")
+TRAIN_KEYS = ("global_batch", "seq_len", "dtype", "attention_impl", "grad_reduce_dtype", "norm_impl", "tp_overlap")
 PAR_KEYS = ("dp", "tp", "pp", "cp", "ep", "schedule", "vpp", "micro_batch", "zero", "sequence_parallel",
             "stage_layers", "recompute")
 # (state keys, the plan path they are read from), in the order the knobs are applied. The schedule
@@ -45,7 +45,8 @@ ORDER = ((("model",), "inputs.model"), (("cluster",), "inputs.cluster"),
          (("global_batch",), "inputs.training.global_batch_size"), (("seq_len",), "inputs.training.seq_len"),
          (("dtype",), "inputs.training.dtype"), (("attention_impl",), "inputs.training.attention_impl"),
          (("grad_reduce_dtype",), "inputs.training.grad_reduce_dtype"),
-         (("norm_impl",), "inputs.training.norm_impl"), (("dp",), "parallelism.dp"), (("tp",), "parallelism.tp"),
+         (("norm_impl",), "inputs.training.norm_impl"), (("tp_overlap",), "inputs.training.tp_overlap"),
+         (("dp",), "parallelism.dp"), (("tp",), "parallelism.tp"),
          (("pp",), "parallelism.pp"), (("cp",), "parallelism.cp"), (("ep",), "parallelism.ep"),
          (("schedule", "vpp"), "parallelism.schedule+virtual_stages"),
          (("micro_batch",), "parallelism.micro_batch_size"), (("zero",), "parallelism.zero_stage"),

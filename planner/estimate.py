@@ -318,7 +318,7 @@ def _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, 
         "peak_memory_bytes": peak_mem,
         "memory_capacity_bytes": cap,
         "num_micro_batches": m,
-        "pipeline_bubble_s": sim.makespan_s - busy,
+        "pipeline_bubble_s": max(0.0, sim.makespan_s - busy),  # clamp float noise: pp 1 has no bubble
         "time_breakdown_s": {
             "pipeline_s": sim.makespan_s,
             "exposed_comm_in_layers_s": max(sum(costs[i].comm_s for c in chunks if c.pp_rank == r for i in c.layer_ids)

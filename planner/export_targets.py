@@ -72,6 +72,10 @@ def _tt_parallelism(view: PlanView, notes: list[str]) -> dict:
     body = _tt_data_parallel(view, notes)
     body["tensor_parallel_degree"] = (p.tp, None)
     body["enable_async_tensor_parallel"] = (False, None)
+    if p.tp > 1 and view.train.tp_overlap == "backward":
+        notes.append("tp_overlap backward: the plan hides backward TP collectives under their GEMMs, as "
+                     "Megatron-LM does; torchtitan's eager TP exposes them. Re-plan with "
+                     "--set training.tp_overlap=none for torchtitan step times")
     if p.tp > 1 and not p.sequence_parallel:
         notes.append("sequence_parallel off: torchtitan's tensor-parallel plan always shards norms by sequence "
                      "(less activation memory than planned)")

@@ -19,7 +19,8 @@ from planner.config import DTYPES, RECOMPUTE_OPTIONS, SCHEDULES, Parallel, Train
 
 # Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
 # data parallelism; auto = what Megatron-LM and torchtitan do (config.grad_reduce_bytes).
-TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16")}
+# tp_overlap: whether backward TP collectives hide under their linears' GEMMs (layer_cost._tp_comm_s).
+TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16"), "tp_overlap": ("backward", "none")}
 
 
 @dataclass

@@ -103,21 +103,49 @@ def activation_bytes(layer: Layer, ctx: _Ctx) -> dict[str, float]:
     return {"none": none, "selective": min(sel, none), "full": inp}
 
 
-def _tp_comm_s(layer: Layer, ctx: _Ctx) -> tuple[float, float]:
+def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> tuple[float, float]:
     """Megatron TP: per block two all-reduces of the b·s·h activations forward and two backward
     (with sequence parallelism: reduce-scatter + all-gather pairs of the same total volume);
-    embedding: one forward all-reduce; head: one backward all-reduce (Narayanan et al. 2021 §3.2)."""
+    embedding: one forward all-reduce; head: one backward all-reduce (Narayanan et al. 2021 §3.2).
+
+    Forward communication is exposed. Backward, each column-parallel linear's collective runs
+    asynchronously under its own GEMMs when ``training.tp_overlap`` is ``backward`` (Megatron-LM's
+    default, ``LinearWithGradAccumulationAndAsyncCommunication``): without SP the input-gradient
+    all-reduce overlaps the weight-gradient GEMM; with SP the all-gather of the saved input
+    overlaps the input-gradient GEMM and the reduce-scatter the weight-gradient GEMM (Korthikanti
+    et al. 2022 §4.2.2). ``windows`` holds, per TP region of the layer, the (dgrad, wgrad) seconds
+    of its column-parallel linears; exposed = the excess of each collective over its window."""
     tp = ctx.par.tp
     if tp == 1:
         return 0.0, 0.0
     nbytes = ctx.tokens * ctx.train.act_bytes * ctx.spec.hidden_size
     group = comm.group_span(ctx.cluster, tp, 1)
     if ctx.par.sequence_parallel:
-        one = comm.reduce_scatter_s(ctx.cluster, nbytes, group) + comm.all_gather_s(ctx.cluster, nbytes, group)
+        ag, rs = comm.all_gather_s(ctx.cluster, nbytes, group), comm.reduce_scatter_s(ctx.cluster, nbytes, group)
+        one, parts = ag + rs, ((ag, 0), (rs, 1))  # (collective, index of the GEMM it hides under)
     else:
         one = comm.all_reduce_s(ctx.cluster, nbytes, group)
+        parts = ((one, 1),)
     n_fwd, n_bwd = {"block": (2, 2), "embedding": (1, 0), "head": (0, 1)}[layer.kind]
-    return n_fwd * one, n_bwd * one
+    if ctx.train.tp_overlap == "none" or not n_bwd:
+        return n_fwd * one, n_bwd * one
+    regions = (windows + [(0.0, 0.0)] * n_bwd)[:n_bwd]
+    bwd = sum(max(0.0, c - win[i]) for win in regions for c, i in parts)
+    return n_fwd * one, bwd
+
+
+def _column_windows(layer: Layer, ctx: _Ctx) -> list[tuple[float, float]]:
+    """Per TP region of the layer (attention, then FFN/MoE; the head is one), the input-gradient
+    and weight-gradient GEMM seconds of its column-parallel linears: each half of a matmul's
+    backward (bwd_factor 2) costs its forward roofline time."""
+    regions: dict[str, list[float]] = {}
+    for op in layer.ops:
+        if op.tp_role == "column":
+            f, _ = _op_times(op, ctx)
+            w = regions.setdefault("attn" if op.name.startswith("attn.") else "ffn", [0.0, 0.0])
+            w[0] += f
+            w[1] += f
+    return [tuple(w) for w in regions.values()]
 
 
 def _ep_comm_s(layer: Layer, ctx: _Ctx) -> float:
@@ -169,7 +197,7 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
             hw_extra_sel += op.fwd_flops * ctx.tokens / ctx.div(op.shard) if train.attention_impl == "eager" else 0
         elif op.kind == "elementwise":
             sel_flash += f
-    tp_f, tp_b = _tp_comm_s(layer, ctx)
+    tp_f, tp_b = _tp_comm_s(layer, ctx, _column_windows(layer, ctx))
     ep_s = _ep_comm_s(layer, ctx)
     cp_f, cp_b = _cp_comm_s(layer, ctx, attn_fwd)
     comm_f = tp_f + ep_s + cp_f

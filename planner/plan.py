@@ -82,7 +82,7 @@ def input_block(model: ModelSpec, cluster: ClusterSpec, train: Training, knobs: 
     m, c = model.model_dump(), cluster.model_dump()
     t = {"global_batch_size": train.global_batch, "seq_len": train.seq_len, "dtype": train.dtype,
          "attention_impl": train.attention_impl, "grad_reduce_dtype": train.grad_reduce_dtype,
-         "norm_impl": train.norm_impl, "seed": 0}
+         "norm_impl": train.norm_impl, "tp_overlap": train.tp_overlap, "seed": 0}
     return {"model": m, "cluster": c, "training": t, "knobs": knobs or {},
             "sha256": {"model": input_sha256(m), "cluster": input_sha256(c), "training": input_sha256(t)}}
 
@@ -144,7 +144,7 @@ def plan_inputs(doc: dict) -> tuple[ModelSpec, ClusterSpec, Training, Parallel]:
         raise SpecError(format_validation_error(exc, "plan inputs")) from None
     t = doc["inputs"]["training"]
     train = Training(t["global_batch_size"], t["seq_len"], t["dtype"], t.get("attention_impl", "flash"),
-                     t.get("grad_reduce_dtype", "auto"), t.get("norm_impl", "fused"))
+                     t.get("grad_reduce_dtype", "auto"), t.get("norm_impl", "fused"), t.get("tp_overlap", "backward"))
     p = doc["parallelism"]
     recompute = tuple(o for s in doc["stages"] for o in s["recompute"])
     par = Parallel(dp=p["dp"], tp=p["tp"], pp=p["pp"], cp=p["cp"], ep=p["ep"], micro_batch=p["micro_batch_size"],

@@ -98,7 +98,8 @@ def check_training(train: Training) -> list[Finding]:
             out.append(Finding(f"inputs.training.{key}", "error", f"inputs.training.{key} is {short_repr(value)}: "
                                f"expected a positive integer"))
     for key, value, allowed in (("dtype", train.dtype, DTYPES), ("attention_impl", train.attention_impl,
-                                ("flash", "eager")), ("norm_impl", train.norm_impl, ("fused", "unfused"))):
+                                ("flash", "eager")), ("norm_impl", train.norm_impl, ("fused", "unfused")),
+                                ("tp_overlap", train.tp_overlap, ("backward", "none"))):
         if value not in allowed:
             out.append(Finding(f"inputs.training.{key}", "error", f"inputs.training.{key} is {short_repr(value)}: "
                                f"expected one of {', '.join(allowed)}"))

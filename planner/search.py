@@ -38,6 +38,10 @@ from planner.schedule import warmup_paths
 # Above this many schedule operations (2·m·p·v) the exact-schedule LP takes seconds; the
 # path-cut LP and the MILP bound such candidates instead.
 EXACT_LP_MAX_OPS = 8192
+# Relative difference below which a bound and a plan's simulated time count as equal ("optimal"):
+# HiGHS's default MIP feasibility tolerance is 1e-6, so a MILP's T may sit that far below the
+# schedule its assignment encodes without any path being left uncut.
+OPT_TOL = 1e-6
 KNOBS = ("dp", "tp", "pp", "cp", "ep", "micro_batch", "zero", "schedule", "vpp", "sequence_parallel", "recompute")
 
 
@@ -188,7 +192,7 @@ def _refine(spec, cluster, train, par: Parallel, d, backend: str, rel_tol: float
             # No placement beats the cutoff (or none fits at all when there is no cutoff).
             if cutoff_s < float("inf"):
                 status, bound = "pruned_bound", max(bound, cutoff_s)
-                if best is not None and best.predicted["step_time_s"] <= bound * (1 + 1e-9):
+                if best is not None and best.predicted["step_time_s"] <= bound * (1 + OPT_TOL):
                     status, bound = "optimal", best.predicted["step_time_s"]
             elif best is None:
                 status = "infeasible"
@@ -201,8 +205,8 @@ def _refine(spec, cluster, train, par: Parallel, d, backend: str, rel_tol: float
         if est.fits and (best is None or est.predicted["step_time_s"] < best.predicted["step_time_s"]):
             best = est
         ub = best.predicted["step_time_s"] if best else float("inf")
-        if ub <= bound * (1 + rel_tol) + 1e-12:
-            status = "optimal" if ub <= bound * (1 + 1e-9) + 1e-12 else "gap"
+        if ub <= bound * (1 + max(rel_tol, OPT_TOL)) + 1e-12:
+            status = "optimal" if ub <= bound * (1 + OPT_TOL) + 1e-12 else "gap"
             break
         new = [(r, p) for r, p in enumerate(est.critical) if (r, p) not in seen]
         if not new:
@@ -408,7 +412,7 @@ def _certificate(results: list[CandidateResult], incumbent, rejected: int, gap_t
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     gap = (inc - best_bound) / inc if inc and best_bound is not None else None
-    status = "infeasible" if inc is None else ("optimal" if gap is not None and gap <= 1e-9 else
+    status = "infeasible" if inc is None else ("optimal" if gap is not None and gap <= OPT_TOL else
                                                "within_gap" if gap is not None and gap <= gap_target else "time_limit")
     return {"status": status, "incumbent_s": inc, "best_bound_s": best_bound, "gap": gap, "gap_target": gap_target,
             "candidates": len(results), "rejected_invalid": rejected, "settled": counts,
