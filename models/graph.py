@@ -110,9 +110,12 @@ def _mm(name: str, k: float, n: float, shard: Shard = "tp", expert: bool = False
     return Op(name, "matmul", 2 * k * n, 2 * k * n, 2.0, k + n, shard, expert, dims, role)
 
 
-def _ew(name: str, io: float, shard: Shard = "tp", flops: float = 0.0, expert: bool = False) -> Op:
-    """Elementwise / normalisation op: memory-bound, a few FLOPs per element (not counted in MFU)."""
-    return Op(name, "elementwise", 0.0, flops, 2.0, io, shard, expert)
+def _ew(name: str, io: float, shard: Shard = "tp", flops: float = 0.0, expert: bool = False,
+        bwd_io: float | None = None) -> Op:
+    """Elementwise / normalisation op: memory-bound, a few FLOPs per element (not counted in MFU).
+    ``bwd_io``: elements its backward kernel reads + writes (default 2x forward); the backward
+    time scales with traffic, so ``bwd_factor = bwd_io / io``."""
+    return Op(name, "elementwise", 0.0, flops, 2.0 if bwd_io is None else bwd_io / io, io, shard, expert)
 
 
 def _attention_core(spec: ModelSpec, s: int, impl: AttentionImpl, qk_dim: int, v_dim: int) -> Op:
@@ -139,7 +142,8 @@ def _norm(prefix: str, spec: ModelSpec, width: float, shard: Shard = "sp", impl:
     ``unfused``: PyTorch's composite RMSNorm (CPU in torch 2.13) upcasts and keeps the fp32
     input and the fp32 normalised tensor x̂ as well (measured, docs/runtime.md)."""
     stats = 2.0 if spec.norm == "layernorm" else 1.0
-    op = _ew(f"{prefix}.norm", 2 * width, shard, flops=5 * width)
+    # Backward reads x and dy and writes dx (the weight-grad reduction is fused): 3 passes.
+    op = _ew(f"{prefix}.norm", 2 * width, shard, flops=5 * width, bwd_io=3 * width)
     if impl == "unfused" and spec.norm == "rmsnorm":
         return op, [Saved(f"{prefix}.norm_in", width, "fp32", shard), Saved(f"{prefix}.norm_stats", stats, "fp32", shard),
                     Saved(f"{prefix}.norm_hat", width, "fp32", shard)]
@@ -163,14 +167,14 @@ def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl
         q_in = h
         if m.q_lora_rank:
             # Down-projections are replicated across tp (Megatron-Core MLA); up-projections split by heads.
-            ops += [_mm("attn.q_down", h, m.q_lora_rank, "none"), _ew("attn.q_norm", 2 * m.q_lora_rank, "none")]
+            ops += [_mm("attn.q_down", h, m.q_lora_rank, "none"), _ew("attn.q_norm", 2 * m.q_lora_rank, "none", bwd_io=3 * m.q_lora_rank)]
             saved += [Saved("attn.q_down_out", m.q_lora_rank, "act", "none", mm_output=True),
                       Saved("attn.q_norm_out", m.q_lora_rank, "act", "none")]
             repl += h * m.q_lora_rank + m.q_lora_rank
             q_in = m.q_lora_rank
         ops += [_mm("attn.q_up", q_in, a * qk_dim, dims=("heads",), role="column"),
                 _mm("attn.kv_down", h, m.kv_lora_rank + m.qk_rope_head_dim, "none"),
-                _ew("attn.kv_norm", 2 * m.kv_lora_rank, "none"),
+                _ew("attn.kv_norm", 2 * m.kv_lora_rank, "none", bwd_io=3 * m.kv_lora_rank),
                 _mm("attn.kv_up", m.kv_lora_rank, a * (m.qk_nope_head_dim + v_dim), dims=("heads",), role="column")]
         saved += [Saved("attn.kv_down_out", m.kv_lora_rank + m.qk_rope_head_dim, "act", "none", mm_output=True),
                   Saved("attn.kv_norm_out", m.kv_lora_rank, "act", "none")]
@@ -185,7 +189,7 @@ def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl
         repl += h if spec.bias else 0
         q_e, k_e, v_e = a * d, kv * d, kv * d
     if spec.position == "rope":
-        ops.append(_ew("attn.rope", 2 * (q_e + k_e), flops=3 * (q_e + k_e)))
+        ops.append(_ew("attn.rope", 2 * (q_e + k_e), flops=3 * (q_e + k_e), bwd_io=2 * (q_e + k_e)))  # rotate dq, dk back
     # q, k, v are saved by the attention kernel (after RoPE); they are (views of) matmul outputs.
     saved += [Saved("attn.q", q_e, mm_output=True), Saved("attn.k", k_e, mm_output=True),
               Saved("attn.v", v_e, mm_output=True)]
@@ -212,9 +216,10 @@ def _attention_core_saved(spec: ModelSpec, s: int, impl: AttentionImpl, ctx: flo
 
 
 def _dropout_residual(prefix: str, spec: ModelSpec, h: float) -> list[Op]:
-    ops = [_ew(f"{prefix}.residual", 3 * h, "sp", flops=h)]
+    # Backward: the add itself passes dy through; the fork it closes sums two gradients (3h).
+    ops = [_ew(f"{prefix}.residual", 3 * h, "sp", flops=h, bwd_io=3 * h)]
     if spec.dropout > 0:
-        ops.insert(0, _ew(f"{prefix}.dropout", 2.5 * h, "sp", flops=h))
+        ops.insert(0, _ew(f"{prefix}.dropout", 2.5 * h, "sp", flops=h, bwd_io=2.5 * h))  # dy, 1-byte mask -> dx
     return ops
 
 
@@ -234,13 +239,13 @@ def _ffn_dense(prefix: str, spec: ModelSpec, h: float, f: float, expert: bool = 
     ex = dict(expert=expert)
     if spec.gated:
         ops = [_mm(f"{prefix}.gate_up", h, 2 * f, **ex, dims=("ffn",), role="column"),
-               _ew(f"{prefix}.act", 4 * f, flops=5 * f, **ex),
+               _ew(f"{prefix}.act", 4 * f, flops=5 * f, **ex, bwd_io=5 * f),  # gate, up, dy -> dgate, dup
                _mm(f"{prefix}.down", f, h, **ex, dims=("ffn",), role="row")]
         saved = [Saved(f"{prefix}.gate", f * c, mm_output=True), Saved(f"{prefix}.up", f * c, mm_output=True),
                  Saved(f"{prefix}.act_out", f * c), Saved(f"{prefix}.down_in", f * c)]
         params = 3 * h * f
     else:
-        ops = [_mm(f"{prefix}.fc1", h, f, **ex, dims=("ffn",), role="column"), _ew(f"{prefix}.act", 2 * f, flops=8 * f, **ex),
+        ops = [_mm(f"{prefix}.fc1", h, f, **ex, dims=("ffn",), role="column"), _ew(f"{prefix}.act", 2 * f, flops=8 * f, **ex, bwd_io=3 * f),
                _mm(f"{prefix}.fc2", f, h, **ex, dims=("ffn",), role="row")]
         relu = spec.activation == "relu"
         saved = [Saved(f"{prefix}.fc1_out", f * c, mm_output=True, in_none=not relu), Saved(f"{prefix}.fc2_in", f * c)]
@@ -317,7 +322,7 @@ def _unique(saved: list[Saved], parallel_residual: bool) -> list[Saved]:
 def _embedding(spec: ModelSpec) -> Layer:
     h, v = spec.hidden_size, spec.vocab_size
     ops = [Op("embed.lookup", "embedding", 0.0, 0.0, 1.0, 2 * h, "sp")]
-    ops += [_ew("embed.dropout", 2.5 * h, "sp", flops=h)] if spec.dropout > 0 else []
+    ops += [_ew("embed.dropout", 2.5 * h, "sp", flops=h, bwd_io=2.5 * h)] if spec.dropout > 0 else []
     pos = spec.max_seq_len * h if spec.position == "learned" else 0.0
     saved = _dropout_saved("embed", spec, h)
     return Layer("embedding", "embedding", tuple(ops), tuple(saved), v * h, pos, signature=("embedding",))
