@@ -252,6 +252,15 @@ def test_zero_stages_map_per_target(tmp_path):
     assert ddp["parallelism"]["data_parallel_replicate_degree"] == 8
 
 
+def test_torchtitan_notes_the_backward_tp_overlap_it_does_not_do(tmp_path):
+    def notes(overlap: str) -> list[str]:
+        path = write_plan(tmp_path / f"{overlap}.json", load_model("llama3-8b"), load_cluster("h100-sxm-80gb:8"),
+                          Training(64, 4096, tp_overlap=overlap), Parallel(dp=2, tp=4, sequence_parallel=True))
+        return export_plan(path, "torchtitan").notes
+    assert any("tp_overlap=none" in n for n in notes("backward"))
+    assert not any("tp_overlap" in n for n in notes("none"))
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 def test_cli_text_goes_to_stdout_and_notes_to_stderr(published):
