@@ -33,7 +33,7 @@ def load_tp_cases(path: Path = CASES) -> list[dict]:
 def case_setup(case: dict) -> tuple[ModelSpec, object, Training]:
     c, t = case["cluster"], case["training"]
     cluster = load_cluster(f"{c['gpu']}:{c['num_gpus']}", {"inter_node_bw_GBps": c["inter_node_bw_GBps"]})
-    train = Training(t["global_batch"], t["seq_len"], t["dtype"], t["attention"])
+    train = Training(t["global_batch"], t["seq_len"], t["dtype"], t["attention"], tp_overlap=t["tp_overlap"])
     return ModelSpec(**case["model"]), cluster, train
 
 
