@@ -32,7 +32,7 @@ from planner.config import PlanError, Parallel
 from planner.estimate import Estimate, estimate
 from planner.layer_cost import graph_costs
 from planner.bounds import candidate_bound
-from planner.search import Knobs, enumerate_candidates, solve_candidate
+from planner.search import OPT_TOL, Knobs, enumerate_candidates, solve_candidate
 
 
 @dataclass
@@ -163,7 +163,7 @@ class Pool:
             status = "infeasible" if bound == float("inf") else "time_limit"
         else:
             gap = (_t(inc) - bound) / _t(inc)
-            status = "optimal" if gap <= 1e-9 else "within_gap" if gap <= gap_target else "time_limit"
+            status = "optimal" if gap <= OPT_TOL else "within_gap" if gap <= gap_target else "time_limit"
         return Answer(inc, bound, status, len(cands), len(cands) - len(live))
 
 

@@ -171,6 +171,10 @@ def deepspeed_export(view: PlanView) -> Export:
                      "Hugging Face models' linear layers; it supports ZeRO 0-2"
                      + (f", not the plan's ZeRO-{p.zero}" if p.zero == 3 else "")
                      + (", and has no sequence parallelism" if p.sequence_parallel else ""))
+        if t.tp_overlap == "backward":
+            notes.append("tp_overlap backward: the plan hides backward TP collectives under their GEMMs, as "
+                         "Megatron-LM does; AutoTP's all-reduces block by default. Re-plan with "
+                         "--set training.tp_overlap=none for DeepSpeed step times")
     if p.pp > 1:
         cfg["pipeline"] = {"stages": p.pp, "partition": "uniform" if view.even_split else "parameters",
                            "activation_checkpoint_interval": interval}

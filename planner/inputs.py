@@ -112,8 +112,9 @@ def build_inputs(model: str | None, cluster: str | None, global_batch: int | Non
     clus = load_cluster(cluster, sets.get("cluster") or None)
     train = build_training(global_batch, seq_len, dtype, attention, sets.get("training"))
     if clus.gpu.name == "cpu":
-        # PyTorch's CPU RMSNorm is a composite op that keeps more for backward (docs/runtime.md).
-        train = replace(train, norm_impl="unfused")
+        # PyTorch's CPU RMSNorm is a composite op that keeps more for backward (docs/runtime.md);
+        # the bundled runtime's DTensor TP exposes its backward collectives.
+        train = replace(train, norm_impl="unfused", tp_overlap="none")
     par = build_parallel(knobs, clus.num_gpus) if knobs is not None else None
     refs = {"model": model, "cluster": cluster, "sets": sets}
     return Inputs(spec, clus, train, par, refs)

@@ -3,9 +3,10 @@
 Compute time is a roofline per op (Williams et al. 2009): ``max(FLOPs / (peak · eff), bytes /
 (HBM · eff))`` plus a kernel-launch overhead, with separate efficiencies for matmuls and for
 attention kernels (GPU preset ``efficiency`` block). Tensor/expert/context-parallel
-communication inside a layer is on the critical path (Megatron-LM does not overlap it,
-Narayanan et al. 2021 §3.2), except context-parallel K/V exchange, which rings overlap with
-the attention kernel (Liu et al. 2023, Ring Attention) — only the excess is exposed.
+communication inside a layer is on the critical path, except what runs under a kernel: the
+column-parallel linears' backward TP collectives under their GEMMs (``training.tp_overlap``,
+Megatron-LM's async communication) and the context-parallel K/V exchange under the attention
+kernel (Liu et al. 2023, Ring Attention) — only the excess is exposed.
 """
 
 from __future__ import annotations
@@ -104,43 +105,56 @@ def activation_bytes(layer: Layer, ctx: _Ctx) -> dict[str, float]:
 
 
 def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> tuple[float, float]:
-    """Megatron TP: per block two all-reduces of the b·s·h activations forward and two backward
-    (with sequence parallelism: reduce-scatter + all-gather pairs of the same total volume);
-    embedding: one forward all-reduce; head: one backward all-reduce (Narayanan et al. 2021 §3.2).
+    """Megatron TP collectives of one layer (Narayanan et al. 2021 §3.2; Korthikanti et al. 2022
+    §4.2.2 for sequence parallelism, SP), forward and backward seconds, per TP region (block: the
+    attention and the FFN; head: the vocab projection):
 
-    Forward communication is exposed. Backward, each column-parallel linear's collective runs
-    asynchronously under its own GEMMs when ``training.tp_overlap`` is ``backward`` (Megatron-LM's
-    default, ``LinearWithGradAccumulationAndAsyncCommunication``): without SP the input-gradient
-    all-reduce overlaps the weight-gradient GEMM; with SP the all-gather of the saved input
-    overlaps the input-gradient GEMM and the reduce-scatter the weight-gradient GEMM (Korthikanti
-    et al. 2022 §4.2.2). ``windows`` holds, per TP region of the layer, the (dgrad, wgrad) seconds
-    of its column-parallel linears; exposed = the excess of each collective over its window."""
-    tp = ctx.par.tp
-    if tp == 1:
+    - without SP: forward all-reduce of the row-parallel output; backward all-reduce of the
+      column-parallel input gradient. Embedding: one forward all-reduce; head: one backward.
+    - with SP: forward all-gather of the input + reduce-scatter of the output (head: the gather
+      only; embedding: the pair); backward all-gather of the output gradient, then the column
+      linear's reduce-scatter of the input gradient.
+
+    Forward collectives are exposed. With ``training.tp_overlap = backward`` (Megatron-LM's
+    ``LinearWithGradAccumulationAndAsyncCommunication``) the column linear's backward collectives
+    run asynchronously under its GEMMs: without SP the all-reduce under the weight-gradient GEMM;
+    with SP the all-gather that re-gathers its saved (sequence-sharded) input under the
+    input-gradient GEMM and the reduce-scatter under the weight-gradient GEMM. The gradient
+    all-gather of SP stays exposed: the row linear's backward needs it first. ``windows`` holds,
+    per region, the (dgrad, wgrad) seconds of its column linears; only the excess is exposed.
+    With ``none`` (torchtitan's eager DTensor TP, 2021 Megatron-LM) every collective is exposed
+    and SP keeps the gathered input instead of re-gathering it."""
+    if ctx.par.tp == 1:
         return 0.0, 0.0
     nbytes = ctx.tokens * ctx.train.act_bytes * ctx.spec.hidden_size
-    group = comm.group_span(ctx.cluster, tp, 1)
-    if ctx.par.sequence_parallel:
-        ag, rs = comm.all_gather_s(ctx.cluster, nbytes, group), comm.reduce_scatter_s(ctx.cluster, nbytes, group)
-        one, parts = ag + rs, ((ag, 0), (rs, 1))  # (collective, index of the GEMM it hides under)
+    group = comm.group_span(ctx.cluster, ctx.par.tp, 1)
+    sp = ctx.par.sequence_parallel
+    ag = comm.all_gather_s(ctx.cluster, nbytes, group) if sp else 0.0
+    rs = comm.reduce_scatter_s(ctx.cluster, nbytes, group) if sp else 0.0
+    ar = 0.0 if sp else comm.all_reduce_s(ctx.cluster, nbytes, group)
+    if layer.kind == "embedding":
+        return (ag + rs if sp else ar), 0.0
+    n = 2 if layer.kind == "block" else 1
+    fwd = (ag if layer.kind == "head" else n * (ag + rs)) if sp else (0.0 if layer.kind == "head" else n * ar)
+    grad_gather = ag if layer.kind == "block" else 0.0  # head: the loss is vocab-parallel, no gather
+    if ctx.train.tp_overlap == "none":
+        return fwd, n * (grad_gather + (rs if sp else ar))
+    regions = (windows + [(0.0, 0.0)] * n)[:n]
+    if sp:
+        bwd = sum(grad_gather + max(0.0, ag - dgrad) + max(0.0, rs - wgrad) for dgrad, wgrad in regions)
     else:
-        one = comm.all_reduce_s(ctx.cluster, nbytes, group)
-        parts = ((one, 1),)
-    n_fwd, n_bwd = {"block": (2, 2), "embedding": (1, 0), "head": (0, 1)}[layer.kind]
-    if ctx.train.tp_overlap == "none" or not n_bwd:
-        return n_fwd * one, n_bwd * one
-    regions = (windows + [(0.0, 0.0)] * n_bwd)[:n_bwd]
-    bwd = sum(max(0.0, c - win[i]) for win in regions for c, i in parts)
-    return n_fwd * one, bwd
+        bwd = sum(max(0.0, ar - wgrad) for _, wgrad in regions)
+    return fwd, bwd
 
 
 def _column_windows(layer: Layer, ctx: _Ctx) -> list[tuple[float, float]]:
     """Per TP region of the layer (attention, then FFN/MoE; the head is one), the input-gradient
     and weight-gradient GEMM seconds of its column-parallel linears: each half of a matmul's
-    backward (bwd_factor 2) costs its forward roofline time."""
+    backward (bwd_factor 2) costs its forward roofline time. Routed experts are not windows:
+    Megatron-Core's token dispatcher does their TP communication (``explicit_expert_comm``)."""
     regions: dict[str, list[float]] = {}
     for op in layer.ops:
-        if op.tp_role == "column":
+        if op.tp_role == "column" and not op.expert:
             f, _ = _op_times(op, ctx)
             w = regions.setdefault("attn" if op.name.startswith("attn.") else "ffn", [0.0, 0.0])
             w[0] += f

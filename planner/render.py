@@ -37,7 +37,7 @@ def estimate_json(result, inputs) -> dict:
         "inputs": {"model": result.model.model_dump(), "cluster": result.cluster.model_dump(),
                    "training": {"global_batch_size": t.global_batch, "seq_len": t.seq_len, "dtype": t.dtype,
                                 "attention_impl": t.attention_impl, "grad_reduce_dtype": t.grad_reduce_dtype,
-                                "tp_overlap": t.tp_overlap},
+                                "norm_impl": t.norm_impl, "tp_overlap": t.tp_overlap},
                    "refs": inputs.refs},
         "parallelism": parallel_dict(result.par, result.predicted["num_micro_batches"]),
         "fits": result.fits,

@@ -11,7 +11,7 @@ from hardware import comm
 from hardware.cluster import load_cluster
 from models.graph import build_graph
 from planner.config import Parallel, Training
-from planner.layer_cost import graph_costs
+from planner.layer_cost import _Ctx, _column_windows, graph_costs
 from test_cost_model import GPT
 
 # (sequence parallel, recompute) -> Table 4 (forward ms, backward ms incl. recompute)
@@ -49,16 +49,38 @@ def test_overlap_is_what_table4_measured():
 
 @pytest.mark.parametrize("sp", [False, True])
 def test_overlap_removes_exactly_the_hidden_backward_collectives(sp):
+    """Per region, the column linear's input-gradient collective (all-reduce, or SP's
+    reduce-scatter) hides; SP's all-gather of the output gradient stays exposed, and the
+    re-gather of the saved input Megatron adds hides under the input-gradient GEMM."""
     hidden, cl, par = _block(sp, "backward")
     exposed, _, _ = _block(sp, "none")
     nbytes = 4 * 2048 * GPT.hidden_size * 2
     group = comm.group_span(cl, 8, 1)
-    one = (comm.all_gather_s(cl, nbytes, group) + comm.reduce_scatter_s(cl, nbytes, group)) if sp \
-        else comm.all_reduce_s(cl, nbytes, group)
-    # Inside one NVLink node the 22B layer's GEMMs are long enough to hide both backward collectives.
-    assert exposed.bwd_s - hidden.bwd_s == pytest.approx(2 * one, rel=1e-9)
+    ag, rs = comm.all_gather_s(cl, nbytes, group), comm.reduce_scatter_s(cl, nbytes, group)
+    one = ag + rs if sp else comm.all_reduce_s(cl, nbytes, group)
+    hid = rs if sp else one
+    # Inside one NVLink node the 22B layer's GEMMs are long enough to hide them entirely.
+    assert exposed.bwd_s - hidden.bwd_s == pytest.approx(2 * hid, rel=1e-9)
     assert hidden.fwd_s == exposed.fwd_s and hidden.recompute_s == exposed.recompute_s
-    assert hidden.comm_s == pytest.approx(exposed.comm_s - 2 * one, rel=1e-9)
+    assert hidden.comm_s == pytest.approx(2 * one + 2 * (one - hid), rel=1e-9)
+
+
+def test_routed_experts_hide_nothing():
+    """Megatron-Core's token dispatcher does the routed experts' TP communication: a MoE block
+    without shared experts exposes its FFN-region collectives whatever tp_overlap says."""
+    from models.load import load_model
+    spec = load_model("mixtral-8x7b")
+    cl = load_cluster("h100-sxm-80gb:8")
+    par = Parallel(dp=2, tp=4, ep=2, sequence_parallel=False)
+    costs = {o: graph_costs(build_graph(spec, 4096), cl, Training(8, 4096, tp_overlap=o), par)[1]
+             for o in ("backward", "none")}
+    group = comm.group_span(cl, 4, 1)
+    ar = comm.all_reduce_s(cl, 4096 * spec.hidden_size * 2, group)
+    layer = build_graph(spec, 4096).layers[1]
+    windows = _column_windows(layer, _Ctx(cl, Training(8, 4096), par, spec))
+    assert len(windows) == 1  # the attention region only
+    # Its all-reduce hides under the QKV weight-gradient GEMM (partly: GQA makes that GEMM small).
+    assert costs["none"].bwd_s - costs["backward"].bwd_s == pytest.approx(min(ar, windows[0][1]), rel=1e-9)
 
 
 def test_slow_links_leave_the_excess_exposed():
