@@ -135,6 +135,15 @@ def recompute_note(view: PlanView, pat: RecomputePattern, target: str, emitted: 
             f"chunk recompute, at least as strongly (same or less activation memory, some extra recompute time)")
 
 
+def tp_overlap_note(view: PlanView, target: str, how: str) -> list[str]:
+    """A note when the plan was priced with backward TP collectives under their GEMMs (Megatron-LM's
+    async communication, ``training.tp_overlap``) but ``target`` runs them ``how``."""
+    if view.par.tp == 1 or view.train.tp_overlap != "backward":
+        return []
+    return [f"tp_overlap backward: the plan hides backward TP collectives under their GEMMs, as Megatron-LM "
+            f"does; {how}. Re-plan with --set training.tp_overlap=none for {target} step times"]
+
+
 def common_notes(view: PlanView) -> list[str]:
     """Notes every target shares."""
     notes = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from planner.export_common import Export, PlanView, common_notes, recompute_note, recompute_pattern
+from planner.export_common import Export, PlanView, common_notes, recompute_note, recompute_pattern, tp_overlap_note
 from planner.config import grad_reduce_bytes
 
 TT_SCHEDULE = {"gpipe": "GPipe", "1f1b": "1F1B", "interleaved": "Interleaved1F1B"}
@@ -72,10 +72,7 @@ def _tt_parallelism(view: PlanView, notes: list[str]) -> dict:
     body = _tt_data_parallel(view, notes)
     body["tensor_parallel_degree"] = (p.tp, None)
     body["enable_async_tensor_parallel"] = (False, None)
-    if p.tp > 1 and view.train.tp_overlap == "backward":
-        notes.append("tp_overlap backward: the plan hides backward TP collectives under their GEMMs, as "
-                     "Megatron-LM does; torchtitan's eager TP exposes them. Re-plan with "
-                     "--set training.tp_overlap=none for torchtitan step times")
+    notes += tp_overlap_note(view, "torchtitan", "torchtitan's eager TP exposes them")
     if p.tp > 1 and not p.sequence_parallel:
         notes.append("sequence_parallel off: torchtitan's tensor-parallel plan always shards norms by sequence "
                      "(less activation memory than planned)")
@@ -171,10 +168,7 @@ def deepspeed_export(view: PlanView) -> Export:
                      "Hugging Face models' linear layers; it supports ZeRO 0-2"
                      + (f", not the plan's ZeRO-{p.zero}" if p.zero == 3 else "")
                      + (", and has no sequence parallelism" if p.sequence_parallel else ""))
-        if t.tp_overlap == "backward":
-            notes.append("tp_overlap backward: the plan hides backward TP collectives under their GEMMs, as "
-                         "Megatron-LM does; AutoTP's all-reduces block by default. Re-plan with "
-                         "--set training.tp_overlap=none for DeepSpeed step times")
+        notes += tp_overlap_note(view, "DeepSpeed", "AutoTP's all-reduces block by default")
     if p.pp > 1:
         cfg["pipeline"] = {"stages": p.pp, "partition": "uniform" if view.even_split else "parameters",
                            "activation_checkpoint_interval": interval}

@@ -147,15 +147,15 @@ def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> t
     return fwd, bwd
 
 
-def _column_windows(layer: Layer, ctx: _Ctx) -> list[tuple[float, float]]:
+def _column_windows(layer: Layer, times: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Per TP region of the layer (attention, then FFN/MoE; the head is one), the input-gradient
     and weight-gradient GEMM seconds of its column-parallel linears: each half of a matmul's
-    backward (bwd_factor 2) costs its forward roofline time. Routed experts are not windows:
-    Megatron-Core's token dispatcher does their TP communication (``explicit_expert_comm``)."""
+    backward (bwd_factor 2) costs its forward roofline time (``times``: ``_op_times`` per op).
+    Routed experts are not windows: Megatron-Core's token dispatcher does their TP communication
+    (``explicit_expert_comm``)."""
     regions: dict[str, list[float]] = {}
-    for op in layer.ops:
+    for op, (f, _) in zip(layer.ops, times):
         if op.tp_role == "column" and not op.expert:
-            f, _ = _op_times(op, ctx)
             w = regions.setdefault("attn" if op.name.startswith("attn.") else "ffn", [0.0, 0.0])
             w[0] += f
             w[1] += f
@@ -201,8 +201,8 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
     fwd = bwd = attn_fwd = 0.0
     sel_eager = sel_flash = 0.0
     model_flops = hw_extra_sel = 0.0
-    for op in layer.ops:
-        f, b = _op_times(op, ctx)
+    times = [_op_times(op, ctx) for op in layer.ops]
+    for op, (f, b) in zip(layer.ops, times):
         fwd, bwd = fwd + f, bwd + b
         model_flops += 3 * op.fwd_flops * ctx.tokens / ctx.div(op.shard)
         if op.kind == "attention":
@@ -211,7 +211,7 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
             hw_extra_sel += op.fwd_flops * ctx.tokens / ctx.div(op.shard) if train.attention_impl == "eager" else 0
         elif op.kind == "elementwise":
             sel_flash += f
-    tp_f, tp_b = _tp_comm_s(layer, ctx, _column_windows(layer, ctx))
+    tp_f, tp_b = _tp_comm_s(layer, ctx, _column_windows(layer, times))
     ep_s = _ep_comm_s(layer, ctx)
     cp_f, cp_b = _cp_comm_s(layer, ctx, attn_fwd)
     comm_f = tp_f + ep_s + cp_f

@@ -11,7 +11,7 @@ from hardware import comm
 from hardware.cluster import load_cluster
 from models.graph import build_graph
 from planner.config import Parallel, Training
-from planner.layer_cost import _Ctx, _column_windows, graph_costs
+from planner.layer_cost import _Ctx, _column_windows, _op_times, graph_costs
 from test_cost_model import GPT
 
 # (sequence parallel, recompute) -> Table 4 (forward ms, backward ms incl. recompute)
@@ -77,7 +77,8 @@ def test_routed_experts_hide_nothing():
     group = comm.group_span(cl, 4, 1)
     ar = comm.all_reduce_s(cl, 4096 * spec.hidden_size * 2, group)
     layer = build_graph(spec, 4096).layers[1]
-    windows = _column_windows(layer, _Ctx(cl, Training(8, 4096), par, spec))
+    ctx = _Ctx(cl, Training(8, 4096), par, spec)
+    windows = _column_windows(layer, [_op_times(op, ctx) for op in layer.ops])
     assert len(windows) == 1  # the attention region only
     # Its all-reduce hides under the QKV weight-gradient GEMM (partly: GQA makes that GEMM small).
     assert costs["none"].bwd_s - costs["backward"].bwd_s == pytest.approx(min(ar, windows[0][1]), rel=1e-9)
