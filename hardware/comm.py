@@ -236,3 +236,16 @@ def p2p_s(cluster: ClusterSpec, nbytes: float, inter_node: bool) -> float:
     intra, inter = _tiers(cluster)
     tier = inter if inter_node else intra
     return tier.alpha_s + nbytes / tier.bw_Bps
+
+
+def exposed_s(comm_s: float, window_s: float, tax: float) -> float:
+    """Step seconds a collective of ``comm_s`` adds when it runs beside ``window_s`` of compute.
+
+    Compute beside a running collective is slowed by σ (NCCL holds SMs and HBM bandwidth:
+    ``efficiency.overlap_slowdown``), so while the collective runs compute advances at 1/(1+σ).
+    Together they take ``max(m, c + m·σ/(1+σ))``: the excess over the window when the collective
+    is longer, else ``tax·m`` with ``tax = σ/(1+σ)`` (``EfficiencySpec.overlap_tax``). Exposed =
+    that minus c = ``max(m − c, tax·m)``; with σ = 0, the classic ``max(0, m − c)``.
+    """
+    return max(comm_s - window_s, tax * comm_s)
+

@@ -47,6 +47,17 @@ class EfficiencySpec(_Strict):
     )
     inter_node_link: Fraction = Field(description="NCCL bus bandwidth / inter_node_bw_GBps over the NIC.")
     kernel_overhead_us: float = Field(ge=0.0, description="Fixed cost per kernel launch, microseconds.")
+    overlap_slowdown: float = Field(
+        default=0.19, ge=0.0, lt=1.0,
+        description="How much slower compute kernels run while a collective runs beside them (NCCL takes "
+        "SMs and memory bandwidth): 0.19 = 19% slower, the mean measured on A100, H100, MI250 and MI210 "
+        "(arXiv 2507.03114). The hidden part of an overlapped collective costs this much compute.",
+    )
+
+    @property
+    def overlap_tax(self) -> float:
+        """Seconds of step time per second of collective hidden under compute: σ/(1+σ) (hardware.comm.exposed_s)."""
+        return self.overlap_slowdown / (1.0 + self.overlap_slowdown)
 
     @model_validator(mode="after")
     def _check_fallback(self) -> "EfficiencySpec":

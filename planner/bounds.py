@@ -17,7 +17,8 @@ from planner.estimate import OPTIMIZER_BYTES_PER_PARAM
 def candidate_bound(graph, costs, cluster: ClusterSpec, train: Training, par: Parallel) -> tuple[float, float]:
     """(lower bound on step seconds, lower bound on the busiest rank's bytes) for any placement."""
     m = par.num_micro_batches(train.global_batch)
-    work = sum(c.fwd_s + c.bwd_s for c in costs)  # no recompute: the fastest any block can be
+    taxed = _taxed_zero_s(costs, par, cluster.gpu.efficiency.overlap_tax)
+    work = sum(c.fwd_s + c.bwd_s + t for c, t in zip(costs, taxed))  # no recompute: the fastest
     blocks = costs[1:-1]
     per_chunk = 0.0
     if par.zero == 3:
@@ -33,7 +34,7 @@ def candidate_bound(graph, costs, cluster: ClusterSpec, train: Training, par: Pa
         # max_r [Σ_{j<r} t_j + m·T_r] with every chunk holding at least one block of work w.
         w = min(c.fwd_s + c.bwd_s for c in blocks)
         time_lb = m * work / p + (p - 1) * w / 2
-    time_lb = max(time_lb, m * busiest_rank_work(costs, par, per_chunk))
+    time_lb = max(time_lb, m * busiest_rank_work(costs, par, per_chunk, taxed))
     params_dense = sum(c.params_dp_replicas for c in costs)
     params_exp = sum(c.params_local - c.params_dp_replicas for c in costs)
     n_dense = par.dp * par.cp
@@ -48,7 +49,18 @@ def candidate_bound(graph, costs, cluster: ClusterSpec, train: Training, par: Pa
     return time_lb, mem_lb
 
 
-def busiest_rank_work(costs, par: Parallel, per_chunk: float) -> float:
+def _taxed_zero_s(costs, par: Parallel, tax: float) -> list[float]:
+    """Per layer, the least ZeRO-2/3 seconds any placement pays per micro-batch: a chunk's
+    exposure is ``exposed_s(comm, compute) ≥ tax·comm`` (hardware.comm), and the chunk's comm is
+    the sum of its layers' (ZeRO-3: gather forward, gather + scatter backward; ZeRO-2: scatter)."""
+    if par.zero == 3:
+        return [tax * (2 * c.dp_ag_s + c.dp_rs_s) for c in costs]
+    if par.zero == 2:
+        return [tax * c.dp_rs_s for c in costs]
+    return [0.0] * len(costs)
+
+
+def busiest_rank_work(costs, par: Parallel, per_chunk: float, taxed: list[float] | None = None) -> float:
     """Lower bound on the busiest pipeline rank's work per micro-batch with whole blocks.
 
     Rank r runs ``m·Σ_{chunks of r}(F + B)``, so ``T ≥ m·max_r load_r`` for any placement. With
@@ -57,11 +69,12 @@ def busiest_rank_work(costs, par: Parallel, per_chunk: float) -> float:
     over whole-block counts is reached greedily (each block goes to the rank it leaves least
     loaded: identical increments). Fractional counts would give ``work / p``; whole blocks are
     what the LP relaxations miss (80 blocks on 12 ranks: 7 somewhere, not 6.67; 5% here)."""
+    taxed = taxed or [0.0] * len(costs)
     blocks = costs[1:-1]
-    w = min(c.fwd_s + c.bwd_s for c in blocks)
+    w = min(c.fwd_s + c.bwd_s + t for c, t in zip(blocks, taxed[1:-1]))
     load = [par.vpp * per_chunk] * par.pp
-    load[0] += costs[0].fwd_s + costs[0].bwd_s
-    load[-1] += costs[-1].fwd_s + costs[-1].bwd_s
+    load[0] += costs[0].fwd_s + costs[0].bwd_s + taxed[0]
+    load[-1] += costs[-1].fwd_s + costs[-1].bwd_s + taxed[-1]
     heap = [(x + w, r) for r, x in enumerate(load)]
     heapq.heapify(heap)
     for _ in blocks:

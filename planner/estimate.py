@@ -152,29 +152,32 @@ def tied_params(graph: LayerGraph, par: Parallel) -> float:
     return graph.spec.vocab_size * graph.spec.hidden_size / par.tp if graph.spec.tie_embeddings and par.pp > 1 else 0.0
 
 
-def add_per_microbatch_dp(chunks, costs, f, b, par: Parallel) -> None:
+def add_per_microbatch_dp(chunks, costs, f, b, par: Parallel, tax: float) -> None:
     """ZeRO-3/FSDP: all-gather weights before forward and again before backward, reduce-scatter
     gradients after, layer by layer, prefetched under the chunk's compute (FSDP2 implicit
-    prefetch): exposed = the excess over the chunk's compute + one block's gather/scatter.
-    ZeRO-2 reduce-scatters every micro-batch's gradients under its backward (DeepSpeed)."""
+    prefetch): exposed = ``comm.exposed_s`` over the chunk's compute (the excess, at least the
+    overlap tax) + one block's gather/scatter. ZeRO-2 reduce-scatters every micro-batch's
+    gradients under its backward (DeepSpeed)."""
     ag1, rs1, _ = one_block_comm(costs)
     for c in chunks:
         ag = sum(costs[i].dp_ag_s for i in c.layer_ids)
         rs = sum(costs[i].dp_rs_s for i in c.layer_ids)
         if par.zero == 3:
-            f[c.index], b[c.index] = (f[c.index] + max(0.0, ag - f[c.index]) + ag1,
-                                      b[c.index] + max(0.0, ag + rs - b[c.index]) + ag1 + rs1)
+            f[c.index], b[c.index] = (f[c.index] + comm.exposed_s(ag, f[c.index], tax) + ag1,
+                                      b[c.index] + comm.exposed_s(ag + rs, b[c.index], tax) + ag1 + rs1)
         elif par.zero == 2:
-            b[c.index] += max(0.0, rs - b[c.index]) + rs1
+            b[c.index] += comm.exposed_s(rs, b[c.index], tax) + rs1
 
 
-def dp_tail(rank_layers: list[int], f_first: float, b_rank: float, costs, tied, par: Parallel) -> float:
+def dp_tail(rank_layers: list[int], f_first: float, b_rank: float, costs, tied, par: Parallel,
+            tax: float) -> float:
     """Exposed end-of-step data-parallel sync seconds of one pipeline rank.
 
     ZeRO-0: gradient all-reduce in buckets under the last micro-batch's backward (PyTorch DDP,
-    Li et al. 2020 §3.2): exposed = max(0, AR − B) + the last bucket. ZeRO-1: reduce-scatter
+    Li et al. 2020 §3.2): exposed = exposed_s(AR, B) + the last bucket. ZeRO-1: reduce-scatter
     likewise; ZeRO-1/2: all-gather of the updated weights under the next forward (Megatron
-    distributed optimizer): max(0, AG − F_first).
+    distributed optimizer): exposed_s(AG, F_first). ``exposed_s(m, c) = max(m − c, tax·m)``
+    (hardware.comm: the hidden part slows the compute beside it).
     """
     ag1, rs1, ar1 = one_block_comm(costs)
     ag = sum(costs[i].dp_ag_s for i in rank_layers) + tied[0]
@@ -183,11 +186,11 @@ def dp_tail(rank_layers: list[int], f_first: float, b_rank: float, costs, tied, 
     sync = 0.0
     if par.dp * par.cp > 1:
         if par.zero == 0:
-            sync = max(0.0, ar - b_rank) + ar1
+            sync = comm.exposed_s(ar, b_rank, tax) + ar1
         elif par.zero == 1:
-            sync = max(0.0, rs - b_rank) + rs1
+            sync = comm.exposed_s(rs, b_rank, tax) + rs1
         if par.zero in (1, 2):
-            sync += max(0.0, ag - f_first)
+            sync += comm.exposed_s(ag, f_first, tax)
     return sync
 
 
@@ -241,8 +244,11 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Paral
     m = par.num_micro_batches(train.global_batch)
     f = [s[0] for s in sums]
     b = [s[1] for s in sums]
+    tax = cluster.gpu.efficiency.overlap_tax
     if par.zero >= 2:
-        add_per_microbatch_dp(chunks, costs, f, b, par)
+        add_per_microbatch_dp(chunks, costs, f, b, par, tax)
+    zero_s = [m * sum(f[c.index] + b[c.index] - sums[c.index][0] - sums[c.index][1] for c in chunks if c.pp_rank == r)
+              for r in range(par.pp)]
     sim = simulate(par.schedule, par.pp, m, par.vpp, f, b, p2p_list(chunks, cluster, train, par, graph),
                    [s[2] for s in sums], keep_events)
     tied = tied_copy_comm(graph, cluster, train, par)
@@ -252,13 +258,13 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Paral
         layers = [i for c in mine for i in c.layer_ids]
         has_head = any(c.has_head for c in mine)
         sync = dp_tail(layers, f[mine[0].index], sum(sums[c.index][1] for c in mine), costs,
-                       tied if has_head else (0.0, 0.0, 0.0), par)
+                       tied if has_head else (0.0, 0.0, 0.0), par, tax)
         tied_p = tied_params(graph, par) if has_head else 0.0
         tails.append((sync, optimizer_s(layers, costs, tied_p, par, cluster)))
     step = max(sim.rank_end_s[r] + sum(tails[r]) for r in range(par.pp))
     memories = [_rank_memory(r, chunks, sums, states[r], sim.peak_inflight_bytes[r], sim.peak_inflight_microbatches[r],
                              train, par, graph) for r in range(par.pp)]
-    return _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, step, memories, m)
+    return _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, step, memories, m, zero_s)
 
 
 def _rank_memory(r, chunks, sums, state: _RankState, inflight_bytes: float, inflight_mb: float, train, par,
@@ -280,7 +286,8 @@ def _rank_memory(r, chunks, sums, state: _RankState, inflight_bytes: float, infl
     return mem.stage_memory(states, inflight_bytes, inflight_mb, transient, buffers)
 
 
-def _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, step, memories, m) -> Estimate:
+def _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, step, memories, m,
+            zero_s) -> Estimate:
     tokens = train.global_batch * train.seq_len
     n = cluster.num_gpus
     peak_dtype = "bf16" if train.dtype == "fp8" else train.dtype  # MFU against the 16-bit peak (torchtitan)
@@ -323,6 +330,7 @@ def _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, 
             "pipeline_s": sim.makespan_s,
             "exposed_comm_in_layers_s": max(sum(costs[i].comm_s for c in chunks if c.pp_rank == r for i in c.layer_ids)
                                             for r in range(par.pp)) * m,
+            "zero_exposed_s": max(zero_s),  # ZeRO-2/3 gathers/scatters each micro-batch, not hidden
             "dp_sync_exposed_s": max(t[0] for t in tails),
             "optimizer_s": max(t[1] for t in tails),
         },

@@ -227,9 +227,13 @@ def recompute_rows(prob: Problem, base: Estimate) -> list[dict]:
 
 
 def time_components(p: dict) -> dict[str, float]:
+    """The step split into what a user can act on (busiest rank's figures; compute is the rest of
+    the pipeline time)."""
     tb = p["time_breakdown_s"]
-    return {"compute (incl. recompute)": tb["pipeline_s"] - p["pipeline_bubble_s"] - tb["exposed_comm_in_layers_s"],
+    zero = tb.get("zero_exposed_s", 0.0)  # absent in plans written before it was reported
+    return {"compute (incl. recompute)": tb["pipeline_s"] - p["pipeline_bubble_s"] - tb["exposed_comm_in_layers_s"] - zero,
             "pipeline bubble": p["pipeline_bubble_s"], "exposed tp/ep/cp communication": tb["exposed_comm_in_layers_s"],
+            "exposed ZeRO-2/3 gather/scatter": zero,
             "data-parallel sync": tb["dp_sync_exposed_s"], "optimizer": tb["optimizer_s"]}
 
 

@@ -121,7 +121,8 @@ def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> t
     with SP the all-gather that re-gathers its saved (sequence-sharded) input under the
     input-gradient GEMM and the reduce-scatter under the weight-gradient GEMM. The gradient
     all-gather of SP stays exposed: the row linear's backward needs it first. ``windows`` holds,
-    per region, the (dgrad, wgrad) seconds of its column linears; only the excess is exposed.
+    per region, the (dgrad, wgrad) seconds of its column linears; the excess is exposed and the
+    hidden part slows the GEMM (``comm.exposed_s``).
     With ``none`` (torchtitan's eager DTensor TP, 2021 Megatron-LM) every collective is exposed
     and SP keeps the gathered input instead of re-gathering it."""
     if ctx.par.tp == 1:
@@ -140,10 +141,12 @@ def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> t
     if ctx.train.tp_overlap == "none":
         return fwd, n * (grad_gather + (rs if sp else ar))
     regions = (windows + [(0.0, 0.0)] * n)[:n]
+    tax = ctx.cluster.gpu.efficiency.overlap_tax
     if sp:
-        bwd = sum(grad_gather + max(0.0, ag - dgrad) + max(0.0, rs - wgrad) for dgrad, wgrad in regions)
+        bwd = sum(grad_gather + comm.exposed_s(ag, dgrad, tax) + comm.exposed_s(rs, wgrad, tax)
+                  for dgrad, wgrad in regions)
     else:
-        bwd = sum(max(0.0, ar - wgrad) for _, wgrad in regions)
+        bwd = sum(comm.exposed_s(ar, wgrad, tax) for _, wgrad in regions)
     return fwd, bwd
 
 
@@ -176,7 +179,7 @@ def _ep_comm_s(layer: Layer, ctx: _Ctx) -> float:
 
 def _cp_comm_s(layer: Layer, ctx: _Ctx, attn_fwd_s: float) -> tuple[float, float]:
     """Context parallel: all-gather K and V of the cp ranks forward, all-gather + reduce-scatter
-    of K, V and their grads backward; overlapped with the attention kernel, the excess exposed."""
+    of K, V and their grads backward; overlapped with the attention kernel (``comm.exposed_s``)."""
     cp = ctx.par.cp
     if cp == 1 or layer.kind != "block":
         return 0.0, 0.0
@@ -185,7 +188,8 @@ def _cp_comm_s(layer: Layer, ctx: _Ctx, attn_fwd_s: float) -> tuple[float, float
     group = comm.group_span(ctx.cluster, cp, ctx.par.tp)
     ag = comm.all_gather_s(ctx.cluster, full, group)
     rs = comm.reduce_scatter_s(ctx.cluster, full, group)
-    return max(0.0, ag - attn_fwd_s), max(0.0, ag + rs - 2.5 * attn_fwd_s)
+    tax = ctx.cluster.gpu.efficiency.overlap_tax
+    return comm.exposed_s(ag, attn_fwd_s, tax), comm.exposed_s(ag + rs, 2.5 * attn_fwd_s, tax)
 
 
 def _local_params(layer: Layer, ctx: _Ctx) -> tuple[float, float]:

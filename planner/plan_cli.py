@@ -98,13 +98,10 @@ def alternatives_block(res: SearchResult) -> list[dict]:
 
 def _why(best: dict, other: dict) -> str:
     """The component of the step where the alternative loses most time."""
-    a, b = best["time_breakdown_s"], other["time_breakdown_s"]
-    parts = {"pipeline bubble": other["pipeline_bubble_s"] - best["pipeline_bubble_s"],
-             "exposed tp/ep/cp communication": b["exposed_comm_in_layers_s"] - a["exposed_comm_in_layers_s"],
-             "data-parallel sync": b["dp_sync_exposed_s"] - a["dp_sync_exposed_s"],
-             "compute (incl. recompute)": (b["pipeline_s"] - other["pipeline_bubble_s"] - b["exposed_comm_in_layers_s"])
-             - (a["pipeline_s"] - best["pipeline_bubble_s"] - a["exposed_comm_in_layers_s"])}
-    name, delta = max(parts.items(), key=lambda kv: kv[1])
+    from planner.explain import time_components
+
+    a, b = time_components(best), time_components(other)
+    name, delta = max(((k, b[k] - a[k]) for k in a if k != "optimizer"), key=lambda kv: kv[1])
     return f"{name} +{delta:.3f} s"
 
 

@@ -57,8 +57,10 @@ def estimate_table(out: Console, result) -> None:
     head.add_row("throughput", f"{p['tokens_per_s']:,.0f} tokens/s  ({p['tokens_per_s_per_gpu']:,.0f} per GPU)")
     head.add_row("MFU / HFU", f"{p['mfu']:.1%} / {p['hfu']:.1%}  ({p['model_tflops_per_gpu']:.1f} model TFLOP/s per GPU)")
     tb = p["time_breakdown_s"]
+    zero = tb.get("zero_exposed_s", 0.0)
     head.add_row("time", f"pipeline {tb['pipeline_s']:.3f} s (bubble {p['pipeline_bubble_s']:.3f} s, exposed tp/ep/cp comm "
-                 f"{tb['exposed_comm_in_layers_s']:.3f} s) + dp sync {tb['dp_sync_exposed_s']:.3f} s + optimizer {tb['optimizer_s']:.3f} s")
+                 f"{tb['exposed_comm_in_layers_s']:.3f} s{f', exposed ZeRO comm {zero:.3f} s' if zero > 0 else ''}) "
+                 f"+ dp sync {tb['dp_sync_exposed_s']:.3f} s + optimizer {tb['optimizer_s']:.3f} s")
     head.add_row("peak memory", f"{_gib(p['peak_memory_bytes'])} GiB of {_gib(p['memory_capacity_bytes'])} GiB usable"
                  f"{'' if result.fits else '  [red]DOES NOT FIT[/red]'}")
     out.print(head)

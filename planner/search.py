@@ -370,16 +370,16 @@ def _alternatives(spec, cluster, train, options, results, incumbent, top_k: int,
     """The ``top_k`` fastest other candidates. Solved candidates bring their MILP plan. Candidates
     pruned by a bound (or cut by the time limit) were never placed: each gets the even split with
     the least uniform recompute that fits (status ``heuristic``, an upper bound on that candidate's
-    best), reusing the plans the incumbent heuristic tried, then up to ``4·top_k`` more in the same
-    cheap-first bound order whose bound could still beat the k-th plan listed (a count, not a
-    time budget, so the list is deterministic unless the time limit has already passed). Without
-    this the list would skip the strongest losers: exactly the ones a bound prunes."""
+    best), reusing the plans the incumbent heuristic tried, then more in bound order while the bound
+    could still beat the k-th plan listed: every cheap one (a small schedule, estimated in
+    milliseconds) and up to ``4·top_k`` others (a count, not a time budget, so the list is
+    deterministic unless the time limit has already passed). Without this the list would skip
+    the strongest losers: exactly the ones a bound prunes."""
     same = incumbent.par.with_(recompute="none", stage_layers=None) if incumbent else None
     alts = [r for r in results if r.best is not None and r.par != same]
     pool = [r for r in results if r.status in ("pruned_time", "pruned_bound", "time_limit") and r.best is None
             and r.par != same]
-    pool.sort(key=lambda r: (r.par not in tried, not _cheap(r.par, train), r.bound_s,
-                             r.par.zero, r.par.tp, r.par.pp, r.par.micro_batch))
+    pool.sort(key=lambda r: (r.par not in tried, r.bound_s, r.par.zero, r.par.tp, r.par.pp, r.par.micro_batch))
 
     def kth() -> float:
         times = sorted(r.best.predicted["step_time_s"] for r in alts)
@@ -389,12 +389,12 @@ def _alternatives(spec, cluster, train, options, results, incumbent, top_k: int,
     for r in pool if top_k > 0 else []:
         if r.par in tried:
             e = tried[r.par]
-        elif extra <= 0 or time.perf_counter() > deadline:
-            break
-        elif r.bound_s >= kth():
+        elif r.bound_s >= kth() or time.perf_counter() > deadline:
+            break  # bound order from here: no later candidate can beat the k-th either
+        elif not _cheap(r.par, train) and extra <= 0:
             continue
         else:
-            extra -= 1
+            extra -= 0 if _cheap(r.par, train) else 1
             e = tried[r.par] = _least_recompute_that_fits(spec, cluster, train, r.par, options)
         if e is not None:
             alts.append(CandidateResult(r.par, r.bound_s, "heuristic", e))

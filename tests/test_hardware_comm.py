@@ -15,6 +15,7 @@ from hardware.comm import (
     all_reduce_s,
     all_to_all_s,
     bus_bandwidth_Bps,
+    exposed_s,
     group_span,
     p2p_s,
     reduce_scatter_s,
@@ -226,3 +227,35 @@ def test_gb200_nvl72_domain_keeps_large_groups_on_nvlink():
     cluster = load_cluster("gb200:144")
     assert group_span(cluster, 64, 1) == Group(64, 64)
     assert group_span(cluster, 2, 72) == Group(2, 1)
+
+
+def _overlapped_by_steps(comm_s: float, compute_s: float, slowdown: float, steps: int = 20000) -> float:
+    """Brute force: step time in small ticks; compute advances at 1/(1+σ) while the collective
+    runs beside it, at full speed once it is done; returns the seconds added over compute alone."""
+    dt = (comm_s + compute_s) * (1 + slowdown) / steps
+    t, comm_left, work_left = 0.0, comm_s, compute_s
+    while comm_left > 1e-15 or work_left > 1e-15:
+        busy_comm = comm_left > 1e-15
+        comm_left = max(0.0, comm_left - dt)
+        work_left = max(0.0, work_left - dt / (1 + slowdown if busy_comm else 1.0))
+        t += dt
+    return t - compute_s
+
+
+@pytest.mark.parametrize("comm_s,compute_s", [(0.3, 1.0), (1.0, 1.0), (2.0, 1.0), (0.0, 1.0), (0.5, 0.0)])
+@pytest.mark.parametrize("slowdown", [0.0, 0.19, 0.5])
+def test_exposed_is_what_a_slowed_overlap_takes(comm_s, compute_s, slowdown):
+    """``exposed_s = max(m − c, tax·m)`` equals stepping the overlap in small ticks."""
+    tax = slowdown / (1 + slowdown)
+    want = _overlapped_by_steps(comm_s, compute_s, slowdown)
+    assert exposed_s(comm_s, compute_s, tax) == pytest.approx(want, abs=2e-3 * (comm_s + compute_s))
+
+
+def test_overlap_slowdown_default_and_override():
+    """The presets take the measured mean slowdown (19%); ``--set`` can turn contention off."""
+    gpu = load_cluster("a100-sxm-80gb:8").gpu
+    assert gpu.efficiency.overlap_slowdown == 0.19
+    assert gpu.efficiency.overlap_tax == pytest.approx(0.19 / 1.19)
+    off = load_cluster("a100-sxm-80gb:8", {"gpu.efficiency.overlap_slowdown": 0}).gpu.efficiency
+    assert off.overlap_tax == 0.0
+    assert exposed_s(0.4, 1.0, off.overlap_tax) == 0.0 and exposed_s(1.5, 1.0, off.overlap_tax) == 0.5

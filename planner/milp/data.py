@@ -52,6 +52,7 @@ class PlacementData:
     head_transient_bytes: float
     buffer_bytes: float
     capacity_bytes: float
+    overlap_tax: float  # step seconds per second of collective hidden under compute (comm.exposed_s)
 
     def rank_of(self, chunk: int) -> int:
         return chunk % self.par.pp
@@ -102,4 +103,5 @@ def build_data(graph: LayerGraph, costs: list[LayerCost], cluster: ClusterSpec, 
         opt_s_per_dense=opt_d, opt_s_per_expert=opt_e,
         gather_bytes_per_param=mem.zero3_gather_bytes(1.0, train.dtype) if par.zero == 3 else 0.0,
         head_transient_bytes=tokens * graph.spec.vocab_size / par.tp * 4,
-        buffer_bytes=buffers, capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes))
+        buffer_bytes=buffers, capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes),
+        overlap_tax=cluster.gpu.efficiency.overlap_tax)

@@ -10,13 +10,13 @@ Families (one function each; every variable and constraint named by its indices)
    ``Σ_o n[j,t+1,o] ≤ |R_{t+1}|·u[j,t+1]``, ``Σ_{j'≤j,o} n[j',t,o] ≥ |R_t|·u[j,t+1]``.
 2. ``add_chunk_time_constraints`` — per micro-batch forward/backward seconds of chunk j,
    ``F[j] = Σ n[j,t,o]·f_t + f⁰_j (+ ZeRO-3 exposure)``, ``B[j] = Σ n[j,t,o]·(b_t + r_{t,o}) + b⁰_j
-   (+ ZeRO-2/3 exposure)``, exposures ``e ≥ 0, e ≥ comm − compute`` (planner.estimate).
+   (+ ZeRO-2/3 exposure)``, exposures ``e ≥ comm − compute, e ≥ tax·comm`` (hardware.comm.exposed_s).
 3. ``add_schedule_constraints`` — start time S[r,q] of the q-th operation of pipeline rank r:
    after the previous operation of the rank, after its input (previous chunk's F + p2p, next
    chunk's B + p2p, own F for the last chunk's B). Minimising the makespan over these
    precedence constraints gives exactly the DAG's longest path (critical-path LP duality).
 4. ``add_tail_constraints`` — ``T ≥ end[r] + sync[r] + opt[r]`` with the exposed data-parallel
-   sync linearised as ``s ≥ 0, s ≥ comm − overlap window``.
+   sync linearised as ``s ≥ comm − overlap window, s ≥ tax·comm``.
 3'. ``add_rank_bound_constraints`` — the fast relaxation of family 3 used to bound and rank
    candidates: rank r cannot finish before its first input arrives and it has run all its
    work, ``end[r] ≥ Σ_{j<r}(F[j] + c_j) + m·Σ_{chunks of r}(F + B)``, and rank 0 not before the
@@ -116,6 +116,17 @@ def chunk_size_ranges(blocks: int, chunks: int, schedule: str) -> list[tuple[int
     return [(min(floor, k), max(ceil, k)) for k in default]
 
 
+def _exposed(model: Model, d: PlacementData, comm: Expr, window: Expr, name: str) -> Var:
+    """``e[name] = hardware.comm.exposed_s(comm, window) = max(comm − window, tax·comm)``,
+    linearised: minimising T pushes e down onto the larger of its two lower bounds
+    (``e ≥ comm − window`` named ``name``, ``e ≥ tax·comm`` named ``name`` + ``_tax``)."""
+    e = model.var(f"exposed_{name}")
+    model.add(e, ">=", comm - window, name)
+    if d.overlap_tax > 0:
+        model.add(e, ">=", comm * d.overlap_tax, f"{name}_tax")
+    return e
+
+
 def add_chunk_time_constraints(model: Model, d: PlacementData, v: PlacementVars) -> None:
     """Per micro-batch chunk times, with ZeRO-2/3 per-micro-batch exposure (planner.estimate)."""
     zero = d.par.zero
@@ -126,15 +137,12 @@ def add_chunk_time_constraints(model: Model, d: PlacementData, v: PlacementVars)
         ag = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.dp_ag_s) + _ends(d, j, lambda c: c.dp_ag_s)
         rs = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.dp_rs_s) + _ends(d, j, lambda c: c.dp_rs_s)
         if zero == 3:
-            ef = model.var(f"exposed_fsdp_fwd[chunk={j}]")
-            eb = model.var(f"exposed_fsdp_bwd[chunk={j}]")
-            model.add(ef, ">=", ag - f0, f"fsdp_fwd[chunk={j}]")
-            model.add(eb, ">=", ag + rs - b0, f"fsdp_bwd[chunk={j}]")
+            ef = _exposed(model, d, ag, f0, f"fsdp_fwd[chunk={j}]")
+            eb = _exposed(model, d, ag + rs, b0, f"fsdp_bwd[chunk={j}]")
             v.F[j] = f0 + ef + d.ag1
             v.B[j] = b0 + eb + d.ag1 + d.rs1
         elif zero == 2:
-            eb = model.var(f"exposed_zero2_rs[chunk={j}]")
-            model.add(eb, ">=", rs - b0, f"zero2_rs[chunk={j}]")
+            eb = _exposed(model, d, rs, b0, f"zero2_rs[chunk={j}]")
             v.F[j], v.B[j] = f0, b0 + eb + d.rs1
         else:
             v.F[j], v.B[j] = f0, b0
@@ -220,13 +228,10 @@ def add_tail_constraints(model: Model, d: PlacementData, v: PlacementVars) -> No
         b_rank = total(v.B0[j] for j in d.chunks_of(r))
         sync = Expr()
         if par.dp * par.cp > 1 and z in (0, 1):
-            s1 = model.var(f"exposed_grad_sync[rank={r}]")
-            model.add(s1, ">=", (ar if z == 0 else rs) - b_rank, f"grad_sync[rank={r}]")
+            s1 = _exposed(model, d, ar if z == 0 else rs, b_rank, f"grad_sync[rank={r}]")
             sync = sync + s1 + (d.ar1 if z == 0 else d.rs1)
         if par.dp * par.cp > 1 and z in (1, 2):
-            s2 = model.var(f"exposed_param_gather[rank={r}]")
-            model.add(s2, ">=", ag - v.F0[d.chunks_of(r)[0]], f"param_gather[rank={r}]")
-            sync = sync + s2
+            sync = sync + _exposed(model, d, ag, v.F0[d.chunks_of(r)[0]], f"param_gather[rank={r}]")
         dense, expert = _params(d, v, r)
         opt = dense * d.opt_s_per_dense + expert * d.opt_s_per_expert
         model.add(v.T, ">=", v.end[r] + sync + opt, f"step[rank={r}]")
