@@ -213,7 +213,8 @@ def solve_point(task: tuple) -> dict:
 CODE_FILES = ("hardware/cluster.py", "hardware/comm.py", "hardware/gpu.py", "models/errors.py", "models/graph.py",
               "models/spec.py", "planner/bounds.py", "planner/config.py", "planner/estimate.py", "planner/layer_cost.py",
               "planner/memory.py", "planner/milp/data.py", "planner/milp/model.py", "planner/milp/placement.py",
-              "planner/plan_cli.py", "planner/schedule.py", "planner/search.py", "planner/sweep.py")
+              "planner/plan_cli.py", "planner/polish.py", "planner/schedule.py", "planner/search.py",
+              "planner/sweep.py")
 
 
 def _code_fingerprint() -> str:
