@@ -6,7 +6,8 @@ attention kernels (GPU preset ``efficiency`` block). Tensor/expert/context-paral
 communication inside a layer is on the critical path, except what runs under a kernel: the
 column-parallel linears' backward TP collectives under their GEMMs (``training.tp_overlap``,
 Megatron-LM's async communication) and the context-parallel K/V exchange under the attention
-kernel (Liu et al. 2023, Ring Attention) — only the excess is exposed.
+kernel (Liu et al. 2023, Ring Attention) — the excess is exposed, and what hides still slows the
+kernel beside it (``hardware.comm.exposed_s``, the overlap tax).
 """
 
 from __future__ import annotations
