@@ -152,21 +152,23 @@ def tied_params(graph: LayerGraph, par: Parallel) -> float:
     return graph.spec.vocab_size * graph.spec.hidden_size / par.tp if graph.spec.tie_embeddings and par.pp > 1 else 0.0
 
 
-def add_per_microbatch_dp(chunks, costs, f, b, par: Parallel, tax: float) -> None:
+def add_per_microbatch_dp(chunks, costs, f, b, par: Parallel, tax: float) -> list[float]:
     """ZeRO-3/FSDP: all-gather weights before forward and again before backward, reduce-scatter
     gradients after, layer by layer, prefetched under the chunk's compute (FSDP2 implicit
     prefetch): exposed = ``comm.exposed_s`` over the chunk's compute (the excess, at least the
     overlap tax) + one block's gather/scatter. ZeRO-2 reduce-scatters every micro-batch's
-    gradients under its backward (DeepSpeed)."""
+    gradients under its backward (DeepSpeed). Returns the seconds added to each chunk."""
     ag1, rs1, _ = one_block_comm(costs)
+    added = [0.0] * len(chunks)
     for c in chunks:
         ag = sum(costs[i].dp_ag_s for i in c.layer_ids)
         rs = sum(costs[i].dp_rs_s for i in c.layer_ids)
-        if par.zero == 3:
-            f[c.index], b[c.index] = (f[c.index] + comm.exposed_s(ag, f[c.index], tax) + ag1,
-                                      b[c.index] + comm.exposed_s(ag + rs, b[c.index], tax) + ag1 + rs1)
-        elif par.zero == 2:
-            b[c.index] += comm.exposed_s(rs, b[c.index], tax) + rs1
+        ef = comm.exposed_s(ag, f[c.index], tax) + ag1 if par.zero == 3 else 0.0
+        eb = comm.exposed_s(ag + rs if par.zero == 3 else rs, b[c.index], tax) + (ag1 if par.zero == 3 else 0.0) + rs1
+        f[c.index] += ef
+        b[c.index] += eb
+        added[c.index] = ef + eb
+    return added
 
 
 def dp_tail(rank_layers: list[int], f_first: float, b_rank: float, costs, tied, par: Parallel,
@@ -245,10 +247,8 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Paral
     f = [s[0] for s in sums]
     b = [s[1] for s in sums]
     tax = cluster.gpu.efficiency.overlap_tax
-    if par.zero >= 2:
-        add_per_microbatch_dp(chunks, costs, f, b, par, tax)
-    zero_s = [m * sum(f[c.index] + b[c.index] - sums[c.index][0] - sums[c.index][1] for c in chunks if c.pp_rank == r)
-              for r in range(par.pp)]
+    added = add_per_microbatch_dp(chunks, costs, f, b, par, tax) if par.zero >= 2 else [0.0] * len(chunks)
+    zero_s = [m * sum(added[c.index] for c in chunks if c.pp_rank == r) for r in range(par.pp)]
     sim = simulate(par.schedule, par.pp, m, par.vpp, f, b, p2p_list(chunks, cluster, train, par, graph),
                    [s[2] for s in sums], keep_events)
     tied = tied_copy_comm(graph, cluster, train, par)
@@ -337,6 +337,17 @@ def _finish(model, cluster, train, par, graph, costs, chunks, sim, f, b, tails, 
         "stages": stages,
     }
     return Estimate(model, cluster, train, par, chunks, predicted, not over, over, sim.events, sim.critical)
+
+
+def time_components(p: dict) -> dict[str, float]:
+    """The step split into what a user can act on (busiest rank's figures; compute is the rest of
+    the pipeline time)."""
+    tb = p["time_breakdown_s"]
+    zero = tb.get("zero_exposed_s", 0.0)  # absent in plans written before it was reported
+    return {"compute (incl. recompute)": tb["pipeline_s"] - p["pipeline_bubble_s"] - tb["exposed_comm_in_layers_s"] - zero,
+            "pipeline bubble": p["pipeline_bubble_s"], "exposed tp/ep/cp communication": tb["exposed_comm_in_layers_s"],
+            "exposed ZeRO-2/3 gather/scatter": zero,
+            "data-parallel sync": tb["dp_sync_exposed_s"], "optimizer": tb["optimizer_s"]}
 
 
 def _recompute_flops(graph, costs, par) -> float:

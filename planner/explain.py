@@ -29,7 +29,7 @@ from hardware.cluster import ClusterSpec
 from models.errors import SpecError, format_validation_error
 from models.spec import ModelSpec
 from planner.config import RECOMPUTE_OPTIONS, SCHEDULES, Parallel, PlanError, Training, check_plan
-from planner.estimate import Estimate, estimate
+from planner.estimate import Estimate, estimate, time_components
 from planner.explain_search import Answer, Cand, Pool
 from planner.inputs import apply_training_sets, parse_sets
 from planner.plan import plan_inputs
@@ -224,17 +224,6 @@ def recompute_rows(prob: Problem, base: Estimate) -> list[dict]:
                                         "reason": None if e.fits else over_text(e), **_delta(base, e)})
         out.append(row)
     return out
-
-
-def time_components(p: dict) -> dict[str, float]:
-    """The step split into what a user can act on (busiest rank's figures; compute is the rest of
-    the pipeline time)."""
-    tb = p["time_breakdown_s"]
-    zero = tb.get("zero_exposed_s", 0.0)  # absent in plans written before it was reported
-    return {"compute (incl. recompute)": tb["pipeline_s"] - p["pipeline_bubble_s"] - tb["exposed_comm_in_layers_s"] - zero,
-            "pipeline bubble": p["pipeline_bubble_s"], "exposed tp/ep/cp communication": tb["exposed_comm_in_layers_s"],
-            "exposed ZeRO-2/3 gather/scatter": zero,
-            "data-parallel sync": tb["dp_sync_exposed_s"], "optimizer": tb["optimizer_s"]}
 
 
 def binding(prob: Problem, base: Estimate) -> dict:

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from models.errors import SpecError
 from planner.config import RECOMPUTE_OPTIONS, SCHEDULES
-from planner.estimate import estimate
+from planner.estimate import estimate, time_components
 from planner.search import Knobs, SearchResult
 
 INT_KNOBS = ("dp", "tp", "pp", "cp", "ep", "micro_batch", "zero", "vpp")
@@ -98,8 +98,6 @@ def alternatives_block(res: SearchResult) -> list[dict]:
 
 def _why(best: dict, other: dict) -> str:
     """The component of the step where the alternative loses most time."""
-    from planner.explain import time_components
-
     a, b = time_components(best), time_components(other)
     name, delta = max(((k, b[k] - a[k]) for k in a if k != "optimizer"), key=lambda kv: kv[1])
     return f"{name} +{delta:.3f} s"

@@ -15,8 +15,7 @@ block; the number of attempts is a count, not a time budget, so the result is de
 
 from __future__ import annotations
 
-from models.graph import build_graph
-from planner.estimate import Estimate, estimate, make_chunks
+from planner.estimate import Estimate, estimate
 
 WEAKER = {"full": ("none", "selective"), "selective": ("none",)}
 TIE_REL = 1e-12  # float noise of summing the same times in another order
@@ -27,10 +26,8 @@ def least_recompute(est: Estimate, max_tries: int | None = None) -> Estimate:
     par = est.par
     if par.recompute == "none" or not est.fits:
         return est
-    graph = build_graph(est.model, est.train.seq_len, est.train.attention_impl, est.train.norm_impl)
-    n_blocks = len(graph.blocks)
-    rc = [par.recompute_of(i) for i in range(n_blocks)]
-    chunks = make_chunks(graph, par)
+    rc = [par.recompute_of(i) for i in range(est.model.num_layers)]
+    chunks = est.chunks
     tries = 4 * len(chunks) if max_tries is None else max_tries
     best, changed = est, True
     while changed and tries > 0:

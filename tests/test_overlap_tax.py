@@ -49,7 +49,7 @@ def test_step_time_grows_with_the_slowdown(par):
 def test_breakdown_attributes_zero_traffic_to_zero_not_compute():
     """The plan table and 'why it lost' read the ZeRO exposure from its own key, so compute is the
     same for ZeRO-3 and ZeRO-1 of one mesh up to their recompute."""
-    from planner.explain import time_components
+    from planner.estimate import time_components
 
     cl = _cluster()
     z3 = estimate(SPEC, cl, TRAIN, Parallel(dp=16, zero=3)).predicted
