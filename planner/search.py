@@ -398,10 +398,11 @@ def _alternatives(spec, cluster, train, options, results, incumbent, top_k: int,
             e = tried[r.par]
         elif r.bound_s >= kth() or time.perf_counter() > deadline:
             break  # bound order from here: no later candidate can beat the k-th either
-        elif not _cheap(r.par, train) and extra <= 0:
-            continue
         else:
-            extra -= 0 if _cheap(r.par, train) else 1
+            cheap = _cheap(r.par, train)
+            if not cheap and extra <= 0:
+                continue
+            extra -= not cheap
             e = tried[r.par] = _least_recompute_that_fits(spec, cluster, train, r.par, options)
         if e is not None:
             alts.append(CandidateResult(r.par, r.bound_s, "heuristic", e))
