@@ -53,17 +53,32 @@ class Estimate:
 
 
 def split_layers(num_blocks: int, chunks: int) -> list[int]:
-    """Blocks per chunk, spreading blocks + embedding + head as evenly as possible, with the
-    embedding counted as one layer of the first chunk and the head as one of the last
-    (Megatron-LM ``--account-for-{embedding,loss}-in-pipeline-split``). Extra units go to
-    middle chunks first. 126 blocks on 16 chunks -> 7, 8 x 14, 7."""
+    """Blocks per chunk when the plan does not say: as even as the blocks allow, the embedding
+    on the first chunk and the head on the last (Megatron-LM's default, which needs
+    ``num_layers % (pp·vpp) == 0``; torchtitan's ``generate_split_points``). When the blocks do
+    not divide, the extra blocks go to middle chunks first, so the first and last chunks, which
+    also hold the embedding and head, get the fewer: 126 blocks on 16 chunks -> 7, 8 x 14, 7,
+    Llama 3 405B's split (Dubey et al. 2024, §3.3.2: "we reduce one Transformer layer each from
+    the first and the last stages"). Counting the embedding and head as a layer each
+    (``split_counting_ends``) would instead put 3 blocks on middle chunks of 1T GPT's 128 blocks
+    on 64 stages, where Megatron runs 2 everywhere (Narayanan et al. 2021, Table 1)."""
+    base, extra = divmod(num_blocks, chunks)
+    sizes = [base] * chunks
+    for k in _middle_first(chunks)[:extra]:
+        sizes[k] += 1
+    return sizes
+
+
+def split_counting_ends(num_blocks: int, chunks: int) -> list[int]:
+    """Blocks per chunk counting the embedding as one layer of the first chunk and the head as one
+    of the last (Megatron-LM ``--account-for-{embedding,loss}-in-pipeline-split``), extra units
+    to middle chunks first: 96 blocks on 16 chunks -> 5, 7, 7, 6, ..., 6, 5. The placement MILP
+    widens interleaved chunk sizes to include it, so the ends can be balanced."""
     if chunks == 1:
         return [num_blocks]
-    units = num_blocks + 2
-    base, extra = divmod(units, chunks)
-    order = list(range(1, chunks - 1)) + [0, chunks - 1]
+    base, extra = divmod(num_blocks + 2, chunks)
     sizes = [base] * chunks
-    for k in order[:extra]:
+    for k in _middle_first(chunks)[:extra]:
         sizes[k] += 1
     sizes[0] -= 1
     sizes[-1] -= 1
@@ -72,6 +87,10 @@ def split_layers(num_blocks: int, chunks: int) -> list[int]:
             sizes[k] += 1
             sizes[max(range(1, chunks - 1), key=lambda i: sizes[i], default=k)] -= 1
     return sizes
+
+
+def _middle_first(chunks: int) -> list[int]:
+    return list(range(1, chunks - 1)) + ([0, chunks - 1] if chunks > 1 else [0])
 
 
 def make_chunks(graph: LayerGraph, par: Parallel) -> list[ChunkInfo]:

@@ -56,8 +56,10 @@ class SolverBlock(_Open):
     backend: str
     status: str
     objective: float | None = Field(description="Step time of the plan, seconds.")
-    best_bound: float | None = Field(description="Certified lower bound on any plan's step time, seconds.")
-    gap: float | None = Field(description="(objective - best_bound) / objective.")
+    best_bound: float | None = Field(description="Certified lower bound on the step time of any plan in the "
+                                                 "searched space, seconds.")
+    gap: float | None = Field(description="(objective - best_bound) / objective; negative when deeper "
+                                          "interleaving, tried after the search, beat the whole searched space.")
     wall_time_s: float
 
 

@@ -11,7 +11,7 @@ from hardware.cluster import load_cluster
 from models.graph import build_graph
 from models.load import load_model
 from planner.config import Parallel, Training
-from planner.estimate import estimate, split_layers
+from planner.estimate import estimate, split_counting_ends, split_layers
 from planner.layer_cost import graph_costs
 from planner.milp.placement import chunk_size_ranges
 from planner.search import solve_candidate
@@ -23,12 +23,23 @@ OPTS = ("none", "selective", "full")
 @pytest.mark.parametrize("chunks", [2, 4, 8, 16, 24, 32])
 def test_interleaved_ranges_hold_the_default_split(blocks, chunks):
     ranges = chunk_size_ranges(blocks, chunks, "interleaved")
-    sizes = split_layers(blocks, chunks)
-    assert all(lo <= k <= hi for k, (lo, hi) in zip(sizes, ranges))
-    floor, ceil = blocks // chunks, -(-blocks // chunks)
-    # Only the chunks the default split needs widened are: the others keep floor/ceil.
-    assert all(lo == max(1, floor) and hi == ceil for k, (lo, hi) in zip(sizes, ranges) if max(1, floor) <= k <= ceil)
-    assert all(lo == min(1, k) and hi is None for k, (lo, hi) in zip(sizes, chunk_size_ranges(blocks, chunks, "1f1b")))
+    even, ends = split_layers(blocks, chunks), split_counting_ends(blocks, chunks)
+    assert sum(even) == sum(ends) == blocks
+    assert all(lo <= k <= hi and lo <= e <= hi for k, e, (lo, hi) in zip(even, ends, ranges))
+    floor, ceil = max(1, blocks // chunks), -(-blocks // chunks)
+    # Only the chunks a split needs widened are: the others keep floor/ceil.
+    assert all(lo == floor and hi == ceil for k, e, (lo, hi) in zip(even, ends, ranges)
+               if floor <= k <= ceil and floor <= e <= ceil)
+    assert all(lo == min(1, k, e) and hi is None
+               for k, e, (lo, hi) in zip(even, ends, chunk_size_ranges(blocks, chunks, "1f1b")))
+
+
+def test_default_split_is_uniform_with_the_remainder_in_the_middle():
+    assert split_layers(128, 64) == [2] * 64  # Narayanan et al. 2021 Table 1, 1T: 2 layers per stage
+    assert split_layers(80, 8) == [10] * 8
+    assert split_layers(126, 16) == [7] + [8] * 14 + [7]  # Llama 3 405B
+    assert split_layers(5, 4) == [1, 2, 1, 1] and split_layers(2, 4) == [0, 1, 1, 0]
+    assert split_counting_ends(96, 16) == [5, 7, 7] + [6] * 12 + [5]
 
 
 def _setup(model: str, cluster: str, gbs: int, seq: int, **par):

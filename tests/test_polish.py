@@ -1,4 +1,5 @@
-"""planner.polish.least_recompute: ties and free wins go to less recompute; never slower, always fits."""
+"""planner.polish: least_recompute (ties and free wins go to less recompute) and
+deeper_interleaving (more virtual stages on the plan's mesh when faster); never slower, always fits."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 from hardware.cluster import load_cluster
 from models.load import load_model
 from planner.config import Parallel, Training
+from planner.config import PlanError
 from planner.estimate import estimate
-from planner.polish import WEAKER, least_recompute
+from planner.polish import DEEPER_VPP, WEAKER, deeper_interleaving, least_recompute
 
 SPEC = load_model("llama3-8b")
 
@@ -53,3 +55,39 @@ def test_polish_is_a_no_op_without_recompute():
     cl, train = load_cluster("h100-sxm-80gb:8"), Training(64, 2048)
     e = estimate(SPEC, cl, train, Parallel(dp=8, zero=1))
     assert least_recompute(e) is e
+
+
+@pytest.mark.parametrize("gbs,seq,par", [
+    (64, 4096, Parallel(dp=2, pp=4, micro_batch=1, zero=1, recompute="none", schedule="1f1b")),
+    (64, 4096, Parallel(dp=2, pp=4, micro_batch=1, zero=1, recompute="selective", schedule="interleaved", vpp=2)),
+    (16, 2048, Parallel(dp=1, pp=8, micro_batch=1, zero=0, recompute="full", schedule="gpipe")),
+])
+def test_deeper_interleaving_is_the_fastest_fitting_deeper_plan_of_the_mesh(gbs, seq, par):
+    """Brute force over the same trials: every virtual-stage count above the plan's, each with the
+    plan's recompute and every uniform option; the result is the fastest that fits, or the plan."""
+    cl, train = load_cluster("h100-sxm-80gb:8"), Training(gbs, seq)
+    e0 = estimate(SPEC, cl, train, par)
+    assert e0.fits
+    e = deeper_interleaving(e0)
+    assert e.fits and e.predicted["step_time_s"] <= e0.predicted["step_time_s"]
+    assert (e.par.dp, e.par.tp, e.par.pp, e.par.micro_batch, e.par.zero) == (par.dp, par.tp, par.pp, par.micro_batch,
+                                                                            par.zero)
+    best = e0.predicted["step_time_s"]
+    for v in DEEPER_VPP:
+        if v <= par.vpp or par.pp * v > SPEC.num_layers:
+            continue
+        for rc in (par.recompute, "none", "selective", "full"):
+            try:
+                t = estimate(SPEC, cl, train, par.with_(schedule="interleaved", vpp=v, recompute=rc))
+            except PlanError:
+                continue
+            if t.fits:
+                best = min(best, t.predicted["step_time_s"])
+    assert e.predicted["step_time_s"] == pytest.approx(best, rel=1e-12)
+    if e is not e0:
+        assert e.par.schedule == "interleaved" and e.par.vpp > par.vpp
+
+
+def test_deeper_interleaving_leaves_a_single_stage_plan_alone():
+    e0 = estimate(SPEC, load_cluster("h100-sxm-80gb:8"), Training(64, 2048), Parallel(dp=8, zero=1))
+    assert deeper_interleaving(e0) is e0

@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner import memory as mem
-from planner.estimate import split_layers
+from planner.estimate import split_counting_ends, split_layers
 from planner.milp.data import PlacementData
 from planner.milp.model import Expr, Model, Var, total
 from planner.schedule import live_vectors
@@ -98,22 +98,23 @@ def add_assignment_constraints(model: Model, d: PlacementData, v: PlacementVars)
 def chunk_size_ranges(blocks: int, chunks: int, schedule: str) -> list[tuple[int, int | None]]:
     """Blocks each chunk may hold, ``(lo, hi)`` per chunk (``hi`` None: no upper limit).
 
-    Any schedule: at least one block, or none where the default split leaves a first or last
-    chunk only the embedding or head (a model with fewer blocks than chunks + 2). Interleaved: Megatron-LM's schedule wants equal virtual stages,
-    so a chunk holds the floor or the ceiling of an even split, and, so that the embedding and
-    head can be balanced, whatever the default split gives it (``estimate.split_layers``, which
-    counts them as a layer each: 96 blocks on 16 chunks -> 5, 7, 7, 6, ..., 6, 5). The plan the
-    planner seeds and reports as "even split" thus lies inside the space its bound speaks of.
-    A uniform ±1 around floor/ceil for every chunk was measured to loosen the LP relaxation by
-    6% on llama3-405b (pp 16, v 2: fractional chunk sizes 2.2-4.4 against an integer optimum
-    near the even split), so that deep interleaved candidates could not be certified; the
-    ranges here widen only where the default split needs it. The brute-force tests enumerate
-    the same space."""
-    default = split_layers(blocks, chunks)
+    Any schedule: at least one block, or none where a default split leaves a first or last
+    chunk only the embedding or head (a model with fewer blocks than chunks + 2). Interleaved:
+    Megatron-LM's schedule wants equal virtual stages, so a chunk holds the floor or the ceiling
+    of an even split, widened to whatever the split counting the embedding and head as a layer
+    each gives it (``estimate.split_counting_ends``: 96 blocks on 16 chunks -> 5, 7, 7, 6, ...,
+    6, 5), so that the ends can be balanced. The default split (``estimate.split_layers``), which
+    the planner seeds and reports as "even split", lies inside these ranges, and so inside the
+    space its bound speaks of. A uniform ±1 around floor/ceil for every chunk was measured to
+    loosen the LP relaxation by 6% on llama3-405b (pp 16, v 2: fractional chunk sizes 2.2-4.4
+    against an integer optimum near the even split), so that deep interleaved candidates could
+    not be certified; the ranges here widen only where the ends need it. The brute-force tests
+    enumerate the same space."""
+    ends, even = split_counting_ends(blocks, chunks), split_layers(blocks, chunks)
     if schedule != "interleaved":
-        return [(min(1, k), None) for k in default]
+        return [(min(1, k, e), None) for k, e in zip(ends, even)]
     floor, ceil = max(1, blocks // chunks), -(-blocks // chunks)
-    return [(min(floor, k), max(ceil, k)) for k in default]
+    return [(min(floor, k, e), max(ceil, k, e)) for k, e in zip(ends, even)]
 
 
 def _exposed(model: Model, d: PlacementData, comm: Expr, window: Expr, name: str) -> Var:
