@@ -52,6 +52,11 @@ def main() -> int:
         print(f"  plan: dp{p.dp} tp{p.tp} pp{p.pp} cp{p.cp} zero{p.zero} mb{p.micro_batch} {p.schedule}"
               f"{f' v{p.vpp}' if p.vpp > 1 else ''}; step {last.best.predicted['step_time_s']:.3f} s, "
               f"MFU {last.best.predicted['mfu']:.1%}")
+        deeper = c.get("deeper_interleaving")
+        if deeper:
+            print(f"  searched space (vpp <= {deeper['vpp'][0]}): best {deeper['step_time_s'][0]:.3f} s, bound "
+                  f"{c['best_bound_s']:.3f} s; then {deeper['vpp'][1]} virtual stages: {deeper['step_time_s'][1]:.3f} s "
+                  "(re-scored, not certified)")
         print("  phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in last.phases_s.items()))
         print(f"  candidates {c['candidates']} (+{c['rejected_invalid']} invalid): {c['settled']}; "
               f"MILPs solved {sum(r.iterations for r in solved)}, largest {sizes[0]} variables / {sizes[1]} constraints")
