@@ -16,6 +16,7 @@
    bounds and the solved ones' MILP bounds), the relative gap and the prune counts.
 5. Among equally fast placements of the incumbent, keep the one with less recompute
    (``planner.polish.least_recompute``; never slower, so the certificate holds).
+6. Re-score the plan and its runner-ups with more virtual stages (``planner.polish.deepen_all``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from planner.estimate import Estimate, estimate, fits_in_memory
 from planner.layer_cost import graph_costs
 from planner.milp.data import build_data
 from planner.milp.placement import build_placement_model, read_assignment
-from planner.polish import deeper_interleaving, least_recompute
+from planner.polish import deepen_all, deeper_record, least_recompute
 from planner.schedule import warmup_paths
 
 # Above this many schedule operations (2·m·p·v) the exact-schedule LP takes seconds; the
@@ -279,12 +280,11 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
     if incumbent:  # neither step makes the plan slower, so the certificate stays true
         incumbent = least_recompute(incumbent)  # ties go to less recompute
         if knobs.values.get("vpp") is None and "interleaved" in knobs.get("schedule", ["interleaved"]):
-            searched = incumbent
-            incumbent, alternatives = _deepen(incumbent, alternatives, top_k)
-            if incumbent is not searched:
-                polished = {"deeper_interleaving": {"vpp": [searched.par.vpp, incumbent.par.vpp],
-                                                    "step_time_s": [searched.predicted["step_time_s"],
-                                                                    incumbent.predicted["step_time_s"]]}}
+            ranked = deepen_all(incumbent, [(r.status, r.bound_s, r.best) for r in alternatives])
+            polished = deeper_record(incumbent, ranked[0][2])
+            incumbent = ranked[0][2]
+            alternatives = [CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, st, e)
+                            for st, b, e in ranked[1:top_k + 1]]
     t_pol = time.perf_counter()
     return SearchResult(incumbent, alternatives,
                         _certificate(results, incumbent, rejected, gap, outside=bool(polished)) | polished,
@@ -415,24 +415,6 @@ def _alternatives(spec, cluster, train, options, results, incumbent, top_k: int,
         if e is not None:
             alts.append(CandidateResult(r.par, r.bound_s, "heuristic", e))
     return sorted(alts, key=lambda r: r.best.predicted["step_time_s"])[:top_k]
-
-
-def _deepen(incumbent: Estimate, alternatives: list[CandidateResult], top_k: int
-            ) -> tuple[Estimate, list[CandidateResult]]:
-    """Step 6, deeper interleaving, on the plan and on each runner-up, so that the list compares
-    like with like (a runner-up at 2 virtual stages would otherwise "lose" on a bubble the plan
-    shed after the search). Deepened runner-ups carry the even split (``heuristic`` placement);
-    the fastest of all becomes the plan, and the plan it displaces joins the list."""
-    entries = [(None, incumbent)] + [(r, r.best) for r in alternatives]
-    deep = []
-    for r, e in entries:
-        d = deeper_interleaving(e)
-        d = least_recompute(d) if d is not e else e
-        status = "heuristic" if d is not e else (r.status if r else "optimal")
-        deep.append(CandidateResult(e.par.with_(recompute="none", stage_layers=None), r.bound_s if r else 0.0,
-                                    status, d))
-    deep.sort(key=lambda r: r.best.predicted["step_time_s"])  # stable: the plan wins ties
-    return deep[0].best, deep[1:top_k + 1]
 
 
 def _certificate(results: list[CandidateResult], incumbent, rejected: int, gap_target: float,

@@ -10,7 +10,7 @@ from models.load import load_model
 from planner.config import Parallel, Training
 from planner.config import PlanError
 from planner.estimate import estimate
-from planner.polish import DEEPER_VPP, WEAKER, deeper_interleaving, least_recompute
+from planner.polish import DEEPER_VPP, WEAKER, deepen_all, deeper_interleaving, deeper_record, least_recompute
 
 SPEC = load_model("llama3-8b")
 
@@ -91,3 +91,22 @@ def test_deeper_interleaving_is_the_fastest_fitting_deeper_plan_of_the_mesh(gbs,
 def test_deeper_interleaving_leaves_a_single_stage_plan_alone():
     e0 = estimate(SPEC, load_cluster("h100-sxm-80gb:8"), Training(64, 2048), Parallel(dp=8, zero=1))
     assert deeper_interleaving(e0) is e0
+
+
+def test_deepen_all_ranks_plan_and_runner_ups_after_the_same_step():
+    cl, train = load_cluster("h100-sxm-80gb:8"), Training(64, 4096)
+    plan = estimate(SPEC, cl, train, Parallel(dp=2, pp=4, micro_batch=1, zero=1, schedule="1f1b"))
+    other = estimate(SPEC, cl, train, Parallel(dp=1, pp=8, micro_batch=1, zero=0, schedule="1f1b"))
+    single = estimate(SPEC, cl, train, Parallel(dp=8, micro_batch=1, zero=1))
+    ranked = deepen_all(plan, [("optimal", 1.0, other), ("pruned_time", 2.0, single)])
+    times = [e.predicted["step_time_s"] for _, _, e in ranked]
+    assert times == sorted(times) and len(ranked) == 3
+    by_mesh = {(e.par.dp, e.par.pp): (st, b, e) for st, b, e in ranked}
+    for mesh, src in (((2, 4), plan), ((1, 8), other)):
+        st, _, e = by_mesh[mesh]
+        assert e.predicted["step_time_s"] <= src.predicted["step_time_s"]
+        assert (st == "heuristic") == (e is not src) and (e is src or e.par.vpp > 1)
+    assert by_mesh[(8, 1)] == ("pruned_time", 2.0, single)  # pp 1: nothing to interleave
+    first = ranked[0][2]
+    record = deeper_record(plan, first)
+    assert (record == {}) == (first is plan)
