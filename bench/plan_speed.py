@@ -54,7 +54,7 @@ def main() -> int:
               f"MFU {last.best.predicted['mfu']:.1%}")
         deeper = c.get("deeper_interleaving")
         if deeper:
-            print(f"  searched space (vpp <= {deeper['vpp'][0]}): best {deeper['step_time_s'][0]:.3f} s, bound "
+            print(f"  searched space (vpp <= {max(deeper['searched_vpp'])}): best {deeper['step_time_s'][0]:.3f} s, bound "
                   f"{c['best_bound_s']:.3f} s; then {deeper['vpp'][1]} virtual stages: {deeper['step_time_s'][1]:.3f} s "
                   "(re-scored, not certified)")
         print("  phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in last.phases_s.items()))

@@ -64,7 +64,8 @@ def split_layers(num_blocks: int, chunks: int) -> list[int]:
     on 64 stages, where Megatron runs 2 everywhere (Narayanan et al. 2021, Table 1)."""
     base, extra = divmod(num_blocks, chunks)
     sizes = [base] * chunks
-    for k in _middle_first(chunks)[:extra]:
+    middle_first = list(range(1, chunks - 1)) + ([0, chunks - 1] if chunks > 1 else [0])
+    for k in middle_first[:extra]:
         sizes[k] += 1
     return sizes
 
@@ -76,10 +77,7 @@ def split_counting_ends(num_blocks: int, chunks: int) -> list[int]:
     widens interleaved chunk sizes to include it, so the ends can be balanced."""
     if chunks == 1:
         return [num_blocks]
-    base, extra = divmod(num_blocks + 2, chunks)
-    sizes = [base] * chunks
-    for k in _middle_first(chunks)[:extra]:
-        sizes[k] += 1
+    sizes = split_layers(num_blocks + 2, chunks)
     sizes[0] -= 1
     sizes[-1] -= 1
     for k in (0, chunks - 1):  # tiny models: a chunk may hold only the embedding/head
@@ -87,10 +85,6 @@ def split_counting_ends(num_blocks: int, chunks: int) -> list[int]:
             sizes[k] += 1
             sizes[max(range(1, chunks - 1), key=lambda i: sizes[i], default=k)] -= 1
     return sizes
-
-
-def _middle_first(chunks: int) -> list[int]:
-    return list(range(1, chunks - 1)) + ([0, chunks - 1] if chunks > 1 else [0])
 
 
 def make_chunks(graph: LayerGraph, par: Parallel) -> list[ChunkInfo]:

@@ -111,9 +111,10 @@ def render_plan(out: Console, doc: dict, est) -> None:
               f"{s['certificate']['candidates']} candidates in {s['wall_time_s']:.2f} s)")
     deeper = s["certificate"].get("deeper_interleaving")
     if deeper:
-        out.print(f"then {deeper['vpp'][1]} virtual stages per rank instead of {deeper['vpp'][0]}: "
-                  f"{deeper['step_time_s'][0]:.3f} s -> {deeper['step_time_s'][1]:.3f} s. The bound covers the "
-                  f"searched space ({deeper['vpp'][0]} virtual stages at most; --vpp widens it).")
+        out.print(f"then interleaved with {deeper['vpp'][1]} virtual stages per rank (searched plan: "
+                  f"{deeper['vpp'][0]}): {deeper['step_time_s'][0]:.3f} s -> {deeper['step_time_s'][1]:.3f} s. The "
+                  f"bound covers the searched space (at most {max(deeper['searched_vpp'])} virtual stages; "
+                  "--vpp widens it).")
     estimate_table(out, est)
     t = Table("stage", "pp rank", "blocks", "recompute", "ranks", title="stages", title_justify="left")
     for st in doc["stages"]:

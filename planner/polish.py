@@ -77,11 +77,12 @@ def deepen_all(plan: Estimate, runner_ups: list[tuple[str, float, Estimate]]) ->
     return sorted(out, key=lambda x: x[2].predicted["step_time_s"])
 
 
-def deeper_record(searched: Estimate, plan: Estimate) -> dict:
-    """``solver.certificate.deeper_interleaving``: virtual stages and step times, before and after."""
+def deeper_record(searched: Estimate, plan: Estimate, searched_vpp: tuple[int, ...]) -> dict:
+    """``solver.certificate.deeper_interleaving``: virtual stages and step times, before and after,
+    and the virtual-stage counts the searched space (the bound) covers."""
     if plan is searched:
         return {}
-    return {"deeper_interleaving": {"vpp": [searched.par.vpp, plan.par.vpp],
+    return {"deeper_interleaving": {"vpp": [searched.par.vpp, plan.par.vpp], "searched_vpp": list(searched_vpp),
                                     "step_time_s": [searched.predicted["step_time_s"], plan.predicted["step_time_s"]]}}
 
 

@@ -46,6 +46,8 @@ EXACT_LP_MAX_OPS = 8192
 # HiGHS's default MIP feasibility tolerance is 1e-6, so a MILP's T may sit that far below the
 # schedule its assignment encodes without any path being left uncut.
 OPT_TOL = 1e-6
+# Virtual stages per rank the exact search tries when `--vpp` is auto (deeper ones: polish.py).
+AUTO_VPP = (2,)
 KNOBS = ("dp", "tp", "pp", "cp", "ep", "micro_batch", "zero", "schedule", "vpp", "sequence_parallel", "recompute")
 
 
@@ -99,7 +101,7 @@ def enumerate_candidates(spec: ModelSpec, cluster: ClusterSpec, train: Training,
     mbs = knobs.get("micro_batch", [1, 2, 4, 8])
     zeros = knobs.get("zero", [0, 1, 2, 3])
     scheds = knobs.get("schedule", ["1f1b", "interleaved", "gpipe"])
-    vpps = knobs.get("vpp", [2])
+    vpps = knobs.get("vpp", AUTO_VPP)
     # Under this cost model sequence parallelism never loses when tp > 1 (same TP traffic as
     # RS+AG instead of AR, less norm work, fewer activation bytes), so auto only tries it on.
     sps = knobs.get("sequence_parallel", [True])
@@ -281,7 +283,7 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
         incumbent = least_recompute(incumbent)  # ties go to less recompute
         if knobs.values.get("vpp") is None and "interleaved" in knobs.get("schedule", ["interleaved"]):
             ranked = deepen_all(incumbent, [(r.status, r.bound_s, r.best) for r in alternatives])
-            polished = deeper_record(incumbent, ranked[0][2])
+            polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
             incumbent = ranked[0][2]
             alternatives = [CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, st, e)
                             for st, b, e in ranked[1:top_k + 1]]

@@ -108,5 +108,5 @@ def test_deepen_all_ranks_plan_and_runner_ups_after_the_same_step():
         assert (st == "heuristic") == (e is not src) and (e is src or e.par.vpp > 1)
     assert by_mesh[(8, 1)] == ("pruned_time", 2.0, single)  # pp 1: nothing to interleave
     first = ranked[0][2]
-    record = deeper_record(plan, first)
+    record = deeper_record(plan, first, (2,))
     assert (record == {}) == (first is plan)
