@@ -110,3 +110,17 @@ def test_deepen_all_ranks_plan_and_runner_ups_after_the_same_step():
     first = ranked[0][2]
     record = deeper_record(plan, first, (2,))
     assert (record == {}) == (first is plan)
+
+
+def test_deepen_all_drops_runner_ups_that_deepen_into_the_plan():
+    """A runner-up that differs from the plan only in its split deepens to the same plan: it is one
+    plan, listed once (the search printed the plan again as its own first alternative)."""
+    cl, train = load_cluster("h100-sxm-80gb:8"), Training(64, 4096)
+    plan = estimate(SPEC, cl, train, Parallel(dp=2, pp=4, micro_batch=1, zero=1, schedule="1f1b"))
+    other = estimate(SPEC, cl, train, Parallel(dp=2, pp=4, micro_batch=1, zero=1, schedule="1f1b",
+                                               stage_layers=(7, 8, 9, 8)))
+    assert other.par != plan.par
+    ranked = deepen_all(plan, [("optimal", 1.0, other)])
+    assert ranked[0][2].par.vpp > 1
+    pars = [e.par for _, _, e in ranked]
+    assert len(pars) == len(set(pars)) == 1
