@@ -197,7 +197,7 @@ def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl
     saved += _attention_core_saved(spec, s, impl, a * v_dim)
     ops.append(_mm("attn.out", a * v_dim, h, dims=("heads",), role="row"))
     saved.append(Saved("attn.out_proj_out", h, "act", "sp", mm_output=True, in_none=False))
-    ops += _dropout_residual("attn", spec, h)
+    ops += _dropout_residual("attn", spec, h, norm_impl)
     saved += _dropout_saved("attn", spec, h)
     return ops, saved, dense, repl
 
@@ -215,8 +215,15 @@ def _attention_core_saved(spec: ModelSpec, s: int, impl: AttentionImpl, ctx: flo
     return out + [Saved("attn.context", ctx)]
 
 
-def _dropout_residual(prefix: str, spec: ModelSpec, h: float) -> list[Op]:
-    # Backward: the add itself passes dy through; the fork it closes sums two gradients (3h).
+def _dropout_residual(prefix: str, spec: ModelSpec, h: float, impl: NormImpl = "fused") -> list[Op]:
+    """Dropout of the sub-block's output, then the residual add.
+
+    ``fused`` (Megatron-LM's default ``--bias-dropout-fusion``, one kernel for bias + dropout +
+    add): reads the branch and the residual, writes the sum and a 1-byte mask, 3.5h element-passes
+    (2-byte units). Unfused: dropout (read, write, mask: 2.5h) then the add (3h). Backward: dropout
+    reads dy and the mask and writes dx (2.5h); the fork the add closes sums two gradients (3h)."""
+    if spec.dropout > 0 and impl == "fused":
+        return [_ew(f"{prefix}.dropout_residual", 3.5 * h, "sp", flops=2 * h, bwd_io=5.5 * h)]
     ops = [_ew(f"{prefix}.residual", 3 * h, "sp", flops=h, bwd_io=3 * h)]
     if spec.dropout > 0:
         ops.insert(0, _ew(f"{prefix}.dropout", 2.5 * h, "sp", flops=h, bwd_io=2.5 * h))  # dy, 1-byte mask -> dx
@@ -294,7 +301,7 @@ def _ffn(spec: ModelSpec, index: int, norm_impl: NormImpl = "fused") -> tuple[li
             ops += o
             saved += sv
             dense += p
-    ops += _dropout_residual("ffn", spec, h)
+    ops += _dropout_residual("ffn", spec, h, norm_impl)
     saved += _dropout_saved("ffn", spec, h)
     return ops, saved, dense, repl, expert_params
 

@@ -32,7 +32,8 @@ class Training:
     dtype: str = "bf16"  # compute dtype of matmuls; fp8 keeps bf16 activations (torchao/TE recipes)
     attention_impl: Literal["flash", "eager"] = "flash"
     grad_reduce_dtype: str = "auto"  # auto: fp32, fp16 for fp16 below ZeRO-3 (grad_reduce_bytes)
-    norm_impl: Literal["fused", "unfused"] = "fused"  # unfused: composite RMSNorm (PyTorch on CPU)
+    # fused: fused norm and bias-dropout-add kernels (GPU frameworks); unfused: composite ops (PyTorch on CPU)
+    norm_impl: Literal["fused", "unfused"] = "fused"
     # backward: TP collectives of column-parallel linears overlap their backward GEMMs (Megatron-LM
     # default); none: every TP collective is exposed (layer_cost._tp_comm_s).
     tp_overlap: Literal["backward", "none"] = "backward"
