@@ -25,7 +25,8 @@ from models.spec import ModelSpec  # noqa: E402
 from planner.config import Parallel, Training  # noqa: E402
 from planner.search import Knobs, search  # noqa: E402
 
-# Narayanan et al. 2021 Fig. 13: a 161B GPT (32 layers, hidden 20,480) on 64 A100s, dp 1.
+# Narayanan et al. 2021 Fig. 13: a 161B GPT (32 layers, hidden 20,480) on 64 A100s, dp 1 (also
+# tests/test_planner.py).
 FIG13 = ModelSpec(name="gpt-161b-fig13", num_layers=32, hidden_size=20480, num_heads=128, ffn_hidden_size=81920,
                   vocab_size=51200, max_seq_len=2048, norm="layernorm", activation="gelu", position="learned",
                   bias=True, tie_embeddings=True, dropout=0.1)
@@ -92,8 +93,9 @@ def main() -> int:
         misses += not ok
         plan = _describe(res.best.par) if res.best else "nothing fits"
         step = f"{res.best.predicted['step_time_s']:.3f} s" if res.best else "-"
+        gap = "-" if cert.get("gap") is None else f"{cert['gap']:.2%}"
         print(f"{s.name}\n  known answer: {s.answer}\n  planner:      {plan}\n"
-              f"  {step}, {cert['status']} (gap {cert['gap']:.2%}), {wall:.1f} s  -> {'match' if ok else 'MISS'}")
+              f"  {step}, {cert['status']} (gap {gap}), {wall:.1f} s  -> {'match' if ok else 'MISS'}")
     print(f"\n{len(SETTINGS) - misses} of {len(SETTINGS)} known answers rediscovered")
     return 1 if misses else 0
 

@@ -69,17 +69,19 @@ def deepen_all(plan: Estimate, runner_ups: list[tuple[str, float, Estimate]]) ->
     """``deeper_interleaving`` on the plan and on each runner-up ``(status, bound_s, estimate)``, so
     that the list compares like with like (a runner-up at 2 virtual stages would otherwise "lose"
     on a bubble the plan shed after the search); sorted fastest first, the plan first on ties.
-    A deepened entry carries the even split: its status becomes ``heuristic``. Two entries that
-    deepen to the same plan (a runner-up that differed from the plan only in its split or recompute)
-    are one plan: the later copy is dropped, so no runner-up repeats the plan."""
+    A deepened entry carries the even split: its status becomes ``heuristic``. Entries that end on
+    the same candidate (mesh, micro-batch, ZeRO, schedule, virtual stages; the key the alternatives
+    list uses) are one plan and the slower copies are dropped: a 1f1b runner-up deepens to the same
+    interleaved schedule as the plan of its mesh, so the plan would be listed as its own runner-up."""
     out = []
     for status, bound, e in [("optimal", 0.0, plan)] + list(runner_ups):
         d = deeper_interleaving(e)
         out.append((status, bound, e) if d is e else ("heuristic", bound, least_recompute(d)))
     seen, unique = set(), []
     for entry in sorted(out, key=lambda x: x[2].predicted["step_time_s"]):
-        if entry[2].par not in seen:
-            seen.add(entry[2].par)
+        key = entry[2].par.with_(recompute="none", stage_layers=None)
+        if key not in seen:
+            seen.add(key)
             unique.append(entry)
     return unique
 

@@ -113,14 +113,20 @@ def test_deepen_all_ranks_plan_and_runner_ups_after_the_same_step():
 
 
 def test_deepen_all_drops_runner_ups_that_deepen_into_the_plan():
-    """A runner-up that differs from the plan only in its split deepens to the same plan: it is one
-    plan, listed once (the search printed the plan again as its own first alternative)."""
+    """The search's case: the plan is its mesh interleaved (v 2) and a runner-up is the same mesh
+    under 1f1b; both deepen to the same schedule. It is one plan, listed once (the search printed
+    the plan again as its own first alternative), whatever recompute each copy ends with."""
     cl, train = load_cluster("h100-sxm-80gb:8"), Training(64, 4096)
-    plan = estimate(SPEC, cl, train, Parallel(dp=2, pp=4, micro_batch=1, zero=1, schedule="1f1b"))
+    plan = estimate(SPEC, cl, train, Parallel(dp=2, pp=4, micro_batch=1, zero=1, schedule="interleaved", vpp=2))
     other = estimate(SPEC, cl, train, Parallel(dp=2, pp=4, micro_batch=1, zero=1, schedule="1f1b",
-                                               stage_layers=(7, 8, 9, 8)))
-    assert other.par != plan.par
+                                               recompute="selective"))
     ranked = deepen_all(plan, [("optimal", 1.0, other)])
-    assert ranked[0][2].par.vpp > 1
-    pars = [e.par for _, _, e in ranked]
-    assert len(pars) == len(set(pars)) == 1
+    assert ranked[0][2].par.vpp > 2
+    keys = [e.par.with_(recompute="none", stage_layers=None) for _, _, e in ranked]
+    assert len(keys) == len(set(keys)) == 1
+    # Copies that differ only in recompute are one candidate too (pp 8 · v 4 on 32 blocks: no deeper v).
+    deep = Parallel(dp=1, pp=8, micro_batch=1, zero=1, schedule="interleaved", vpp=4)
+    plan, slower = (estimate(SPEC, load_cluster("h100-sxm-80gb:8"), train, deep.with_(recompute=rc))
+                    for rc in ("none", "full"))
+    ranked = deepen_all(plan, [("optimal", 1.0, slower)])
+    assert [e for _, _, e in ranked] == [plan]
