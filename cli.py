@@ -169,7 +169,7 @@ def plan(
     time_limit: float = typer.Option(60.0, "--time-limit", help="Wall-clock seconds; the best plan so far is returned."),
     gap: float = typer.Option(0.01, "--gap", help="Relative optimality gap at which to stop (0.01 = 1%)."),
     solver: str = typer.Option("ortools", "--solver", help="MILP backend: ortools (HiGHS) or pulp (CBC)."),
-    top_k: int = typer.Option(3, "--top-k", help="How many runner-up plans to report."),
+    top_k: int = typer.Option(3, "--top-k", help="How many runner-up plans to report, at most."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the plan JSON to this file."),
     sets: Optional[list[str]] = SETS,
     fmt: str = FMT,

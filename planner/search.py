@@ -272,13 +272,12 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
                                    incumbent)
     t_solve = time.perf_counter()
     deepen = knobs.values.get("vpp") is None and "interleaved" in knobs.get("schedule", ["interleaved"])
-    k_alt = top_k + (deepen and top_k > 0)  # a spare: a runner-up may deepen into the plan (deepen_all)
-    alternatives = _alternatives(spec, cluster, train, options, results, incumbent, k_alt, tried, deadline)
+    alternatives = _alternatives(spec, cluster, train, options, results, incumbent, top_k, tried, deadline)
     while incumbent and alternatives and alternatives[0].best.predicted["step_time_s"] < incumbent.predicted["step_time_s"]:
         # With a loose --gap a bound may prune a candidate whose even split beats the incumbent
         # by up to the gap; found while listing alternatives, it becomes the plan.
         incumbent = alternatives[0].best
-        alternatives = _alternatives(spec, cluster, train, options, results, incumbent, k_alt, tried, deadline)
+        alternatives = _alternatives(spec, cluster, train, options, results, incumbent, top_k, tried, deadline)
     t_alt = time.perf_counter()
     polished = {}
     if incumbent:  # neither step makes the plan slower, so the certificate stays true
