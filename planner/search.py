@@ -271,7 +271,6 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
     incumbent = _resume_unfinished(spec, graph, cluster, train, options, backend, gap, deadline, scored, results,
                                    incumbent)
     t_solve = time.perf_counter()
-    deepen = knobs.values.get("vpp") is None and "interleaved" in knobs.get("schedule", ["interleaved"])
     alternatives = _alternatives(spec, cluster, train, options, results, incumbent, top_k, tried, deadline)
     while incumbent and alternatives and alternatives[0].best.predicted["step_time_s"] < incumbent.predicted["step_time_s"]:
         # With a loose --gap a bound may prune a candidate whose even split beats the incumbent
@@ -282,13 +281,12 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
     polished = {}
     if incumbent:  # neither step makes the plan slower, so the certificate stays true
         incumbent = least_recompute(incumbent)  # ties go to less recompute
-        if deepen:
+        if knobs.values.get("vpp") is None and "interleaved" in knobs.get("schedule", ["interleaved"]):
             ranked = deepen_all(incumbent, [(r.status, r.bound_s, r.best) for r in alternatives])
             polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
             incumbent = ranked[0][2]
             alternatives = [CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, st, e)
-                            for st, b, e in ranked[1:]]
-    alternatives = alternatives[:top_k]
+                            for st, b, e in ranked[1:top_k + 1]]
     t_pol = time.perf_counter()
     return SearchResult(incumbent, alternatives,
                         _certificate(results, incumbent, rejected, gap, outside=bool(polished)) | polished,
