@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cases import CASES, case_inputs, eq3_flops_per_step, load_cases  # noqa: E402
 
-from planner.estimate import estimate  # noqa: E402
+from planner.cost.estimate import estimate  # noqa: E402
 
 
 def score(case: dict) -> dict:

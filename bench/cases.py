@@ -28,7 +28,7 @@ from hardware.cluster import load_cluster
 from models.load import load_model
 from models.spec import ModelSpec
 from planner.config import Parallel, Training
-from planner.estimate import estimate
+from planner.cost.estimate import estimate
 
 # A copy of ../shared/reference/published_cases.json, kept in the repo so CI needs nothing outside it.
 CASES = Path(__file__).resolve().parent / "data" / "published_cases.json"

@@ -22,11 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner import plots  # noqa: E402
+from planner.render import plots  # noqa: E402
 from planner.inputs import build_inputs, parse_sets  # noqa: E402
-from planner.plan_cli import parse_knobs  # noqa: E402
+from planner.knobs import Knobs  # noqa: E402
 from planner.search import search  # noqa: E402
-from planner.sweep import SweepSpec, run_sweep  # noqa: E402
+from planner.commands.sweep import SweepSpec, run_sweep  # noqa: E402
 
 PLAN = dict(model="llama3-70b", cluster="h100-sxm-80gb:64", global_batch=32, seq_len=8192)
 PLAN_KNOBS = {"pp": "4", "schedule": "interleaved"}
@@ -39,7 +39,7 @@ def plan_pictures(out: Path, time_limit_s: float) -> list[Path]:
     inputs = build_inputs(PLAN["model"], PLAN["cluster"], PLAN["global_batch"], PLAN["seq_len"], "bf16", "flash",
                           parse_sets([]), None)
     t0 = time.perf_counter()
-    res = search(inputs.model, inputs.cluster, inputs.training, parse_knobs(PLAN_KNOBS), "ortools", 0.01,
+    res = search(inputs.model, inputs.cluster, inputs.training, Knobs.parse(PLAN_KNOBS), "ortools", 0.01,
                  time_limit_s, 3, None)
     if res.best is None:
         raise SystemExit("the example plan does not fit: the cost model changed; pick another example")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cases import case_inputs, load_cases  # noqa: E402
 
-from planner.estimate import estimate  # noqa: E402
+from planner.cost.estimate import estimate  # noqa: E402
 from planner.search import Knobs, search  # noqa: E402
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hardware.cluster import load_cluster  # noqa: E402
 from models.spec import ModelSpec  # noqa: E402
 from planner.config import Parallel, Training  # noqa: E402
-from planner.estimate import estimate  # noqa: E402
+from planner.cost.estimate import estimate  # noqa: E402
 
 CASES = Path(__file__).resolve().parent / "data" / "tp_split_cases.json"
 

@@ -1,26 +1,36 @@
-"""A fully specified parallel plan (what ``estimate`` scores and ``plan`` searches over).
+"""A fully specified parallel plan (what ``estimate`` scores and ``plan`` searches over), the
+training numerics, and the one place cross-knob rules are checked (``check_plan``).
 
 Mesh order (innermost first, adjacent ranks share the innermost dimension):
 ``tp`` → ``cp`` → ``dp`` → ``pp``; world = dp · tp · pp · cp. Expert parallelism carves ``ep``
 out of the dp · cp ranks (Megatron-Core / torchtitan convention), so it does not change the world.
+HSDP splits dp into ``dp_replicate`` (outer) × dp/dp_replicate (inner): ZeRO shards over the
+inner dp · cp ranks, a node when the planner picks it, and gradients are all-reduced across the
+replicas (PyTorch FSDP ``HYBRID_SHARD``; torchtitan ``data_parallel_replicate_degree``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from models.errors import SpecError
+from planner.knobs import BY_NAME, KNOBS, RECOMPUTE_OPTIONS, describe
+from planner.schedules import SCHEDULES, Schedule
 
 Recompute = Literal["none", "selective", "full"]
-Schedule = Literal["gpipe", "1f1b", "interleaved"]
-RECOMPUTE_OPTIONS: tuple[Recompute, ...] = ("none", "selective", "full")
-SCHEDULES: tuple[Schedule, ...] = ("gpipe", "1f1b", "interleaved")
 DTYPES = ("bf16", "fp16", "fp8", "fp32")
+__all__ = ["DTYPES", "RECOMPUTE_OPTIONS", "SCHEDULES", "Parallel", "PlanError", "Training", "check_plan",
+           "grad_reduce_bytes"]
 
 
 class PlanError(SpecError):
-    """A plan that is not valid for the model and cluster (exit code 2); message shows the arithmetic."""
+    """A plan that is not valid for the model and cluster (exit code 2); the message shows the
+    arithmetic, ``field`` names the knob it concerns (``tp``, ``micro_batch``, ``stage_layers``)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -35,7 +45,7 @@ class Training:
     # fused: fused norm and bias-dropout-add kernels (GPU frameworks); unfused: composite ops (PyTorch on CPU)
     norm_impl: Literal["fused", "unfused"] = "fused"
     # backward: TP collectives of column-parallel linears overlap their backward GEMMs (Megatron-LM
-    # default); none: every TP collective is exposed (layer_cost._tp_comm_s).
+    # default); none: every TP collective is exposed (cost.layer._tp_comm_s).
     tp_overlap: Literal["backward", "none"] = "backward"
 
     @property
@@ -45,8 +55,8 @@ class Training:
 
 def grad_reduce_bytes(train: Training, zero: int) -> int:
     """Bytes per gradient element as accumulated and reduced (on the wire and, below ZeRO-3, in the
-    gradient buffer: memory.bytes_per_param), unless the training spec says: what the frameworks
-    do by default. bf16 (and fp8, whose gradients are bf16) -> fp32: Megatron-LM forces
+    gradient buffer: cost.memory.bytes_per_param), unless the training spec says: what the
+    frameworks do by default. bf16 (and fp8, whose gradients are bf16) -> fp32: Megatron-LM forces
     ``accumulate_allreduce_grads_in_fp32`` for bf16 unless ``--grad-reduce-in-bf16`` (arguments.py,
     "bfloat16 requires gradient accumulation and all-reduce to be done in fp32"); torchtitan's
     FSDP2 ``reduce_dtype`` is float32. fp16 -> fp16 (Megatron's fp16 default) except under
@@ -60,7 +70,8 @@ def grad_reduce_bytes(train: Training, zero: int) -> int:
 
 @dataclass(frozen=True)
 class Parallel:
-    """Degrees and knobs of one plan. ``stage_layers`` is blocks per pipeline chunk (None = even)."""
+    """Degrees and knobs of one plan (planner.knobs describes each). ``stage_layers`` is blocks
+    per pipeline chunk (None = the even split)."""
 
     dp: int = 1
     tp: int = 1
@@ -70,10 +81,11 @@ class Parallel:
     micro_batch: int = 1
     zero: int = 0
     recompute: Recompute | tuple[Recompute, ...] = "none"  # one value or one per block
-    schedule: Schedule = "1f1b"
+    schedule: str = "1f1b"
     vpp: int = 1  # virtual stages (model chunks) per pipeline rank, interleaved schedule only
     sequence_parallel: bool = False
     stage_layers: tuple[int, ...] | None = field(default=None)
+    dp_replicate: int = 1  # HSDP replicas (1: ZeRO shards over all dp·cp ranks)
 
     @property
     def world(self) -> int:
@@ -83,80 +95,160 @@ class Parallel:
     def chunks(self) -> int:
         return self.pp * self.vpp
 
+    @property
+    def dense_dp(self) -> int:
+        """Ranks that hold replicas of a dense weight: the data-parallel group, context ranks included."""
+        return self.dp * self.cp
+
+    @property
+    def expert_dp(self) -> int:
+        """Ranks that hold replicas of a routed expert: dp·cp/ep."""
+        return self.dp * self.cp // self.ep
+
+    @property
+    def dense_shard(self) -> int:
+        """Ranks a ZeRO-sharded dense state is split over: dp·cp, or one HSDP replica's dp·cp/dp_replicate."""
+        return self.dense_dp // self.dp_replicate
+
+    @property
+    def expert_shard(self) -> int:
+        """Ranks a ZeRO-sharded expert state is split over: dp·cp/(ep·dp_replicate)."""
+        return self.expert_dp // self.dp_replicate
+
+    @property
+    def schedule_spec(self) -> Schedule:
+        return SCHEDULES[self.schedule]
+
     def num_micro_batches(self, global_batch: int) -> int:
         return global_batch // (self.dp * self.micro_batch)
 
     def recompute_of(self, block: int) -> Recompute:
         return self.recompute if isinstance(self.recompute, str) else self.recompute[block]
 
-    def with_(self, **kw) -> "Parallel":
+    def recompute_summary(self) -> str:
+        """``full``, or ``2 none, 30 full`` for per-block recompute."""
+        rc = self.recompute
+        if isinstance(rc, str) or len(set(rc)) == 1:
+            return rc if isinstance(rc, str) else rc[0]
+        return ", ".join(f"{rc.count(o)} {o}" for o in RECOMPUTE_OPTIONS if rc.count(o))
+
+    def knob_values(self, **extra: Any) -> dict[str, Any]:
+        return {k.name: getattr(self, k.name) for k in KNOBS} | extra
+
+    def describe(self, style: Literal["compact", "full", "long"] = "compact", num_micro_batches: int | None = None
+                 ) -> str:
+        """compact: ``dp8 tp2 pp4 cp1 ep1 zero1 mb1 interleaved v2`` (the mesh and per-rank knobs);
+        full: compact + `` sp · recompute 2 none, 30 full``; long: ``dp 8 · tp 2 · ... · sp`` for tables."""
+        extra = {} if num_micro_batches is None else {"num_micro_batches": num_micro_batches}
+        values = self.knob_values(**extra)
+        if style == "long":
+            text = describe(values, "long") + f" · recompute {self.recompute_summary()}"
+            return text + (" · sp" if self.sequence_parallel else "")
+        text = describe(values, "compact")
+        if style == "full":
+            text += (" sp" if self.sequence_parallel else "") + f" · recompute {self.recompute_summary()}"
+        return text
+
+    def with_(self, **kw: Any) -> Parallel:
         return replace(self, **kw)
 
 
-def check_plan(par: Parallel, train: Training, spec, num_gpus: int) -> None:
+def check_plan(par: Parallel, train: Training, spec: Any, num_gpus: int) -> None:
     """Reject a plan the model or cluster cannot run, showing the arithmetic (PlanError, exit 2)."""
-    for name in ("dp", "tp", "pp", "cp", "ep", "micro_batch", "vpp"):
-        if getattr(par, name) < 1:
-            raise PlanError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(par, name)})")
+    for knob in KNOBS:
+        if knob.kind == "int" and getattr(par, knob.name) is not None:
+            try:
+                knob.check(getattr(par, knob.name))
+            except SpecError as exc:
+                raise PlanError(str(exc), knob.name) from None
     if par.world != num_gpus:
         raise PlanError(f"dp({par.dp}) * tp({par.tp}) * pp({par.pp}) * cp({par.cp}) = {par.world} "
-                        f"!= {num_gpus} GPUs in the cluster")
-    if par.zero not in (0, 1, 2, 3):
-        raise PlanError(f"--zero must be 0, 1, 2 or 3 (got {par.zero})")
+                        f"!= {num_gpus} GPUs in the cluster", "dp")
     _check_heads(par, spec)
     _check_batch(par, train)
     _check_pipeline(par, train, spec)
-    if par.ep > 1:
-        if spec.moe is None:
-            raise PlanError(f"--ep {par.ep} needs a mixture-of-experts model ({spec.name} is dense)")
-        if (par.dp * par.cp) % par.ep or spec.moe.num_experts % par.ep:
-            raise PlanError(f"ep({par.ep}) must divide dp*cp ({par.dp}*{par.cp} = {par.dp * par.cp}) and "
-                            f"num_experts ({spec.moe.num_experts})")
+    _check_data_parallel(par, spec)
     if not isinstance(par.recompute, str) and len(par.recompute) != spec.num_layers:
-        raise PlanError(f"{len(par.recompute)} recompute choices for {spec.num_layers} layers")
+        raise PlanError(f"{len(par.recompute)} recompute choices for {spec.num_layers} layers", "recompute")
 
 
-def _check_heads(par: Parallel, spec) -> None:
+def _check_heads(par: Parallel, spec: Any) -> None:
     tp = par.tp
     if spec.num_heads % tp:
         raise PlanError(f"num_heads ({spec.num_heads}) % tp ({tp}) = {spec.num_heads % tp}: "
-                        f"tensor parallelism splits heads, so tp must divide them")
+                        f"tensor parallelism splits heads, so tp must divide them", "tp")
     if spec.mla is None and spec.kv_heads % tp and tp % spec.kv_heads:
         raise PlanError(f"num_kv_heads ({spec.kv_heads}) and tp ({tp}) must divide one another "
-                        f"(kv heads are split or replicated across tp ranks)")
+                        f"(kv heads are split or replicated across tp ranks)", "tp")
     ffn = spec.moe.expert_ffn_hidden_size if spec.moe else spec.ffn_hidden_size
     if spec.ffn_hidden_size % tp or ffn % tp:
-        raise PlanError(f"ffn_hidden_size ({spec.ffn_hidden_size}) and expert ffn ({ffn}) must be divisible by tp ({tp})")
+        raise PlanError(f"ffn_hidden_size ({spec.ffn_hidden_size}) and expert ffn ({ffn}) must be divisible by "
+                        f"tp ({tp})", "tp")
     if par.sequence_parallel and tp == 1:
-        raise PlanError("--sequence-parallel needs tp > 1 (it splits the tp-replicated regions)")
+        raise PlanError("--sequence-parallel needs tp > 1 (it splits the tp-replicated regions)", "sequence_parallel")
 
 
 def _check_batch(par: Parallel, train: Training) -> None:
     per_step = par.dp * par.micro_batch
     if train.global_batch % per_step:
         raise PlanError(f"global batch ({train.global_batch}) % (dp({par.dp}) * micro-batch({par.micro_batch}) "
-                        f"= {per_step}) = {train.global_batch % per_step}: the batch must split evenly")
+                        f"= {per_step}) = {train.global_batch % per_step}: the batch must split evenly", "micro_batch")
     if train.seq_len % par.cp:
-        raise PlanError(f"seq_len ({train.seq_len}) % cp ({par.cp}) = {train.seq_len % par.cp}")
+        raise PlanError(f"seq_len ({train.seq_len}) % cp ({par.cp}) = {train.seq_len % par.cp}", "cp")
     if par.cp > 1 and (train.seq_len // par.cp) % 2:
-        raise PlanError(f"seq_len/cp = {train.seq_len // par.cp} must be even (load-balanced causal chunks)")
+        raise PlanError(f"seq_len/cp = {train.seq_len // par.cp} must be even (load-balanced causal chunks)", "cp")
 
 
-def _check_pipeline(par: Parallel, train: Training, spec) -> None:
-    m = par.num_micro_batches(train.global_batch)
-    if par.vpp > 1 and par.schedule != "interleaved":
-        raise PlanError(f"--vpp {par.vpp} needs --schedule interleaved")
-    if par.schedule == "interleaved" and par.pp == 1:
-        raise PlanError("--schedule interleaved needs --pp > 1 (it interleaves chunks of several pipeline ranks)")
-    if par.schedule == "interleaved" and par.pp > 1 and m % par.pp:
-        raise PlanError(f"interleaved 1F1B needs micro-batches ({m}) % pp ({par.pp}) == 0")
-    if par.schedule in ("1f1b", "interleaved") and par.pp > 1 and m < par.pp:
-        raise PlanError(f"{par.schedule} needs at least pp ({par.pp}) micro-batches, got "
-                        f"global batch {train.global_batch} / (dp {par.dp} * micro-batch {par.micro_batch}) = {m}")
+def _check_pipeline(par: Parallel, train: Training, spec: Any) -> None:
+    m, sched = par.num_micro_batches(train.global_batch), SCHEDULES.get(par.schedule)
+    if sched is None:
+        raise PlanError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {par.schedule!r})", "schedule")
+    if par.vpp > 1 and not sched.virtual_stages:
+        raise PlanError(f"--vpp {par.vpp} needs --schedule interleaved", "vpp")
+    if sched.virtual_stages and par.pp == 1:
+        raise PlanError(f"--schedule {par.schedule} needs --pp > 1 (it interleaves chunks of several pipeline "
+                        "ranks)", "schedule")
+    if sched.microbatches_multiple_of_pp and par.pp > 1 and m % par.pp:
+        raise PlanError(f"{sched.title} needs micro-batches ({m}) % pp ({par.pp}) == 0", "num_micro_batches")
+    if sched.min_microbatches_pp and par.pp > 1 and m < par.pp:
+        raise PlanError(f"{par.schedule} needs at least pp ({par.pp}) micro-batches, got global batch "
+                        f"{train.global_batch} / (dp {par.dp} * micro-batch {par.micro_batch}) = {m}", "pp")
     if par.chunks > spec.num_layers:
-        raise PlanError(f"pp*vpp = {par.chunks} pipeline chunks > {spec.num_layers} layers")
+        raise PlanError(f"pp*vpp = {par.chunks} pipeline chunks > {spec.num_layers} layers", "pp")
     if par.stage_layers is not None:
         if len(par.stage_layers) != par.chunks:
-            raise PlanError(f"--stage-layers has {len(par.stage_layers)} entries, expected pp*vpp = {par.chunks}")
+            raise PlanError(f"--stage-layers has {len(par.stage_layers)} entries, expected pp*vpp = {par.chunks}",
+                            "stage_layers")
         if sum(par.stage_layers) != spec.num_layers or min(par.stage_layers) < 0:
-            raise PlanError(f"--stage-layers sum to {sum(par.stage_layers)}, expected {spec.num_layers} layers")
+            raise PlanError(f"--stage-layers sum to {sum(par.stage_layers)}, expected {spec.num_layers} layers",
+                            "stage_layers")
+
+
+def _check_data_parallel(par: Parallel, spec: Any) -> None:
+    """Experts carve ep out of dp·cp; HSDP replicas split dp and need sharded states (ZeRO-2/3)."""
+    if par.ep > 1:
+        if spec.moe is None:
+            raise PlanError(f"--ep {par.ep} needs a mixture-of-experts model ({spec.name} is dense)", "ep")
+        if par.dense_dp % par.ep or spec.moe.num_experts % par.ep:
+            raise PlanError(f"ep({par.ep}) must divide dp*cp ({par.dp}*{par.cp} = {par.dense_dp}) and "
+                            f"num_experts ({spec.moe.num_experts})", "ep")
+    r = par.dp_replicate
+    if r > 1:
+        if par.zero < 2:
+            raise PlanError(f"--dp-replicate {r} needs --zero 2 or 3: HSDP replicates a sharded model, and "
+                            f"ZeRO-{par.zero} shards no gradients or weights", "dp_replicate")
+        if par.dp % r:
+            raise PlanError(f"dp_replicate ({r}) must divide dp ({par.dp}): dp % dp_replicate = {par.dp % r}",
+                            "dp_replicate")
+        if par.dense_shard % par.ep:
+            raise PlanError(f"ep({par.ep}) must divide the HSDP shard group dp*cp/dp_replicate ({par.dp}*{par.cp}/"
+                            f"{r} = {par.dense_shard})", "dp_replicate")
+
+
+def knob_field(name: str) -> str:
+    """The plan-file path a ``PlanError.field`` points at."""
+    if name in ("stage_layers", "recompute"):
+        return "stages"
+    if name == "num_micro_batches":
+        return "parallelism.num_micro_batches"
+    return f"parallelism.{BY_NAME[name].json_key}" if name in BY_NAME else "parallelism"

@@ -7,20 +7,34 @@ with one line that names the offending input.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any, Optional
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from hardware.cluster import ClusterSpec, load_cluster
-from models.errors import SpecError
+from models.errors import SpecError, format_validation_error
 from models.load import load_model
 from models.spec import ModelSpec
-from planner.config import DTYPES, RECOMPUTE_OPTIONS, SCHEDULES, Parallel, Training
+from planner.commands.common import Opt
+from planner.config import DTYPES, Parallel, Training
+from planner.knobs import KNOBS
 
 
 # Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
 # data parallelism; auto = what Megatron-LM and torchtitan do (config.grad_reduce_bytes).
-# tp_overlap: whether backward TP collectives hide under their linears' GEMMs (layer_cost._tp_comm_s).
+# tp_overlap: whether backward TP collectives hide under their linears' GEMMs (cost.layer._tp_comm_s).
 TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16"), "tp_overlap": ("backward", "none")}
+# What is trained, on what (estimate, plan, sweep, explain): optional options so `estimate --plan`
+# can omit them; build_inputs reports missing ones (exit 2).
+PROBLEM_OPTIONS = (
+    Opt("model", Optional[str], None, ("--model", "-m"), "Preset name, spec file or HF config.json."),
+    Opt("cluster", Optional[str], None, ("--cluster", "-c"), "GPU:N, a GPU preset or a cluster file."),
+    Opt("global_batch", Optional[int], None, ("--global-batch", "-b"), "Sequences per optimizer step."),
+    Opt("seq_len", Optional[int], None, ("--seq-len", "-s"), "Tokens per sequence."),
+    Opt("dtype", str, "bf16", ("--dtype",), "Compute dtype: bf16, fp16, fp8 or fp32."),
+    Opt("attention", str, "flash", ("--attention",), "Attention kernel: flash (fused, no s^2 tensors) or eager."),
+)
 
 
 @dataclass
@@ -79,15 +93,12 @@ def apply_training_sets(train: Training, sets: dict | None) -> Training:
 
 
 def build_parallel(knobs: dict, num_gpus: int) -> Parallel:
-    """A fixed plan from single values; dp defaults to GPUs / (tp·pp·cp)."""
-    k = dict(knobs)
-    for name in ("tp", "pp", "cp", "ep", "micro_batch", "vpp"):
-        if k[name] < 1:
-            raise SpecError(f"--{name.replace('_', '-')} must be >= 1 (got {k[name]})")
-    if k["recompute"] not in RECOMPUTE_OPTIONS:
-        raise SpecError(f"--recompute must be one of {', '.join(RECOMPUTE_OPTIONS)} (got {k['recompute']!r})")
-    if k["schedule"] not in SCHEDULES:
-        raise SpecError(f"--schedule must be one of {', '.join(SCHEDULES)} (got {k['schedule']!r})")
+    """A fixed plan from single values (a knob not given takes its registry default); dp
+    defaults to GPUs / (tp·pp·cp)."""
+    k = {kn.name: knobs.get(kn.name, kn.default) for kn in KNOBS}
+    for kn in KNOBS:
+        if k[kn.name] is not None and kn.kind in ("int", "choice", "per_block"):
+            kn.check(k[kn.name])
     if k["dp"] is None:
         rest = k["tp"] * k["pp"] * k["cp"]
         if num_gpus % rest:
@@ -99,6 +110,8 @@ def build_parallel(knobs: dict, num_gpus: int) -> Parallel:
             k["stage_layers"] = tuple(int(x) for x in str(k["stage_layers"]).split(","))
         except ValueError:
             raise SpecError(f"--stage-layers {k['stage_layers']!r}: expected integers like 7,8,8,7") from None
+    else:
+        k["stage_layers"] = None
     return Parallel(**k)
 
 
@@ -118,3 +131,20 @@ def build_inputs(model: str | None, cluster: str | None, global_batch: int | Non
     par = build_parallel(knobs, clus.num_gpus) if knobs is not None else None
     refs = {"model": model, "cluster": cluster, "sets": sets}
     return Inputs(spec, clus, train, par, refs)
+
+
+def override(obj: BaseModel, overrides: dict, cls: type, what: str) -> Any:
+    """A resolved spec with ``--set`` dotted-path overrides applied and re-validated."""
+    data = obj.model_dump()
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise SpecError(f"--set {what}.{dotted}: {key} is not a section")
+        node[leaf] = value
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, f"{what} with --set overrides")) from None

@@ -6,11 +6,13 @@ Public API (documented in docs/runtime.md):
 * ``runtime.parallelize``: ``apply_plan(model, plan, mesh)`` -> ``ParallelModel``, ``build_mesh``
 * ``runtime.launch``: ``run(plan_path, steps, ...)``, ``print_torchrun_command``
 * ``runtime.train``: ``run_reference(plan, steps)``, ``TokenSource``
-* ``runtime.memory``: ``measure_saved_bytes_per_layer``, ``SavedTensorMeter``
-* ``runtime.plan_io``: ``load_plan``, ``validate_plan``, ``make_plan``, ``PlanError``
+* ``runtime.memory``: ``SavedTensorMeter``, ``state_tensors``
+* ``runtime.measure``: ``measure_saved_bytes_per_layer``
+* ``runtime.plan_io``: ``load_plan``, ``validate_plan``, ``make_plan``, ``read_parallelism``, ``PlanError``
+* ``runtime.defaults``: ``DEFAULT_LR``
 
-Names are resolved lazily so that ``import runtime.plan_io`` (the CLI, the planner's tests) does
-not pay for importing torch.
+Names are resolved lazily so that ``import runtime.plan_io`` or ``runtime.defaults`` (the CLI,
+the planner's tests) does not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -25,13 +27,20 @@ _EXPORTS = {
     "run": "runtime.launch",
     "print_torchrun_command": "runtime.launch",
     "run_reference": "runtime.train",
-    "measure_saved_bytes_per_layer": "runtime.memory",
+    "measure_saved_bytes_per_layer": "runtime.measure",
+    "SavedTensorMeter": "runtime.memory",
     "load_plan": "runtime.plan_io",
     "validate_plan": "runtime.plan_io",
     "make_plan": "runtime.plan_io",
+    "read_parallelism": "runtime.plan_io",
     "PlanError": "runtime.plan_io",
+    "DEFAULT_LR": "runtime.defaults",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [  # every name of _EXPORTS
+    "DEFAULT_LR", "ParallelModel", "PlanError", "SavedTensorMeter", "apply_plan", "build_mesh",
+    "build_model", "load_plan", "make_plan", "measure_saved_bytes_per_layer",
+    "print_torchrun_command", "read_parallelism", "run", "run_reference", "validate_plan",
+]
 
 
 def __getattr__(name: str):

@@ -1,11 +1,12 @@
 """Launch a plan: ``run(plan_path, steps)`` on one machine, or ``torchrun ... -m runtime.launch``.
 
-``run`` starts the plan's world size of ranks itself (on CPU from a fork server — a clean,
-single-threaded process with torch preloaded, so ranks start in milliseconds like fork but never
-inherit a lock held by another thread of the caller, e.g. pytest-xdist's I/O thread, which
-deadlocked plain fork; spawn on CUDA, which cannot fork), rendezvous through a FileStore private to the
-run (so concurrent runs never share a port), gloo on CPU and NCCL on CUDA. Rank 0 gathers every
-rank's record and writes the run report; see :func:`runtime.report.build_report`.
+``run`` starts the plan's world size of ranks itself (on CPU from a fork server —
+:mod:`runtime.forkserver`: a clean, single-threaded process with torch preloaded, so ranks start
+in milliseconds like fork but never inherit a lock held by another thread of the caller, e.g.
+pytest-xdist's I/O thread, which deadlocked plain fork; spawn on CUDA, which cannot fork),
+rendezvous through a FileStore private to the run (so concurrent runs never share a port), gloo
+on CPU and NCCL on CUDA. Rank 0 gathers every rank's record and writes the run report; see
+:func:`runtime.report.build_report`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from runtime.defaults import DEFAULT_LR
+from runtime.forkserver import cpu_context
 from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, world_size, world_size_arithmetic
 from runtime.report import build_report
-from runtime.train import DEFAULT_LR, train_rank
+from runtime.train import train_rank
 
 
 def plan_device_type(plan: dict) -> str | None:
@@ -108,13 +111,6 @@ def _wait(procs: list, store_path: str, timeout_s: float) -> None:
         detail = errors[0].read_text() if errors else "no Python traceback: a rank aborted in C++ (see stderr)"
         why = f"timed out after {timeout_s:.0f} s" if timed_out else "failed"
         raise RuntimeError(f"ranks {why} (exit codes {codes}); first error:\n{detail}")
-
-
-def cpu_context():
-    """A fork-server multiprocessing context with torch and the runtime preloaded."""
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "runtime.train", "runtime.parallelize"])
-    return ctx
 
 
 def run(

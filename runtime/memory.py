@@ -14,22 +14,20 @@ buffers and their views are excluded, and a tensor stops counting when autograd 
 if SAC-cached, when it is freed), so ``peak_bytes`` is the high-water mark across the
 micro-batches of a pipeline schedule.
 
-``measure_saved_bytes_per_layer`` applies the meter to one block; docs/runtime.md lists the
-tensors it finds, which the planner's activation model must reproduce.
+``runtime.measure.measure_saved_bytes_per_layer`` applies the meter to one block. This module
+imports no other runtime module (the SAC policy in :mod:`runtime.recompute` imports it), so it
+can sit under everything that counts.
 """
 
 from __future__ import annotations
 
-import contextlib
-import traceback
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Self
 
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
-
-from models.spec import ModelSpec
 
 
 def _plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -63,7 +61,7 @@ class _Held:
     """What autograd stores for a saved tensor while a meter counts: the tensor, and a release
     callback run when autograd drops it (after its backward, or with the whole graph)."""
 
-    __slots__ = ("tensor", "_release")
+    __slots__ = ("_release", "tensor")
 
     def __init__(self, tensor: torch.Tensor, release):
         self.tensor, self._release = tensor, release
@@ -79,7 +77,7 @@ class SavedTensorMeter:
     SAC-cached outputs, which have no release event, are weak references checked when counting.
     """
 
-    _active: "SavedTensorMeter | None" = None
+    _active: SavedTensorMeter | None = None
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()):
         """``exclude``: tensors that are not activations (see :func:`state_tensors`)."""
@@ -91,7 +89,7 @@ class SavedTensorMeter:
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
         self._previous: SavedTensorMeter | None = None
 
-    def __enter__(self) -> "SavedTensorMeter":
+    def __enter__(self) -> Self:
         self._hooks.__enter__()
         self._previous, SavedTensorMeter._active = SavedTensorMeter._active, self
         return self
@@ -160,86 +158,3 @@ class SavedTensorMeter:
 
 def _unpack(packed):
     return packed.tensor if isinstance(packed, _Held) else packed
-
-
-@contextlib.contextmanager
-def _fake_tp_mesh(tp: int) -> Iterator[object]:
-    """A one-process mesh of ``tp`` ranks on the 'fake' backend: real local shapes, no traffic."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=tp)
-    try:
-        yield init_device_mesh("cpu", (tp,), mesh_dim_names=("tp",))
-    finally:
-        dist.destroy_process_group()
-
-
-def _measure(spec: ModelSpec, recompute: str, b: int, s: int, dtype: torch.dtype, tp: int, sp: bool, layer: int) -> int:
-    # Imported here: runtime.recompute imports this module for the meter.
-    from runtime.model import Block, rope_table
-    from runtime.recompute import checkpoint_block
-
-    torch.manual_seed(0)
-    block = Block(spec, layer).to(dtype)
-    rope = rope_table(spec, dtype)[:, :s] if spec.position == "rope" else None
-    x = torch.randn(b, s // tp if sp else s, spec.hidden_size, dtype=dtype, requires_grad=True) * 1.0
-    with contextlib.ExitStack() as stack:
-        if tp > 1:
-            from runtime.tp import parallelize_block
-
-            parallelize_block(block, stack.enter_context(_fake_tp_mesh(tp)), sp)
-        block = checkpoint_block(block, recompute)
-        with SavedTensorMeter([*state_tensors(block), *([rope] if rope is not None else [])]) as meter:
-            y = block(x, rope)
-        held = meter.live_bytes()
-        del y
-    return held
-
-
-def _child(conn, args: tuple) -> None:
-    try:
-        conn.send(("ok", _measure(*args)))
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
-
-
-def measure_saved_bytes_per_layer(
-    spec: ModelSpec,
-    recompute: str,
-    micro_batch: int,
-    seq_len: int,
-    dtype: torch.dtype = torch.float32,
-    tp: int = 1,
-    sp: bool = False,
-    layer_index: int = 0,
-) -> int:
-    """Bytes one block holds for backward after its forward (one rank's share under tp/sp).
-
-    recompute: "none" | "selective" | "full" (see runtime.recompute). With tp > 1 the block is
-    tensor-parallelised on a fake process group in a forked child process: DTensor's caches
-    outlive ``destroy_process_group`` and, measured, made a later real tp=2 run in (or forked
-    from) the same process train on the fake groups' no-op collectives.
-    """
-    if sp and tp == 1:
-        raise ValueError("sequence parallel needs tp > 1")
-    args = (spec, recompute, micro_batch, seq_len, dtype, tp, sp, layer_index)
-    if tp == 1:
-        return _measure(*args)
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if dist.is_initialized():
-        raise RuntimeError("measure_saved_bytes_per_layer(tp>1) forks: call it from a process without a process group")
-    from runtime.launch import cpu_context  # fork-server: safe when the caller has other threads
-
-    ctx = cpu_context()
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(send, args))
-    child.start()
-    status, value = receive.recv()
-    child.join()
-    if status != "ok":
-        raise RuntimeError(f"measuring a tp={tp} block failed in the child process:\n{value}")
-    return value

@@ -7,10 +7,14 @@ The order is fixed, each technique guarded by the plan (torchtitan's parallelize
    wrapper changes module names or parameter types;
 3. activation checkpointing, per block — wraps the TP-parallelised block so recompute replays its
    collectives too;
-4. ZeRO-2/3 as FSDP2 ``fully_shard`` on the dp mesh dimension (per block, then the chunk) — last
-   of the module wrappers: it shards the final parameters (TP's DTensors become 2-D);
-5. data parallel — for ZeRO 0/1: gradients all-reduced by hand over the dp group after backward
-   (ZeRO-1 additionally shards the optimizer: :meth:`ParallelModel.build_optimizer`);
+4. ZeRO-2/3 as FSDP2 ``fully_shard`` (per block, then the chunk) — last of the module wrappers:
+   it shards the final parameters (TP's DTensors become 2-D). On the 1-D ``dp_shard`` mesh
+   dimension, or, with ``dp_replicate`` > 1 (HSDP), on the 2-D ``("dp_replicate", "dp_shard")``
+   mesh: FSDP2 then shards within each group of dp_shard ranks and all-reduces gradients across
+   the replicas;
+5. data parallel — for ZeRO 0/1: gradients all-reduced by hand over the whole dp group (the
+   flattened ``dp`` mesh) after backward (ZeRO-1 additionally shards the optimizer:
+   :meth:`ParallelModel.build_optimizer`);
 6. pipeline schedule — ``PipelineStage`` wraps the finished chunks, so it is built last.
 
 Works on any model with the structure of :class:`runtime.model.Transformer`: ``tok_embeddings``,
@@ -28,20 +32,41 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from runtime.pipeline import build_schedule, split_model
-from runtime.plan_io import PlanError, validate_plan, world_size, world_size_arithmetic
+from runtime.plan_io import (
+    PlanError,
+    read_parallelism,
+    validate_plan,
+    world_size,
+    world_size_arithmetic,
+)
 from runtime.recompute import checkpoint_block
 from runtime.step import ParallelModel
 from runtime.tp import apply_tp
 
-MESH_DIMS = ("pp", "dp", "tp")  # tp innermost: a TP group is adjacent ranks (one node)
+# Row-major, tp innermost (a TP group is adjacent ranks: one node), HSDP replicas outermost
+# within dp: global rank = ((pp_rank * dp_replicate + replica) * dp_shard + shard) * tp + tp_rank.
+MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
+DP_DIMS = ("dp_replicate", "dp_shard")
 
 
 def build_mesh(plan: dict, device_type: str) -> DeviceMesh:
-    """The ("pp", "dp", "tp") mesh of the plan's degrees over the default process group."""
-    p = plan["parallelism"]
+    """The ("pp", "dp_replicate", "dp_shard", "tp") mesh of the plan's degrees over the default
+    process group (dp_replicate is 1 unless the plan uses HSDP; dp_shard = dp / dp_replicate),
+    with the two dp dimensions also flattened into "dp" (see :func:`dp_mesh`)."""
+    p = read_parallelism(plan)
     if dist.get_world_size() != world_size(plan):
         raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; the process group has {dist.get_world_size()}")
-    return init_device_mesh(device_type, (p["pp"], p["dp"], p["tp"]), mesh_dim_names=MESH_DIMS)
+    r = p["dp_replicate"]
+    mesh = init_device_mesh(device_type, (p["pp"], r, p["dp"] // r, p["tp"]), mesh_dim_names=MESH_DIMS)
+    dp_mesh(mesh)  # creates the flattened group now, on every rank together
+    return mesh
+
+
+def dp_mesh(mesh: DeviceMesh) -> DeviceMesh:
+    """The whole data-parallel group as a 1-D mesh: ("dp_replicate", "dp_shard") flattened, so a
+    rank's dp index is replicate_rank * dp_shard + shard_rank. Cached by the root mesh after the
+    first call (which, creating a process group, every rank must make)."""
+    return mesh[DP_DIMS]._flatten("dp")
 
 
 def check_supported(plan: dict) -> None:
@@ -72,21 +97,23 @@ def apply_activation_checkpointing(part: nn.Module, stage: dict) -> None:
         part.layers[key] = checkpoint_block(part.layers[key], stage["recompute"][int(key) - lo])
 
 
-def apply_fsdp(part: nn.Module, dp_mesh: DeviceMesh, reshard_after_forward: bool) -> None:
+def apply_fsdp(part: nn.Module, fsdp_mesh: DeviceMesh, reshard_after_forward: bool) -> None:
     """ZeRO-3 (reshard after forward: parameters gathered again in backward) or ZeRO-2 (kept
-    unsharded until backward ends); gradients are reduce-scattered either way."""
+    unsharded until backward ends); gradients are reduce-scattered either way. ``fsdp_mesh``: 1-D
+    (shard over it) or 2-D (HSDP: replicate over dim 0, shard over dim 1, gradients all-reduced
+    across dim 0 after the reduce-scatter)."""
     from torch.distributed.fsdp import fully_shard
 
     for block in part.layers.values():
-        fully_shard(block, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(part, mesh=dp_mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(part, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward)
 
 
 def _tied_embedding_group(plan: dict, mesh: DeviceMesh):
     """A group per (dp, tp) coordinate joining the ranks of the first and last pipeline chunks.
     Every rank creates every group (``new_group`` is collective) and keeps its own."""
     first, last = plan["stages"][0]["pp_rank"], plan["stages"][-1]["pp_rank"]
-    ranks = mesh.mesh  # [pp, dp, tp] tensor of global ranks
+    ranks = mesh.mesh.reshape(mesh.size(0), -1, mesh.size(mesh.ndim - 1))  # [pp, dp, tp] global ranks
     mine = None
     for d in range(ranks.shape[1]):
         for t in range(ranks.shape[2]):
@@ -105,7 +132,7 @@ def apply_plan(
     check_supported(plan)
     if mesh is None and world_size(plan) > 1:
         raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks but no device mesh was given")
-    p = plan["parallelism"]
+    p = read_parallelism(plan)
     device = torch.device(device or (mesh.device_type if mesh is not None else "cpu"))
     pp_rank = mesh.get_local_rank("pp") if mesh is not None else 0
 
@@ -119,15 +146,17 @@ def apply_plan(
     # 3. Activation checkpointing, block by block.
     for part, i in zip(parts, stage_indices):
         apply_activation_checkpointing(part, plan["stages"][i])
-    # 4. ZeRO-2/3 as FSDP2.
+    # 4. ZeRO-2/3 as FSDP2; HSDP on the 2-D (replicate, shard) mesh.
     fsdp = p["zero_stage"] >= 2 and p["dp"] > 1
+    hsdp = fsdp and p["dp_replicate"] > 1
     if fsdp:
+        fsdp_mesh = mesh[DP_DIMS] if hsdp else mesh["dp_shard"]
         for part in parts:
-            apply_fsdp(part, mesh["dp"], reshard_after_forward=p["zero_stage"] == 3)
-    # 5. Data parallel by hand for ZeRO 0/1; tied embeddings split over pipeline stages.
-    pm = ParallelModel(parts, stage_indices, plan, mesh, device)
+            apply_fsdp(part, fsdp_mesh, reshard_after_forward=p["zero_stage"] == 3)
+    # 5. Data parallel by hand for ZeRO 0/1 (the whole dp group); tied embeddings over stages.
+    pm = ParallelModel(parts, stage_indices, plan, mesh, device, hsdp=hsdp)
     if p["dp"] > 1 and not fsdp:
-        pm.dp_group = mesh["dp"].get_group()
+        pm.dp_group = dp_mesh(mesh).get_group()
     if p["pp"] > 1 and getattr(getattr(model, "spec", None), "tie_embeddings", False):
         pm.tied_group = _tied_embedding_group(plan, mesh)
     # 6. Pipeline schedule over the finished chunks.

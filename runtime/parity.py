@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
+from runtime.defaults import DEFAULT_LR
 from runtime.launch import run
 from runtime.plan_io import model_spec
-from runtime.train import DEFAULT_LR, run_reference
+from runtime.train import run_reference
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ A chunk is a copy of the model that keeps blocks ``[lo, hi)`` (under their origi
 sets the embedding, final norm and head to None where the plan says the chunk lacks them
 (torchtitan's manual split). Chunk ``i`` lives on pp rank ``i % pp``: with ``virtual_stages`` v > 1
 each rank holds v chunks and runs the interleaved 1F1B schedule (Narayanan et al. 2021, §2.2).
+
+The schedule class comes from the plan's entry in ``planner.schedules.SCHEDULES``: its
+``torch_class`` (a ``torch.distributed.pipelining`` class name) and ``torch_multi_stage`` (whether
+that class takes the list of this rank's stages, or the single stage).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ import copy
 
 import torch
 from torch import nn
-from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+from torch.distributed import pipelining
+from torch.distributed.pipelining import PipelineStage
 
+from planner.schedules import SCHEDULES
 from runtime.model import next_token_loss
 
 
@@ -54,8 +60,9 @@ def build_schedule(
     p = plan["parallelism"]
     num_stages = len(plan["stages"])
     stages = [PipelineStage(part, i, num_stages, device, group=pp_group) for part, i in zip(parts, stage_indices)]
-    n = p["num_micro_batches"]
-    if p["schedule"] == "interleaved":
-        return ScheduleInterleaved1F1B(stages, n, loss_fn=next_token_loss)
-    schedule_cls = Schedule1F1B if p["schedule"] == "1f1b" else ScheduleGPipe
-    return schedule_cls(stages[0], n, loss_fn=next_token_loss)
+    entry = SCHEDULES[p["schedule"]]
+    schedule_cls = getattr(pipelining, entry.torch_class)
+    if not entry.torch_multi_stage and len(stages) != 1:
+        raise ValueError(f"schedule {entry.name!r} ({entry.torch_class}) takes one chunk per pp rank, not {len(stages)}")
+    local = stages if entry.torch_multi_stage else stages[0]
+    return schedule_cls(local, p["num_micro_batches"], loss_fn=next_token_loss)

@@ -4,15 +4,24 @@ Only the keys below are read; ``inputs.cluster`` and ``predicted`` are carried, 
 (``predicted`` is only echoed into the run report). Every error names the offending field and
 shows the arithmetic of a broken invariant.
 
-    schema_version            "1.x"
+    schema_version            "1.x" (1.0 files lack the keys later minor versions added)
     inputs.model              ModelSpec fields
     inputs.training           global_batch_size, seq_len, dtype (fp32|bf16|fp16), seed
-    parallelism               dp, tp, pp, cp, ep (1 = off), zero_stage (0..3), micro_batch_size,
-                              num_micro_batches, schedule (gpipe|1f1b|interleaved),
-                              virtual_stages (chunks per pp rank), sequence_parallel (ignored at tp=1)
+    parallelism               every knob of ``planner.knobs.KNOBS`` with an int, bool or choice
+                              value, under its ``json_key``: dp, tp, pp, cp, ep (1 = off),
+                              zero_stage (0..3), dp_replicate (HSDP replicas, since 1.1; default 1),
+                              micro_batch_size, schedule (``planner.schedules.SCHEDULES``),
+                              virtual_stages (chunks per pp rank), sequence_parallel (ignored at
+                              tp=1); plus num_micro_batches. Types, bounds and choices come from
+                              the registry; a key newer than 1.0 that is absent takes its default.
     stages[i]                 index, pp_rank (= i % pp), virtual_index (= i // pp),
                               layers [lo, hi) (contiguous, covering all blocks), has_embedding
                               (first only), has_head (last only), recompute (one per block)
+
+The per-block knobs (``parallelism.recompute``, ``parallelism.stage_layers``) are read from
+``stages[]`` instead. Schedule rules (virtual stages, micro-batches per pipeline rank) are the
+registry's properties, never comparisons of schedule names; cross-knob rules mirror
+``planner.config.check_plan``.
 """
 
 from __future__ import annotations
@@ -22,12 +31,24 @@ from pathlib import Path
 from typing import Any
 
 from models.spec import ModelSpec
+from planner.knobs import KNOBS, RECOMPUTE_OPTIONS, Knob
+from planner.schedules import SCHEDULES
 
 SCHEMA_MAJOR = "1"
+FIRST_VERSION = "1.0"
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
-SCHEDULES = ("gpipe", "1f1b", "interleaved")
-RECOMPUTE = ("none", "selective", "full")
-DEGREES = ("dp", "tp", "pp", "cp", "ep")
+RECOMPUTE = RECOMPUTE_OPTIONS
+# Knobs read from ``parallelism``; per-block recompute and the layer split come from ``stages[]``.
+PARALLELISM_KNOBS: tuple[Knob, ...] = tuple(k for k in KNOBS if k.kind in ("int", "bool", "choice"))
+_TYPES = {"int": int, "bool": bool, "choice": str}
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+# The version ``make_plan`` writes: the newest that added a knob it writes (1.1: dp_replicate).
+PLAN_VERSION = max((k.since for k in PARALLELISM_KNOBS), key=_version)
 
 
 class PlanError(ValueError):
@@ -43,6 +64,14 @@ def _get(d: dict, path: str, kind: type | tuple[type, ...]) -> Any:
     if kind is int and isinstance(node, bool) or not isinstance(node, kind):
         raise PlanError(f"plan field {path!r} must be {getattr(kind, '__name__', kind)}, got {node!r}")
     return node
+
+
+def read_parallelism(plan: dict) -> dict:
+    """``plan["parallelism"]`` with the defaults of absent keys newer than 1.0 filled in (a new
+    dict; e.g. ``dp_replicate`` 1 for a 1.0 file). Read knobs through this, not the raw block."""
+    p = plan["parallelism"]
+    missing = {k.json_key: k.default for k in PARALLELISM_KNOBS if k.since != FIRST_VERSION and k.json_key not in p}
+    return {**p, **missing}
 
 
 def world_size(plan: dict) -> int:
@@ -62,31 +91,67 @@ def model_spec(plan: dict) -> ModelSpec:
         raise PlanError(f"plan field 'inputs.model' is not a valid ModelSpec: {e}") from e
 
 
+def _check_knob(plan: dict, k: Knob) -> None:
+    """One knob's value against the registry: type, bounds, choices (absent newer keys: default)."""
+    path = f"parallelism.{k.json_key}"
+    if k.since != FIRST_VERSION and k.json_key not in _get(plan, "parallelism", dict):
+        return
+    value = _get(plan, path, _TYPES[k.kind])
+    if k.kind == "int":
+        if k.maximum is not None and not k.minimum <= value <= k.maximum:
+            raise PlanError(f"plan field {path!r} must be {k.minimum}..{k.maximum}, got {value}")
+        if value < k.minimum:
+            raise PlanError(f"plan field {path!r} must be >= {k.minimum}, got {value}")
+    elif k.kind == "choice" and value not in k.choices:
+        raise PlanError(f"plan field {path!r} must be one of {k.choices}, got {value!r}")
+
+
+def _check_schedule(p: dict) -> None:
+    """The schedule's rules, read from its registry entry (``planner.schedules``)."""
+    sched, pp, n, v = SCHEDULES[p["schedule"]], p["pp"], p["num_micro_batches"], p["virtual_stages"]
+    if v > 1 and not sched.virtual_stages:
+        names = " or ".join(repr(s.name) for s in SCHEDULES.values() if s.virtual_stages)
+        raise PlanError(f"plan field 'parallelism.virtual_stages' ({v}) > 1 needs schedule {names}")
+    if pp > 1 and sched.min_microbatches_pp and n < pp:
+        raise PlanError(
+            f"plan field 'parallelism.num_micro_batches' ({n}) < pp ({pp}): "
+            f"schedule {sched.name!r} needs at least one micro-batch per stage"
+        )
+    if pp > 1 and sched.microbatches_multiple_of_pp and n % pp:
+        raise PlanError(
+            f"plan field 'parallelism.num_micro_batches' ({n}) % pp ({pp}) = {n % pp}: "
+            f"schedule {sched.name!r} runs micro-batches in groups of pp"
+        )
+
+
+def _check_hsdp(p: dict) -> None:
+    """HSDP: dp_replicate replicas of a ZeRO-2/3 shard group of dp / dp_replicate ranks."""
+    r, dp, zero = p["dp_replicate"], p["dp"], p["zero_stage"]
+    if r > 1 and zero < 2:
+        raise PlanError(
+            f"plan field 'parallelism.dp_replicate' ({r}) > 1 needs zero_stage 2 or 3, got zero_stage {zero}: "
+            f"HSDP replicates a sharded model and ZeRO-{zero} shards no gradients or weights"
+        )
+    if dp % r:
+        raise PlanError(
+            f"plan field 'parallelism.dp_replicate' ({r}) must divide dp ({dp}): dp % dp_replicate = {dp % r}"
+        )
+
+
 def _check_parallelism(plan: dict) -> None:
-    for name in (*DEGREES, "micro_batch_size", "num_micro_batches", "virtual_stages"):
-        if _get(plan, f"parallelism.{name}", int) < 1:
-            raise PlanError(f"plan field 'parallelism.{name}' must be >= 1")
-    zero = _get(plan, "parallelism.zero_stage", int)
-    if zero not in (0, 1, 2, 3):
-        raise PlanError(f"plan field 'parallelism.zero_stage' must be 0..3, got {zero}")
-    schedule = _get(plan, "parallelism.schedule", str)
-    if schedule not in SCHEDULES:
-        raise PlanError(f"plan field 'parallelism.schedule' must be one of {SCHEDULES}, got {schedule!r}")
-    _get(plan, "parallelism.sequence_parallel", bool)
-    p, t = plan["parallelism"], plan["inputs"]["training"]
+    for k in PARALLELISM_KNOBS:
+        _check_knob(plan, k)
+    if _get(plan, "parallelism.num_micro_batches", int) < 1:
+        raise PlanError("plan field 'parallelism.num_micro_batches' must be >= 1")
+    p, t = read_parallelism(plan), plan["inputs"]["training"]
     expected = p["dp"] * p["micro_batch_size"] * p["num_micro_batches"]
     if t["global_batch_size"] != expected:
         raise PlanError(
             f"plan field 'inputs.training.global_batch_size' ({t['global_batch_size']}) != dp({p['dp']}) * "
             f"micro_batch_size({p['micro_batch_size']}) * num_micro_batches({p['num_micro_batches']}) = {expected}"
         )
-    if p["virtual_stages"] > 1 and schedule != "interleaved":
-        raise PlanError(f"plan field 'parallelism.virtual_stages' ({p['virtual_stages']}) > 1 needs schedule 'interleaved'")
-    if schedule != "gpipe" and p["pp"] > 1 and p["num_micro_batches"] < p["pp"]:
-        raise PlanError(
-            f"plan field 'parallelism.num_micro_batches' ({p['num_micro_batches']}) < pp ({p['pp']}): "
-            f"schedule {schedule!r} needs at least one micro-batch per stage"
-        )
+    _check_schedule(p)
+    _check_hsdp(p)
     if p["sequence_parallel"] and p["tp"] > 1 and t["seq_len"] % p["tp"]:
         raise PlanError(f"sequence parallel: seq_len ({t['seq_len']}) % tp ({p['tp']}) = {t['seq_len'] % p['tp']}")
 
@@ -155,6 +220,7 @@ def make_plan(
     pp: int = 1,
     *,
     zero_stage: int = 0,
+    dp_replicate: int = 1,
     micro_batch_size: int = 1,
     num_micro_batches: int = 1,
     schedule: str = "gpipe",
@@ -166,7 +232,8 @@ def make_plan(
     seed: int = 0,
 ) -> dict:
     """A valid plan with blocks split as evenly as possible over pp * virtual_stages chunks
-    (earlier chunks get the remainder); for tests and hand-written runs."""
+    (earlier chunks get the remainder); for tests and hand-written runs. ``dp_replicate`` > 1:
+    HSDP, dp_replicate replicas of a ZeRO-2/3 shard group of dp / dp_replicate ranks."""
     chunks = pp * virtual_stages
     n = spec.num_layers
     bounds = [k * (n // chunks) + min(k, n % chunks) for k in range(chunks + 1)]
@@ -179,7 +246,7 @@ def make_plan(
         for i in range(chunks)
     ]
     plan = {
-        "schema_version": "1.0",
+        "schema_version": PLAN_VERSION,
         "inputs": {
             "model": spec.model_dump(mode="json"),
             "cluster": {},
@@ -189,7 +256,7 @@ def make_plan(
             },
         },
         "parallelism": {
-            "dp": dp, "tp": tp, "pp": pp, "cp": 1, "ep": 1, "zero_stage": zero_stage,
+            "dp": dp, "tp": tp, "pp": pp, "cp": 1, "ep": 1, "zero_stage": zero_stage, "dp_replicate": dp_replicate,
             "micro_batch_size": micro_batch_size, "num_micro_batches": num_micro_batches,
             "schedule": schedule, "virtual_stages": virtual_stages, "sequence_parallel": sequence_parallel,
         },

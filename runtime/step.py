@@ -4,8 +4,15 @@ gradient synchronisation, the optimizer, and gathering the result for comparison
 Gradient arithmetic, which the parity tests pin: every micro-batch loss is a token mean; a rank
 averages its micro-batches (the loop below divides each loss by n; the pipeline schedule divides
 the gradients by n), and data-parallel ranks average each other (FSDP's reduce-scatter averages;
-otherwise :meth:`ParallelModel.sync_gradients` does). The result is the gradient of the mean loss
-over the global batch, which is what the single-process reference computes.
+under HSDP its all-reduce across the replicas averages those; otherwise
+:meth:`ParallelModel.sync_gradients` does). The result is the gradient of the mean loss over the
+global batch, which is what the single-process reference computes.
+
+HSDP in the gradient-accumulation loop (pp = 1), as the planner prices it: every micro-batch's
+backward reduce-scatters within the shard group, and the all-reduce across replicas runs once per
+step, on the last micro-batch (FSDP2's ``set_requires_all_reduce``: the earlier micro-batches'
+reduce-scattered shards are summed in FSDP's partial-reduce buffer and all-reduced with the
+last). Under pipeline parallelism the schedule drives FSDP itself (see docs/runtime.md).
 """
 
 from __future__ import annotations
@@ -48,11 +55,12 @@ class ParallelModel:
     parts: list[nn.Module]  # chunks this rank runs, in model order (one unless interleaved)
     stage_indices: list[int]  # their indices in plan["stages"]
     plan: dict
-    mesh: Any = None  # DeviceMesh ("pp", "dp", "tp") or None for one process
+    mesh: Any = None  # DeviceMesh ("pp", "dp_replicate", "dp_shard", "tp") or None for one process
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     schedule: Any = None  # pipeline schedule when pp > 1
     dp_group: Any = None  # set when gradients are all-reduced by hand (ZeRO 0/1 with dp > 1)
     tied_group: Any = None  # first+last pp ranks holding copies of a tied embedding
+    hsdp: bool = False  # FSDP2 on a 2-D (replicate, shard) mesh: all-reduce on the last micro-batch only
 
     @property
     def has_first(self) -> bool:
@@ -78,11 +86,22 @@ class ParallelModel:
             self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
             return torch.stack([loss.detach() for loss in losses]).mean() if self.has_last else None
         model, total = self.parts[0], torch.zeros((), device=self.device)
-        for x, y in zip(inputs.chunk(n), targets.chunk(n)):
+        for i, (x, y) in enumerate(zip(inputs.chunk(n), targets.chunk(n))):
+            if self.hsdp:
+                self._set_requires_all_reduce(i == n - 1)
             loss = next_token_loss(model(x), y)
             (loss / n).backward()
             total += loss.detach()
         return total / n
+
+    def _set_requires_all_reduce(self, flag: bool) -> None:
+        """HSDP: whether the next backward all-reduces across replicas (FSDP2; every FSDP module
+        of each chunk: ``recurse`` reaches the blocks)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        for part in self.parts:
+            if isinstance(part, FSDPModule):
+                part.set_requires_all_reduce(flag, recurse=True)
 
     def sync_gradients(self) -> None:
         """Average gradients over data parallel ranks (unless FSDP did) and add the two copies

@@ -3,7 +3,8 @@
 Both draw the same global batch each step from :class:`TokenSource` (seeded synthetic tokens, or
 windows of a token file), build the model from the same seed, and use SGD: SGD, not Adam, so a
 gradient scaled wrongly shows in the parameters (Adam is scale-invariant and would hide it).
-A data-parallel rank takes rows ``[r * B/dp, (r + 1) * B/dp)`` of the global batch.
+A data-parallel rank takes rows ``[r * B/dp, (r + 1) * B/dp)`` of the global batch, r its index
+in the whole dp group (under HSDP r = replicate_rank * dp_shard + shard_rank).
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.defaults import DEFAULT_LR
 from runtime.memory import SavedTensorMeter, state_tensors
 from runtime.model import DTYPES, build_model, next_token_loss
-from runtime.parallelize import apply_plan, build_mesh
+from runtime.parallelize import apply_plan, build_mesh, dp_mesh
 from runtime.plan_io import model_spec
-
-DEFAULT_LR = 0.1
 
 
 class TokenSource:
@@ -92,7 +92,7 @@ def train_rank(plan: dict, steps: int, lr: float, data: str | None, device_type:
     optimizer = pm.build_optimizer(lr)
     source, dp = TokenSource(plan, data), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
-    first_row = mesh.get_local_rank("dp") * rows
+    first_row = dp_mesh(mesh).get_local_rank() * rows
     record = {"rank": dist.get_rank(), "losses": [], "step_time_s": [], "peak_memory_bytes_per_step": []}
     for step in range(steps):
         batch = source.batch(step)[first_row : first_row + rows].to(device)

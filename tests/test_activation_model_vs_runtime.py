@@ -10,8 +10,8 @@ from hardware.cluster import load_cluster
 from models.graph import build_graph
 from models.load import load_model
 from planner.config import Parallel, Training
-from planner.layer_cost import graph_costs
-from runtime.memory import measure_saved_bytes_per_layer
+from planner.cost.layer import graph_costs
+from runtime.measure import measure_saved_bytes_per_layer
 
 B, S = 2, 32
 

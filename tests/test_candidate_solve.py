@@ -11,9 +11,10 @@ from hardware.cluster import load_cluster
 from models.graph import build_graph
 from models.load import load_model
 from planner.config import Parallel, Training
-from planner.estimate import estimate, split_counting_ends, split_layers
-from planner.layer_cost import graph_costs
-from planner.milp.placement import chunk_size_ranges
+from planner.cost.chunks import split_counting_ends, split_layers
+from planner.cost.estimate import estimate
+from planner.cost.layer import graph_costs
+from planner.search.milp.placement import chunk_size_ranges
 from planner.search import solve_candidate
 
 OPTS = ("none", "selective", "full")
@@ -85,9 +86,9 @@ def test_an_unfinished_solve_resumes_to_the_uninterrupted_answer():
 def test_constraint_names_are_unique_for_a_single_chunk_under_zero3():
     """One chunk holds both the embedding and the head: their ZeRO-3 gather rows need distinct
     names (MathOpt rejects a model that repeats one; the builder now refuses it too)."""
-    from planner.milp.data import build_data
-    from planner.milp.model import Model
-    from planner.milp.placement import build_placement_model
+    from planner.search.milp.data import build_data
+    from planner.search.milp.model import Model
+    from planner.search.milp.placement import build_placement_model
 
     spec, cl, train, p, graph, costs = _setup("llama3-8b", "h100-sxm-80gb:8", 16, 4096, dp=8, zero=3)
     model, _ = build_placement_model(build_data(graph, costs, cl, train, p, OPTS), exact=False)
@@ -109,7 +110,7 @@ def test_busiest_rank_bound_is_the_whole_block_min_max(blocks, pp, vpp, zero):
     import itertools
 
     from models.spec import ModelSpec
-    from planner.bounds import busiest_rank_work
+    from planner.search.bounds import busiest_rank_work
 
     spec = ModelSpec(name="t", num_layers=blocks, hidden_size=256, num_heads=4, num_kv_heads=4,
                      ffn_hidden_size=1024, vocab_size=32000, max_seq_len=512)

@@ -9,7 +9,7 @@ import stat
 import pytest
 from typer.testing import CliRunner
 
-import planner.doctor as doctor
+import planner.commands.doctor as doctor
 from cli import app
 
 runner = CliRunner()

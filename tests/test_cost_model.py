@@ -11,9 +11,10 @@ from models.graph import build_graph
 from models.load import load_model
 from models.spec import ModelSpec
 from planner.config import Parallel, Training
-from planner.estimate import estimate, fits_in_memory, split_layers
-from planner.layer_cost import graph_costs
-from planner.memory import model_state_bytes
+from planner.cost.chunks import split_layers
+from planner.cost.estimate import estimate, fits_in_memory
+from planner.cost.layer import graph_costs
+from planner.cost.memory import model_state_bytes
 
 GPT = ModelSpec(name="gpt-22b", num_layers=48, hidden_size=6144, num_heads=64, ffn_hidden_size=24576,
                 vocab_size=51200, max_seq_len=2048, norm="layernorm", activation="gelu", position="learned",

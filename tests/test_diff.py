@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from planner.diff import FIGURES, ORDER
-from planner.estimate import estimate
+from planner.commands.diff import FIGURES, ORDER
+from planner.cost.estimate import estimate
 from planner.inputs import build_inputs, parse_sets
-from planner.plan import build_plan
+from planner.planfile import build_plan
 
 runner = CliRunner()
 BASE = dict(dp=16, tp=1, pp=1, cp=1, ep=1, micro_batch=1, zero=1, recompute="none", schedule="1f1b", vpp=1,
@@ -39,7 +39,7 @@ def diff_json(a: Path, b: Path) -> dict:
 
 
 def rescore(path: Path) -> dict:
-    from planner.plan import load_plan, plan_inputs
+    from planner.planfile import load_plan, plan_inputs
 
     est = estimate(*plan_inputs(load_plan(path)))
     return {f: est.predicted[f] for f in FIGURES}

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 from cli import app
 from planner.config import Parallel
-from planner.estimate import estimate
-from planner.explain import GiB, override
+from planner.cost.estimate import estimate
+from planner.commands.explain_rows import GiB
+from planner.inputs import override
 from planner.inputs import build_inputs, parse_sets
-from planner.plan import load_plan, plan_inputs
+from planner.planfile import load_plan, plan_inputs
 from hardware.cluster import ClusterSpec
 
 runner = CliRunner()

@@ -21,9 +21,9 @@ from cli import app  # noqa: E402
 from hardware.cluster import load_cluster  # noqa: E402
 from models.load import load_model  # noqa: E402
 from planner.config import Parallel, Training  # noqa: E402
-from planner.estimate import estimate  # noqa: E402
+from planner.cost.estimate import estimate  # noqa: E402
 from planner.export import export_plan  # noqa: E402
-from planner.plan import build_plan  # noqa: E402
+from planner.planfile import build_plan  # noqa: E402
 
 runner = CliRunner()
 PUBLISHED = ["narayanan21-t1-145.6b", "korthikanti22-22b-sp-selective", "tt24-70b-256gpu-2d",

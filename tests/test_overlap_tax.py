@@ -10,8 +10,9 @@ from hardware.comm import exposed_s
 from models.graph import build_graph
 from models.load import load_model
 from planner.config import Parallel, Training
-from planner.estimate import estimate, one_block_comm
-from planner.layer_cost import graph_costs
+from planner.cost.data_parallel import one_block_comm
+from planner.cost.estimate import estimate
+from planner.cost.layer import graph_costs
 
 SPEC, TRAIN = load_model("llama3-8b"), Training(32, 4096)
 
@@ -49,7 +50,7 @@ def test_step_time_grows_with_the_slowdown(par):
 def test_breakdown_attributes_zero_traffic_to_zero_not_compute():
     """The plan table and 'why it lost' read the ZeRO exposure from its own key, so compute is the
     same for ZeRO-3 and ZeRO-1 of one mesh up to their recompute."""
-    from planner.estimate import time_components
+    from planner.cost.records import time_components
 
     cl = _cluster()
     z3 = estimate(SPEC, cl, TRAIN, Parallel(dp=16, zero=3)).predicted

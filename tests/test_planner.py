@@ -14,13 +14,13 @@ from cli import app
 from hardware.cluster import load_cluster
 from models.graph import build_graph
 from models.load import load_model
-from planner import plan_cli
+from planner.commands import plan as plan_cli
 from planner.config import Parallel, Training
-from planner.estimate import estimate
-from planner.layer_cost import graph_costs
-from planner.milp.data import build_data
-from planner.milp.placement import build_placement_model, read_assignment
-from planner.plan import plan_schema
+from planner.cost.estimate import estimate
+from planner.cost.layer import graph_costs
+from planner.search.milp.data import build_data
+from planner.search.milp.placement import build_placement_model, read_assignment
+from planner.planfile import plan_schema
 from planner.search import Knobs, search
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -173,7 +173,7 @@ def test_alternatives_are_the_fastest_other_candidates(model, cluster, gbs, seq,
     """The runner-ups are the k fastest other candidates, pruned ones included (brute force: each
     candidate's MILP plan if it was solved, else its even split with the least uniform recompute).
     With a loose gap a pruned candidate's even split can beat the incumbent: it becomes the plan."""
-    from planner.search import _least_recompute_that_fits
+    from planner.search.heuristics import least_recompute_that_fits as _least_recompute_that_fits
 
     spec, cl, train = load_model(model), load_cluster(cluster), Training(gbs, seq)
     res = search(spec, cl, train, Knobs(), gap=gap, time_limit_s=30, top_k=3)

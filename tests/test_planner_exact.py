@@ -10,8 +10,8 @@ import pytest
 from hardware.cluster import load_cluster
 from models.spec import ModelSpec
 from planner.config import PlanError, Training
-from planner.estimate import estimate
-from planner.milp.placement import chunk_size_ranges
+from planner.cost.estimate import estimate
+from planner.search.milp.placement import chunk_size_ranges
 from planner.search import Knobs, enumerate_candidates, search
 
 

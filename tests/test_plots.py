@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from cli import app
 from models.errors import SpecError
-from planner import plots
-from planner import timeline as tl
-from planner.estimate import estimate
+from planner.render import plots
+from planner.cost import timeline as tl
+from planner.cost.estimate import estimate
 from planner.inputs import build_inputs
 
 KNOBS = dict(dp=None, tp=1, pp=1, cp=1, ep=1, micro_batch=1, zero=0, recompute="none", schedule="1f1b", vpp=1,

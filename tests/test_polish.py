@@ -9,8 +9,8 @@ from hardware.cluster import load_cluster
 from models.load import load_model
 from planner.config import Parallel, Training
 from planner.config import PlanError
-from planner.estimate import estimate
-from planner.polish import DEEPER_VPP, WEAKER, deepen_all, deeper_interleaving, deeper_record, least_recompute
+from planner.cost.estimate import estimate
+from planner.search.polish import DEEPER_VPP, WEAKER, deepen_all, deeper_interleaving, deeper_record, least_recompute
 
 SPEC = load_model("llama3-8b")
 

@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models.load import load_model  # noqa: E402
-from runtime.memory import SavedTensorMeter, measure_saved_bytes_per_layer, state_tensors  # noqa: E402
+from runtime.measure import measure_saved_bytes_per_layer  # noqa: E402
+from runtime.memory import SavedTensorMeter, state_tensors  # noqa: E402
 
 LLAMA = load_model("debug")
 GPT = load_model("debug-gpt", {"dropout": 0.0})

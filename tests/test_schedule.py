@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from planner.schedule import rank_order, simulate
+from planner.cost.schedule import rank_order, simulate
 
 
 @pytest.mark.parametrize("pp,m", [(1, 1), (2, 4), (4, 4), (4, 16), (8, 9)])
@@ -85,7 +85,7 @@ def test_hand_computed_gpipe_timeline():
 
 @pytest.mark.parametrize("seed", range(30))
 def test_warmup_paths_are_lower_bounds_on_every_rank(seed):
-    from planner.schedule import warmup_paths
+    from planner.cost.schedule import warmup_paths
 
     rng = random.Random(seed)
     schedule, pp, v = rng.choice([("gpipe", 3, 1), ("1f1b", 4, 1), ("interleaved", 2, 2), ("interleaved", 4, 2)])
@@ -100,7 +100,7 @@ def test_warmup_paths_are_lower_bounds_on_every_rank(seed):
 
 
 def test_warmup_path_is_exact_for_equal_stages():
-    from planner.schedule import warmup_paths
+    from planner.cost.schedule import warmup_paths
 
     r = simulate("1f1b", 4, 8, 1, [1.0] * 4, [2.0] * 4, [0.0] * 4, [1.0] * 4)
     best = max(sum(p.f[j] * 1.0 + p.b[j] * 2.0 for j in range(4)) for _, p in warmup_paths("1f1b", 4, 8, 1))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from conftest import ROOT, run_python
-from planner import sweep as sw
+from planner.commands import sweep as sw
 
 runner = CliRunner()
 DEBUG = ["sweep", "-m", "debug", "-c", "cpu:4", "-b", "16", "-s", "64", "--jobs", "1"]
@@ -184,7 +184,7 @@ def test_vary_keys_resolve_like_the_command_line(tmp_path):
 
 
 def test_code_fingerprint_covers_what_the_planner_imports():
-    r = run_python("import sys, planner.search, planner.plan_cli; from pathlib import Path; root = Path.cwd(); "
+    r = run_python("import sys, planner.search, planner.commands.plan; from pathlib import Path; root = Path.cwd(); "
                    "print('\\n'.join(sorted(Path(m.__file__).resolve().relative_to(root).as_posix() "
                    "for m in list(sys.modules.values()) if getattr(m, '__file__', None) "
                    "and Path(m.__file__).resolve().is_relative_to(root))))")
@@ -194,7 +194,7 @@ def test_code_fingerprint_covers_what_the_planner_imports():
 
 
 def test_plot_draws_one_line_per_other_vary_value(tmp_path, monkeypatch):
-    import planner.plots as plots
+    import planner.render.plots as plots
 
     drawn = {}
     real = plots.plot_sweep

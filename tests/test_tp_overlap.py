@@ -11,7 +11,7 @@ from hardware import comm
 from hardware.cluster import load_cluster
 from models.graph import build_graph
 from planner.config import Parallel, Training
-from planner.layer_cost import _Ctx, _column_windows, _op_times, graph_costs
+from planner.cost.layer import _Ctx, _column_windows, _op_times, graph_costs
 from test_cost_model import GPT
 
 # (sequence parallel, recompute) -> Table 4 (forward ms, backward ms incl. recompute)

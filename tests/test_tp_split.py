@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.estimate import estimate
+from planner.cost.estimate import estimate
 from planner.search import Knobs, search
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from models.errors import SpecError
-from planner.validate import parse_tolerance
-from planner.validate_render import github_line
+from planner.commands.validate import parse_tolerance
+from planner.render.validate import github_line
 
 runner = CliRunner()
 PLAN = ["plan", "-m", "llama3-8b", "-c", "h100-sxm-80gb:16", "-b", "64", "-s", "4096", "--pp", "2", "--dp", "8",

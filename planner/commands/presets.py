@@ -1,0 +1,52 @@
+"""`autopar presets list|show`: the model and GPU presets, as data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hardware.gpu import GPUSpec, list_gpus, load_gpu, preset_data
+from models.errors import SpecError
+from models.graph import build_graph
+from models.load import list_presets, load_model
+from models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    name: str
+    spec: ModelSpec
+    params: float
+
+    @property
+    def kind(self) -> str:
+        return "MoE" if self.spec.moe else ("encoder" if self.spec.attention_mask == "bidirectional" else "dense")
+
+
+@dataclass(frozen=True)
+class PresetList:
+    models: list[ModelRow]
+    gpus: list[GPUSpec]
+
+
+def list_preset_rows(kind: str) -> PresetList:
+    if kind not in ("all", "models", "gpus"):
+        raise SpecError(f"presets list: kind must be models, gpus or all (got {kind!r})")
+    models = []
+    for name in list_presets() if kind in ("all", "models") else []:
+        s = load_model(name)
+        models.append(ModelRow(name, s, build_graph(s, min(s.max_seq_len, 2048)).num_params))
+    return PresetList(models, [load_gpu(g) for g in list_gpus()] if kind in ("all", "gpus") else [])
+
+
+def preset_fields(name: str) -> dict:
+    """One preset's fields: a model spec with its derived parameter count, or a GPU spec."""
+    if name in list_presets():
+        spec = load_model(name)
+        data = spec.model_dump(exclude_none=True)
+        g = build_graph(spec, min(spec.max_seq_len, 2048))
+        data["derived"] = {"params": g.num_params, "params_b": round(g.num_params / 1e9, 3)}
+        return data
+    if name in list_gpus():
+        return preset_data(name)
+    load_model(name)  # raises the unknown-preset error with suggestions
+    raise SpecError(f"unknown preset {name!r}")

@@ -1,0 +1,394 @@
+"""What-if sweeps: plan every point of a cartesian product of input values, cache, Pareto-mark.
+
+A point is one assignment of the ``--vary`` keys (``cluster.num_gpus``, ``gpu``, ``seq_len``,
+``global_batch``, ``model``, ``dtype``, ``attention``, any plan knob, ``model.KEY``/``cluster.KEY``)
+over the base inputs of ``autopar plan``. Each point is resolved exactly as ``autopar plan`` would
+resolve the same command line (``planner.inputs.build_inputs``) and searched with
+``planner.search.outer.search``, so a row equals a standalone plan of that point.
+
+Derived columns, for a token budget N and a price P per GPU-hour:
+``time_to_train_hours = N / tokens_per_s / 3600``, ``gpu_hours = num_gpus · time_to_train_hours``,
+``cost_usd = P · gpu_hours``. The Pareto front is over (time-to-train, cost): a feasible row is on
+it when no other feasible row is at least as good in both and better in one. Both scale with N
+and cost with P, so the front is that of (1/tokens_per_s, num_gpus/tokens_per_s) and depends on
+neither.
+
+Cache: one JSON file per point named by the sha256 of the point's resolved inputs (model,
+cluster and training as in the plan file's ``inputs`` block), the knobs, solver, gap, time limit,
+the autopar version and a fingerprint of the planner's source (so an edited cost model never
+serves stale rows). Token budget and price are applied after the cache.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import tempfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from hardware.cluster import CLUSTER_FILE_SUFFIXES, load_cluster
+from hardware.gpu import load_gpu
+from models.errors import SpecError
+from models.load import load_model
+from planner.commands.common import Opt
+from planner.commands.plan import SearchSettings, infeasible_advice
+from planner.config import DTYPES
+from planner.inputs import Inputs, build_inputs, parse_sets
+from planner.knobs import BY_NAME, SHOWN, SPACE_KNOBS, Knobs
+from planner.planfile.build import input_block
+from planner.search.outer import search
+
+CACHE_VERSION = 1
+SWEEP_OPTIONS = (
+    Opt("vary", Optional[list[str]], None, ("--vary",), "KEY=V1,V2,... (repeatable; the points are the cartesian "
+        "product)."),
+    Opt("tokens", str, "1T", ("--tokens",), "Token budget for time-to-train, e.g. 1e12, 15T, 300B."),
+    Opt("price", Optional[float], None, ("--price-per-gpu-hour",), "USD per GPU-hour for the cost column."),
+    Opt("jobs", Optional[int], None, ("--jobs", "-j"), "Worker processes (default: CPU count)."),
+    Opt("cache", Optional[Path], None, ("--cache",), "Cache directory (default $AUTOPAR_CACHE_DIR or "
+        "~/.cache/autopar/sweep)."),
+    Opt("no_cache", bool, False, ("--no-cache",), "Neither read nor write the cache."),
+    Opt("out_path", Optional[Path], None, ("--out", "-o"), "Also write the rows to a .csv or .jsonl file."),
+    Opt("plot", Optional[Path], None, ("--plot",), "Draw tokens/s and cost against the first --vary key "
+        "(.png/.svg/.pdf)."),
+    Opt("fmt", str, "table", ("--format", "-f"), "Output format: table, csv or jsonl."),
+)
+INT_KEYS = ("cluster.num_gpus", "seq_len", "global_batch")
+TOP_KEYS = ("gpu", "model", "dtype", "attention") + INT_KEYS
+ALIASES = {"gpus": "cluster.num_gpus", "num_gpus": "cluster.num_gpus", "seq": "seq_len", "batch": "global_batch"}
+# Output columns in order; the point's own values come first under ``point`` (``point.KEY`` in CSV).
+KNOB_COLUMNS = tuple(k.name for k in SHOWN if k.name != "stage_layers")  # the plan's knobs, one column each
+COLUMNS = ("model", "gpu", "num_gpus", "global_batch", "seq_len", "dtype", "feasible", *KNOB_COLUMNS, "step_time_s",
+           "tokens_per_s", "mfu", "peak_memory_bytes", "memory_capacity_bytes", "time_to_train_hours",
+           "gpu_hours", "cost_usd", "solver_status", "gap", "solve_wall_s", "pareto", "cached", "reason")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Base inputs (as for ``autopar plan``), the ``--vary`` items and the solver settings."""
+
+    model: str | None
+    cluster: str | None
+    global_batch: int | None
+    seq_len: int | None
+    dtype: str = "bf16"
+    attention: str = "flash"
+    sets: tuple[str, ...] = ()  # --set items, model.KEY=VALUE / cluster.KEY=VALUE
+    knobs: dict[str, str] = field(default_factory=dict)  # raw knob strings as `autopar plan` takes them
+    vary: tuple[str, ...] = ()  # KEY=V1,V2,...
+    time_limit_s: float = 60.0  # per point
+    gap: float = 0.01
+    solver: str = "ortools"
+    tokens: float | None = 1e12  # token budget for time-to-train
+    price_per_gpu_hour: float | None = None  # USD
+
+
+def parse_tokens(text: str) -> float:
+    """``1e12``, ``15T``, ``300B``, ``2.5M``, ``10k`` -> tokens (a positive number)."""
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+    s = text.strip().lower()
+    mult = scale.get(s[-1:], 1.0)
+    try:
+        value = float(s[:-1] if s[-1:] in scale else s) * mult
+    except ValueError:
+        raise SpecError(f"--tokens {text!r}: expected a number such as 1e12, 15T or 300B") from None
+    if not value > 0:
+        raise SpecError(f"--tokens must be > 0 (got {text!r})")
+    return value
+
+
+def parse_vary(items: tuple[str, ...] | list[str]) -> list[tuple[str, list]]:
+    """``KEY=V1,V2`` items -> [(canonical key, typed values)]; every value is checked here (exit 2)."""
+    out: list[tuple[str, list]] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        key = ALIASES.get(key, key if key.startswith(("model.", "cluster.")) else key.replace("-", "_"))
+        values = [v.strip() for v in text.split(",")] if sep else []
+        if not values or any(v == "" for v in values):
+            raise SpecError(f"--vary {item!r}: expected KEY=V1,V2,... with no empty value")
+        if key in (k for k, _ in out):
+            raise SpecError(f"--vary {key} given twice; put all its values in one list")
+        out.append((key, [_typed_value(key, v, item) for v in values]))
+    return out
+
+
+def _typed_value(key: str, value: str, item: str):
+    if key in INT_KEYS:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n <= 0:
+            raise SpecError(f"--vary {item!r}: {value!r} is not a positive integer")
+        return n
+    if key == "model":
+        load_model(value)  # an unknown preset or a missing file is bad input, not a sweep result
+        return value
+    if key == "gpu":
+        return load_gpu(value).name
+    if key == "dtype" and value not in DTYPES:
+        raise SpecError(f"--vary {item!r}: dtype must be one of {', '.join(DTYPES)} (got {value!r})")
+    if key == "attention" and value not in ("flash", "eager"):
+        raise SpecError(f"--vary {item!r}: attention must be flash or eager (got {value!r})")
+    if key in SPACE_KNOBS:
+        BY_NAME[key].parse_space(value)
+        return int(value) if BY_NAME[key].kind == "int" and value != "auto" else value
+    if key.startswith(("model.", "cluster.")) and len(key.split(".", 1)[1]) > 0:
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--vary {item!r}: cannot parse {value!r}: {exc}") from None
+    if key in TOP_KEYS:
+        return value
+    raise SpecError(f"--vary key {key!r} unknown; use cluster.num_gpus (gpus), gpu, seq_len, global_batch, model, "
+                    f"dtype, attention, a plan knob ({', '.join(SPACE_KNOBS)}) or model.KEY / cluster.KEY")
+
+
+def expand_points(vary: list[tuple[str, list]]) -> list[dict]:
+    """The cartesian product of the --vary lists, first key slowest; one empty point without --vary."""
+    keys = [k for k, _ in vary]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(vals for _, vals in vary))]
+
+
+def _cluster_arg(base: str, point: dict) -> tuple[str, dict]:
+    """The --cluster string and cluster overrides of a point: ``GPU:N`` shorthands are rewritten
+    (so the point reads exactly like a hand-written --cluster), cluster files get overrides."""
+    gpu, n = point.get("gpu"), point.get("cluster.num_gpus")
+    is_file = Path(base).suffix.lower() in CLUSTER_FILE_SUFFIXES or Path(base).is_file()
+    if not is_file:
+        name, _, count = base.partition(":")
+        name = gpu or name
+        count = str(n) if n is not None else count
+        return (f"{name}:{count}" if count else name), {}
+    over: dict = {"gpu": gpu} if gpu else {}
+    if n is not None:
+        per_node = load_cluster(base, over or None).gpus_per_node
+        if n < per_node:
+            over.update(num_nodes=1, gpus_per_node=n)
+        elif n % per_node:
+            raise SpecError(f"{n} GPUs is not a multiple of {per_node} GPUs per node ({n} % {per_node} = "
+                            f"{n % per_node})")
+        else:
+            over.update(num_nodes=n // per_node)
+    return base, over
+
+
+def resolve_point(spec: SweepSpec, point: dict) -> tuple[Inputs, Knobs, dict]:
+    """Inputs, parsed knobs and raw knob strings of one point, as `autopar plan` would build them."""
+    sets = parse_sets(list(spec.sets))
+    for key, value in point.items():
+        target, _, path = key.partition(".")
+        if target in ("model", "cluster") and path and key != "cluster.num_gpus":
+            sets[target][path] = value
+    cluster, over = _cluster_arg(spec.cluster, point) if spec.cluster else (spec.cluster, {})
+    sets["cluster"].update(over)
+    raw = dict(spec.knobs)
+    raw.update({k: str(v) for k, v in point.items() if k in SPACE_KNOBS})
+    inputs = build_inputs(point.get("model", spec.model), cluster, point.get("global_batch", spec.global_batch),
+                          point.get("seq_len", spec.seq_len), point.get("dtype", spec.dtype),
+                          point.get("attention", spec.attention), sets, None)
+    return inputs, Knobs.parse(raw), raw
+
+
+def solve_point(task: tuple) -> dict:
+    """Plan one point (runs in a worker process): the chosen plan's figures, or why none."""
+    model, cluster, train, knobs, solver, gap, time_limit_s = task
+    try:
+        res = search(model, cluster, train, knobs, solver, gap, time_limit_s, top_k=0)
+    except SpecError as exc:  # e.g. no valid configuration for these knobs at this point
+        return {"feasible": False, "reason": str(exc)}
+    c = res.certificate
+    solved = {"solver_status": c.status, "gap": c.gap, "solve_wall_s": res.phases_s["total_s"]}
+    if res.best is None:
+        return {"feasible": False, "reason": "no plan fits: " + infeasible_advice(model, cluster, train, res),
+                **solved}
+    p, par = res.best.predicted, res.best.par
+    knobs_row = {k: getattr(par, k) for k in KNOB_COLUMNS} | {"recompute": par.recompute_summary()}
+    return {"feasible": True, "reason": None, **knobs_row, "step_time_s": p.step_time_s,
+            "tokens_per_s": p.tokens_per_s, "mfu": p.mfu, "peak_memory_bytes": p.peak_memory_bytes,
+            "memory_capacity_bytes": p.memory_capacity_bytes, **solved}
+
+
+# The source a point's result depends on: every module of the packages the search reads (the
+# rendering excepted), so an edited cost model or solver never serves stale rows. Loaders'
+# output, the resolved specs, is in the key as well.
+ROOT = Path(__file__).resolve().parents[2]
+CODE_FILES = tuple(sorted(p.relative_to(ROOT).as_posix() for pkg in ("models", "hardware", "planner")
+                          for p in (ROOT / pkg).rglob("*.py") if "render" not in p.parts))
+
+
+def _code_fingerprint() -> str:
+    """sha256 over CODE_FILES, so an edited cost model or solver never serves stale rows."""
+    h = hashlib.sha256()
+    for rel in CODE_FILES:
+        h.update(rel.encode())
+        h.update((ROOT / rel).read_bytes())
+    return h.hexdigest()
+
+
+def _version() -> str:
+    try:
+        return metadata.version("autopar")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "0+source"
+
+
+def cache_key(inputs: Inputs, raw: dict, spec: SweepSpec, fingerprint: str) -> str:
+    """sha256 of what determines a point's result (see the module docstring)."""
+    doc = {"inputs": input_block(inputs.model, inputs.cluster, inputs.training, raw), "solver": spec.solver,
+           "gap": spec.gap, "time_limit_s": spec.time_limit_s, "version": _version(), "code": fingerprint,
+           "cache_version": CACHE_VERSION}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``--cache`` unset: $AUTOPAR_CACHE_DIR, else ~/.cache/autopar/sweep."""
+    env = os.environ.get("AUTOPAR_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "autopar" / "sweep"
+
+
+def _cache_read(cache_dir: Path | None, key: str) -> dict | None:
+    if cache_dir is None:
+        return None
+    try:
+        doc = json.loads((cache_dir / f"{key}.json").read_text())
+    except (OSError, ValueError):  # missing or corrupt: recompute
+        return None
+    return doc.get("result") if isinstance(doc, dict) and doc.get("key") == key else None
+
+
+def _cache_write(cache_dir: Path | None, key: str, result: dict) -> None:
+    if cache_dir is None:
+        return
+    # Write a temporary file and rename it: a reader never sees half a file, even from another sweep.
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"key": key, "cache_version": CACHE_VERSION, "result": result}, f)
+    os.replace(tmp, cache_dir / f"{key}.json")
+
+
+def _open_cache(cache_dir: Path | None) -> None:
+    if cache_dir is None:
+        return
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"cannot use cache directory {cache_dir}: {exc.strerror}") from None
+    if not os.access(cache_dir, os.W_OK):
+        raise SpecError(f"cannot use cache directory {cache_dir}: not writable (use --cache DIR or --no-cache)")
+
+
+def _check_settings(spec: SweepSpec) -> None:
+    """Settings shared by every point are bad input (exit 2), not a per-point reason."""
+    SearchSettings(spec.solver, spec.gap, spec.time_limit_s).check()
+    if spec.price_per_gpu_hour is not None and not spec.price_per_gpu_hour >= 0:
+        raise SpecError(f"--price-per-gpu-hour must be >= 0 (got {spec.price_per_gpu_hour})")
+    parse_sets(list(spec.sets))
+    Knobs.parse(spec.knobs)
+
+
+def _base_row(point: dict, inputs: Inputs | None) -> dict:
+    row: dict = {"point": point, **{c: None for c in COLUMNS}}
+    if inputs is not None:
+        t = inputs.training
+        row.update(model=inputs.model.name, gpu=inputs.cluster.gpu.name, num_gpus=inputs.cluster.num_gpus,
+                   global_batch=t.global_batch, seq_len=t.seq_len, dtype=t.dtype)
+    return row
+
+
+def run_sweep(spec: SweepSpec, jobs: int | None = None, cache_dir: Path | None = None, progress=None) -> list[dict]:
+    """Plan every point; rows in point order (see COLUMNS). ``cache_dir`` None disables the cache;
+    ``progress(done, total)`` is called as points finish. Uncached points run on ``jobs`` worker
+    processes (default: CPU count; 1 runs them in this process)."""
+    points = expand_points(parse_vary(spec.vary))
+    _check_settings(spec)
+    _open_cache(cache_dir)
+    fingerprint = _code_fingerprint() if cache_dir is not None else ""
+    rows, todo = [], []  # todo: (row index, cache key, task)
+    for point in points:
+        try:
+            inputs, knobs, raw = resolve_point(spec, point)
+        except SpecError as exc:  # this point's inputs are invalid (e.g. GPUs not a multiple of a node)
+            rows.append({**_base_row(point, None), "feasible": False, "reason": f"invalid point: {exc}"})
+            continue
+        rows.append(_base_row(point, inputs))
+        key = cache_key(inputs, raw, spec, fingerprint) if cache_dir is not None else ""
+        hit = _cache_read(cache_dir, key)
+        if hit is not None:
+            rows[-1].update(hit, cached=True)
+        else:
+            todo.append((len(rows) - 1, key, (inputs.model, inputs.cluster, inputs.training, knobs, spec.solver,
+                                              spec.gap, spec.time_limit_s)))
+    invalid = [r["reason"] for r in rows if r["reason"]]
+    if len(invalid) == len(points):  # no point even resolves: bad input, not a what-if answer
+        raise SpecError(invalid[0].removeprefix("invalid point: "))
+    done = len(points) - len(todo)
+    if progress:
+        progress(done, len(points))
+    for i, key, result in _execute(todo, jobs):
+        _cache_write(cache_dir, key, result)
+        rows[i].update(result, cached=False)
+        done += 1
+        if progress:
+            progress(done, len(points))
+    finish_rows(rows, spec.tokens, spec.price_per_gpu_hour)
+    return rows
+
+
+def _execute(todo: list[tuple], jobs: int | None):
+    """Yield (row index, key, result) as points finish, in worker processes when there are several."""
+    workers = min(jobs or os.cpu_count() or 1, len(todo))
+    if workers <= 1:
+        for i, key, task in todo:
+            yield i, key, solve_point(task)
+        return
+    # fork where available: workers inherit the imported planner (spawn would re-import it per
+    # worker). All workers are forked at the first submit, before the caller's progress thread.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(solve_point, task): (i, key) for i, key, task in todo}
+        for fut in cf.as_completed(futures):
+            i, key = futures[fut]
+            yield i, key, fut.result()
+
+
+def finish_rows(rows: list[dict], tokens: float | None, price_per_gpu_hour: float | None) -> None:
+    """Time-to-train, GPU-hours and cost for the token budget, then the Pareto marks (in place)."""
+    for r in rows:
+        if r["feasible"] and tokens:
+            hours = tokens / r["tokens_per_s"] / 3600
+            r.update(time_to_train_hours=hours, gpu_hours=hours * r["num_gpus"])
+            if price_per_gpu_hour is not None:
+                r["cost_usd"] = r["gpu_hours"] * price_per_gpu_hour
+    marks = pareto_front([(1 / r["tokens_per_s"], r["num_gpus"] / r["tokens_per_s"]) if r["feasible"] else None
+                          for r in rows])
+    for r, on in zip(rows, marks):
+        r["pareto"] = on if r["feasible"] else None
+
+
+def pareto_front(points: list[tuple[float, float] | None]) -> list[bool]:
+    """Non-dominated flags for (time, cost) pairs, both minimised; None entries are never on it.
+
+    Sorted by (time, cost), a point is dominated iff an earlier point with strictly smaller time
+    has cost <= its cost, or a point of equal time has strictly smaller cost. O(n log n)."""
+    order = sorted((p, i) for i, p in enumerate(points) if p is not None)
+    flags = [False] * len(points)
+    best_cost_before = float("inf")  # min cost over strictly smaller times
+    for _, group in itertools.groupby(order, key=lambda x: x[0][0]):
+        group = list(group)
+        group_min = group[0][0][1]  # sorted by cost within a time
+        for (_, c), i in group:
+            flags[i] = c < best_cost_before and c == group_min
+        best_cost_before = min(best_cost_before, group_min)
+    return flags

@@ -1,0 +1,295 @@
+"""Per-layer, per-micro-batch time and memory on one GPU, for each recompute option.
+
+Compute time is a roofline per op (Williams et al. 2009): ``max(FLOPs / (peak · eff), bytes /
+(HBM · eff))`` plus a kernel-launch overhead, with separate efficiencies for matmuls and for
+attention kernels (GPU preset ``efficiency`` block). Tensor/expert/context-parallel
+communication inside a layer is on the critical path, except what runs under a kernel: the
+column-parallel linears' backward TP collectives under their GEMMs (``training.tp_overlap``,
+Megatron-LM's async communication) and the context-parallel K/V exchange under the attention
+kernel (Liu et al. 2023, Ring Attention) — the excess is exposed, and what hides still slows the
+kernel beside it (``hardware.comm.exposed_s``, the overlap tax).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hardware import comm
+from hardware.cluster import ClusterSpec
+from models.graph import Layer, LayerGraph, Op, Saved
+from planner.config import Parallel, Training, grad_reduce_bytes
+from planner.knobs import RECOMPUTE_OPTIONS
+
+BYTES = {"mask": 1, "fp32": 4}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One layer on one GPU for one micro-batch. Times in seconds, memory in bytes."""
+
+    fwd_s: float  # forward compute + exposed tp/ep/cp communication
+    bwd_s: float  # backward (no recompute)
+    recompute_s: dict[str, float]  # extra forward work in backward, per recompute option
+    act_bytes: dict[str, float]  # bytes held for backward per micro-batch, per recompute option
+    remat_bytes: float  # bytes re-materialised while this layer's backward runs (its 'none' set)
+    params_local: float  # parameters stored on this GPU (before ZeRO sharding)
+    params_dp_replicas: float  # of which replicated over the full dp*cp group (dense)
+    comm_s: float  # of fwd_s + bwd_s, the exposed communication part
+    model_flops: float  # fwd + bwd model FLOPs (full attention matrix), this GPU
+    hw_flops: dict[str, float]  # model FLOPs plus recompute FLOPs, per option
+    dp_ag_s: float = 0.0  # all-gather of this layer's 16-bit weights over its ZeRO shard group
+    dp_rs_s: float = 0.0  # reduce-scatter of its gradients over the shard group
+    dp_ar_s: float = 0.0  # all-reduce of its gradients over the whole data-parallel group
+    dp_rep_ar_s: float = 0.0  # HSDP: all-reduce of its gradient shard across the replicas
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    cluster: ClusterSpec
+    train: Training
+    par: Parallel
+    spec: object  # ModelSpec
+
+    @property
+    def tokens(self) -> float:
+        """Tokens one GPU processes per micro-batch: b · s / cp."""
+        return self.par.micro_batch * self.train.seq_len / self.par.cp
+
+    def div(self, shard: str) -> int:
+        if shard == "tp" or (shard == "sp" and self.par.sequence_parallel):
+            return self.par.tp
+        return 1
+
+
+def _op_times(op: Op, ctx: _Ctx) -> tuple[float, float]:
+    """Roofline forward and backward seconds of one op for one micro-batch on one GPU."""
+    gpu, dtype = ctx.cluster.gpu, ctx.train.dtype
+    d = ctx.div(op.shard)
+    flops = op.exec_fwd_flops * ctx.tokens / d
+    mem_s = op.io_elems * ctx.tokens / d * ctx.train.act_bytes / gpu.hbm_effective_Bps
+    if op.kind == "matmul":
+        rate = gpu.matmul_flops(dtype)
+    elif op.kind == "attention":
+        rate = gpu.attention_flops("bf16" if dtype == "fp8" else dtype)
+    else:
+        rate = float("inf")  # elementwise: memory-bound by construction
+    fwd = max(flops / rate, mem_s)
+    overhead = gpu.efficiency.kernel_overhead_us * 1e-6
+    return fwd + overhead, op.bwd_factor * fwd + 2 * overhead
+
+
+def _saved_bytes(saved: Saved, ctx: _Ctx) -> float:
+    spec = ctx.spec
+    d = ctx.div(saved.shard)
+    if saved.name in ("attn.k", "attn.v") and spec.mla is None:
+        d = min(d, spec.kv_heads)  # kv heads are replicated once tp exceeds them
+    per = BYTES.get(saved.byte_class, ctx.train.act_bytes)
+    return saved.elems * ctx.tokens / d * per
+
+
+def activation_bytes(layer: Layer, ctx: _Ctx) -> dict[str, float]:
+    """Bytes one micro-batch of this layer keeps for backward, per recompute option.
+
+    none: every tensor the ops save (Korthikanti et al. 2022, §4.1, eq. 1-2 for GPT);
+    full: only the layer input (§4.2: 2sbh, /t with sequence parallelism);
+    selective: eager attention -> drop the s^2 attention-core tensors (§4.2, 34sbh remain);
+    flash attention -> op-level selective checkpointing that keeps matmul and attention
+    outputs and recomputes the cheap elementwise ops (torchtitan ``_save_list`` policy).
+    """
+    none = sum(_saved_bytes(x, ctx) for x in layer.saved if x.in_none)
+    if layer.kind != "block":
+        return {o: none for o in RECOMPUTE_OPTIONS}
+    inp = sum(_saved_bytes(x, ctx) for x in layer.saved if x.name == "attn.norm_in")
+    if ctx.train.attention_impl == "eager":
+        sel = sum(_saved_bytes(x, ctx) for x in layer.saved if x.in_none and not x.attn_core)
+    else:
+        sel = inp + sum(_saved_bytes(x, ctx) for x in layer.saved if x.mm_output)
+    return {"none": none, "selective": min(sel, none), "full": inp}
+
+
+def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> tuple[float, float]:
+    """Megatron TP collectives of one layer (Narayanan et al. 2021 §3.2; Korthikanti et al. 2022
+    §4.2.2 for sequence parallelism, SP), forward and backward seconds, per TP region (block: the
+    attention and the FFN; head: the vocab projection):
+
+    - without SP: forward all-reduce of the row-parallel output; backward all-reduce of the
+      column-parallel input gradient. Embedding: one forward all-reduce; head: one backward.
+    - with SP: forward all-gather of the input + reduce-scatter of the output (head: the gather
+      only; embedding: the pair); backward all-gather of the output gradient, then the column
+      linear's reduce-scatter of the input gradient.
+
+    Forward collectives are exposed. With ``training.tp_overlap = backward`` (Megatron-LM's
+    ``LinearWithGradAccumulationAndAsyncCommunication``) the column linear's backward collectives
+    run asynchronously under its GEMMs: without SP the all-reduce under the weight-gradient GEMM;
+    with SP the all-gather that re-gathers its saved (sequence-sharded) input under the
+    input-gradient GEMM and the reduce-scatter under the weight-gradient GEMM. The gradient
+    all-gather of SP stays exposed: the row linear's backward needs it first. ``windows`` holds,
+    per region, the (dgrad, wgrad) seconds of its column linears; the excess is exposed and the
+    hidden part slows the GEMM (``comm.exposed_s``).
+    With ``none`` (torchtitan's eager DTensor TP, 2021 Megatron-LM) every collective is exposed
+    and SP keeps the gathered input instead of re-gathering it."""
+    if ctx.par.tp == 1:
+        return 0.0, 0.0
+    nbytes = ctx.tokens * ctx.train.act_bytes * ctx.spec.hidden_size
+    group = comm.group_span(ctx.cluster, ctx.par.tp, 1)
+    sp = ctx.par.sequence_parallel
+    ag = comm.all_gather_s(ctx.cluster, nbytes, group) if sp else 0.0
+    rs = comm.reduce_scatter_s(ctx.cluster, nbytes, group) if sp else 0.0
+    ar = 0.0 if sp else comm.all_reduce_s(ctx.cluster, nbytes, group)
+    if layer.kind == "embedding":
+        return (ag + rs if sp else ar), 0.0
+    n = 2 if layer.kind == "block" else 1
+    fwd = (ag if layer.kind == "head" else n * (ag + rs)) if sp else (0.0 if layer.kind == "head" else n * ar)
+    grad_gather = ag if layer.kind == "block" else 0.0  # head: the loss is vocab-parallel, no gather
+    if ctx.train.tp_overlap == "none":
+        return fwd, n * (grad_gather + (rs if sp else ar))
+    regions = (windows + [(0.0, 0.0)] * n)[:n]
+    tax = ctx.cluster.gpu.efficiency.overlap_tax
+    if sp:
+        bwd = sum(grad_gather + comm.exposed_s(ag, dgrad, tax) + comm.exposed_s(rs, wgrad, tax)
+                  for dgrad, wgrad in regions)
+    else:
+        bwd = sum(comm.exposed_s(ar, wgrad, tax) for _, wgrad in regions)
+    return fwd, bwd
+
+
+def _column_windows(layer: Layer, times: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Per TP region of the layer (attention, then FFN/MoE; the head is one), the input-gradient
+    and weight-gradient GEMM seconds of its column-parallel linears: each half of a matmul's
+    backward (bwd_factor 2) costs its forward roofline time (``times``: ``_op_times`` per op).
+    Routed experts are not windows: Megatron-Core's token dispatcher does their TP communication
+    (``explicit_expert_comm``)."""
+    regions: dict[str, list[float]] = {}
+    for op, (f, _) in zip(layer.ops, times):
+        if op.tp_role == "column" and not op.expert:
+            w = regions.setdefault("attn" if op.name.startswith("attn.") else "ffn", [0.0, 0.0])
+            w[0] += f
+            w[1] += f
+    return [tuple(w) for w in regions.values()]
+
+
+def _ep_comm_s(layer: Layer, ctx: _Ctx) -> float:
+    """Expert parallel: all-to-all dispatch and combine of the b·s·top_k routed token copies,
+    twice forward and twice backward (GShard, Lepikhin et al. 2020 §2.2). One direction."""
+    m = ctx.spec.moe
+    if not layer.moe or ctx.par.ep == 1:
+        return 0.0
+    ep = ctx.par.ep
+    per_rank = ctx.tokens * m.top_k * ctx.spec.hidden_size * ctx.train.act_bytes / ctx.div("sp")
+    group = comm.group_span(ctx.cluster, ep, ctx.par.tp)
+    return 2 * comm.all_to_all_s(ctx.cluster, per_rank * (ep - 1) / ep, group)
+
+
+def _cp_comm_s(layer: Layer, ctx: _Ctx, attn_fwd_s: float) -> tuple[float, float]:
+    """Context parallel: all-gather K and V of the cp ranks forward, all-gather + reduce-scatter
+    of K, V and their grads backward; overlapped with the attention kernel (``comm.exposed_s``)."""
+    cp = ctx.par.cp
+    if cp == 1 or layer.kind != "block":
+        return 0.0, 0.0
+    kv = sum(x.elems for x in layer.saved if x.name in ("attn.k", "attn.v"))
+    full = kv * ctx.tokens * cp * ctx.train.act_bytes / min(ctx.par.tp, ctx.spec.kv_heads if ctx.spec.mla is None else ctx.par.tp)
+    group = comm.group_span(ctx.cluster, cp, ctx.par.tp)
+    ag = comm.all_gather_s(ctx.cluster, full, group)
+    rs = comm.reduce_scatter_s(ctx.cluster, full, group)
+    tax = ctx.cluster.gpu.efficiency.overlap_tax
+    return comm.exposed_s(ag, attn_fwd_s, tax), comm.exposed_s(ag + rs, 2.5 * attn_fwd_s, tax)
+
+
+def _local_params(layer: Layer, ctx: _Ctx) -> tuple[float, float]:
+    """Parameters on one GPU: tp splits dense matrices, ep·tp splits routed experts."""
+    dense = layer.params_dense / ctx.par.tp + layer.params_replicated
+    expert = layer.params_expert / (ctx.par.ep * ctx.par.tp)
+    return dense + expert, dense
+
+
+def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel) -> LayerCost:
+    """Time, memory and FLOPs of one layer for one micro-batch on one GPU (see module docstring)."""
+    ctx = _Ctx(cluster, train, par, graph.spec)
+    fwd = bwd = attn_fwd = 0.0
+    sel_eager = sel_flash = 0.0
+    model_flops = hw_extra_sel = 0.0
+    times = [_op_times(op, ctx) for op in layer.ops]
+    for op, (f, b) in zip(layer.ops, times):
+        fwd, bwd = fwd + f, bwd + b
+        model_flops += 3 * op.fwd_flops * ctx.tokens / ctx.div(op.shard)
+        if op.kind == "attention":
+            attn_fwd += f
+            sel_eager += f
+            hw_extra_sel += op.fwd_flops * ctx.tokens / ctx.div(op.shard) if train.attention_impl == "eager" else 0
+        elif op.kind == "elementwise":
+            sel_flash += f
+    tp_f, tp_b = _tp_comm_s(layer, ctx, _column_windows(layer, times))
+    ep_s = _ep_comm_s(layer, ctx)
+    cp_f, cp_b = _cp_comm_s(layer, ctx, attn_fwd)
+    comm_f = tp_f + ep_s + cp_f
+    comm_b = tp_b + ep_s + cp_b
+    fwd_model = model_flops / 3
+    sel = sel_eager if train.attention_impl == "eager" else sel_flash
+    recompute = {"none": 0.0, "selective": sel, "full": fwd + comm_f} if layer.kind == "block" else \
+        {o: 0.0 for o in RECOMPUTE_OPTIONS}
+    hw = {"none": model_flops, "selective": model_flops + hw_extra_sel,
+          "full": model_flops + (fwd_model if layer.kind == "block" else 0.0)}
+    act = activation_bytes(layer, ctx)
+    local, dense = _local_params(layer, ctx)
+    ag, rs, ar, rep = dp_comm_s(local - dense, dense, ctx)
+    return LayerCost(fwd + comm_f, bwd + comm_b, recompute, act, act["none"], local, dense,
+                     comm_f + comm_b, model_flops, hw, ag, rs, ar, rep)
+
+
+@dataclass(frozen=True)
+class DpGroups:
+    """The data-parallel process groups of one plan (mesh order tp → cp → dp, HSDP replicas
+    outermost in dp): dense weights replicate over dp·cp ranks ``tp`` apart, experts over
+    dp·cp/ep ranks ``tp·ep`` apart; ZeRO shards over one replica's share of them, and the
+    replicas of a shard are ``tp·dp·cp/dp_replicate`` ranks apart."""
+
+    dense: comm.Group
+    expert: comm.Group
+    dense_shard: comm.Group
+    expert_shard: comm.Group
+    replicas: comm.Group
+
+
+def dp_groups(cluster: ClusterSpec, par: Parallel) -> DpGroups:
+    span = comm.group_span
+    return DpGroups(span(cluster, par.dense_dp, par.tp), span(cluster, par.expert_dp, par.tp * par.ep),
+                    span(cluster, par.dense_shard, par.tp), span(cluster, par.expert_shard, par.tp * par.ep),
+                    span(cluster, par.dp_replicate, par.tp * par.dense_shard))
+
+
+def dp_comm_s(expert: float, dense: float, ctx: _Ctx) -> tuple[float, float, float, float]:
+    """Data-parallel collectives of one layer's parameters: (all-gather of the 16-bit weights and
+    reduce-scatter of the gradients over the ZeRO shard group, all-reduce of the gradients over the
+    whole data-parallel group, HSDP all-reduce of the gradient shard across the replicas). FSDP
+    gathers and reduces per layer (FSDP2 wraps each block); DDP and the distributed optimizer use
+    buckets of about a layer, so a chunk's sync is the sum over its layers — linear in the number
+    of layers it holds. HSDP (Zhao et al. 2023, "PyTorch FSDP", §3.2.2 hybrid sharding): the
+    reduce-scatter stays in the shard group and each rank's 1/S shard is all-reduced with its
+    replicas, ``AR(bytes / S)`` over ``dp_replicate`` ranks."""
+    g = dp_groups(ctx.cluster, ctx.par)
+    wb = 4 if ctx.train.dtype == "fp32" else 2
+    gb = grad_reduce_bytes(ctx.train, ctx.par.zero)
+
+    def both(fn, per_param: float, g_dense: comm.Group, g_exp: comm.Group) -> float:
+        t = fn(ctx.cluster, dense * per_param, g_dense) if dense else 0.0
+        return t + (fn(ctx.cluster, expert * per_param, g_exp) if expert else 0.0)
+
+    rep = 0.0
+    if ctx.par.dp_replicate > 1:
+        rep = (comm.all_reduce_s(ctx.cluster, dense * gb / ctx.par.dense_shard, g.replicas) if dense else 0.0) + \
+              (comm.all_reduce_s(ctx.cluster, expert * gb / ctx.par.expert_shard, g.replicas) if expert else 0.0)
+    return (both(comm.all_gather_s, wb, g.dense_shard, g.expert_shard),
+            both(comm.reduce_scatter_s, gb, g.dense_shard, g.expert_shard),
+            both(comm.all_reduce_s, gb, g.dense, g.expert), rep)
+
+
+def graph_costs(graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel) -> list[LayerCost]:
+    """LayerCost for every layer (embedding, blocks, head), computed once per distinct layer type."""
+    cache: dict[tuple, LayerCost] = {}
+    out = []
+    for layer in graph.layers:
+        key = layer.signature or (layer.name,)
+        if key not in cache:
+            cache[key] = layer_cost(layer, graph, cluster, train, par)
+        out.append(cache[key])
+    return out

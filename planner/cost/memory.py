@@ -1,0 +1,107 @@
+"""Per-GPU memory of one pipeline rank: model states by ZeRO stage, activations, transients.
+
+Model states (Rajbhandari et al. 2020, "ZeRO", §3 and Fig. 1): mixed-precision Adam keeps
+16-bit weights (2 bytes), gradients, and 12 bytes of fp32 master weights, momentum and variance.
+The gradients are held in the dtype they are accumulated and reduced in
+(``config.grad_reduce_bytes``): 2 bytes for fp16 (ZeRO's 16 bytes per parameter), 4 bytes for
+bf16, as Megatron-LM does ("bf16 param, fp32 grads: 18 bytes per parameter, 6 + 12/d with the
+distributed optimizer", Megatron-LM README, distributed optimizer). fp32 training: 4 + 4 + 8.
+ZeRO-1 shards the optimizer states, ZeRO-2 also the gradients, ZeRO-3 (= FSDP full sharding)
+also the weights, over the data-parallel group (dp · cp ranks for dense weights, dp · cp / ep for
+experts), or with HSDP over one replica's share of it (``Parallel.dense_shard``/``expert_shard``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.config import Training, grad_reduce_bytes
+from planner.records import JsonRecord
+
+GiB = 2**30
+# Allocator slack: the caching allocator reserves whole segments and rounds blocks; PyTorch's
+# own guidance puts fragmentation at a few percent of live tensors for training loops.
+FRAGMENTATION = 0.05
+# cuBLAS/cuDNN workspaces and NCCL channel buffers allocated through the caching allocator.
+WORKSPACE_BYTES = 0.5 * GiB
+# Device memory the CUDA context, NCCL and the driver take before the allocator sees any.
+CONTEXT_BYTES = 1.0 * GiB
+
+
+@dataclass(frozen=True)
+class StateBytes:
+    weights: float
+    gradients: float
+    optimizer: float
+
+
+def bytes_per_param(train: Training, zero: int) -> tuple[int, int, int]:
+    """(weights, gradients, optimizer) bytes per parameter before sharding.
+
+    fp32: 4/4/8. 16-bit below ZeRO-3: 2 / grad_reduce_bytes / 12, so 2/4/12 = 18 for bf16 (Megatron)
+    and 2/2/12 = 16 for fp16 (ZeRO). ZeRO-3 (FSDP2): 2/2/12 = 16 whatever the reduce dtype, because
+    FSDP2 keeps no 16-bit shard: its sharded fp32 parameter is the master copy and its sharded
+    gradient is fp32, 4 + 4 + 8 = 16 bytes in all (the 16-bit weights exist only gathered)."""
+    if train.dtype == "fp32":
+        return 4, 4, 8
+    if zero >= 3:
+        return 2, 2, 12
+    return 2, grad_reduce_bytes(train, zero), 12
+
+
+def model_state_bytes(dense: float, expert: float, zero: int, dp_dense: int, dp_expert: int,
+                      train: Training) -> StateBytes:
+    """Weights, gradients and optimizer bytes on one GPU after ZeRO sharding (ZeRO §3) over
+    ``dp_dense`` ranks for dense parameters and ``dp_expert`` for routed experts (the shard groups)."""
+    w, g, o = bytes_per_param(train, zero)
+
+    def shard(nbytes_per_param: float, stage_needed: int) -> float:
+        if zero >= stage_needed:
+            return nbytes_per_param * (dense / dp_dense + expert / dp_expert)
+        return nbytes_per_param * (dense + expert)
+
+    return StateBytes(weights=shard(w, 3), gradients=shard(g, 2), optimizer=shard(o, 1))
+
+
+def zero3_gather_bytes(largest_layer_params: float, dtype: str) -> float:
+    """FSDP keeps the unsharded weights of the running layer and of the prefetched next one,
+    plus the unsharded fp32 gradient of the layer being reduce-scattered (FSDP2 design notes)."""
+    w = 4 if dtype == "fp32" else 2
+    return largest_layer_params * (2 * w + 4)
+
+
+@dataclass(frozen=True)
+class StageMemory(JsonRecord):
+    """Peak bytes on one GPU of a pipeline rank, by category."""
+
+    weights_bytes: float
+    gradients_bytes: float
+    optimizer_bytes: float
+    activations_bytes: float  # in-flight micro-batches x their saved tensors
+    inflight_microbatches: float
+    transient_bytes: float  # rematerialised layer in backward, logits grad, FSDP gathers
+    comm_buffer_bytes: float
+    workspace_bytes: float
+    fragmentation_bytes: float
+
+    @property
+    def total_bytes(self) -> float:
+        return (self.weights_bytes + self.gradients_bytes + self.optimizer_bytes + self.activations_bytes
+                + self.transient_bytes + self.comm_buffer_bytes + self.workspace_bytes + self.fragmentation_bytes)
+
+    def to_json(self) -> dict[str, float]:
+        d = {k: float(getattr(self, k)) for k in self.__dataclass_fields__}
+        d["total_bytes"] = float(self.total_bytes)
+        return d
+
+
+def stage_memory(states: StateBytes, activations: float, inflight: float, transient: float,
+                 comm_buffers: float) -> StageMemory:
+    live = states.weights + states.gradients + states.optimizer + activations + transient + comm_buffers
+    return StageMemory(states.weights, states.gradients, states.optimizer, activations, inflight,
+                       transient, comm_buffers, WORKSPACE_BYTES, FRAGMENTATION * live)
+
+
+def capacity_bytes(hbm_bytes: float) -> float:
+    """What the caching allocator can use: HBM minus context/driver reservations."""
+    return hbm_bytes - CONTEXT_BYTES

@@ -1,0 +1,86 @@
+"""Reading plan files: JSON, major version, schema, input hashes; and the typed inputs and plan
+they record (knobs a later minor version added take their registry default)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hardware.cluster import ClusterSpec
+from models.errors import SpecError, format_validation_error
+from models.spec import ModelSpec
+from planner.config import Parallel, Training
+from planner.knobs import KNOBS
+from planner.planfile.build import input_sha256
+from planner.planfile.schema import MAJOR, SCHEMA_VERSION, PlanFile
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; SpecError (exit 2) when unreadable, not JSON or not an object."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SpecError(f"{what} file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: cannot read the {what} ({exc})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}; "
+                        f"truncated?)") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: expected a JSON object (a {what}), got a JSON {type(doc).__name__}")
+    return doc
+
+
+def load_plan(path: Path) -> dict:
+    """Read and check a plan file: JSON, schema, major version, input hashes."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SpecError(f"plan file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: not valid JSON ({exc})") from None
+    major = str(doc.get("schema_version", "")).split(".")[0] if isinstance(doc, dict) else ""
+    if major != MAJOR:
+        raise SpecError(f"{path}: schema_version {doc.get('schema_version')!r} is not supported "
+                        f"(this autopar reads {MAJOR}.x)")
+    try:
+        PlanFile.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, f"plan {path}")) from None
+    for key in ("model", "cluster", "training"):
+        if input_sha256(doc["inputs"][key]) != doc["inputs"]["sha256"][key]:
+            raise SpecError(f"{path}: inputs.{key} does not match inputs.sha256.{key} (edited by hand?)")
+    return doc
+
+
+def plan_training(t: dict[str, Any]) -> Training:
+    return Training(t["global_batch_size"], t["seq_len"], t["dtype"], t.get("attention_impl", "flash"),
+                    t.get("grad_reduce_dtype", "auto"), t.get("norm_impl", "fused"), t.get("tp_overlap", "backward"))
+
+
+def plan_parallel(doc: dict) -> Parallel:
+    """The plan's knobs (``parallelism``, with per-block recompute and the split from ``stages``)."""
+    p = doc["parallelism"]
+    values = {k.name: p[k.json_key] if k.since == "1.0" else p.get(k.json_key, k.default)
+              for k in KNOBS if k.name not in ("recompute", "stage_layers")}
+    values["recompute"] = tuple(o for s in doc["stages"] for o in s["recompute"])
+    values["stage_layers"] = tuple(s["layers"][1] - s["layers"][0] for s in doc["stages"])
+    return Parallel(**values)
+
+
+def plan_inputs(doc: dict) -> tuple[ModelSpec, ClusterSpec, Training, Parallel]:
+    """Typed inputs and the parallel plan recorded in a plan file."""
+    try:
+        model = ModelSpec.model_validate(doc["inputs"]["model"])
+        cluster = ClusterSpec.model_validate(doc["inputs"]["cluster"])
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, "plan inputs")) from None
+    return model, cluster, plan_training(doc["inputs"]["training"]), plan_parallel(doc)
+
+
+__all__ = ["SCHEMA_VERSION", "load_plan", "plan_inputs", "read_json"]

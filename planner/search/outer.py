@@ -1,0 +1,93 @@
+"""The outer search over mesh degrees and knobs, with the placement MILP inside and a certified gap.
+
+1. Enumerate every valid outer candidate allowed by the knob lists (``candidates``).
+2. Give each a valid lower bound on its step time that needs no solve (``bounds``): the busiest
+   rank must run m micro-batches of at least the average work (of whole blocks), and with one
+   chunk per rank the drain path adds a geometric-series bound; a memory bound rejects
+   candidates whose model states alone exceed the capacity on average.
+3. A heuristic incumbent: the even split under the least uniform recompute that fits
+   (``heuristics``).
+4. Branch and bound (``bnb``): visit candidates by increasing bound; solve each with the
+   placement MILP by constraint generation (``solve``); prune every candidate whose bound is
+   within the gap target of the incumbent; resume the unfinished ones with the time left.
+5. The runner-ups (``alternatives``) and the certificate (``certificate``): incumbent, global
+   best bound, the relative gap and the prune counts.
+6. Among equally fast placements of the incumbent, keep the one with less recompute, then
+   re-score the plan and its runner-ups with more virtual stages (``polish``; neither is ever
+   slower, so the certificate holds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from hardware.cluster import ClusterSpec
+from models.errors import SpecError
+from models.spec import ModelSpec
+from planner.config import Parallel, Training
+from planner.cost.estimate import Estimate
+from planner.knobs import Knobs
+from planner.schedules import SCHEDULES
+from planner.search.alternatives import alternatives
+from planner.search.bnb import Pool, Progress, branch_and_bound
+from planner.search.certificate import Certificate, DeeperRecord, certify
+from planner.search.context import CandidateResult, SearchContext, step_s
+from planner.search.heuristics import heuristic_incumbent
+from planner.search.polish import deepen_all, deeper_record, least_recompute
+
+# Virtual stages per rank the exact search tries when `--vpp` is auto (deeper ones: polish.py);
+# the same as the vpp knob's auto range.
+AUTO_VPP = (2,)
+
+
+@dataclass
+class SearchResult:
+    best: Estimate | None
+    alternatives: list[CandidateResult]
+    certificate: Certificate
+    phases_s: dict[str, float]
+    candidates: list[CandidateResult]
+
+
+def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs, backend: str = "ortools",
+           gap: float = 0.01, time_limit_s: float = 60.0, top_k: int = 3, progress: Progress | None = None
+           ) -> SearchResult:
+    """Find the fastest plan that fits; see the module docstring for the algorithm."""
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit_s
+    ctx = SearchContext.build(spec, cluster, train, knobs.options(), backend, gap)
+    pool = Pool(ctx, knobs)
+    cands = pool.candidates()
+    if not cands:
+        raise SpecError("no valid parallel configuration for these knobs (every combination fails the "
+                        "divisibility checks); widen --tp/--pp/--micro-batch or check the global batch")
+    tried: dict[Parallel, Estimate | None] = {}
+    incumbent = heuristic_incumbent(ctx, cands, t0 + time_limit_s / 2, tried)
+    t_bound, t_heur = t0 + pool.enumerate_s + pool.bound_s, time.perf_counter()
+    outcome = branch_and_bound(pool, cands, incumbent, gap, deadline, progress)
+    incumbent, results = outcome.best, outcome.results
+    t_solve = time.perf_counter()
+    alts = alternatives(ctx, results, incumbent, top_k, tried, deadline)
+    while incumbent and alts and step_s(alts[0].best) < step_s(incumbent):
+        # With a loose --gap a bound may prune a candidate whose even split beats the incumbent
+        # by up to the gap; found while listing alternatives, it becomes the plan.
+        incumbent = alts[0].best
+        alts = alternatives(ctx, results, incumbent, top_k, tried, deadline)
+    t_alt = time.perf_counter()
+    polished: dict[str, DeeperRecord] = {}
+    if incumbent:  # neither step makes the plan slower, so the certificate stays true
+        incumbent = least_recompute(incumbent)  # ties go to less recompute
+        allowed = knobs.given("schedule") or tuple(SCHEDULES)
+        if knobs.given("vpp") is None and any(SCHEDULES[s].virtual_stages for s in allowed):
+            ranked = deepen_all(incumbent, [(r.status, r.bound_s, r.best) for r in alts])
+            polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
+            incumbent = ranked[0][2]
+            alts = [CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, st, e)
+                    for st, b, e in ranked[1:top_k + 1]]
+    t_pol = time.perf_counter()
+    cert = certify(results, incumbent, pool.rejected, gap, polished.get("deeper_interleaving"))
+    phases = {"enumerate_s": pool.enumerate_s, "bound_s": pool.bound_s, "heuristic_s": t_heur - t_bound,
+              "solve_s": t_solve - t_heur, "alternatives_s": t_alt - t_solve, "polish_s": t_pol - t_alt,
+              "total_s": t_pol - t0}
+    return SearchResult(incumbent, alts, cert, phases, results)
