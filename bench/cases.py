@@ -33,8 +33,14 @@ from planner.cost.estimate import estimate
 # A copy of ../shared/reference/published_cases.json, kept in the repo so CI needs nothing outside it.
 CASES = Path(__file__).resolve().parent / "data" / "published_cases.json"
 
-GPU_PRESETS = [("96GB", "h100-sxm-96gb"), ("H100", "h100-sxm-80gb"), ("A100-SXM4-80GB", "a100-sxm-80gb"),
-               ("A100-SXM4-40GB", "a100-sxm-40gb"), ("H200", "h200-sxm-141gb"), ("B200", "b200-sxm-180gb")]
+GPU_PRESETS = [
+    ("96GB", "h100-sxm-96gb"),
+    ("H100", "h100-sxm-80gb"),
+    ("A100-SXM4-80GB", "a100-sxm-80gb"),
+    ("A100-SXM4-40GB", "a100-sxm-40gb"),
+    ("H200", "h200-sxm-141gb"),
+    ("B200", "b200-sxm-180gb"),
+]
 PRESET_MATCH = ["llama3-8b", "llama3-70b", "llama3-405b", "qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3"]
 
 
@@ -59,19 +65,31 @@ def case_model(c: dict) -> ModelSpec:
     m = c["model"]
     for name in PRESET_MATCH:
         p = load_model(name)
-        if (p.num_layers, p.hidden_size, p.num_heads, p.kv_heads) == (m["layers"], m["hidden"], m["heads"], m["kv_heads"]) \
-                and p.vocab_size == m["vocab"]:
+        if (p.num_layers, p.hidden_size, p.num_heads, p.kv_heads) == (
+            m["layers"],
+            m["hidden"],
+            m["heads"],
+            m["kv_heads"],
+        ) and p.vocab_size == m["vocab"]:
             return p
     act = m["activation"]
-    base = dict(name=c["id"], num_layers=m["layers"], hidden_size=m["hidden"], num_heads=m["heads"],
-                num_kv_heads=m["kv_heads"], ffn_hidden_size=m["ffn_hidden"], vocab_size=m["vocab"],
-                max_seq_len=m["seq_len"])
+    base = dict(
+        name=c["id"],
+        num_layers=m["layers"],
+        hidden_size=m["hidden"],
+        num_heads=m["heads"],
+        num_kv_heads=m["kv_heads"],
+        ffn_hidden_size=m["ffn_hidden"],
+        vocab_size=m["vocab"],
+        max_seq_len=m["seq_len"],
+    )
     if "SwiGLU" in act:
         return ModelSpec(**base, norm="rmsnorm", activation="swiglu", position="rope")
     if "MPT" in act:
         return ModelSpec(**base, norm="layernorm", activation="gelu", position="alibi", tie_embeddings=True)
-    return ModelSpec(**base, norm="layernorm", activation="gelu", position="learned", bias=True,
-                     tie_embeddings=True, dropout=0.1)
+    return ModelSpec(
+        **base, norm="layernorm", activation="gelu", position="learned", bias=True, tie_embeddings=True, dropout=0.1
+    )
 
 
 def _cluster(c: dict):
@@ -92,8 +110,9 @@ def case_inputs(c: dict) -> CaseInputs:
     megatron = c["id"].startswith(("narayanan", "korthikanti"))
     dtype = "fp8" if "FP8" in c["precision"] else "bf16"
     overlap = "backward" if c["id"].startswith("korthikanti") else "none"
-    train = Training(p["global_batch_seqs"], c["model"]["seq_len"], dtype, "eager" if megatron else "flash",
-                     tp_overlap=overlap)
+    train = Training(
+        p["global_batch_seqs"], c["model"]["seq_len"], dtype, "eager" if megatron else "flash", tp_overlap=overlap
+    )
     zero = 3 if p.get("fsdp") else (p.get("zero_stage") or 0)
     mbs = p.get("micro_batch") or 1
     if not p.get("micro_batch"):
@@ -107,18 +126,33 @@ def case_inputs(c: dict) -> CaseInputs:
     if p.get("sp") is None and c["id"].startswith("tt") and p["tp"] > 1:
         sp = True  # torchtitan's tensor-parallel plan always shards norms/residuals by sequence
         notes.append("sequence parallel (torchtitan TP implies it)")
-    par = Parallel(dp=p["dp"], tp=p["tp"], pp=p["pp"], cp=p["cp"], ep=p["ep"], micro_batch=mbs, zero=zero,
-                   schedule="interleaved" if interleaved else "1f1b", vpp=vpp, sequence_parallel=sp)
+    par = Parallel(
+        dp=p["dp"],
+        tp=p["tp"],
+        pp=p["pp"],
+        cp=p["cp"],
+        ep=p["ep"],
+        micro_batch=mbs,
+        zero=zero,
+        schedule="interleaved" if interleaved else "1f1b",
+        vpp=vpp,
+        sequence_parallel=sp,
+    )
     model, cluster = case_model(c), _cluster(c)
     rc = _recompute(p.get("recompute"))
     if rc is None:
-        rc = next((o for o in ("none", "selective", "full")
-                   if estimate(model, cluster, train, par.with_(recompute=o)).fits), "full")
+        rc = next(
+            (o for o in ("none", "selective", "full") if estimate(model, cluster, train, par.with_(recompute=o)).fits),
+            "full",
+        )
         notes.append(f"recompute {rc} (unstated: least that fits)")
     par = par.with_(recompute=rc)
     meas = c["measured"]
-    metric, value = ("tokens_per_s_per_gpu", meas["tokens_per_s_per_gpu"]) if meas.get("tokens_per_s_per_gpu") \
+    metric, value = (
+        ("tokens_per_s_per_gpu", meas["tokens_per_s_per_gpu"])
+        if meas.get("tokens_per_s_per_gpu")
         else ("tflops_per_gpu_eq3", meas["tflops_per_gpu"])
+    )
     return CaseInputs(c["id"], model, cluster, train, par, metric, value, meas.get("peak_mem_gib"), notes)
 
 
@@ -131,8 +165,8 @@ def _megatron_vpp(layers: int, pp: int) -> int:
 
 def eq3_flops_per_step(model: ModelSpec, train: Training, recompute: str) -> float:
     """Narayanan et al. 2021 eq. 3: 72·B·s·l·h²(1 + s/6h + V/12hl) without recompute, 96·B·s·l·h²
-    (1 + s/6h + V/16lh) with full recompute (an extra forward of every layer)."""
-    b, s, l, h, v = train.global_batch, train.seq_len, model.num_layers, model.hidden_size, model.vocab_size
+    (1 + s/6h + V/16lh) with full recompute (an extra forward of every layer); l layers is ``n`` here."""
+    b, s, n, h, v = train.global_batch, train.seq_len, model.num_layers, model.hidden_size, model.vocab_size
     if recompute == "full":
-        return 96 * b * s * l * h * h * (1 + s / (6 * h) + v / (16 * l * h))
-    return 72 * b * s * l * h * h * (1 + s / (6 * h) + v / (12 * l * h))
+        return 96 * b * s * n * h * h * (1 + s / (6 * h) + v / (16 * n * h))
+    return 72 * b * s * n * h * h * (1 + s / (6 * h) + v / (12 * n * h))

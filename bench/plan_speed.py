@@ -17,13 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hardware.cluster import load_cluster  # noqa: E402
-from models.load import load_model  # noqa: E402
-from planner.config import Training  # noqa: E402
-from planner.search import Knobs, search  # noqa: E402
+from hardware.cluster import load_cluster
+from models.load import load_model
+from planner.config import Training
+from planner.search import Knobs, search
 
-SCENARIOS = [("llama3-70b", "h100-sxm-80gb:1024", 1024, 8192, 2.0),
-             ("llama3-405b", "h100-sxm-80gb:16384", 2048, 8192, 10.0)]
+SCENARIOS = [
+    ("llama3-70b", "h100-sxm-80gb:1024", 1024, 8192, 2.0),
+    ("llama3-405b", "h100-sxm-80gb:16384", 2048, 8192, 10.0),
+]
 
 
 def run(model: str, cluster: str, gbs: int, seq: int, time_limit: float):
@@ -44,22 +46,32 @@ def main() -> int:
             times.append(wall)
         c, p = last.certificate, last.best.par
         solved = [r for r in last.candidates if r.iterations]
-        sizes = max((r.model_size.get("variables", 0) for r in solved), default=0), \
-            max((r.model_size.get("constraints", 0) for r in solved), default=0)
+        sizes = (
+            max((r.model_size.get("variables", 0) for r in solved), default=0),
+            max((r.model_size.get("constraints", 0) for r in solved), default=0),
+        )
         print(f"{model} on {cluster} (global batch {gbs}, seq {seq}):")
-        print(f"  median wall {statistics.median(times):.2f} s over {len(times)} runs (target <= {target:g} s); "
-              f"status {c['status']}, gap {c['gap']:.2%} (target <= 1%)")
-        print(f"  plan: dp{p.dp} tp{p.tp} pp{p.pp} cp{p.cp} zero{p.zero} mb{p.micro_batch} {p.schedule}"
-              f"{f' v{p.vpp}' if p.vpp > 1 else ''}; step {last.best.predicted['step_time_s']:.3f} s, "
-              f"MFU {last.best.predicted['mfu']:.1%}")
+        print(
+            f"  median wall {statistics.median(times):.2f} s over {len(times)} runs (target <= {target:g} s); "
+            f"status {c['status']}, gap {c['gap']:.2%} (target <= 1%)"
+        )
+        print(
+            f"  plan: dp{p.dp} tp{p.tp} pp{p.pp} cp{p.cp} zero{p.zero} mb{p.micro_batch} {p.schedule}"
+            f"{f' v{p.vpp}' if p.vpp > 1 else ''}; step {last.best.predicted['step_time_s']:.3f} s, "
+            f"MFU {last.best.predicted['mfu']:.1%}"
+        )
         deeper = c.get("deeper_interleaving")
         if deeper:
-            print(f"  searched space (vpp <= {max(deeper['searched_vpp'])}): best {deeper['step_time_s'][0]:.3f} s, bound "
-                  f"{c['best_bound_s']:.3f} s; then {deeper['vpp'][1]} virtual stages: {deeper['step_time_s'][1]:.3f} s "
-                  "(re-scored, not certified)")
+            print(
+                f"  searched space (vpp <= {max(deeper['searched_vpp'])}): best {deeper['step_time_s'][0]:.3f} s, bound "
+                f"{c['best_bound_s']:.3f} s; then {deeper['vpp'][1]} virtual stages: {deeper['step_time_s'][1]:.3f} s "
+                "(re-scored, not certified)"
+            )
         print("  phases: " + ", ".join(f"{k} {v:.2f} s" for k, v in last.phases_s.items()))
-        print(f"  candidates {c['candidates']} (+{c['rejected_invalid']} invalid): {c['settled']}; "
-              f"MILPs solved {sum(r.iterations for r in solved)}, largest {sizes[0]} variables / {sizes[1]} constraints")
+        print(
+            f"  candidates {c['candidates']} (+{c['rejected_invalid']} invalid): {c['settled']}; "
+            f"MILPs solved {sum(r.iterations for r in solved)}, largest {sizes[0]} variables / {sizes[1]} constraints"
+        )
     return 0
 
 

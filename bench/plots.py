@@ -22,31 +22,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from planner.render import plots  # noqa: E402
+from planner.commands.sweep import SweepSpec, run_sweep  # noqa: E402
 from planner.inputs import build_inputs, parse_sets  # noqa: E402
 from planner.knobs import Knobs  # noqa: E402
+from planner.render import plots  # noqa: E402
 from planner.search import search  # noqa: E402
-from planner.commands.sweep import SweepSpec, run_sweep  # noqa: E402
 
 PLAN = dict(model="llama3-70b", cluster="h100-sxm-80gb:64", global_batch=32, seq_len=8192)
 PLAN_KNOBS = {"pp": "4", "schedule": "interleaved"}
-SWEEP = SweepSpec(model="llama3-70b", cluster="h100-sxm-80gb:8", global_batch=128, seq_len=8192,
-                  vary=("cluster.num_gpus=8,32,64,128", "seq_len=4096,16384"), tokens=100e9, price_per_gpu_hour=2.5)
+SWEEP = SweepSpec(
+    model="llama3-70b",
+    cluster="h100-sxm-80gb:8",
+    global_batch=128,
+    seq_len=8192,
+    vary=("cluster.num_gpus=8,32,64,128", "seq_len=4096,16384"),
+    tokens=100e9,
+    price_per_gpu_hour=2.5,
+)
 
 
 def plan_pictures(out: Path, time_limit_s: float) -> list[Path]:
     """Plan the example exactly as `autopar plan` does, then draw its three plots."""
-    inputs = build_inputs(PLAN["model"], PLAN["cluster"], PLAN["global_batch"], PLAN["seq_len"], "bf16", "flash",
-                          parse_sets([]), None)
+    inputs = build_inputs(
+        PLAN["model"], PLAN["cluster"], PLAN["global_batch"], PLAN["seq_len"], "bf16", "flash", parse_sets([]), None
+    )
     t0 = time.perf_counter()
-    res = search(inputs.model, inputs.cluster, inputs.training, Knobs.parse(PLAN_KNOBS), "ortools", 0.01,
-                 time_limit_s, 3, None)
+    res = search(
+        inputs.model, inputs.cluster, inputs.training, Knobs.parse(PLAN_KNOBS), "ortools", 0.01, time_limit_s, 3, None
+    )
     if res.best is None:
         raise SystemExit("the example plan does not fit: the cost model changed; pick another example")
     p, par = res.best.predicted, res.best.par
-    print(f"plan ({time.perf_counter() - t0:.1f} s): dp {par.dp} tp {par.tp} pp {par.pp} vpp {par.vpp} zero {par.zero} "
-          f"micro-batch {par.micro_batch} x {p['num_micro_batches']}; step {p['step_time_s']:.3f} s, "
-          f"peak {p['peak_memory_bytes'] / 2**30:.1f} GiB")
+    print(
+        f"plan ({time.perf_counter() - t0:.1f} s): dp {par.dp} tp {par.tp} pp {par.pp} vpp {par.vpp} zero {par.zero} "
+        f"micro-batch {par.micro_batch} x {p['num_micro_batches']}; step {p['step_time_s']:.3f} s, "
+        f"peak {p['peak_memory_bytes'] / 2**30:.1f} GiB"
+    )
     return plots.write_plots(res.best, out / "plan.png", "all")
 
 
@@ -60,8 +71,14 @@ def sweep_picture(out: Path, time_limit_s: float) -> Path:
         what = f"{r['tokens_per_s']:,.0f} tokens/s, ${r['cost_usd']:,.0f}" if r["feasible"] else "infeasible"
         print(f"  {r['num_gpus']:>4} GPUs, seq {r['seq_len']:>5}: {what}")
     path = out / "sweep.png"
-    plots.plot_sweep(rows, path, "num_gpus", ["seq_len"], cost_label="cost of 100B tokens (USD at $2.50/GPU-h)",
-                     title="llama3-70b on H100-SXM-80GB, global batch 128: the best plan per point")
+    plots.plot_sweep(
+        rows,
+        path,
+        "num_gpus",
+        ["seq_len"],
+        cost_label="cost of 100B tokens (USD at $2.50/GPU-h)",
+        title="llama3-70b on H100-SXM-80GB, global batch 128: the best plan per point",
+    )
     return path
 
 
@@ -72,8 +89,10 @@ def main() -> int:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for path in plan_pictures(args.out, args.time_limit) + [sweep_picture(args.out, args.time_limit)]:
-        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
-              f"({path.stat().st_size / 1024:.0f} KiB)")
+        print(
+            f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
+            f"({path.stat().st_size / 1024:.0f} KiB)"
+        )
     return 0
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cases import case_inputs, load_cases  # noqa: E402
+from cases import case_inputs, load_cases
 
-from planner.cost.estimate import estimate  # noqa: E402
-from planner.search import Knobs, search  # noqa: E402
+from planner.cost.estimate import estimate
+from planner.search import Knobs, search
 
 
 def main() -> int:
@@ -39,8 +39,10 @@ def main() -> int:
         got = res.best.predicted["step_time_s"] if res.best else float("inf")
         ok = got <= pub * (1 + 1e-9)
         slower += not ok
-        print(f"{ci.id:36} {pub:11.3f} {got:10.3f} {'ok' if ok else 'SLOWER':>8} {time.perf_counter() - t0:7.1f}  "
-              f"{res.certificate['status']} ({res.certificate['gap']:.1%})")
+        print(
+            f"{ci.id:36} {pub:11.3f} {got:10.3f} {'ok' if ok else 'SLOWER':>8} {time.perf_counter() - t0:7.1f}  "
+            f"{res.certificate['status']} ({res.certificate['gap']:.1%})"
+        )
     print(f"\nplanner slower than the published plan in {slower} of {len(load_cases())} cases")
     return 1 if slower else 0
 

@@ -27,15 +27,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from models.load import load_model  # noqa: E402
-from runtime.launch import run  # noqa: E402
-from runtime.memory import SavedTensorMeter, state_tensors  # noqa: E402
-from runtime.model import build_model, next_token_loss  # noqa: E402
-from runtime.parallelize import apply_plan  # noqa: E402
-from runtime.plan_io import make_plan  # noqa: E402
-from runtime.train import TokenSource  # noqa: E402
+from models.load import load_model
+from runtime.launch import run
+from runtime.memory import SavedTensorMeter, state_tensors
+from runtime.model import build_model, next_token_loss
+from runtime.parallelize import apply_plan
+from runtime.plan_io import make_plan
+from runtime.train import TokenSource
 
 WARMUP = 2
 

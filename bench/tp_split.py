@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hardware.cluster import load_cluster  # noqa: E402
-from models.spec import ModelSpec  # noqa: E402
-from planner.config import Parallel, Training  # noqa: E402
-from planner.cost.estimate import estimate  # noqa: E402
+from hardware.cluster import load_cluster
+from models.spec import ModelSpec
+from planner.config import Parallel, Training
+from planner.cost.estimate import estimate
 
 CASES = Path(__file__).resolve().parent / "data" / "tp_split_cases.json"
 
@@ -39,8 +39,15 @@ def case_setup(case: dict) -> tuple[ModelSpec, object, Training]:
 
 def run_par(case: dict, run: dict) -> Parallel:
     p = case["plan"]
-    return Parallel(dp=run["dp"], tp=run["tp"], pp=run["pp"], micro_batch=run["micro_batch"], zero=p["zero"],
-                    recompute=p["recompute"], schedule=p["schedule"])
+    return Parallel(
+        dp=run["dp"],
+        tp=run["tp"],
+        pp=run["pp"],
+        micro_batch=run["micro_batch"],
+        zero=p["zero"],
+        recompute=p["recompute"],
+        schedule=p["schedule"],
+    )
 
 
 def score(case: dict) -> dict:
@@ -67,8 +74,10 @@ def main() -> None:
         print(f"{c['id']}: {c['pairs_ranked_as_measured']} of {c['ordered_pairs']} pairs ranked as measured")
         print(f"  {'tp':>3} {'pp':>3} {'dp':>3} {'mb':>3} {'measured s':>11} {'predicted s':>12} {'error':>7}")
         for r in c["runs"]:
-            print(f"  {r['tp']:>3} {r['pp']:>3} {r['dp']:>3} {r['micro_batch']:>3} {r['step_s']:>11.2f} "
-                  f"{r['predicted_s']:>12.2f} {r['error']:>+7.1%}{'' if r['fits'] else '  DOES NOT FIT'}")
+            print(
+                f"  {r['tp']:>3} {r['pp']:>3} {r['dp']:>3} {r['micro_batch']:>3} {r['step_s']:>11.2f} "
+                f"{r['predicted_s']:>12.2f} {r['error']:>+7.1%}{'' if r['fits'] else '  DOES NOT FIT'}"
+            )
 
 
 if __name__ == "__main__":

@@ -248,4 +248,3 @@ def exposed_s(comm_s: float, window_s: float, tax: float) -> float:
     that minus c = ``max(m − c, tax·m)``; with σ = 0, the classic ``max(0, m − c)``.
     """
     return max(comm_s - window_s, tax * comm_s)
-

@@ -12,7 +12,7 @@ quote them; ``hbm_bytes`` is bytes (marketing "80 GB" is taken as 80 GiB, see do
 from __future__ import annotations
 
 import difflib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -48,7 +48,9 @@ class EfficiencySpec(_Strict):
     inter_node_link: Fraction = Field(description="NCCL bus bandwidth / inter_node_bw_GBps over the NIC.")
     kernel_overhead_us: float = Field(ge=0.0, description="Fixed cost per kernel launch, microseconds.")
     overlap_slowdown: float = Field(
-        default=0.19, ge=0.0, lt=1.0,
+        default=0.19,
+        ge=0.0,
+        lt=1.0,
         description="How much slower compute kernels run while a collective runs beside them (NCCL takes "
         "SMs and memory bandwidth): 0.19 = 19% slower, the mean measured on A100, H100, MI250 and MI210 "
         "(arXiv 2507.03114). The hidden part of an overlapped collective costs this much compute.",
@@ -60,7 +62,7 @@ class EfficiencySpec(_Strict):
         return self.overlap_slowdown / (1.0 + self.overlap_slowdown)
 
     @model_validator(mode="after")
-    def _check_fallback(self) -> "EfficiencySpec":
+    def _check_fallback(self) -> EfficiencySpec:
         for table in ("matmul", "attention"):
             if not {"bf16", "fp16"} & set(getattr(self, table)):
                 raise ValueError(f"efficiency.{table} needs a bf16 or fp16 entry (the fallback for other dtypes)")
@@ -92,7 +94,7 @@ class GPUSpec(_Strict):
     efficiency: EfficiencySpec = Field(description="Achievable fractions of the peaks above.")
 
     @model_validator(mode="after")
-    def _check_efficiency_dtypes(self) -> "GPUSpec":
+    def _check_efficiency_dtypes(self) -> GPUSpec:
         # An efficiency for a dtype the GPU cannot run is a data-file mistake, not a tuning choice.
         for table in ("matmul", "attention"):
             for dtype in getattr(self.efficiency, table):
@@ -177,7 +179,7 @@ def preset_data(name: str) -> dict:
     return data
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_preset(name: str) -> GPUSpec:
     data = preset_data(name)
     try:

@@ -21,7 +21,6 @@ fp32 norm statistics / softmax log-sum-exp) and which parallelism shards it.
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -110,8 +109,9 @@ def _mm(name: str, k: float, n: float, shard: Shard = "tp", expert: bool = False
     return Op(name, "matmul", 2 * k * n, 2 * k * n, 2.0, k + n, shard, expert, dims, role)
 
 
-def _ew(name: str, io: float, shard: Shard = "tp", flops: float = 0.0, expert: bool = False,
-        bwd_io: float | None = None) -> Op:
+def _ew(
+    name: str, io: float, shard: Shard = "tp", flops: float = 0.0, expert: bool = False, bwd_io: float | None = None
+) -> Op:
     """Elementwise / normalisation op: memory-bound, a few FLOPs per element (not counted in MFU).
     ``bwd_io``: elements its backward kernel reads + writes (default 2x forward); the backward
     time scales with traffic, so ``bwd_factor = bwd_io / io``."""
@@ -135,8 +135,9 @@ def _attention_core(spec: ModelSpec, s: int, impl: AttentionImpl, qk_dim: int, v
     return Op("attn.core", "attention", model, model * causal_skip, bwd, io, "tp", False, ("heads",))
 
 
-def _norm(prefix: str, spec: ModelSpec, width: float, shard: Shard = "sp", impl: NormImpl = "fused"
-          ) -> tuple[Op, list[Saved]]:
+def _norm(
+    prefix: str, spec: ModelSpec, width: float, shard: Shard = "sp", impl: NormImpl = "fused"
+) -> tuple[Op, list[Saved]]:
     """Pre-norm: saves its input and fp32 statistics (LayerNorm: mean + rstd; RMSNorm: rstd).
 
     ``unfused``: PyTorch's composite RMSNorm (CPU in torch 2.13) upcasts and keeps the fp32
@@ -145,13 +146,73 @@ def _norm(prefix: str, spec: ModelSpec, width: float, shard: Shard = "sp", impl:
     # Backward reads x and dy and writes dx (the weight-grad reduction is fused): 3 passes.
     op = _ew(f"{prefix}.norm", 2 * width, shard, flops=5 * width, bwd_io=3 * width)
     if impl == "unfused" and spec.norm == "rmsnorm":
-        return op, [Saved(f"{prefix}.norm_in", width, "fp32", shard), Saved(f"{prefix}.norm_stats", stats, "fp32", shard),
-                    Saved(f"{prefix}.norm_hat", width, "fp32", shard)]
+        return op, [
+            Saved(f"{prefix}.norm_in", width, "fp32", shard),
+            Saved(f"{prefix}.norm_stats", stats, "fp32", shard),
+            Saved(f"{prefix}.norm_hat", width, "fp32", shard),
+        ]
     return op, [Saved(f"{prefix}.norm_in", width, "act", shard), Saved(f"{prefix}.norm_stats", stats, "fp32", shard)]
 
 
-def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl = "fused"
-               ) -> tuple[list[Op], list[Saved], float, float]:
+@dataclass(frozen=True)
+class _Projections:
+    """The query/key/value projections of an attention sub-block."""
+
+    ops: list[Op]
+    saved: list[Saved]
+    dense: float  # tp-split parameters, the output projection included
+    replicated: float  # parameters tp does not split
+    qkv_elems: tuple[float, float, float]  # q, k, v elements per token
+    qk_dim: int
+    v_dim: int
+
+
+def _qkv_projection(spec: ModelSpec) -> _Projections:
+    """Multi-head / grouped-query attention: one fused QKV matmul (column-parallel by heads)."""
+    h, a, d, kv = spec.hidden_size, spec.num_heads, spec.dim_per_head, spec.kv_heads
+    ops = [_mm("attn.qkv", h, (a + 2 * kv) * d, dims=("heads",), role="column")]
+    dense = h * (a + 2 * kv) * d + a * d * h + (spec.bias and (a + 2 * kv) * d)
+    return _Projections(ops, [], dense, h if spec.bias else 0, (a * d, kv * d, kv * d), d, d)
+
+
+def _mla_projections(spec: ModelSpec) -> _Projections:
+    """Multi-head latent attention (DeepSeek-V2/V3): low-rank query and key/value down-projections,
+    replicated across tp (Megatron-Core MLA), and up-projections split by heads."""
+    h, a, m = spec.hidden_size, spec.num_heads, spec.mla
+    assert m is not None
+    qk_dim, v_dim = m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim
+    ops: list[Op] = []
+    saved: list[Saved] = []
+    q_in, repl = h, 0.0
+    if m.q_lora_rank:
+        ops += [
+            _mm("attn.q_down", h, m.q_lora_rank, "none"),
+            _ew("attn.q_norm", 2 * m.q_lora_rank, "none", bwd_io=3 * m.q_lora_rank),
+        ]
+        saved += [
+            Saved("attn.q_down_out", m.q_lora_rank, "act", "none", mm_output=True),
+            Saved("attn.q_norm_out", m.q_lora_rank, "act", "none"),
+        ]
+        repl += h * m.q_lora_rank + m.q_lora_rank
+        q_in = m.q_lora_rank
+    ops += [
+        _mm("attn.q_up", q_in, a * qk_dim, dims=("heads",), role="column"),
+        _mm("attn.kv_down", h, m.kv_lora_rank + m.qk_rope_head_dim, "none"),
+        _ew("attn.kv_norm", 2 * m.kv_lora_rank, "none", bwd_io=3 * m.kv_lora_rank),
+        _mm("attn.kv_up", m.kv_lora_rank, a * (m.qk_nope_head_dim + v_dim), dims=("heads",), role="column"),
+    ]
+    saved += [
+        Saved("attn.kv_down_out", m.kv_lora_rank + m.qk_rope_head_dim, "act", "none", mm_output=True),
+        Saved("attn.kv_norm_out", m.kv_lora_rank, "act", "none"),
+    ]
+    dense = q_in * a * qk_dim + m.kv_lora_rank * a * (m.qk_nope_head_dim + v_dim) + a * v_dim * h
+    repl += h * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
+    return _Projections(ops, saved, dense, repl, (a * qk_dim, a * qk_dim, a * v_dim), qk_dim, v_dim)
+
+
+def _attention(
+    spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl = "fused"
+) -> tuple[list[Op], list[Saved], float, float]:
     """Self-attention sub-block: ops, saved tensors, tp-split params, replicated params."""
     h, a = spec.hidden_size, spec.num_heads
     ops: list[Op] = []
@@ -161,38 +222,22 @@ def _attention(spec: ModelSpec, s: int, impl: AttentionImpl, norm_impl: NormImpl
     saved += norm_saved
     saved.append(Saved("attn.qkv_in", h, "act", "sp"))
     repl = h * (2 if spec.norm == "layernorm" else 1)
-    if spec.mla is not None:
-        m = spec.mla
-        qk_dim, v_dim = m.qk_nope_head_dim + m.qk_rope_head_dim, m.v_head_dim
-        q_in = h
-        if m.q_lora_rank:
-            # Down-projections are replicated across tp (Megatron-Core MLA); up-projections split by heads.
-            ops += [_mm("attn.q_down", h, m.q_lora_rank, "none"), _ew("attn.q_norm", 2 * m.q_lora_rank, "none", bwd_io=3 * m.q_lora_rank)]
-            saved += [Saved("attn.q_down_out", m.q_lora_rank, "act", "none", mm_output=True),
-                      Saved("attn.q_norm_out", m.q_lora_rank, "act", "none")]
-            repl += h * m.q_lora_rank + m.q_lora_rank
-            q_in = m.q_lora_rank
-        ops += [_mm("attn.q_up", q_in, a * qk_dim, dims=("heads",), role="column"),
-                _mm("attn.kv_down", h, m.kv_lora_rank + m.qk_rope_head_dim, "none"),
-                _ew("attn.kv_norm", 2 * m.kv_lora_rank, "none", bwd_io=3 * m.kv_lora_rank),
-                _mm("attn.kv_up", m.kv_lora_rank, a * (m.qk_nope_head_dim + v_dim), dims=("heads",), role="column")]
-        saved += [Saved("attn.kv_down_out", m.kv_lora_rank + m.qk_rope_head_dim, "act", "none", mm_output=True),
-                  Saved("attn.kv_norm_out", m.kv_lora_rank, "act", "none")]
-        dense = q_in * a * qk_dim + m.kv_lora_rank * a * (m.qk_nope_head_dim + v_dim) + a * v_dim * h
-        repl += h * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank
-        q_e, k_e, v_e = a * qk_dim, a * qk_dim, a * v_dim
-    else:
-        d, kv = spec.dim_per_head, spec.kv_heads
-        qk_dim = v_dim = d
-        ops.append(_mm("attn.qkv", h, (a + 2 * kv) * d, dims=("heads",), role="column"))
-        dense = h * (a + 2 * kv) * d + a * d * h + (spec.bias and (a + 2 * kv) * d)
-        repl += h if spec.bias else 0
-        q_e, k_e, v_e = a * d, kv * d, kv * d
+    proj = _mla_projections(spec) if spec.mla is not None else _qkv_projection(spec)
+    ops += proj.ops
+    saved += proj.saved
+    dense, repl = proj.dense, repl + proj.replicated
+    q_e, k_e, v_e = proj.qkv_elems
+    qk_dim, v_dim = proj.qk_dim, proj.v_dim
     if spec.position == "rope":
-        ops.append(_ew("attn.rope", 2 * (q_e + k_e), flops=3 * (q_e + k_e), bwd_io=2 * (q_e + k_e)))  # rotate dq, dk back
+        ops.append(
+            _ew("attn.rope", 2 * (q_e + k_e), flops=3 * (q_e + k_e), bwd_io=2 * (q_e + k_e))
+        )  # rotate dq, dk back
     # q, k, v are saved by the attention kernel (after RoPE); they are (views of) matmul outputs.
-    saved += [Saved("attn.q", q_e, mm_output=True), Saved("attn.k", k_e, mm_output=True),
-              Saved("attn.v", v_e, mm_output=True)]
+    saved += [
+        Saved("attn.q", q_e, mm_output=True),
+        Saved("attn.k", k_e, mm_output=True),
+        Saved("attn.v", v_e, mm_output=True),
+    ]
     ops.append(_attention_core(spec, s, impl, qk_dim, v_dim))
     saved += _attention_core_saved(spec, s, impl, a * v_dim)
     ops.append(_mm("attn.out", a * v_dim, h, dims=("heads",), role="row"))
@@ -210,8 +255,10 @@ def _attention_core_saved(spec: ModelSpec, s: int, impl: AttentionImpl, ctx: flo
         return [Saved("attn.context", ctx, mm_output=True), Saved("attn.lse", a, "fp32", mm_output=True)]
     out = [Saved("attn.softmax_out", a * s, attn_core=True)]
     if spec.dropout > 0:
-        out += [Saved("attn.softmax_dropout_mask", a * s, "mask", attn_core=True),
-                Saved("attn.softmax_dropout_out", a * s, attn_core=True)]
+        out += [
+            Saved("attn.softmax_dropout_mask", a * s, "mask", attn_core=True),
+            Saved("attn.softmax_dropout_out", a * s, attn_core=True),
+        ]
     return out + [Saved("attn.context", ctx)]
 
 
@@ -234,8 +281,9 @@ def _dropout_saved(prefix: str, spec: ModelSpec, h: float) -> list[Saved]:
     return [Saved(f"{prefix}.dropout_mask", h, "mask", "sp")] if spec.dropout > 0 else []
 
 
-def _ffn_dense(prefix: str, spec: ModelSpec, h: float, f: float, expert: bool = False, copies: float = 1.0
-               ) -> tuple[list[Op], list[Saved], float]:
+def _ffn_dense(
+    prefix: str, spec: ModelSpec, h: float, f: float, expert: bool = False, copies: float = 1.0
+) -> tuple[list[Op], list[Saved], float]:
     """A (gated) FFN of inner size f run ``copies`` times per token: ops, saved tensors, params.
 
     Non-gated (GPT): fc1 out (the GeLU input, 8sbh in Korthikanti's count for f = 4h) and the
@@ -245,26 +293,50 @@ def _ffn_dense(prefix: str, spec: ModelSpec, h: float, f: float, expert: bool = 
     c = copies
     ex = dict(expert=expert)
     if spec.gated:
-        ops = [_mm(f"{prefix}.gate_up", h, 2 * f, **ex, dims=("ffn",), role="column"),
-               _ew(f"{prefix}.act", 4 * f, flops=5 * f, **ex, bwd_io=5 * f),  # gate, up, dy -> dgate, dup
-               _mm(f"{prefix}.down", f, h, **ex, dims=("ffn",), role="row")]
-        saved = [Saved(f"{prefix}.gate", f * c, mm_output=True), Saved(f"{prefix}.up", f * c, mm_output=True),
-                 Saved(f"{prefix}.act_out", f * c), Saved(f"{prefix}.down_in", f * c)]
+        ops = [
+            _mm(f"{prefix}.gate_up", h, 2 * f, **ex, dims=("ffn",), role="column"),
+            _ew(f"{prefix}.act", 4 * f, flops=5 * f, **ex, bwd_io=5 * f),  # gate, up, dy -> dgate, dup
+            _mm(f"{prefix}.down", f, h, **ex, dims=("ffn",), role="row"),
+        ]
+        saved = [
+            Saved(f"{prefix}.gate", f * c, mm_output=True),
+            Saved(f"{prefix}.up", f * c, mm_output=True),
+            Saved(f"{prefix}.act_out", f * c),
+            Saved(f"{prefix}.down_in", f * c),
+        ]
         params = 3 * h * f
     else:
-        ops = [_mm(f"{prefix}.fc1", h, f, **ex, dims=("ffn",), role="column"), _ew(f"{prefix}.act", 2 * f, flops=8 * f, **ex, bwd_io=3 * f),
-               _mm(f"{prefix}.fc2", f, h, **ex, dims=("ffn",), role="row")]
+        ops = [
+            _mm(f"{prefix}.fc1", h, f, **ex, dims=("ffn",), role="column"),
+            _ew(f"{prefix}.act", 2 * f, flops=8 * f, **ex, bwd_io=3 * f),
+            _mm(f"{prefix}.fc2", f, h, **ex, dims=("ffn",), role="row"),
+        ]
         relu = spec.activation == "relu"
         saved = [Saved(f"{prefix}.fc1_out", f * c, mm_output=True, in_none=not relu), Saved(f"{prefix}.fc2_in", f * c)]
         params = 2 * h * f + (f if spec.bias else 0)
     saved.append(Saved(f"{prefix}.down_out", h * c, "act", "sp", mm_output=True, in_none=False))
     if c != 1.0:
-        ops = [Op(o.name, o.kind, o.fwd_flops * c, o.exec_fwd_flops * c, o.bwd_factor, o.io_elems * c,
-                  o.shard, o.expert, o.shardable, o.tp_role) for o in ops]
+        ops = [
+            Op(
+                o.name,
+                o.kind,
+                o.fwd_flops * c,
+                o.exec_fwd_flops * c,
+                o.bwd_factor,
+                o.io_elems * c,
+                o.shard,
+                o.expert,
+                o.shardable,
+                o.tp_role,
+            )
+            for o in ops
+        ]
     return ops, saved, params * (copies if not expert else 1.0)
 
 
-def _ffn(spec: ModelSpec, index: int, norm_impl: NormImpl = "fused") -> tuple[list[Op], list[Saved], float, float, float]:
+def _ffn(
+    spec: ModelSpec, index: int, norm_impl: NormImpl = "fused"
+) -> tuple[list[Op], list[Saved], float, float, float]:
     """FFN sub-block of block ``index``: ops, saved, tp-split params, replicated params, expert params."""
     h = spec.hidden_size
     ops: list[Op] = []
@@ -279,7 +351,7 @@ def _ffn(spec: ModelSpec, index: int, norm_impl: NormImpl = "fused") -> tuple[li
     dense = expert_params = 0.0
     m = spec.moe
     if m is None or not spec.is_moe_layer(index):
-        f = (m.dense_ffn_hidden_size if m and m.dense_ffn_hidden_size else spec.ffn_hidden_size)
+        f = m.dense_ffn_hidden_size if m and m.dense_ffn_hidden_size else spec.ffn_hidden_size
         o, sv, p = _ffn_dense("ffn", spec, h, f)
         ops += o
         saved += sv
@@ -288,8 +360,10 @@ def _ffn(spec: ModelSpec, index: int, norm_impl: NormImpl = "fused") -> tuple[li
     else:
         # Router: a small replicated matmul to the experts' logits, softmax/top-k kept in fp32.
         ops.append(_mm("moe.router", h, m.num_experts, "none"))
-        saved += [Saved("moe.router_probs", m.num_experts, "fp32", "none"),
-                  Saved("moe.dispatched_in", h * m.top_k, "act", "none")]
+        saved += [
+            Saved("moe.router_probs", m.num_experts, "fp32", "none"),
+            Saved("moe.dispatched_in", h * m.top_k, "act", "none"),
+        ]
         repl += h * m.num_experts
         o, sv, p = _ffn_dense("moe.expert", spec, h, m.expert_ffn_hidden_size, expert=True, copies=m.top_k)
         ops += o
@@ -312,8 +386,17 @@ def _block(spec: ModelSpec, s: int, impl: AttentionImpl, index: int, norm_impl: 
     moe = spec.is_moe_layer(index)
     dense_f = spec.moe.dense_ffn_hidden_size if (spec.moe and not moe) else None
     sig = ("block", moe, dense_f)
-    return Layer(f"block.{index}", "block", tuple(a_ops + f_ops), tuple(_unique(a_saved + f_saved, spec.parallel_residual)),
-                 a_dense + f_dense, a_repl + f_repl, f_exp, moe, sig)
+    return Layer(
+        f"block.{index}",
+        "block",
+        tuple(a_ops + f_ops),
+        tuple(_unique(a_saved + f_saved, spec.parallel_residual)),
+        a_dense + f_dense,
+        a_repl + f_repl,
+        f_exp,
+        moe,
+        sig,
+    )
 
 
 def _unique(saved: list[Saved], parallel_residual: bool) -> list[Saved]:
@@ -352,8 +435,9 @@ def _head(spec: ModelSpec, norm_impl: NormImpl = "fused") -> Layer:
 
 
 @functools.lru_cache(maxsize=64)
-def build_graph(spec: ModelSpec, seq_len: int, attention_impl: AttentionImpl = "flash",
-                norm_impl: NormImpl = "fused") -> LayerGraph:
+def build_graph(
+    spec: ModelSpec, seq_len: int, attention_impl: AttentionImpl = "flash", norm_impl: NormImpl = "fused"
+) -> LayerGraph:
     """Embedding, ``num_layers`` blocks, head — each with per-token FLOPs, params and saved tensors.
 
     Cached: specs and graphs are frozen, and the planner scores hundreds of plans of one model

@@ -111,7 +111,10 @@ FAMILIES: dict[str, Family] = {
             "moe.top_k": ("num_experts_per_tok",),
             "moe.expert_ffn_hidden_size": ("intermediate_size",),
         },
-        _BASE + _MOE, _ROPE_RMS, _UNTIED, moe_rule="all",
+        _BASE + _MOE,
+        _ROPE_RMS,
+        _UNTIED,
+        moe_rule="all",
     ),
     "qwen2": Family(_QWEN, _BASE, _ROPE_RMS, _UNTIED),  # Q/K/V bias only: not modelled
     "qwen3": Family(_QWEN, _BASE, _ROPE_RMS, _UNTIED),
@@ -119,13 +122,16 @@ FAMILIES: dict[str, Family] = {
         {**_QWEN_MOE, "moe.shared_expert_ffn_hidden_size": ("shared_expert_intermediate_size",)},
         _BASE + _MOE + ("moe.shared_expert_ffn_hidden_size",),
         {**_ROPE_RMS, "moe.num_shared_experts": 1},  # Qwen2-MoE always has one shared expert
-        _QWEN_MOE_DEFAULTS, moe_rule="qwen",
+        _QWEN_MOE_DEFAULTS,
+        moe_rule="qwen",
     ),
     "qwen3_moe": Family(_QWEN_MOE, _BASE + _MOE, _ROPE_RMS, _QWEN_MOE_DEFAULTS, moe_rule="qwen"),
-    "deepseek_v2": Family(_DEEPSEEK, _DEEPSEEK_REQUIRED, _ROPE_RMS, {**_UNTIED, "_moe_layer_freq": 1},
-                          moe_rule="deepseek"),
-    "deepseek_v3": Family(_DEEPSEEK, _DEEPSEEK_REQUIRED, _ROPE_RMS, {**_UNTIED, "_moe_layer_freq": 1},
-                          moe_rule="deepseek"),
+    "deepseek_v2": Family(
+        _DEEPSEEK, _DEEPSEEK_REQUIRED, _ROPE_RMS, {**_UNTIED, "_moe_layer_freq": 1}, moe_rule="deepseek"
+    ),
+    "deepseek_v3": Family(
+        _DEEPSEEK, _DEEPSEEK_REQUIRED, _ROPE_RMS, {**_UNTIED, "_moe_layer_freq": 1}, moe_rule="deepseek"
+    ),
     "gpt_oss": Family(
         {
             **_LLAMA,
@@ -134,20 +140,32 @@ FAMILIES: dict[str, Family] = {
             "moe.top_k": ("experts_per_token", "num_experts_per_tok"),
             "moe.expert_ffn_hidden_size": ("intermediate_size",),
         },
-        _BASE + _MOE, _ROPE_RMS, _UNTIED, moe_rule="all",
+        _BASE + _MOE,
+        _ROPE_RMS,
+        _UNTIED,
+        moe_rule="all",
     ),
     "nemotron": Family(
         {**_LLAMA, "head_dim": ("head_dim", "kv_channels")},
-        _BASE, {"norm": "layernorm", "position": "rope"},  # layernorm1p is a LayerNorm
-        {**_UNTIED, "activation": "relu2"}, gated=False,
+        _BASE,
+        {"norm": "layernorm", "position": "rope"},  # layernorm1p is a LayerNorm
+        {**_UNTIED, "activation": "relu2"},
+        gated=False,
     ),
-    "gpt2": Family(_GPT2, _GPT2_REQUIRED, {**_LAYERNORM, "position": "learned"},
-                   {"tie_embeddings": True, "activation": "gelu_new", "dropout": 0.1}, gated=False),
+    "gpt2": Family(
+        _GPT2,
+        _GPT2_REQUIRED,
+        {**_LAYERNORM, "position": "learned"},
+        {"tie_embeddings": True, "activation": "gelu_new", "dropout": 0.1},
+        gated=False,
+    ),
     "gptj": Family(
-        _GPT2, _GPT2_REQUIRED,
+        _GPT2,
+        _GPT2_REQUIRED,
         # attention projections have no bias, the FFN's do; bias counts the FFN's
         {**_LAYERNORM, "position": "rope", "parallel_residual": True},
-        {"tie_embeddings": False, "activation": "gelu_new", "dropout": 0.0}, gated=False,
+        {"tie_embeddings": False, "activation": "gelu_new", "dropout": 0.0},
+        gated=False,
     ),
     "gpt_neox": Family(
         {
@@ -157,8 +175,10 @@ FAMILIES: dict[str, Family] = {
             "parallel_residual": ("use_parallel_residual",),
             "dropout": ("hidden_dropout",),
         },
-        _BASE, {**_LAYERNORM, "position": "rope"},
-        {"tie_embeddings": False, "activation": "gelu", "parallel_residual": True, "dropout": 0.0}, gated=False,
+        _BASE,
+        {**_LAYERNORM, "position": "rope"},
+        {"tie_embeddings": False, "activation": "gelu", "parallel_residual": True, "dropout": 0.0},
+        gated=False,
     ),
     "opt": Family(
         {
@@ -170,8 +190,10 @@ FAMILIES: dict[str, Family] = {
             "dropout": ("dropout",),
             "_word_embed_proj_dim": ("word_embed_proj_dim",),
         },
-        _BASE, {"norm": "layernorm", "position": "learned"},
-        {"tie_embeddings": True, "bias": True, "activation": "relu", "dropout": 0.1}, gated=False,
+        _BASE,
+        {"norm": "layernorm", "position": "learned"},
+        {"tie_embeddings": True, "bias": True, "activation": "relu", "dropout": 0.1},
+        gated=False,
     ),
     "bert": Family(
         {
@@ -181,17 +203,24 @@ FAMILIES: dict[str, Family] = {
             "dropout": ("hidden_dropout_prob",),
             "_position_embedding_type": ("position_embedding_type",),
         },  # type_vocab_size (segment embeddings, 2 rows) is ignored
-        _BASE, {**_LAYERNORM, "position": "learned", "attention_mask": "bidirectional"},
-        {"tie_embeddings": True, "activation": "gelu", "dropout": 0.1,
-         "_position_embedding_type": "absolute"}, gated=False,
+        _BASE,
+        {**_LAYERNORM, "position": "learned", "attention_mask": "bidirectional"},
+        {"tie_embeddings": True, "activation": "gelu", "dropout": 0.1, "_position_embedding_type": "absolute"},
+        gated=False,
     ),
 }
 
 # hidden_act spellings -> our activation, for gated (GLU) and plain FFNs.
-_GATED_ACTS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_new": "geglu",
-               "gelu_pytorch_tanh": "geglu"}
-_PLAIN_ACTS = {"gelu": "gelu", "gelu_new": "gelu", "gelu_fast": "gelu", "gelu_pytorch_tanh": "gelu",
-               "quick_gelu": "gelu", "relu": "relu", "relu2": "relu2"}
+_GATED_ACTS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_new": "geglu", "gelu_pytorch_tanh": "geglu"}
+_PLAIN_ACTS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu",
+    "gelu_fast": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "quick_gelu": "gelu",
+    "relu": "relu",
+    "relu2": "relu2",
+}
 
 
 # --- mapping -----------------------------------------------------------------------------------

@@ -27,10 +27,15 @@ from models.hf_import import FAMILIES
 # Keys every config carries that the importer uses for the family and the name, not a field.
 _META = {"model_type": "family", "_name_or_path": "name"}
 # The alias table's internal inputs (``_*``), named by what they decide.
-_RULE_INPUTS = {"_first_k_dense": "moe.first_k_dense", "_moe_layer_freq": "moe.layer_freq",
-                "_sparse_step": "MoE layer selection", "_mlp_only_layers": "MoE layer selection",
-                "_use_sliding_window": "sliding_window on/off", "_word_embed_proj_dim": "checked == hidden_size",
-                "_position_embedding_type": "checked == absolute"}
+_RULE_INPUTS = {
+    "_first_k_dense": "moe.first_k_dense",
+    "_moe_layer_freq": "moe.layer_freq",
+    "_sparse_step": "MoE layer selection",
+    "_mlp_only_layers": "MoE layer selection",
+    "_use_sliding_window": "sliding_window on/off",
+    "_word_embed_proj_dim": "checked == hidden_size",
+    "_position_embedding_type": "checked == absolute",
+}
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,14 @@ class ImportReport:
     ignored: tuple[str, ...]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model_type": self.model_type, "read": self.read, "defaulted": self.defaulted,
-                "absent": self.absent, "fixed": self.fixed, "ignored": list(self.ignored)}
+        return {
+            "model_type": self.model_type,
+            "read": self.read,
+            "defaulted": self.defaulted,
+            "absent": self.absent,
+            "fixed": self.fixed,
+            "ignored": list(self.ignored),
+        }
 
 
 def import_report(cfg: Mapping[str, Any]) -> ImportReport:

@@ -82,7 +82,7 @@ class ModelSpec(_Strict):
     source: str = Field("", description="Where the numbers come from (paper, model card, config).")
 
     @model_validator(mode="after")
-    def _check_invariants(self) -> "ModelSpec":
+    def _check_invariants(self) -> ModelSpec:
         a, kv = self.num_heads, self.kv_heads
         if a % kv:
             raise ValueError(f"num_heads ({a}) must be divisible by num_kv_heads ({kv}): {a} % {kv} = {a % kv}")

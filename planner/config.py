@@ -20,8 +20,16 @@ from planner.schedules import SCHEDULES, Schedule
 
 Recompute = Literal["none", "selective", "full"]
 DTYPES = ("bf16", "fp16", "fp8", "fp32")
-__all__ = ["DTYPES", "RECOMPUTE_OPTIONS", "SCHEDULES", "Parallel", "PlanError", "Training", "check_plan",
-           "grad_reduce_bytes"]
+__all__ = [
+    "DTYPES",
+    "RECOMPUTE_OPTIONS",
+    "SCHEDULES",
+    "Parallel",
+    "PlanError",
+    "Training",
+    "check_plan",
+    "grad_reduce_bytes",
+]
 
 
 class PlanError(SpecError):
@@ -135,8 +143,9 @@ class Parallel:
     def knob_values(self, **extra: Any) -> dict[str, Any]:
         return {k.name: getattr(self, k.name) for k in KNOBS} | extra
 
-    def describe(self, style: Literal["compact", "full", "long"] = "compact", num_micro_batches: int | None = None
-                 ) -> str:
+    def describe(
+        self, style: Literal["compact", "full", "long"] = "compact", num_micro_batches: int | None = None
+    ) -> str:
         """compact: ``dp8 tp2 pp4 cp1 ep1 zero1 mb1 interleaved v2`` (the mesh and per-rank knobs);
         full: compact + `` sp · recompute 2 none, 30 full``; long: ``dp 8 · tp 2 · ... · sp`` for tables."""
         extra = {} if num_micro_batches is None else {"num_micro_batches": num_micro_batches}
@@ -162,8 +171,11 @@ def check_plan(par: Parallel, train: Training, spec: Any, num_gpus: int) -> None
             except SpecError as exc:
                 raise PlanError(str(exc), knob.name) from None
     if par.world != num_gpus:
-        raise PlanError(f"dp({par.dp}) * tp({par.tp}) * pp({par.pp}) * cp({par.cp}) = {par.world} "
-                        f"!= {num_gpus} GPUs in the cluster", "dp")
+        raise PlanError(
+            f"dp({par.dp}) * tp({par.tp}) * pp({par.pp}) * cp({par.cp}) = {par.world} "
+            f"!= {num_gpus} GPUs in the cluster",
+            "dp",
+        )
     _check_heads(par, spec)
     _check_batch(par, train)
     _check_pipeline(par, train, spec)
@@ -175,15 +187,22 @@ def check_plan(par: Parallel, train: Training, spec: Any, num_gpus: int) -> None
 def _check_heads(par: Parallel, spec: Any) -> None:
     tp = par.tp
     if spec.num_heads % tp:
-        raise PlanError(f"num_heads ({spec.num_heads}) % tp ({tp}) = {spec.num_heads % tp}: "
-                        f"tensor parallelism splits heads, so tp must divide them", "tp")
+        raise PlanError(
+            f"num_heads ({spec.num_heads}) % tp ({tp}) = {spec.num_heads % tp}: "
+            f"tensor parallelism splits heads, so tp must divide them",
+            "tp",
+        )
     if spec.mla is None and spec.kv_heads % tp and tp % spec.kv_heads:
-        raise PlanError(f"num_kv_heads ({spec.kv_heads}) and tp ({tp}) must divide one another "
-                        f"(kv heads are split or replicated across tp ranks)", "tp")
+        raise PlanError(
+            f"num_kv_heads ({spec.kv_heads}) and tp ({tp}) must divide one another "
+            f"(kv heads are split or replicated across tp ranks)",
+            "tp",
+        )
     ffn = spec.moe.expert_ffn_hidden_size if spec.moe else spec.ffn_hidden_size
     if spec.ffn_hidden_size % tp or ffn % tp:
-        raise PlanError(f"ffn_hidden_size ({spec.ffn_hidden_size}) and expert ffn ({ffn}) must be divisible by "
-                        f"tp ({tp})", "tp")
+        raise PlanError(
+            f"ffn_hidden_size ({spec.ffn_hidden_size}) and expert ffn ({ffn}) must be divisible by tp ({tp})", "tp"
+        )
     if par.sequence_parallel and tp == 1:
         raise PlanError("--sequence-parallel needs tp > 1 (it splits the tp-replicated regions)", "sequence_parallel")
 
@@ -191,8 +210,11 @@ def _check_heads(par: Parallel, spec: Any) -> None:
 def _check_batch(par: Parallel, train: Training) -> None:
     per_step = par.dp * par.micro_batch
     if train.global_batch % per_step:
-        raise PlanError(f"global batch ({train.global_batch}) % (dp({par.dp}) * micro-batch({par.micro_batch}) "
-                        f"= {per_step}) = {train.global_batch % per_step}: the batch must split evenly", "micro_batch")
+        raise PlanError(
+            f"global batch ({train.global_batch}) % (dp({par.dp}) * micro-batch({par.micro_batch}) "
+            f"= {per_step}) = {train.global_batch % per_step}: the batch must split evenly",
+            "micro_batch",
+        )
     if train.seq_len % par.cp:
         raise PlanError(f"seq_len ({train.seq_len}) % cp ({par.cp}) = {train.seq_len % par.cp}", "cp")
     if par.cp > 1 and (train.seq_len // par.cp) % 2:
@@ -206,22 +228,28 @@ def _check_pipeline(par: Parallel, train: Training, spec: Any) -> None:
     if par.vpp > 1 and not sched.virtual_stages:
         raise PlanError(f"--vpp {par.vpp} needs --schedule interleaved", "vpp")
     if sched.virtual_stages and par.pp == 1:
-        raise PlanError(f"--schedule {par.schedule} needs --pp > 1 (it interleaves chunks of several pipeline "
-                        "ranks)", "schedule")
+        raise PlanError(
+            f"--schedule {par.schedule} needs --pp > 1 (it interleaves chunks of several pipeline ranks)", "schedule"
+        )
     if sched.microbatches_multiple_of_pp and par.pp > 1 and m % par.pp:
         raise PlanError(f"{sched.title} needs micro-batches ({m}) % pp ({par.pp}) == 0", "num_micro_batches")
     if sched.min_microbatches_pp and par.pp > 1 and m < par.pp:
-        raise PlanError(f"{par.schedule} needs at least pp ({par.pp}) micro-batches, got global batch "
-                        f"{train.global_batch} / (dp {par.dp} * micro-batch {par.micro_batch}) = {m}", "pp")
+        raise PlanError(
+            f"{par.schedule} needs at least pp ({par.pp}) micro-batches, got global batch "
+            f"{train.global_batch} / (dp {par.dp} * micro-batch {par.micro_batch}) = {m}",
+            "pp",
+        )
     if par.chunks > spec.num_layers:
         raise PlanError(f"pp*vpp = {par.chunks} pipeline chunks > {spec.num_layers} layers", "pp")
     if par.stage_layers is not None:
         if len(par.stage_layers) != par.chunks:
-            raise PlanError(f"--stage-layers has {len(par.stage_layers)} entries, expected pp*vpp = {par.chunks}",
-                            "stage_layers")
+            raise PlanError(
+                f"--stage-layers has {len(par.stage_layers)} entries, expected pp*vpp = {par.chunks}", "stage_layers"
+            )
         if sum(par.stage_layers) != spec.num_layers or min(par.stage_layers) < 0:
-            raise PlanError(f"--stage-layers sum to {sum(par.stage_layers)}, expected {spec.num_layers} layers",
-                            "stage_layers")
+            raise PlanError(
+                f"--stage-layers sum to {sum(par.stage_layers)}, expected {spec.num_layers} layers", "stage_layers"
+            )
 
 
 def _check_data_parallel(par: Parallel, spec: Any) -> None:
@@ -230,19 +258,29 @@ def _check_data_parallel(par: Parallel, spec: Any) -> None:
         if spec.moe is None:
             raise PlanError(f"--ep {par.ep} needs a mixture-of-experts model ({spec.name} is dense)", "ep")
         if par.dense_dp % par.ep or spec.moe.num_experts % par.ep:
-            raise PlanError(f"ep({par.ep}) must divide dp*cp ({par.dp}*{par.cp} = {par.dense_dp}) and "
-                            f"num_experts ({spec.moe.num_experts})", "ep")
+            raise PlanError(
+                f"ep({par.ep}) must divide dp*cp ({par.dp}*{par.cp} = {par.dense_dp}) and "
+                f"num_experts ({spec.moe.num_experts})",
+                "ep",
+            )
     r = par.dp_replicate
     if r > 1:
         if par.zero < 2:
-            raise PlanError(f"--dp-replicate {r} needs --zero 2 or 3: HSDP replicates a sharded model, and "
-                            f"ZeRO-{par.zero} shards no gradients or weights", "dp_replicate")
+            raise PlanError(
+                f"--dp-replicate {r} needs --zero 2 or 3: HSDP replicates a sharded model, and "
+                f"ZeRO-{par.zero} shards no gradients or weights",
+                "dp_replicate",
+            )
         if par.dp % r:
-            raise PlanError(f"dp_replicate ({r}) must divide dp ({par.dp}): dp % dp_replicate = {par.dp % r}",
-                            "dp_replicate")
+            raise PlanError(
+                f"dp_replicate ({r}) must divide dp ({par.dp}): dp % dp_replicate = {par.dp % r}", "dp_replicate"
+            )
         if par.dense_shard % par.ep:
-            raise PlanError(f"ep({par.ep}) must divide the HSDP shard group dp*cp/dp_replicate ({par.dp}*{par.cp}/"
-                            f"{r} = {par.dense_shard})", "dp_replicate")
+            raise PlanError(
+                f"ep({par.ep}) must divide the HSDP shard group dp*cp/dp_replicate ({par.dp}*{par.cp}/"
+                f"{r} = {par.dense_shard})",
+                "dp_replicate",
+            )
 
 
 def knob_field(name: str) -> str:

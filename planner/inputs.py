@@ -7,7 +7,7 @@ with one line that names the offending input.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -20,7 +20,6 @@ from planner.commands.common import Opt
 from planner.config import DTYPES, Parallel, Training
 from planner.knobs import KNOBS
 
-
 # Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
 # data parallelism; auto = what Megatron-LM and torchtitan do (config.grad_reduce_bytes).
 # tp_overlap: whether backward TP collectives hide under their linears' GEMMs (cost.layer._tp_comm_s).
@@ -28,10 +27,10 @@ TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16"), "tp_overlap": ("
 # What is trained, on what (estimate, plan, sweep, explain): optional options so `estimate --plan`
 # can omit them; build_inputs reports missing ones (exit 2).
 PROBLEM_OPTIONS = (
-    Opt("model", Optional[str], None, ("--model", "-m"), "Preset name, spec file or HF config.json."),
-    Opt("cluster", Optional[str], None, ("--cluster", "-c"), "GPU:N, a GPU preset or a cluster file."),
-    Opt("global_batch", Optional[int], None, ("--global-batch", "-b"), "Sequences per optimizer step."),
-    Opt("seq_len", Optional[int], None, ("--seq-len", "-s"), "Tokens per sequence."),
+    Opt("model", str | None, None, ("--model", "-m"), "Preset name, spec file or HF config.json."),
+    Opt("cluster", str | None, None, ("--cluster", "-c"), "GPU:N, a GPU preset or a cluster file."),
+    Opt("global_batch", int | None, None, ("--global-batch", "-b"), "Sequences per optimizer step."),
+    Opt("seq_len", int | None, None, ("--seq-len", "-s"), "Tokens per sequence."),
     Opt("dtype", str, "bf16", ("--dtype",), "Compute dtype: bf16, fp16, fp8 or fp32."),
     Opt("attention", str, "flash", ("--attention",), "Attention kernel: flash (fused, no s^2 tensors) or eager."),
 )
@@ -54,8 +53,10 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
         key, sep, value = item.partition("=")
         target, dot, path = key.partition(".")
         if not sep or not dot or target not in out or not path:
-            raise SpecError(f"--set {item!r}: expected model.KEY=VALUE, cluster.KEY=VALUE or "
-                            f"training.KEY=VALUE ({', '.join(TRAINING_SETS)})")
+            raise SpecError(
+                f"--set {item!r}: expected model.KEY=VALUE, cluster.KEY=VALUE or "
+                f"training.KEY=VALUE ({', '.join(TRAINING_SETS)})"
+            )
         try:
             out[target][path] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
@@ -71,8 +72,9 @@ def _positive(name: str, value: int | None) -> int:
     return value
 
 
-def build_training(global_batch: int | None, seq_len: int | None, dtype: str, attention: str,
-                   sets: dict | None = None) -> Training:
+def build_training(
+    global_batch: int | None, seq_len: int | None, dtype: str, attention: str, sets: dict | None = None
+) -> Training:
     if dtype not in DTYPES:
         raise SpecError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     if attention not in ("flash", "eager"):
@@ -102,8 +104,10 @@ def build_parallel(knobs: dict, num_gpus: int) -> Parallel:
     if k["dp"] is None:
         rest = k["tp"] * k["pp"] * k["cp"]
         if num_gpus % rest:
-            raise SpecError(f"{num_gpus} GPUs % (tp({k['tp']}) * pp({k['pp']}) * cp({k['cp']}) = {rest}) "
-                            f"= {num_gpus % rest}: cannot derive dp")
+            raise SpecError(
+                f"{num_gpus} GPUs % (tp({k['tp']}) * pp({k['pp']}) * cp({k['cp']}) = {rest}) "
+                f"= {num_gpus % rest}: cannot derive dp"
+            )
         k["dp"] = num_gpus // rest
     if k["stage_layers"]:
         try:
@@ -115,8 +119,16 @@ def build_parallel(knobs: dict, num_gpus: int) -> Parallel:
     return Parallel(**k)
 
 
-def build_inputs(model: str | None, cluster: str | None, global_batch: int | None, seq_len: int | None,
-                 dtype: str, attention: str, sets: dict, knobs: dict | None) -> Inputs:
+def build_inputs(
+    model: str | None,
+    cluster: str | None,
+    global_batch: int | None,
+    seq_len: int | None,
+    dtype: str,
+    attention: str,
+    sets: dict,
+    knobs: dict | None,
+) -> Inputs:
     if not model:
         raise SpecError("missing option --model (a preset such as llama3-8b, a spec file or a config.json)")
     if not cluster:

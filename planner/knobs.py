@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from models.errors import SpecError
 from planner.schedules import SCHEDULES
@@ -119,7 +119,9 @@ class Knob:
         if self.kind == "choice" or self.kind == "per_block":
             bad = [x for x in items if x not in self.choices]
             if bad:
-                raise SpecError(f"{self.flag}: unknown value(s) {', '.join(bad)}; choose from {', '.join(self.choices)}")
+                raise SpecError(
+                    f"{self.flag}: unknown value(s) {', '.join(bad)}; choose from {', '.join(self.choices)}"
+                )
         return tuple(self.parse(x) for x in items)
 
     def values(self, space: Space, chosen: Chosen, given: tuple | None) -> tuple:
@@ -145,57 +147,194 @@ def _hsdp_long(v: int, c: Chosen) -> str:
 
 
 KNOBS: tuple[Knob, ...] = (
-    Knob("dp", "dp", "--dp", "int", None, "Data-parallel degree", "GPUs/(tp*pp*cp)",
-         shown_at=1, auto=None, widened=lambda s, c: [d for d in divisors(s.num_gpus) if s.global_batch % d == 0],
-         short=lambda v, c: f"dp{v}", long=lambda v, c: f"dp {v}"),
-    Knob("tp", "tp", "--tp", "int", 1, "Tensor-parallel degree (1 = off)", "powers of 2 up to a node, max 8",
-         shown_at=2, auto=lambda s, c: tuple(t for t in powers_of_two(s.num_gpus) if t <= min(s.gpus_per_node, 8)),
-         widened=lambda s, c: [t for t in powers_of_two(s.num_gpus) if t <= min(s.gpus_per_node, 8)],
-         short=lambda v, c: f"tp{v}", long=lambda v, c: f"tp {v}"),
-    Knob("pp", "pp", "--pp", "int", 1, "Pipeline-parallel degree (1 = off)", "divisors up to the layer count",
-         shown_at=3, auto=lambda s, c: tuple(p for p in divisors(s.num_gpus) if p <= s.num_layers),
-         widened=lambda s, c: [p for p in divisors(s.num_gpus) if p <= s.num_layers],
-         short=lambda v, c: f"pp{v}", long=lambda v, c: f"pp {v}"),
-    Knob("cp", "cp", "--cp", "int", 1, "Context-parallel degree (1 = off)", "1, or 1-8 from 16k tokens",
-         shown_at=4, auto=lambda s, c: tuple(x for x in powers_of_two(s.num_gpus) if x <= 8)
-         if s.seq_len >= 16384 else (1,),
-         widened=lambda s, c: [x for x in powers_of_two(s.num_gpus) if x <= 8],
-         short=lambda v, c: f"cp{v}", long=lambda v, c: f"cp {v}"),
-    Knob("ep", "ep", "--ep", "int", 1, "Expert-parallel degree, carved out of dp*cp (1 = off)", "1 for dense models, "
-         "powers of 2 dividing the experts for MoE", shown_at=5,
-         auto=lambda s, c: tuple(e for e in powers_of_two(s.num_gpus) if s.num_experts % e == 0) if s.num_experts
-         else (1,),
-         widened=lambda s, c: [e for e in powers_of_two(s.num_gpus) if s.num_experts % e == 0] if s.num_experts
-         else [1, 2],
-         short=lambda v, c: f"ep{v}", long=lambda v, c: f"ep {v}"),
-    Knob("schedule", "schedule", "--schedule", "choice", "1f1b", "Pipeline schedule", "1f1b, interleaved, gpipe",
-         choices=tuple(SCHEDULES), shown_at=9, auto=lambda s, c: ("1f1b", "interleaved", "gpipe"),
-         widened=lambda s, c: list(SCHEDULES), short=lambda v, c: v, long=lambda v, c: v),
-    Knob("vpp", "virtual_stages", "--vpp", "int", 1, "Virtual stages (model chunks) per pipeline rank, interleaved "
-         "schedule", "2; deeper counts are tried after the search", shown_at=10, auto=lambda s, c: (2,),
-         widened=lambda s, c: [1, 2, 4], applies=_pp_applies,
-         short=lambda v, c: f" v{v}" if v > 1 else "", long=lambda v, c: f"vpp {v}" if v > 1 else ""),
-    Knob("micro_batch", "micro_batch_size", "--micro-batch", "int", 1, "Sequences per micro-batch per data-parallel "
-         "rank", "1,2,4,8", shown_at=8, auto=lambda s, c: (1, 2, 4, 8),
-         widened=lambda s, c: [1, 2, 4, 8], short=lambda v, c: f"mb{v}",
-         long=lambda v, c: f"micro-batch {v}" + (f" x {c['num_micro_batches']}" if "num_micro_batches" in c else "")),
-    Knob("zero", "zero_stage", "--zero", "int", 0, "ZeRO stage: 0 none, 1 optimizer, 2 +gradients, 3 +weights (FSDP)",
-         "0,1,2,3", minimum=0, maximum=3, shown_at=6, auto=lambda s, c: (0, 1, 2, 3),
-         widened=lambda s, c: [0, 1, 2, 3], short=lambda v, c: f"zero{v}", long=lambda v, c: f"zero {v}"),
+    Knob(
+        "dp",
+        "dp",
+        "--dp",
+        "int",
+        None,
+        "Data-parallel degree",
+        "GPUs/(tp*pp*cp)",
+        shown_at=1,
+        auto=None,
+        widened=lambda s, c: [d for d in divisors(s.num_gpus) if s.global_batch % d == 0],
+        short=lambda v, c: f"dp{v}",
+        long=lambda v, c: f"dp {v}",
+    ),
+    Knob(
+        "tp",
+        "tp",
+        "--tp",
+        "int",
+        1,
+        "Tensor-parallel degree (1 = off)",
+        "powers of 2 up to a node, max 8",
+        shown_at=2,
+        auto=lambda s, c: tuple(t for t in powers_of_two(s.num_gpus) if t <= min(s.gpus_per_node, 8)),
+        widened=lambda s, c: [t for t in powers_of_two(s.num_gpus) if t <= min(s.gpus_per_node, 8)],
+        short=lambda v, c: f"tp{v}",
+        long=lambda v, c: f"tp {v}",
+    ),
+    Knob(
+        "pp",
+        "pp",
+        "--pp",
+        "int",
+        1,
+        "Pipeline-parallel degree (1 = off)",
+        "divisors up to the layer count",
+        shown_at=3,
+        auto=lambda s, c: tuple(p for p in divisors(s.num_gpus) if p <= s.num_layers),
+        widened=lambda s, c: [p for p in divisors(s.num_gpus) if p <= s.num_layers],
+        short=lambda v, c: f"pp{v}",
+        long=lambda v, c: f"pp {v}",
+    ),
+    Knob(
+        "cp",
+        "cp",
+        "--cp",
+        "int",
+        1,
+        "Context-parallel degree (1 = off)",
+        "1, or 1-8 from 16k tokens",
+        shown_at=4,
+        auto=lambda s, c: tuple(x for x in powers_of_two(s.num_gpus) if x <= 8) if s.seq_len >= 16384 else (1,),
+        widened=lambda s, c: [x for x in powers_of_two(s.num_gpus) if x <= 8],
+        short=lambda v, c: f"cp{v}",
+        long=lambda v, c: f"cp {v}",
+    ),
+    Knob(
+        "ep",
+        "ep",
+        "--ep",
+        "int",
+        1,
+        "Expert-parallel degree, carved out of dp*cp (1 = off)",
+        "1 for dense models, powers of 2 dividing the experts for MoE",
+        shown_at=5,
+        auto=lambda s, c: (
+            tuple(e for e in powers_of_two(s.num_gpus) if s.num_experts % e == 0) if s.num_experts else (1,)
+        ),
+        widened=lambda s, c: (
+            [e for e in powers_of_two(s.num_gpus) if s.num_experts % e == 0] if s.num_experts else [1, 2]
+        ),
+        short=lambda v, c: f"ep{v}",
+        long=lambda v, c: f"ep {v}",
+    ),
+    Knob(
+        "schedule",
+        "schedule",
+        "--schedule",
+        "choice",
+        "1f1b",
+        "Pipeline schedule",
+        "1f1b, interleaved, gpipe",
+        choices=tuple(SCHEDULES),
+        shown_at=9,
+        auto=lambda s, c: ("1f1b", "interleaved", "gpipe"),
+        widened=lambda s, c: list(SCHEDULES),
+        short=lambda v, c: v,
+        long=lambda v, c: v,
+    ),
+    Knob(
+        "vpp",
+        "virtual_stages",
+        "--vpp",
+        "int",
+        1,
+        "Virtual stages (model chunks) per pipeline rank, interleaved schedule",
+        "2; deeper counts are tried after the search",
+        shown_at=10,
+        auto=lambda s, c: (2,),
+        widened=lambda s, c: [1, 2, 4],
+        applies=_pp_applies,
+        short=lambda v, c: f" v{v}" if v > 1 else "",
+        long=lambda v, c: f"vpp {v}" if v > 1 else "",
+    ),
+    Knob(
+        "micro_batch",
+        "micro_batch_size",
+        "--micro-batch",
+        "int",
+        1,
+        "Sequences per micro-batch per data-parallel rank",
+        "1,2,4,8",
+        shown_at=8,
+        auto=lambda s, c: (1, 2, 4, 8),
+        widened=lambda s, c: [1, 2, 4, 8],
+        short=lambda v, c: f"mb{v}",
+        long=lambda v, c: f"micro-batch {v}" + (f" x {c['num_micro_batches']}" if "num_micro_batches" in c else ""),
+    ),
+    Knob(
+        "zero",
+        "zero_stage",
+        "--zero",
+        "int",
+        0,
+        "ZeRO stage: 0 none, 1 optimizer, 2 +gradients, 3 +weights (FSDP)",
+        "0,1,2,3",
+        minimum=0,
+        maximum=3,
+        shown_at=6,
+        auto=lambda s, c: (0, 1, 2, 3),
+        widened=lambda s, c: [0, 1, 2, 3],
+        short=lambda v, c: f"zero{v}",
+        long=lambda v, c: f"zero {v}",
+    ),
     # HSDP is searched where the user lists replica counts (``--dp-replicate 1,8``): auto keeps the
     # space (and the answers) of plain ZeRO sharding over all of dp·cp.
-    Knob("dp_replicate", "dp_replicate", "--dp-replicate", "int", 1, "HSDP replicas: ZeRO-2/3 shards over "
-         "dp*cp/dp_replicate ranks and gradients are all-reduced across the replicas (1 = shard over all of dp*cp)",
-         "1; list replica counts, e.g. 1,8, to search HSDP", since="1.1", shown_at=7,
-         auto=lambda s, c: (1,), widened=lambda s, c: [1], short=_hsdp_short, long=_hsdp_long),
-    Knob("sequence_parallel", "sequence_parallel", "--sequence-parallel", "bool", False, "Split the tp-replicated "
-         "regions (norms, dropout) by sequence", "on when tp>1", shown_at=11, auto=lambda s, c: (True,),
-         widened=lambda s, c: [False, True]),
-    Knob("stage_layers", "stage_layers", "--stage-layers", "layers", None, "Blocks per pipeline chunk, e.g. 7,8,...,7",
-         "the placement MILP decides", searched=False, shown_at=13),
-    Knob("recompute", "recompute", "--recompute", "per_block", "none", "Activation recompute per block: none, "
-         "selective or full", "none, selective, full per block (the placement MILP decides)",
-         choices=RECOMPUTE_OPTIONS, searched=False, shown_at=12, auto=lambda s, c: RECOMPUTE_OPTIONS),
+    Knob(
+        "dp_replicate",
+        "dp_replicate",
+        "--dp-replicate",
+        "int",
+        1,
+        "HSDP replicas: ZeRO-2/3 shards over "
+        "dp*cp/dp_replicate ranks and gradients are all-reduced across the replicas (1 = shard over all of dp*cp)",
+        "1; list replica counts, e.g. 1,8, to search HSDP",
+        since="1.1",
+        shown_at=7,
+        auto=lambda s, c: (1,),
+        widened=lambda s, c: [1],
+        short=_hsdp_short,
+        long=_hsdp_long,
+    ),
+    Knob(
+        "sequence_parallel",
+        "sequence_parallel",
+        "--sequence-parallel",
+        "bool",
+        False,
+        "Split the tp-replicated regions (norms, dropout) by sequence",
+        "on when tp>1",
+        shown_at=11,
+        auto=lambda s, c: (True,),
+        widened=lambda s, c: [False, True],
+    ),
+    Knob(
+        "stage_layers",
+        "stage_layers",
+        "--stage-layers",
+        "layers",
+        None,
+        "Blocks per pipeline chunk, e.g. 7,8,...,7",
+        "the placement MILP decides",
+        searched=False,
+        shown_at=13,
+    ),
+    Knob(
+        "recompute",
+        "recompute",
+        "--recompute",
+        "per_block",
+        "none",
+        "Activation recompute per block: none, selective or full",
+        "none, selective, full per block (the placement MILP decides)",
+        choices=RECOMPUTE_OPTIONS,
+        searched=False,
+        shown_at=12,
+        auto=lambda s, c: RECOMPUTE_OPTIONS,
+    ),
 )
 BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
 SHOWN: tuple[Knob, ...] = tuple(sorted(KNOBS, key=lambda k: k.shown_at))
@@ -247,7 +386,7 @@ class Knobs:
         return self.get("recompute", RECOMPUTE_OPTIONS)
 
     @staticmethod
-    def parse(raw: Mapping[str, str | None]) -> "Knobs":
+    def parse(raw: Mapping[str, str | None]) -> Knobs:
         """Each knob as the command line gives it: ``auto`` (or absent), one value, or a comma list."""
         out: dict[str, tuple | None] = {}
         for name, text in raw.items():
@@ -269,10 +408,11 @@ def cli_parameters(mode: Literal["space", "fixed"], option: Callable[..., Any]) 
             values = "auto, on, off or on,off" if k.kind == "bool" else "auto, one value, or a comma list"
             opt, kind = option("auto", k.flag, help=f"{k.help}: {values} (auto: {k.auto_help})."), str
         else:
-            extra = " (default: GPUs / (tp*pp*cp))" if k.name == "dp" else f": {', '.join(k.choices)}" if k.choices \
-                else ""
+            extra = (
+                " (default: GPUs / (tp*pp*cp))" if k.name == "dp" else f": {', '.join(k.choices)}" if k.choices else ""
+            )
             opt = option(k.default, k.flag, help=f"{k.help}{extra}.")
             kind = {"int": int, "bool": bool, "choice": str, "per_block": str, "layers": str}[k.kind]
-            kind = Optional[kind] if k.default is None else kind  # type: ignore[assignment]
+            kind = kind | None if k.default is None else kind  # type: ignore[assignment]
         out.append(inspect.Parameter(k.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=opt, annotation=kind))
     return out

@@ -92,13 +92,54 @@ def _interleaved_order(rank: int, pp: int, m: int, v: int) -> tuple[Op, ...]:
     return _one_f_one_b(fw, bw, min((pp - rank - 1) * 2 + (v - 1) * pp, total))
 
 
-GPIPE = Schedule("gpipe", "GPipe", "Huang et al. 2019", ("F", "B"), False, False, False, "ScheduleGPipe", False,
-                 "GPipe", False, False, _gpipe_order, lambda p, m, v: m)
-ONE_F_ONE_B = Schedule("1f1b", "1F1B", "Narayanan et al. 2021 §2.2.1 (PipeDream-Flush)", ("F", "B"), False, True,
-                       False, "Schedule1F1B", False, "1F1B", True, True, _1f1b_order, lambda p, m, v: min(m, p))
-INTERLEAVED = Schedule("interleaved", "interleaved 1F1B", "Narayanan et al. 2021 §2.2.2", ("F", "B"), True, True,
-                       True, "ScheduleInterleaved1F1B", True, "Interleaved1F1B", True, False, _interleaved_order,
-                       lambda p, m, v: min(m * v, 2 * (p - 1) + (v - 1) * p + 1) / v)
+GPIPE = Schedule(
+    "gpipe",
+    "GPipe",
+    "Huang et al. 2019",
+    ("F", "B"),
+    False,
+    False,
+    False,
+    "ScheduleGPipe",
+    False,
+    "GPipe",
+    False,
+    False,
+    _gpipe_order,
+    lambda p, m, v: m,
+)
+ONE_F_ONE_B = Schedule(
+    "1f1b",
+    "1F1B",
+    "Narayanan et al. 2021 §2.2.1 (PipeDream-Flush)",
+    ("F", "B"),
+    False,
+    True,
+    False,
+    "Schedule1F1B",
+    False,
+    "1F1B",
+    True,
+    True,
+    _1f1b_order,
+    lambda p, m, v: min(m, p),
+)
+INTERLEAVED = Schedule(
+    "interleaved",
+    "interleaved 1F1B",
+    "Narayanan et al. 2021 §2.2.2",
+    ("F", "B"),
+    True,
+    True,
+    True,
+    "ScheduleInterleaved1F1B",
+    True,
+    "Interleaved1F1B",
+    True,
+    False,
+    _interleaved_order,
+    lambda p, m, v: min(m * v, 2 * (p - 1) + (v - 1) * p + 1) / v,
+)
 
 SCHEDULES: dict[str, Schedule] = {s.name: s for s in (GPIPE, ONE_F_ONE_B, INTERLEAVED)}
 

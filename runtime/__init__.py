@@ -37,9 +37,21 @@ _EXPORTS = {
     "DEFAULT_LR": "runtime.defaults",
 }
 __all__ = [  # every name of _EXPORTS
-    "DEFAULT_LR", "ParallelModel", "PlanError", "SavedTensorMeter", "apply_plan", "build_mesh",
-    "build_model", "load_plan", "make_plan", "measure_saved_bytes_per_layer",
-    "print_torchrun_command", "read_parallelism", "run", "run_reference", "validate_plan",
+    "DEFAULT_LR",
+    "ParallelModel",
+    "PlanError",
+    "SavedTensorMeter",
+    "apply_plan",
+    "build_mesh",
+    "build_model",
+    "load_plan",
+    "make_plan",
+    "measure_saved_bytes_per_layer",
+    "print_torchrun_command",
+    "read_parallelism",
+    "run",
+    "run_reference",
+    "validate_plan",
 ]
 
 

@@ -34,7 +34,7 @@ from runtime.train import train_rank
 
 
 def plan_device_type(plan: dict) -> str | None:
-    """"cpu" or "cuda" from ``inputs.cluster.gpu`` (the ``cpu`` preset means CPU); None if absent."""
+    """ "cpu" or "cuda" from ``inputs.cluster.gpu`` (the ``cpu`` preset means CPU); None if absent."""
     gpu = (plan["inputs"].get("cluster") or {}).get("gpu")
     name = gpu.get("name") if isinstance(gpu, dict) else gpu
     if not name:
@@ -60,8 +60,12 @@ def resolve_device(plan: dict, device: str | None, nprocs: int) -> str:
 def _worker(plan: dict, args: dict) -> None:
     """One rank, inside an initialised process group: train, then rank 0 writes the results."""
     if dist.get_world_size() != world_size(plan):
-        raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; launched world size is {dist.get_world_size()}")
-    record = train_rank(plan, args["steps"], args["lr"], args["data"], args["device"], keep_state=bool(args["save_params"]))
+        raise PlanError(
+            f"plan needs {world_size_arithmetic(plan)} ranks; launched world size is {dist.get_world_size()}"
+        )
+    record = train_rank(
+        plan, args["steps"], args["lr"], args["data"], args["device"], keep_state=bool(args["save_params"])
+    )
     records = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(record, records, dst=0)
     if dist.get_rank() == 0:
@@ -80,7 +84,9 @@ def _rank_main(rank: int, world: int, store_path: str, plan: dict, args: dict) -
     if args["device"] == "cuda":
         torch.cuda.set_device(rank)
     store = dist.FileStore(store_path, world)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=args["timeout_s"]))
+    dist.init_process_group(
+        backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=args["timeout_s"])
+    )
     try:
         _worker(plan, args)
     except BaseException:
@@ -140,7 +146,12 @@ def run(
     check_supported(plan)
     device = resolve_device(plan, device, nprocs)
     args = {
-        "steps": steps, "lr": lr, "data": data, "device": device, "out": str(out), "timeout_s": timeout_s,
+        "steps": steps,
+        "lr": lr,
+        "data": data,
+        "device": device,
+        "out": str(out),
+        "timeout_s": timeout_s,
         "save_params": str(save_params) if save_params else None,
         "plan_path": None if isinstance(plan_path, dict) else str(plan_path),
     }
@@ -196,8 +207,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     try:
-        _worker(plan, {"steps": a.steps, "lr": a.lr, "data": a.data, "device": device, "out": a.out,
-                       "save_params": a.save_params, "plan_path": a.plan})
+        _worker(
+            plan,
+            {
+                "steps": a.steps,
+                "lr": a.lr,
+                "data": a.data,
+                "device": device,
+                "out": a.out,
+                "save_params": a.save_params,
+                "plan_path": a.plan,
+            },
+        )
     finally:
         dist.destroy_process_group()
 

@@ -32,13 +32,7 @@ from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from runtime.pipeline import build_schedule, split_model
-from runtime.plan_io import (
-    PlanError,
-    read_parallelism,
-    validate_plan,
-    world_size,
-    world_size_arithmetic,
-)
+from runtime.plan_io import PlanError, read_parallelism, validate_plan, world_size, world_size_arithmetic
 from runtime.recompute import checkpoint_block
 from runtime.step import ParallelModel
 from runtime.tp import apply_tp
@@ -55,7 +49,9 @@ def build_mesh(plan: dict, device_type: str) -> DeviceMesh:
     with the two dp dimensions also flattened into "dp" (see :func:`dp_mesh`)."""
     p = read_parallelism(plan)
     if dist.get_world_size() != world_size(plan):
-        raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; the process group has {dist.get_world_size()}")
+        raise PlanError(
+            f"plan needs {world_size_arithmetic(plan)} ranks; the process group has {dist.get_world_size()}"
+        )
     r = p["dp_replicate"]
     mesh = init_device_mesh(device_type, (p["pp"], r, p["dp"] // r, p["tp"]), mesh_dim_names=MESH_DIMS)
     dp_mesh(mesh)  # creates the flattened group now, on every rank together

@@ -34,13 +34,15 @@ class ParityResult:
         return self.max_loss_rel_err <= tol and self.max_param_err <= tol and not self.missing_params
 
 
-def check_parity(plan: dict, steps: int = 3, lr: float = DEFAULT_LR, data: str | None = None,
-                 start_method: str | None = None) -> ParityResult:
+def check_parity(
+    plan: dict, steps: int = 3, lr: float = DEFAULT_LR, data: str | None = None, start_method: str | None = None
+) -> ParityResult:
     """Run ``plan`` on this machine, then the reference, and compare them."""
     with tempfile.TemporaryDirectory(prefix="autopar-parity-") as tmp:
         params_path = Path(tmp, "params.pt")
-        report = run(plan, steps, data, Path(tmp, "report.json"), lr=lr, save_params=params_path,
-                     start_method=start_method)
+        report = run(
+            plan, steps, data, Path(tmp, "report.json"), lr=lr, save_params=params_path, start_method=start_method
+        )
         gathered = torch.load(params_path, weights_only=True)
     ref = run_reference(plan, steps, lr, data)
     losses = [s["loss"] for s in report["steps"]]

@@ -49,9 +49,7 @@ def split_model(model: nn.Module, plan: dict, pp_rank: int) -> tuple[list[nn.Mod
     return parts, [st["index"] for st in stages]
 
 
-def build_schedule(
-    parts: list[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device
-):
+def build_schedule(parts: list[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device):
     """The plan's schedule over this rank's (already parallelised) chunks.
 
     Each micro-batch loss is a mean; the schedule divides the accumulated gradients by the
@@ -63,6 +61,8 @@ def build_schedule(
     entry = SCHEDULES[p["schedule"]]
     schedule_cls = getattr(pipelining, entry.torch_class)
     if not entry.torch_multi_stage and len(stages) != 1:
-        raise ValueError(f"schedule {entry.name!r} ({entry.torch_class}) takes one chunk per pp rank, not {len(stages)}")
+        raise ValueError(
+            f"schedule {entry.name!r} ({entry.torch_class}) takes one chunk per pp rank, not {len(stages)}"
+        )
     local = stages if entry.torch_multi_stage else stages[0]
     return schedule_cls(local, p["num_micro_batches"], loss_fn=next_token_loss)

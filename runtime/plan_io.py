@@ -201,7 +201,9 @@ def validate_plan(plan: dict) -> dict:
         raise PlanError(f"plan field 'inputs.training.dtype' must be one of {DTYPE_NAMES}, got {dtype!r}")
     seq_len = plan["inputs"]["training"]["seq_len"]
     if not 1 <= seq_len <= spec.max_seq_len:
-        raise PlanError(f"plan field 'inputs.training.seq_len' ({seq_len}) must be in [1, max_seq_len={spec.max_seq_len}]")
+        raise PlanError(
+            f"plan field 'inputs.training.seq_len' ({seq_len}) must be in [1, max_seq_len={spec.max_seq_len}]"
+        )
     _check_parallelism(plan)
     _check_stages(plan, spec.num_layers)
     return plan
@@ -211,6 +213,24 @@ def load_plan(source: str | Path | dict) -> dict:
     """A validated plan from a JSON file path or an already-parsed dict."""
     plan = source if isinstance(source, dict) else json.loads(Path(source).read_text())
     return validate_plan(plan)
+
+
+def _even_stages(n: int, pp: int, virtual_stages: int, recompute: str) -> list[dict]:
+    """``stages[]`` with n blocks split as evenly as possible over pp * virtual_stages chunks."""
+    chunks = pp * virtual_stages
+    bounds = [k * (n // chunks) + min(k, n % chunks) for k in range(chunks + 1)]
+    return [
+        {
+            "index": i,
+            "pp_rank": i % pp,
+            "virtual_index": i // pp,
+            "layers": [bounds[i], bounds[i + 1]],
+            "has_embedding": i == 0,
+            "has_head": i == chunks - 1,
+            "recompute": [recompute] * (bounds[i + 1] - bounds[i]),
+        }
+        for i in range(chunks)
+    ]
 
 
 def make_plan(
@@ -234,17 +254,7 @@ def make_plan(
     """A valid plan with blocks split as evenly as possible over pp * virtual_stages chunks
     (earlier chunks get the remainder); for tests and hand-written runs. ``dp_replicate`` > 1:
     HSDP, dp_replicate replicas of a ZeRO-2/3 shard group of dp / dp_replicate ranks."""
-    chunks = pp * virtual_stages
-    n = spec.num_layers
-    bounds = [k * (n // chunks) + min(k, n % chunks) for k in range(chunks + 1)]
-    stages = [
-        {
-            "index": i, "pp_rank": i % pp, "virtual_index": i // pp, "layers": [bounds[i], bounds[i + 1]],
-            "has_embedding": i == 0, "has_head": i == chunks - 1,
-            "recompute": [recompute] * (bounds[i + 1] - bounds[i]),
-        }
-        for i in range(chunks)
-    ]
+    stages = _even_stages(spec.num_layers, pp, virtual_stages, recompute)
     plan = {
         "schema_version": PLAN_VERSION,
         "inputs": {
@@ -252,13 +262,24 @@ def make_plan(
             "cluster": {},
             "training": {
                 "global_batch_size": dp * micro_batch_size * num_micro_batches,
-                "seq_len": seq_len, "dtype": dtype, "seed": seed,
+                "seq_len": seq_len,
+                "dtype": dtype,
+                "seed": seed,
             },
         },
         "parallelism": {
-            "dp": dp, "tp": tp, "pp": pp, "cp": 1, "ep": 1, "zero_stage": zero_stage, "dp_replicate": dp_replicate,
-            "micro_batch_size": micro_batch_size, "num_micro_batches": num_micro_batches,
-            "schedule": schedule, "virtual_stages": virtual_stages, "sequence_parallel": sequence_parallel,
+            "dp": dp,
+            "tp": tp,
+            "pp": pp,
+            "cp": 1,
+            "ep": 1,
+            "zero_stage": zero_stage,
+            "dp_replicate": dp_replicate,
+            "micro_batch_size": micro_batch_size,
+            "num_micro_batches": num_micro_batches,
+            "schedule": schedule,
+            "virtual_stages": virtual_stages,
+            "sequence_parallel": sequence_parallel,
         },
         "stages": stages,
         "predicted": {},

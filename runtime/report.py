@@ -28,7 +28,9 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
     steps = []
     for i, loss in enumerate(records[0]["losses"]):
         step_time_s = max(r["step_time_s"][i] for r in records)
-        steps.append({"step": i, "loss": loss, "step_time_s": step_time_s, "tokens_per_s": tokens_per_step / step_time_s})
+        steps.append(
+            {"step": i, "loss": loss, "step_time_s": step_time_s, "tokens_per_s": tokens_per_step / step_time_s}
+        )
     timed = steps[1:] if len(steps) > 1 else steps
     step_time_s = sum(s["step_time_s"] for s in timed) / len(timed) if timed else 0.0
     # The first step of a pipeline also runs the stages' shape-inference forward: skip it too.

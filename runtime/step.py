@@ -179,7 +179,9 @@ class _ZeroOneSGD:
 
         self.params = params
         self.shards = [_local(p).detach() for p in params]  # same storage, plain tensors
-        self.inner = ZeroRedundancyOptimizer(self.shards, optimizer_class=torch.optim.SGD, process_group=dp_group, lr=lr)
+        self.inner = ZeroRedundancyOptimizer(
+            self.shards, optimizer_class=torch.optim.SGD, process_group=dp_group, lr=lr
+        )
 
     def step(self) -> None:
         for p, shard in zip(self.params, self.shards):

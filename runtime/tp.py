@@ -59,8 +59,12 @@ def block_plan(block: nn.Module, sp: bool) -> dict[str, ParallelStyle]:
             plan.update(_ffn_plan("feed_forward.shared_experts", ffn.shared_experts, Replicate()))
         if sp:
             plan["feed_forward"] = PrepareModuleInputOutput(
-                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
-                output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True,
+                input_layouts=(Shard(1),),
+                desired_input_layouts=(Replicate(),),
+                use_local_input=True,
+                output_layouts=(Replicate(),),
+                desired_output_layouts=(Shard(1),),
+                use_local_output=True,
             )
     else:
         plan.update(_ffn_plan("feed_forward", ffn, seq))
@@ -70,7 +74,9 @@ def block_plan(block: nn.Module, sp: bool) -> dict[str, ParallelStyle]:
         plan["attention_norm"] = SequenceParallel()
         plan["ffn_norm"] = SequenceParallel()
         # (x, rope): gather x along the sequence; rope is a replicated buffer, left alone.
-        plan["attention"] = PrepareModuleInput(input_layouts=(Shard(1), None), desired_input_layouts=(Replicate(), None))
+        plan["attention"] = PrepareModuleInput(
+            input_layouts=(Shard(1), None), desired_input_layouts=(Replicate(), None)
+        )
     return plan
 
 

@@ -37,7 +37,9 @@ class TokenSource:
         self.vocab_size = plan["inputs"]["model"]["vocab_size"]
         self.tokens = None if data is None else np.memmap(data, dtype=np.dtype(data_dtype), mode="r")
         if self.tokens is not None and len(self.tokens) < self.seq_len + 1:
-            raise ValueError(f"token file {data} holds {len(self.tokens)} tokens; one sequence needs {self.seq_len + 1}")
+            raise ValueError(
+                f"token file {data} holds {len(self.tokens)} tokens; one sequence needs {self.seq_len + 1}"
+            )
 
     def batch(self, step: int) -> torch.Tensor:
         n, width = self.batch_size, self.seq_len + 1

@@ -3,9 +3,12 @@ command-line options they declare as data (``Opt``)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from models.errors import SpecError
 
@@ -37,11 +40,63 @@ class Opt:
 
 
 FMT_OPTION = Opt("fmt", str, "table", ("--format", "-f"), "Output format: table or json.")
-SETS_OPTION = Opt("sets", Optional[list[str]], None, ("--set",),
-                  "Override a spec field: model.KEY=VALUE, cluster.KEY=VALUE or training.grad_reduce_dtype="
-                  "auto|fp32|bf16 or training.tp_overlap=backward|none (repeatable).")
-PLOT_OPTIONS = (
-    Opt("plot", Optional[Path], None, ("--plot",), "Draw the plan to this .png/.svg/.pdf (needs autopar[plots])."),
-    Opt("plot_kind", str, "gantt", ("--plot-kind",), "gantt, memory, breakdown, or all (PATH-gantt, -memory, "
-        "-breakdown)."),
+SETS_OPTION = Opt(
+    "sets",
+    list[str] | None,
+    None,
+    ("--set",),
+    "Override a spec field: model.KEY=VALUE, cluster.KEY=VALUE or training.grad_reduce_dtype="
+    "auto|fp32|bf16 or training.tp_overlap=backward|none (repeatable).",
 )
+PLOT_OPTIONS = (
+    Opt("plot", Path | None, None, ("--plot",), "Draw the plan to this .png/.svg/.pdf (needs autopar[plots])."),
+    Opt(
+        "plot_kind",
+        str,
+        "gantt",
+        ("--plot-kind",),
+        "gantt, memory, breakdown, or all (PATH-gantt, -memory, -breakdown).",
+    ),
+)
+
+
+def parameters(
+    opts: Sequence[Opt | inspect.Parameter], option: Callable[..., Any], argument: Callable[..., Any]
+) -> list[inspect.Parameter]:
+    """Function parameters of declared options, made with the CLI framework's ``option(default,
+    *flags, help=)`` and ``argument(default, help=)`` (ready-made parameters pass through: the
+    knob registry builds its own)."""
+    out = []
+    for o in opts:
+        if not isinstance(o, inspect.Parameter):
+            info = argument(o.default, help=o.help) if o.argument else option(o.default, *o.flags, help=o.help)
+            o = inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=o.kind, default=info)
+        out.append(o)
+    return out
+
+
+def with_options(
+    option: Callable[..., Any], argument: Callable[..., Any], **groups: Sequence[Opt | inspect.Parameter]
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator that replaces each parameter named in ``groups`` by that group's options (as
+    ``parameters`` makes them) and hands the command their values as a dict under the group's name.
+    A group must not share its name with an option (typer reads the command's annotations)."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(fn)
+        params = [
+            q
+            for p in sig.parameters.values()
+            for q in (parameters(groups[p.name], option, argument) if p.name in groups else [p])
+        ]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            names = {g: [o.name for o in opts] for g, opts in groups.items()}
+            grouped = {g: {n: kwargs.pop(n) for n in ns if n in kwargs} for g, ns in names.items()}
+            return fn(*args, **grouped, **kwargs)
+
+        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        return wrapper
+
+    return deco

@@ -54,12 +54,23 @@ def _knob_order() -> tuple[tuple[tuple[str, ...], str], ...]:
 
 # (state keys, the plan path they are read from), in the order the knobs are applied: the inputs
 # (what is trained, on what), then the knobs.
-ORDER = ((("model",), "inputs.model"), (("cluster",), "inputs.cluster"),
-         *(((key,), f"inputs.training.{field}") for key, field in (
-             ("global_batch", "global_batch_size"), ("seq_len", "seq_len"), ("dtype", "dtype"),
-             ("attention_impl", "attention_impl"), ("grad_reduce_dtype", "grad_reduce_dtype"),
-             ("norm_impl", "norm_impl"), ("tp_overlap", "tp_overlap"))),
-         *_knob_order())
+ORDER = (
+    (("model",), "inputs.model"),
+    (("cluster",), "inputs.cluster"),
+    *(
+        ((key,), f"inputs.training.{field}")
+        for key, field in (
+            ("global_batch", "global_batch_size"),
+            ("seq_len", "seq_len"),
+            ("dtype", "dtype"),
+            ("attention_impl", "attention_impl"),
+            ("grad_reduce_dtype", "grad_reduce_dtype"),
+            ("norm_impl", "norm_impl"),
+            ("tp_overlap", "tp_overlap"),
+        )
+    ),
+    *_knob_order(),
+)
 PATHS = {k: field_path(k) for k in ("schedule", "vpp")}
 FIGURES = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
 
@@ -95,15 +106,25 @@ class DiffResult:
     steps: list[Step]
 
     def as_json(self) -> dict:
-        return {"a": self.a, "b": self.b, "order": [p for _, p in ORDER], "a_predicted": self.a_predicted,
-                "b_predicted": self.b_predicted, "total_change": self.total, "steps": [asdict(s) for s in self.steps]}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "order": [p for _, p in ORDER],
+            "a_predicted": self.a_predicted,
+            "b_predicted": self.b_predicted,
+            "total_change": self.total,
+            "steps": [asdict(s) for s in self.steps],
+        }
 
 
 def plan_state(doc: dict) -> dict:
     """The knobs of a plan file, with a uniform recompute and the default even split normalised."""
     model, cluster, train, par = plan_inputs(doc)
-    state = {"model": model, "cluster": cluster} | {k: getattr(train, k) for k in TRAIN_KEYS} | \
-            {k: getattr(par, k) for k in PAR_KEYS}
+    state = (
+        {"model": model, "cluster": cluster}
+        | {k: getattr(train, k) for k in TRAIN_KEYS}
+        | {k: getattr(par, k) for k in PAR_KEYS}
+    )
     if len(set(state["recompute"])) == 1:
         state["recompute"] = state["recompute"][0]
     if list(state["stage_layers"] or []) == split_layers(model.num_layers, par.chunks):

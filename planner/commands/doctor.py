@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -87,7 +86,7 @@ def solve_check(backend: str) -> Check:
             with warnings.catch_warnings():  # PuLP 3 announces its 4.0 API on every call
                 warnings.simplefilter("ignore")
                 sol = _test_milp().solve("pulp", SOLVER_TIME_LIMIT_S)
-    except Exception as exc:  # noqa: BLE001 - any failure of a backend is the finding itself
+    except Exception as exc:
         return Check("solvers", name, False, f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}", serves)
     return _judge(name, serves, sol, MILP_OPTIMUM, "integer optimum", t0)
 
@@ -100,7 +99,7 @@ def lp_check(solver: str) -> Check:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             sol = _test_milp(integer=False).solve(solver, SOLVER_TIME_LIMIT_S)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Check("solvers", name, False, f"failed: {type(exc).__name__}: {' '.join(str(exc).split())}", solver)
     return _judge(name, solver, sol, LP_OPTIMUM, f"LP optimum via {sol.backend}", t0)
 
@@ -116,10 +115,16 @@ def _judge(name: str, serves: str | None, sol, expected: float, what: str, t0: f
 
 def version_checks() -> list[Check]:
     """Python and the packages autopar uses (torch and matplotlib are optional extras)."""
-    rows = [Check("versions", "python", None, f"{platform.python_version()} ({platform.python_implementation()})"),
-            Check("versions", "autopar", None, _version("autopar") or "not installed (running from a checkout)")]
-    packages = (("ortools", "OR-Tools", True), ("pulp", "PuLP", True), ("torch", "torch (runtime extra)", False),
-                ("matplotlib", "matplotlib (plots extra)", False))
+    rows = [
+        Check("versions", "python", None, f"{platform.python_version()} ({platform.python_implementation()})"),
+        Check("versions", "autopar", None, _version("autopar") or "not installed (running from a checkout)"),
+    ]
+    packages = (
+        ("ortools", "OR-Tools", True),
+        ("pulp", "PuLP", True),
+        ("torch", "torch (runtime extra)", False),
+        ("matplotlib", "matplotlib (plots extra)", False),
+    )
     for dist, label, needed in packages:
         v = _version(dist)
         rows.append(Check("versions", label, (v is not None) if needed else None, v or "not installed"))
@@ -134,7 +139,7 @@ def cbc_check() -> Check:
             import pulp
 
             path = pulp.PULP_CBC_CMD(msg=False).path
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return Check("versions", "CBC binary", False, f"PuLP cannot locate it: {exc}")
     if not path or not os.path.isfile(path):
         return Check("versions", "CBC binary", False, f"not found ({path or 'no path'})")
@@ -161,8 +166,9 @@ def gpu_checks() -> list[Check]:
     if smi is None:
         return [Check("gpus", "GPUs visible", None, f"none ({why}; no nvidia-smi on PATH)")]
     try:
-        proc = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=20)
+        proc = subprocess.run(
+            [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return [Check("gpus", "GPUs visible", None, f"none ({why}; nvidia-smi failed: {exc})")]
     gpus = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip()]
@@ -181,8 +187,10 @@ def distributed_checks() -> list[Check]:
     if not dist.is_available():
         return [Check("torch.distributed", "backends", False, "torch.distributed is not built into this torch")]
     probes = {"gloo": dist.is_gloo_available, "nccl": dist.is_nccl_available, "mpi": dist.is_mpi_available}
-    return [Check("torch.distributed", name, None, "available" if probe() else "not available")
-            for name, probe in probes.items()]
+    return [
+        Check("torch.distributed", name, None, "available" if probe() else "not available")
+        for name, probe in probes.items()
+    ]
 
 
 def _import(module: str):
@@ -221,5 +229,7 @@ def verdict(checks: list[Check]) -> str:
     usable = usable_solvers(checks)
     if usable:
         return "planning works with " + " and ".join(f"--solver {s}" for s in usable)
-    return ("planning does not work: neither `--solver ortools` (OR-Tools) nor `--solver pulp` (PuLP's CBC) "
-            "solved the test MILP and its LP relaxation; reinstall ortools or pulp")
+    return (
+        "planning does not work: neither `--solver ortools` (OR-Tools) nor `--solver pulp` (PuLP's CBC) "
+        "solved the test MILP and its LP relaxation; reinstall ortools or pulp"
+    )

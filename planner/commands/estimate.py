@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from planner.commands.common import Opt
-
 from planner.cost.estimate import Estimate, estimate
 from planner.inputs import Inputs
 from planner.planfile.load import load_plan, plan_inputs
 
-
-PLAN_FILE_OPTION = Opt("plan", Optional[Path], None, ("--plan",), "Re-score a saved plan JSON with the current cost model.")
+PLAN_FILE_OPTION = Opt(
+    "plan", Path | None, None, ("--plan",), "Re-score a saved plan JSON with the current cost model."
+)
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hardware.cluster import ClusterSpec
 from models.errors import SpecError
-from planner.commands.common import Opt
 from models.spec import ModelSpec
+from planner.commands.common import Opt
 from planner.commands.explain_infeasible import explain_infeasible
-from planner.commands.explain_rows import GiB, ExplainReport, binding, delta_row, over_text, recompute_rows
+from planner.commands.explain_rows import ExplainReport, GiB, binding, delta_row, over_text, recompute_rows
 from planner.commands.plan import closest_plan
 from planner.config import Parallel, PlanError, Training, check_plan
 from planner.cost.estimate import Estimate, estimate
@@ -43,8 +43,14 @@ WARM_SHARE = 0.3  # of the budget for the heuristic rounds that give every quest
 WARM_ROUNDS = 4  # heuristic plans per question at most (its most promising candidates)
 EXACT_GAP = 1e-4  # "+1 GiB, same mesh": a re-placement gain is small, so close it almost exactly
 EXPLAIN_OPTIONS = (
-    Opt("plan_file", Optional[Path], None, (), "Plan JSON to explain (omit it with --infeasible -m -c -b -s).",
-        argument=True),
+    Opt(
+        "plan_file",
+        Path | None,
+        None,
+        (),
+        "Plan JSON to explain (omit it with --infeasible -m -c -b -s).",
+        argument=True,
+    ),
     Opt("infeasible", bool, False, ("--infeasible",), "No plan fits: the conflicting constraints and what would fit."),
     Opt("time_limit", float, 30.0, ("--time-limit",), "Wall-clock seconds shared by all the re-plans."),
 )
@@ -64,8 +70,9 @@ class Problem:
 
     def pool(self, cluster: ClusterSpec | None = None, knobs: Knobs | None = None) -> Pool:
         knobs = knobs or self.knobs
-        ctx = SearchContext.build(self.spec, cluster or self.cluster, self.train, knobs.options(), self.backend,
-                                  self.gap)
+        ctx = SearchContext.build(
+            self.spec, cluster or self.cluster, self.train, knobs.options(), self.backend, self.gap
+        )
         return Pool(ctx, knobs)
 
 
@@ -130,8 +137,11 @@ def invalid_reason(prob: Problem, name: str, value: Any) -> str:
         check_plan(trial, prob.train, prob.spec, n)
     except PlanError as exc:
         return str(exc)
-    fixed = " ".join(f"{BY_NAME[k].flag} {','.join(str(x) for x in v)}"
-                     for k, v in prob.knobs.values.items() if v is not None and k != name)
+    fixed = " ".join(
+        f"{BY_NAME[k].flag} {','.join(str(x) for x in v)}"
+        for k, v in prob.knobs.values.items()
+        if v is not None and k != name
+    )
     why = f"no candidate of the plan's search space has {name} = {value}"
     return why + (f" (the plan fixed {fixed})" if fixed else "")
 
@@ -141,23 +151,39 @@ def answer_row(prob: Problem, base: Estimate, value: Any, task: Task) -> dict:
     a, pool = task.answer, task.pool
     if not task.cands or a is None:
         return {"value": value, "status": "invalid", "reason": task.reason, "search": None}
-    row = {"value": value, "search": {"status": a.status, "bound_s": a.bound_s if a.bound_s < float("inf") else None,
-                                      "gap": a.gap, "candidates": a.candidates, "memory_pruned": a.memory_pruned}}
+    row = {
+        "value": value,
+        "search": {
+            "status": a.status,
+            "bound_s": a.bound_s if a.bound_s < float("inf") else None,
+            "gap": a.gap,
+            "candidates": a.candidates,
+            "memory_pruned": a.memory_pruned,
+        },
+    }
     if a.best is not None:
         return {**row, "status": "fits", "reason": None, **delta_row(base, a.best)}
     if a.status == SearchStatus.TIME_LIMIT:
-        return {**row, "status": "not_found", "reason": "no plan found within the time limit "
-                f"(lower bound {a.bound_s:.3f} s)"}
+        return {
+            **row,
+            "status": "not_found",
+            "reason": f"no plan found within the time limit (lower bound {a.bound_s:.3f} s)",
+        }
     cap = pool.ctx.cap_bytes
     live = [c for c in task.cands if c.mem_lb_bytes <= cap]
     if not live:
         c = min(task.cands, key=lambda c: c.mem_lb_bytes)
-        reason = (f"model states alone need {c.mem_lb_bytes / GiB:.2f} GiB per GPU even at "
-                  f"{c.par.describe('full')}, over the {cap / GiB:.2f} GiB usable")
+        reason = (
+            f"model states alone need {c.mem_lb_bytes / GiB:.2f} GiB per GPU even at "
+            f"{c.par.describe('full')}, over the {cap / GiB:.2f} GiB usable"
+        )
     else:
         closest = closest_plan(prob.spec, pool.ctx.cluster, prob.train, [c.par for c in live[:16]])
-        reason = (f"closest ({closest[0].par.describe('full')}): " + over_text(closest[0])) \
-            if closest and closest[0].over else "no placement of any candidate fits (placement MILP infeasible)"
+        reason = (
+            (f"closest ({closest[0].par.describe('full')}): " + over_text(closest[0]))
+            if closest and closest[0].over
+            else "no placement of any candidate fits (placement MILP infeasible)"
+        )
     return {**row, "status": "does_not_fit", "reason": reason}
 
 
@@ -176,9 +202,11 @@ def _what_if_tasks(prob: Problem, base: Estimate) -> list[tuple[dict, Task]]:
     grown = Task(pool2, pool2.candidates())
     if not grown.cands:
         grown.reason = _grown_reason(prob, more)
-    return [({"change": "+1 GiB per GPU, same mesh re-placed", "override": hbm}, Task(pool, [mine], inc, EXACT_GAP)),
-            ({"change": "+1 GiB per GPU, re-planned", "override": hbm}, Task(pool, pool.candidates(), inc)),
-            ({"change": f"+1 node ({n2} GPUs), re-planned", "override": " ".join(sets)}, grown)]
+    return [
+        ({"change": "+1 GiB per GPU, same mesh re-placed", "override": hbm}, Task(pool, [mine], inc, EXACT_GAP)),
+        ({"change": "+1 GiB per GPU, re-planned", "override": hbm}, Task(pool, pool.candidates(), inc)),
+        ({"change": f"+1 node ({n2} GPUs), re-planned", "override": " ".join(sets)}, grown),
+    ]
 
 
 def _grown_reason(prob: Problem, cluster: ClusterSpec) -> str:
@@ -197,7 +225,7 @@ def _answer(t: Task, deadline: float) -> Outcome:
     return branch_and_bound(t.pool, t.cands, best_known(t.cands, t.incumbent), gap, deadline)
 
 
-def run_tasks(tasks: list[Task], deadline: float, progress=None) -> None:  # noqa: ANN001
+def run_tasks(tasks: list[Task], deadline: float, progress=None) -> None:
     """Heuristic rounds (every task's k-th most promising candidate, k = 0, 1, ...) within
     WARM_SHARE of the budget, then equal slices of what is left (a task that certifies early
     leaves its time to the rest), then a second pass over the uncertified ones."""
@@ -233,7 +261,7 @@ def _decisions(prob: Problem, pool: Pool) -> tuple[list[dict], list[Task]]:
     return decisions, tasks
 
 
-def explain_plan(doc: dict, sets: dict, time_limit_s: float, progress=None) -> ExplainReport:  # noqa: ANN001
+def explain_plan(doc: dict, sets: dict, time_limit_s: float, progress=None) -> ExplainReport:
     """The explain report for a loaded plan document; see the module docstring."""
     t0 = time.perf_counter()
     prob = load_problem(doc, sets)
@@ -246,27 +274,47 @@ def explain_plan(doc: dict, sets: dict, time_limit_s: float, progress=None) -> E
     # What-ifs first: they are few, and the last slices shrink when earlier solves overrun theirs.
     run_tasks([t for _, t in what_if] + tasks, t0 + time_limit_s, progress)
     for entry in decisions:
-        entry["alternatives"] = [answer_row(prob, base, v, t) if t else
-                                 {"value": v, "status": "invalid", "reason": invalid_reason(prob, entry["decision"], v)}
-                                 for v, t in entry["alternatives"]]
+        entry["alternatives"] = [
+            answer_row(prob, base, v, t)
+            if t
+            else {"value": v, "status": "invalid", "reason": invalid_reason(prob, entry["decision"], v)}
+            for v, t in entry["alternatives"]
+        ]
     rows = [{**info, **answer_row(prob, base, None, t)} for info, t in what_if]
     p = base.predicted
-    report = {"schema_version": SCHEMA_VERSION, "kind": "explain",
-              "plan": {"plan": base.par.describe("full"), "parallelism": parallel_dict(base.par, p.num_micro_batches),
-                       "step_time_s": p.step_time_s, "tokens_per_s": p.tokens_per_s,
-                       "peak_memory_bytes": p.peak_memory_bytes, "memory_capacity_bytes": p.memory_capacity_bytes,
-                       "fits": base.fits, "model": prob.spec.name, "cluster": prob.cluster.name,
-                       "certificate": {k: doc["solver"].get(k) for k in ("status", "gap")}},
-              "binding": binding(prob.spec, base, prob.knobs.options()), "decisions": decisions,
-              "recompute_per_stage": recompute_rows(prob.spec, base), "what_if": rows,
-              "search": {"gap_target": prob.gap, "time_limit_s": time_limit_s, "wall_s": time.perf_counter() - t0,
-                         "milps": sum({id(t.pool): t.pool.milps for t in tasks + [t for _, t in what_if]}.values()),
-                         "candidates": len(pool.cands)}}
+    report = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "explain",
+        "plan": {
+            "plan": base.par.describe("full"),
+            "parallelism": parallel_dict(base.par, p.num_micro_batches),
+            "step_time_s": p.step_time_s,
+            "tokens_per_s": p.tokens_per_s,
+            "peak_memory_bytes": p.peak_memory_bytes,
+            "memory_capacity_bytes": p.memory_capacity_bytes,
+            "fits": base.fits,
+            "model": prob.spec.name,
+            "cluster": prob.cluster.name,
+            "certificate": {k: doc["solver"].get(k) for k in ("status", "gap")},
+        },
+        "binding": binding(prob.spec, base, prob.knobs.options()),
+        "decisions": decisions,
+        "recompute_per_stage": recompute_rows(prob.spec, base),
+        "what_if": rows,
+        "search": {
+            "gap_target": prob.gap,
+            "time_limit_s": time_limit_s,
+            "wall_s": time.perf_counter() - t0,
+            "milps": sum({id(t.pool): t.pool.milps for t in tasks + [t for _, t in what_if]}.values()),
+            "candidates": len(pool.cands),
+        },
+    }
     return ExplainReport(report, base.fits, report["search"]["wall_s"])
 
 
-def run_explain(plan_file: Path | None, infeasible: bool, problem: dict, time_limit_s: float, sets: dict,
-                progress=None) -> ExplainReport:  # noqa: ANN001
+def run_explain(
+    plan_file: Path | None, infeasible: bool, problem: dict, time_limit_s: float, sets: dict, progress=None
+) -> ExplainReport:
     """`autopar explain`: a plan file's report, or with ``infeasible`` what would make the problem
     (a plan file's, or ``problem``'s model, cluster, batch and sequence) fit."""
     if not (math.isfinite(time_limit_s) and time_limit_s > 0):
@@ -275,12 +323,22 @@ def run_explain(plan_file: Path | None, infeasible: bool, problem: dict, time_li
     if plan_file is not None and given:
         raise SpecError(f"give a plan file or --{given[0].replace('_', '-')} (with --infeasible), not both")
     if plan_file is None and not infeasible:
-        raise SpecError("missing PLAN (a plan JSON), or --infeasible with --model, --cluster, --global-batch, --seq-len")
+        raise SpecError(
+            "missing PLAN (a plan JSON), or --infeasible with --model, --cluster, --global-batch, --seq-len"
+        )
     if not infeasible:
         return explain_plan(load_plan(plan_file), sets, time_limit_s, progress)
     if plan_file is not None:
         prob = load_problem(load_plan(plan_file), sets)
         return explain_infeasible(prob.spec, prob.cluster, prob.train, prob.knobs, time_limit_s)
-    i = build_inputs(problem["model"], problem["cluster"], problem["global_batch"], problem["seq_len"],
-                     problem["dtype"], problem["attention"], sets, None)
+    i = build_inputs(
+        problem["model"],
+        problem["cluster"],
+        problem["global_batch"],
+        problem["seq_len"],
+        problem["dtype"],
+        problem["attention"],
+        sets,
+        None,
+    )
     return explain_infeasible(i.model, i.cluster, i.training, Knobs({}), time_limit_s)

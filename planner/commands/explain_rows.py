@@ -35,12 +35,17 @@ class ExplainReport:
 def delta_row(base: Estimate, e: Estimate) -> dict:
     """``e``'s figures and their change against ``base``, with ``e``'s plan."""
     p, b = e.predicted, base.predicted
-    return {"step_time_s": p.step_time_s, "delta_step_time_s": p.step_time_s - b.step_time_s,
-            "delta_step_time_pct": 100 * (p.step_time_s / b.step_time_s - 1),
-            "tokens_per_s": p.tokens_per_s, "peak_memory_bytes": p.peak_memory_bytes,
-            "delta_peak_memory_bytes": p.peak_memory_bytes - b.peak_memory_bytes,
-            "memory_capacity_bytes": p.memory_capacity_bytes,
-            "plan": e.par.describe("full"), "parallelism": parallel_dict(e.par, p.num_micro_batches)}
+    return {
+        "step_time_s": p.step_time_s,
+        "delta_step_time_s": p.step_time_s - b.step_time_s,
+        "delta_step_time_pct": 100 * (p.step_time_s / b.step_time_s - 1),
+        "tokens_per_s": p.tokens_per_s,
+        "peak_memory_bytes": p.peak_memory_bytes,
+        "delta_peak_memory_bytes": p.peak_memory_bytes - b.peak_memory_bytes,
+        "memory_capacity_bytes": p.memory_capacity_bytes,
+        "plan": e.par.describe("full"),
+        "parallelism": parallel_dict(e.par, p.num_micro_batches),
+    }
 
 
 def over_text(e: Estimate) -> str:
@@ -56,16 +61,26 @@ def recompute_rows(spec: ModelSpec, base: Estimate) -> list[dict]:
     for ch in base.chunks:
         ids = range(ch.first_block, ch.first_block + ch.num_blocks)
         chosen = [blocks[i] for i in ids]
-        row = {"stage": ch.index, "pp_rank": ch.pp_rank, "layers": [ch.first_block, ch.first_block + ch.num_blocks],
-               "chosen": ", ".join(f"{chosen.count(o)} {o}" for o in RECOMPUTE_OPTIONS if chosen.count(o)) or "-",
-               "alternatives": []}
+        row = {
+            "stage": ch.index,
+            "pp_rank": ch.pp_rank,
+            "layers": [ch.first_block, ch.first_block + ch.num_blocks],
+            "chosen": ", ".join(f"{chosen.count(o)} {o}" for o in RECOMPUTE_OPTIONS if chosen.count(o)) or "-",
+            "alternatives": [],
+        }
         for opt in RECOMPUTE_OPTIONS:
             if not chosen or all(x == opt for x in chosen):
                 continue
             rc = tuple(opt if i in ids else o for i, o in enumerate(blocks))
             e = estimate(spec, base.cluster, base.train, base.par.with_(recompute=rc))
-            row["alternatives"].append({"value": opt, "status": "fits" if e.fits else "does_not_fit",
-                                        "reason": None if e.fits else over_text(e), **delta_row(base, e)})
+            row["alternatives"].append(
+                {
+                    "value": opt,
+                    "status": "fits" if e.fits else "does_not_fit",
+                    "reason": None if e.fits else over_text(e),
+                    **delta_row(base, e),
+                }
+            )
         out.append(row)
     return out
 
@@ -74,8 +89,10 @@ def _lowered_block(base: Estimate, rank: int, allowed: tuple[str, ...]) -> tuple
     """(block, its option, the next allowed option below it) on ``rank``: the strongest recompute
     there, last block first; None when nothing on the rank can recompute less."""
     opts = [o for o in RECOMPUTE_OPTIONS if o in allowed]  # least first
-    lower = {o: ([x for x in opts if RECOMPUTE_OPTIONS.index(x) < RECOMPUTE_OPTIONS.index(o)] or [None])[-1]
-             for o in RECOMPUTE_OPTIONS}
+    lower = {
+        o: ([x for x in opts if RECOMPUTE_OPTIONS.index(x) < RECOMPUTE_OPTIONS.index(o)] or [None])[-1]
+        for o in RECOMPUTE_OPTIONS
+    }
     ids = [i for ch in base.chunks if ch.pp_rank == rank for i in range(ch.first_block, ch.first_block + ch.num_blocks)]
     movable = [i for i in ids if lower[base.par.recompute_of(i)] is not None]
     block = max(movable, key=lambda i: (RECOMPUTE_OPTIONS.index(base.par.recompute_of(i)), i), default=None)
@@ -89,30 +106,54 @@ def binding(spec: ModelSpec, base: Estimate, allowed: tuple[str, ...]) -> dict:
     """Tightest stage, its headroom, and whether memory or time binds (module docstring)."""
     p = base.predicted
     cap = p.memory_capacity_bytes
-    stages = [{"pp_rank": s.pp_rank, "used_bytes": s.memory.total_bytes, "headroom_bytes": cap - s.memory.total_bytes}
-              for s in p.stages]
+    stages = [
+        {"pp_rank": s.pp_rank, "used_bytes": s.memory.total_bytes, "headroom_bytes": cap - s.memory.total_bytes}
+        for s in p.stages
+    ]
     tight = min(stages, key=lambda s: s["headroom_bytes"])
     r = tight["pp_rank"]
-    used = f"stage {r} uses {tight['used_bytes'] / GiB:.2f} of {cap / GiB:.2f} GiB " \
-           f"({tight['headroom_bytes'] / GiB:.2f} GiB headroom)"
+    used = (
+        f"stage {r} uses {tight['used_bytes'] / GiB:.2f} of {cap / GiB:.2f} GiB "
+        f"({tight['headroom_bytes'] / GiB:.2f} GiB headroom)"
+    )
     comps = time_components(p)
     top = max(comps, key=lambda k: comps[k])
-    out = {"tightest_stage": r, "stages": stages, "capacity_bytes": cap, "time_components_s": comps,
-           "largest_time_component": top, "relaxation": None}
+    out = {
+        "tightest_stage": r,
+        "stages": stages,
+        "capacity_bytes": cap,
+        "time_components_s": comps,
+        "largest_time_component": top,
+        "relaxation": None,
+    }
     move = _lowered_block(base, r, allowed)
     if not base.fits:
         return {**out, "binds": "memory", "text": f"the plan does not fit under these inputs: {over_text(base)}"}
     if move is None:
-        return {**out, "binds": "time", "text": f"{used}; no recompute to lower on it, so memory does not bind: "
-                f"the step is set by time, largest component {top} ({comps[top]:.3f} s of {p.step_time_s:.3f} s)"}
+        return {
+            **out,
+            "binds": "time",
+            "text": f"{used}; no recompute to lower on it, so memory does not bind: "
+            f"the step is set by time, largest component {top} ({comps[top]:.3f} s of {p.step_time_s:.3f} s)",
+        }
     block, old, new = move
     rc = tuple(new if i == block else base.par.recompute_of(i) for i in range(spec.num_layers))
     e = estimate(spec, base.cluster, base.train, base.par.with_(recompute=rc))
     d = p.step_time_s - e.predicted.step_time_s
-    out["relaxation"] = {"block": block, "from": old, "to": new, "saves_s": d, "fits": e.fits,
-                         "peak_memory_bytes": e.predicted.peak_memory_bytes}
+    out["relaxation"] = {
+        "block": block,
+        "from": old,
+        "to": new,
+        "saves_s": d,
+        "fits": e.fits,
+        "peak_memory_bytes": e.predicted.peak_memory_bytes,
+    }
     text = f"one block less recompute (block {block} {old} → {new}) would save {d:.3f} s per step"
     if not e.fits:
         return {**out, "binds": "memory", "text": f"{used}; {text} but {over_text(e)}"}
-    return {**out, "binds": "time", "text": f"{used}; {text} and still fit, so memory does not bind here "
-            f"(within the search's gap); largest time component {top} ({comps[top]:.3f} s)"}
+    return {
+        **out,
+        "binds": "time",
+        "text": f"{used}; {text} and still fit, so memory does not bind here "
+        f"(within the search's gap); largest time component {top} ({comps[top]:.3f} s)",
+    }

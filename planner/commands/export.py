@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from planner.commands.common import Opt
 
 EXPORT_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
     Opt("to", str, ..., ("--to",), "Target runtime: torchtitan (TOML), megatron (arguments) or deepspeed (JSON)."),
-    Opt("out_path", Optional[Path], None, ("--out", "-o"), "Write the configuration to this file (default: stdout)."),
+    Opt("out_path", Path | None, None, ("--out", "-o"), "Write the configuration to this file (default: stdout)."),
     Opt("fmt", str, "text", ("--format", "-f"), "text (the runtime's own file) or json (config, notes, text)."),
 )

@@ -13,7 +13,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import yaml
 from pydantic import ValidationError
@@ -31,10 +30,10 @@ FORMATS = ("yaml", "json")
 
 IMPORT_OPTIONS = (
     Opt("source", str, ..., (), "A Hugging Face config.json, or a directory holding one.", argument=True),
-    Opt("out_path", Optional[Path], None, ("--out", "-o"), "Write the spec to this .yaml/.json file."),
-    Opt("name", Optional[str], None, ("--name",), "Model name (default: from _name_or_path or the folder)."),
-    Opt("fmt", Optional[str], None, ("--format", "-f"), "yaml or json (default: -o's suffix, else yaml)."),
-    Opt("sets", Optional[list[str]], None, ("--set",), "Override a field: model.KEY=VALUE (repeatable)."),
+    Opt("out_path", Path | None, None, ("--out", "-o"), "Write the spec to this .yaml/.json file."),
+    Opt("name", str | None, None, ("--name",), "Model name (default: from _name_or_path or the folder)."),
+    Opt("fmt", str | None, None, ("--format", "-f"), "yaml or json (default: -o's suffix, else yaml)."),
+    Opt("sets", list[str] | None, None, ("--set",), "Override a field: model.KEY=VALUE (repeatable)."),
 )
 
 
@@ -105,20 +104,29 @@ def dump_spec(imported: Imported, fmt: str) -> str:
 def summary_lines(imported: Imported) -> list[str]:
     """What was imported (sizes, MoE, MLA, parameters) and where each field came from."""
     s, r = imported.spec, imported.report
-    traits = [s.norm, f"{s.position} positions", s.activation, f"{'tied' if s.tie_embeddings else 'untied'} embeddings",
-              "bias" if s.bias else "no bias"]
+    traits = [
+        s.norm,
+        f"{s.position} positions",
+        s.activation,
+        f"{'tied' if s.tie_embeddings else 'untied'} embeddings",
+        "bias" if s.bias else "no bias",
+    ]
     traits += ["bidirectional"] * (s.attention_mask == "bidirectional") + ["parallel residual"] * s.parallel_residual
     traits += [f"sliding window {s.sliding_window}"] if s.sliding_window else []
     head = "MLA head dims below" if s.mla else f"head dim {s.dim_per_head}"
-    lines = [f"imported {imported.config_path} (model_type '{r.model_type}') as {s.name}",
-             f"  family     {r.model_type}: " + ", ".join(traits),
-             f"  sizes      layers {s.num_layers} · hidden {s.hidden_size} · heads {s.num_heads} / kv {s.kv_heads} "
-             f"({head}) · ffn {s.ffn_hidden_size} · vocab {s.vocab_size} · max seq {s.max_seq_len}"]
+    lines = [
+        f"imported {imported.config_path} (model_type '{r.model_type}') as {s.name}",
+        f"  family     {r.model_type}: " + ", ".join(traits),
+        f"  sizes      layers {s.num_layers} · hidden {s.hidden_size} · heads {s.num_heads} / kv {s.kv_heads} "
+        f"({head}) · ffn {s.ffn_hidden_size} · vocab {s.vocab_size} · max seq {s.max_seq_len}",
+    ]
     if s.moe is not None:
         m = s.moe
         shared = f", {m.num_shared_experts} shared" if m.num_shared_experts else ""
-        lines.append(f"  MoE        {m.num_experts} experts, top-{m.top_k}, expert ffn {m.expert_ffn_hidden_size}"
-                     f"{shared}; {s.num_moe_layers} of {s.num_layers} layers")
+        lines.append(
+            f"  MoE        {m.num_experts} experts, top-{m.top_k}, expert ffn {m.expert_ffn_hidden_size}"
+            f"{shared}; {s.num_moe_layers} of {s.num_layers} layers"
+        )
     if s.mla is not None:
         lines.append("  MLA        " + ", ".join(f"{k} {v}" for k, v in s.mla.model_dump().items()))
     params = build_graph(s, min(s.max_seq_len, 2048)).num_params  # parameters do not depend on seq_len
@@ -145,8 +153,9 @@ class ImportResult:
     out_path: Path | None  # where the text goes; None: stdout
 
 
-def run_import(source: str, out_path: Path | None, name: str | None, fmt: str | None,
-               sets: dict[str, dict[str, object]]) -> ImportResult:
+def run_import(
+    source: str, out_path: Path | None, name: str | None, fmt: str | None, sets: dict[str, dict[str, object]]
+) -> ImportResult:
     """Import, and write ``out_path`` if given. ``sets`` is :func:`planner.inputs.parse_sets`
     output; only ``model.*`` keys apply here."""
     fmt = output_format(fmt, out_path)

@@ -7,7 +7,6 @@ import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from models.errors import SpecError
 from planner.commands.common import Opt
@@ -23,14 +22,19 @@ from planner.search.outer import SearchResult, search
 
 SOLVERS = {"ortools": "ortools-highs", "pulp": "pulp"}  # --solver -> the backend recorded in plan files
 SEARCH_OPTIONS = (  # plan and sweep
-    Opt("time_limit", float, 60.0, ("--time-limit",), "Wall-clock seconds per search (per point in sweep); the best "
-        "plan so far is returned."),
+    Opt(
+        "time_limit",
+        float,
+        60.0,
+        ("--time-limit",),
+        "Wall-clock seconds per search (per point in sweep); the best plan so far is returned.",
+    ),
     Opt("gap", float, 0.01, ("--gap",), "Relative optimality gap at which to stop (0.01 = 1%)."),
     Opt("solver", str, "ortools", ("--solver",), "MILP backend: ortools (HiGHS) or pulp (CBC)."),
 )
 PLAN_OPTIONS = (
     Opt("top_k", int, 3, ("--top-k",), "How many runner-up plans to report, at most."),
-    Opt("out_path", Optional[Path], None, ("--out", "-o"), "Write the plan JSON to this file."),
+    Opt("out_path", Path | None, None, ("--out", "-o"), "Write the plan JSON to this file."),
 )
 
 
@@ -47,8 +51,9 @@ class SearchSettings:
         """Bad settings are bad input (exit 2)."""
         if self.solver not in SOLVERS:
             raise SpecError(f"--solver must be ortools or pulp (got {self.solver!r})")
-        if not (math.isfinite(self.gap) and self.gap >= 0) or not (math.isfinite(self.time_limit_s)
-                                                                   and self.time_limit_s > 0):
+        if not (math.isfinite(self.gap) and self.gap >= 0) or not (
+            math.isfinite(self.time_limit_s) and self.time_limit_s > 0
+        ):
             raise SpecError("--gap must be >= 0 and --time-limit > 0")
         if self.top_k < 0:
             raise SpecError(f"--top-k must be >= 0 (got {self.top_k})")
@@ -68,25 +73,52 @@ class PlanResult:
         return self.search.best
 
 
-def run_plan(inputs: Inputs, raw: dict[str, str | None], settings: SearchSettings,
-             progress: Progress | None = None) -> PlanResult:
+def run_plan(
+    inputs: Inputs, raw: dict[str, str | None], settings: SearchSettings, progress: Progress | None = None
+) -> PlanResult:
     """Search the plan space of ``raw`` (the knobs as the command line gives them)."""
     knobs = Knobs.parse(raw)
-    res = search(inputs.model, inputs.cluster, inputs.training, knobs, settings.solver, settings.gap,
-                 settings.time_limit_s, settings.top_k, progress)
+    res = search(
+        inputs.model,
+        inputs.cluster,
+        inputs.training,
+        knobs,
+        settings.solver,
+        settings.gap,
+        settings.time_limit_s,
+        settings.top_k,
+        progress,
+    )
     if res.best is None:
         return PlanResult(res, None, infeasible_advice(inputs.model, inputs.cluster, inputs.training, res))
-    cmd = reproduce_command(inputs.refs, inputs.training, raw, {"time_limit": settings.time_limit_s,
-                                                                 "gap": settings.gap, "solver": settings.solver})
+    cmd = reproduce_command(
+        inputs.refs,
+        inputs.training,
+        raw,
+        {"time_limit": settings.time_limit_s, "gap": settings.gap, "solver": settings.solver},
+    )
     doc = build_plan(res.best, solver_block(res, settings.solver), cmd, raw, {"alternatives": alternatives_block(res)})
     return PlanResult(res, doc, None)
 
 
 def reproduce_command(refs: dict, train: Training, raw: dict, extra: dict) -> str:
     """The `autopar plan` command line that reproduces a plan from the same inputs."""
-    args = ["autopar", "plan", "--model", refs["model"], "--cluster", refs["cluster"], "--global-batch",
-            str(train.global_batch), "--seq-len", str(train.seq_len), "--dtype", train.dtype,
-            "--attention", train.attention_impl]
+    args = [
+        "autopar",
+        "plan",
+        "--model",
+        refs["model"],
+        "--cluster",
+        refs["cluster"],
+        "--global-batch",
+        str(train.global_batch),
+        "--seq-len",
+        str(train.seq_len),
+        "--dtype",
+        train.dtype,
+        "--attention",
+        train.attention_impl,
+    ]
     for name, value in raw.items():
         if value is not None and str(value) != "auto":
             args += ["--" + name.replace("_", "-"), str(value)]
@@ -101,14 +133,22 @@ def solver_block(res: SearchResult, backend: str) -> dict:
     """The plan file's ``solver`` block: status, objective, bound, gap, timings, certificate, sizes."""
     c = res.certificate
     solved = [r for r in res.candidates if r.iterations]
-    return {"backend": SOLVERS.get(backend, backend), "status": c.status, "objective": c.incumbent_s,
-            "best_bound": c.best_bound_s, "gap": c.gap, "wall_time_s": res.phases_s["total_s"],
-            "phases_s": res.phases_s, "certificate": c.to_json(),
-            "model_sizes": {"milps_solved": sum(r.iterations for r in solved),
-                            "max_variables": max((r.model_size.get("variables", 0) for r in solved), default=0),
-                            "max_integer_variables": max((r.model_size.get("integer_variables", 0) for r in solved),
-                                                         default=0),
-                            "max_constraints": max((r.model_size.get("constraints", 0) for r in solved), default=0)}}
+    return {
+        "backend": SOLVERS.get(backend, backend),
+        "status": c.status,
+        "objective": c.incumbent_s,
+        "best_bound": c.best_bound_s,
+        "gap": c.gap,
+        "wall_time_s": res.phases_s["total_s"],
+        "phases_s": res.phases_s,
+        "certificate": c.to_json(),
+        "model_sizes": {
+            "milps_solved": sum(r.iterations for r in solved),
+            "max_variables": max((r.model_size.get("variables", 0) for r in solved), default=0),
+            "max_integer_variables": max((r.model_size.get("integer_variables", 0) for r in solved), default=0),
+            "max_constraints": max((r.model_size.get("constraints", 0) for r in solved), default=0),
+        },
+    }
 
 
 def alternatives_block(res: SearchResult) -> list[dict]:
@@ -119,11 +159,17 @@ def alternatives_block(res: SearchResult) -> list[dict]:
     for r in res.alternatives:
         assert r.best is not None
         p = r.best.predicted
-        out.append({"parallelism": r.best.par.describe(), "step_time_s": p.step_time_s,
-                    "slower_by": p.step_time_s / best.step_time_s - 1, "why": _why(best, p),
-                    # milp: this candidate's optimal placement; heuristic: its even split with the
-                    # least uniform recompute that fits (pruned by a bound, never placed).
-                    "placement": "heuristic" if r.status == CandStatus.HEURISTIC else "milp"})
+        out.append(
+            {
+                "parallelism": r.best.par.describe(),
+                "step_time_s": p.step_time_s,
+                "slower_by": p.step_time_s / best.step_time_s - 1,
+                "why": _why(best, p),
+                # milp: this candidate's optimal placement; heuristic: its even split with the
+                # least uniform recompute that fits (pruned by a bound, never placed).
+                "placement": "heuristic" if r.status == CandStatus.HEURISTIC else "milp",
+            }
+        )
     return out
 
 
@@ -134,7 +180,7 @@ def _why(best: Predicted, other: Predicted) -> str:
     return f"{name} +{delta:.3f} s"
 
 
-def closest_plan(spec, cluster, train, pars) -> tuple[Estimate, float] | None:  # noqa: ANN001
+def closest_plan(spec, cluster, train, pars) -> tuple[Estimate, float] | None:
     """(Estimate, bytes over capacity) of the candidate that comes closest to fitting with full
     recompute on the even split (the least activation memory a candidate can have), or None."""
     closest = None
@@ -149,7 +195,7 @@ def closest_plan(spec, cluster, train, pars) -> tuple[Estimate, float] | None:  
     return closest
 
 
-def infeasible_advice(spec, cluster, train, res: SearchResult) -> str:  # noqa: ANN001
+def infeasible_advice(spec, cluster, train, res: SearchResult) -> str:
     """Quantified advice from the plan that comes closest to fitting."""
     closest = closest_plan(spec, cluster, train, [r.par for r in res.candidates])
     if closest is None:
@@ -160,8 +206,10 @@ def infeasible_advice(spec, cluster, train, res: SearchResult) -> str:  # noqa: 
     m = e.predicted.stages[stage].memory
     states = m.weights_bytes + m.gradients_bytes + m.optimizer_bytes
     cap = e.predicted.memory_capacity_bytes
-    return (f"binding constraint: memory of pipeline stage {stage} in the closest plan ({e.par.describe()}, full "
-            f"recompute) is {over / gib:.2f} GiB over the {cap / gib:.2f} GiB usable. It would fit with GPUs of at "
-            f"least {(cap + over) / gib + 1:.0f} GiB, or with more GPUs: its model states take {states / gib:.2f} GiB "
-            f"per GPU and shrink in proportion to the data-parallel (ZeRO-3) or pipeline degree; activations take "
-            f"{m.activations_bytes / gib:.2f} GiB (smaller micro-batch or shorter sequences reduce them).")
+    return (
+        f"binding constraint: memory of pipeline stage {stage} in the closest plan ({e.par.describe()}, full "
+        f"recompute) is {over / gib:.2f} GiB over the {cap / gib:.2f} GiB usable. It would fit with GPUs of at "
+        f"least {(cap + over) / gib + 1:.0f} GiB, or with more GPUs: its model states take {states / gib:.2f} GiB "
+        f"per GPU and shrink in proportion to the data-parallel (ZeRO-3) or pipeline degree; activations take "
+        f"{m.activations_bytes / gib:.2f} GiB (smaller micro-batch or shorter sequences reduce them)."
+    )

@@ -47,8 +47,11 @@ def _with_patches(schema: dict[str, Any]) -> dict[str, dict]:
 
 
 def _extends(kind: str, names: list[str]) -> dict[str, Any]:
-    return {"type": "string", "description": f"{kind} preset to start from; the other keys override its fields.",
-            "examples": names}
+    return {
+        "type": "string",
+        "description": f"{kind} preset to start from; the other keys override its fields.",
+        "examples": names,
+    }
 
 
 def model_schema() -> dict[str, Any]:
@@ -62,10 +65,14 @@ def model_schema() -> dict[str, Any]:
     patch["required"] = ["extends"]
     patch["title"] = "ModelSpecPatch"
     defs.update({"ModelSpec": full, "ModelSpecPatch": patch})
-    return {"$schema": DRAFT, "title": "autopar model spec file",
-            "description": "A complete model spec (ModelSpec) or one that extends a preset and overrides some "
-                           "fields. Presets: " + ", ".join(list_presets()) + ".",
-            "anyOf": [{"$ref": "#/$defs/ModelSpec"}, {"$ref": "#/$defs/ModelSpecPatch"}], "$defs": defs}
+    return {
+        "$schema": DRAFT,
+        "title": "autopar model spec file",
+        "description": "A complete model spec (ModelSpec) or one that extends a preset and overrides some "
+        "fields. Presets: " + ", ".join(list_presets()) + ".",
+        "anyOf": [{"$ref": "#/$defs/ModelSpec"}, {"$ref": "#/$defs/ModelSpecPatch"}],
+        "$defs": defs,
+    }
 
 
 def cluster_schema() -> dict[str, Any]:
@@ -81,11 +88,20 @@ def cluster_schema() -> dict[str, Any]:
     schema = ClusterFile.model_json_schema()
     schema["properties"]["gpu"] = {
         "description": schema["properties"]["gpu"].get("description", ""),
-        "anyOf": [{"type": "string", "description": "A GPU preset name.", "examples": list_gpus()},
-                  {"$ref": "#/$defs/GPUSpec"}, {"$ref": "#/$defs/GPUSpecPatch"}],
+        "anyOf": [
+            {"type": "string", "description": "A GPU preset name.", "examples": list_gpus()},
+            {"$ref": "#/$defs/GPUSpec"},
+            {"$ref": "#/$defs/GPUSpecPatch"},
+        ],
     }
-    return {"$schema": DRAFT, "title": "autopar cluster file",
-            "description": "A cluster file for --cluster (YAML/JSON/TOML); see docs/hardware.md. Omitted link "
-                           "figures and gpus_per_node come from the GPU.",
-            "type": "object", "properties": schema["properties"], "required": schema["required"],
-            "additionalProperties": False, "$defs": defs}
+    return {
+        "$schema": DRAFT,
+        "title": "autopar cluster file",
+        "description": "A cluster file for --cluster (YAML/JSON/TOML); see docs/hardware.md. Omitted link "
+        "figures and gpus_per_node come from the GPU.",
+        "type": "object",
+        "properties": schema["properties"],
+        "required": schema["required"],
+        "additionalProperties": False,
+        "$defs": defs,
+    }

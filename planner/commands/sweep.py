@@ -22,16 +22,11 @@ serves stale rows). Token budget and price are applied after the cache.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
 import itertools
-import json
 import multiprocessing
 import os
-import tempfile
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
@@ -41,25 +36,33 @@ from models.errors import SpecError
 from models.load import load_model
 from planner.commands.common import Opt
 from planner.commands.plan import SearchSettings, infeasible_advice
+from planner.commands.sweep_cache import CODE_FILES as CODE_FILES  # what the cache key fingerprints
+from planner.commands.sweep_cache import cache_key, cache_read, cache_write, code_fingerprint, open_cache
+from planner.commands.sweep_cache import default_cache_dir as default_cache_dir
 from planner.config import DTYPES
 from planner.inputs import Inputs, build_inputs, parse_sets
 from planner.knobs import BY_NAME, SHOWN, SPACE_KNOBS, Knobs
-from planner.planfile.build import input_block
 from planner.search.outer import search
 
-CACHE_VERSION = 1
 SWEEP_OPTIONS = (
-    Opt("vary", Optional[list[str]], None, ("--vary",), "KEY=V1,V2,... (repeatable; the points are the cartesian "
-        "product)."),
+    Opt(
+        "vary", list[str] | None, None, ("--vary",), "KEY=V1,V2,... (repeatable; the points are the cartesian product)."
+    ),
     Opt("tokens", str, "1T", ("--tokens",), "Token budget for time-to-train, e.g. 1e12, 15T, 300B."),
-    Opt("price", Optional[float], None, ("--price-per-gpu-hour",), "USD per GPU-hour for the cost column."),
-    Opt("jobs", Optional[int], None, ("--jobs", "-j"), "Worker processes (default: CPU count)."),
-    Opt("cache", Optional[Path], None, ("--cache",), "Cache directory (default $AUTOPAR_CACHE_DIR or "
-        "~/.cache/autopar/sweep)."),
+    Opt("price", float | None, None, ("--price-per-gpu-hour",), "USD per GPU-hour for the cost column."),
+    Opt("jobs", int | None, None, ("--jobs", "-j"), "Worker processes (default: CPU count)."),
+    Opt(
+        "cache",
+        Path | None,
+        None,
+        ("--cache",),
+        "Cache directory (default $AUTOPAR_CACHE_DIR or ~/.cache/autopar/sweep).",
+    ),
     Opt("no_cache", bool, False, ("--no-cache",), "Neither read nor write the cache."),
-    Opt("out_path", Optional[Path], None, ("--out", "-o"), "Also write the rows to a .csv or .jsonl file."),
-    Opt("plot", Optional[Path], None, ("--plot",), "Draw tokens/s and cost against the first --vary key "
-        "(.png/.svg/.pdf)."),
+    Opt("out_path", Path | None, None, ("--out", "-o"), "Also write the rows to a .csv or .jsonl file."),
+    Opt(
+        "plot", Path | None, None, ("--plot",), "Draw tokens/s and cost against the first --vary key (.png/.svg/.pdf)."
+    ),
     Opt("fmt", str, "table", ("--format", "-f"), "Output format: table, csv or jsonl."),
 )
 INT_KEYS = ("cluster.num_gpus", "seq_len", "global_batch")
@@ -67,9 +70,30 @@ TOP_KEYS = ("gpu", "model", "dtype", "attention") + INT_KEYS
 ALIASES = {"gpus": "cluster.num_gpus", "num_gpus": "cluster.num_gpus", "seq": "seq_len", "batch": "global_batch"}
 # Output columns in order; the point's own values come first under ``point`` (``point.KEY`` in CSV).
 KNOB_COLUMNS = tuple(k.name for k in SHOWN if k.name != "stage_layers")  # the plan's knobs, one column each
-COLUMNS = ("model", "gpu", "num_gpus", "global_batch", "seq_len", "dtype", "feasible", *KNOB_COLUMNS, "step_time_s",
-           "tokens_per_s", "mfu", "peak_memory_bytes", "memory_capacity_bytes", "time_to_train_hours",
-           "gpu_hours", "cost_usd", "solver_status", "gap", "solve_wall_s", "pareto", "cached", "reason")
+COLUMNS = (
+    "model",
+    "gpu",
+    "num_gpus",
+    "global_batch",
+    "seq_len",
+    "dtype",
+    "feasible",
+    *KNOB_COLUMNS,
+    "step_time_s",
+    "tokens_per_s",
+    "mfu",
+    "peak_memory_bytes",
+    "memory_capacity_bytes",
+    "time_to_train_hours",
+    "gpu_hours",
+    "cost_usd",
+    "solver_status",
+    "gap",
+    "solve_wall_s",
+    "pareto",
+    "cached",
+    "reason",
+)
 
 
 @dataclass(frozen=True)
@@ -150,8 +174,10 @@ def _typed_value(key: str, value: str, item: str):
             raise SpecError(f"--vary {item!r}: cannot parse {value!r}: {exc}") from None
     if key in TOP_KEYS:
         return value
-    raise SpecError(f"--vary key {key!r} unknown; use cluster.num_gpus (gpus), gpu, seq_len, global_batch, model, "
-                    f"dtype, attention, a plan knob ({', '.join(SPACE_KNOBS)}) or model.KEY / cluster.KEY")
+    raise SpecError(
+        f"--vary key {key!r} unknown; use cluster.num_gpus (gpus), gpu, seq_len, global_batch, model, "
+        f"dtype, attention, a plan knob ({', '.join(SPACE_KNOBS)}) or model.KEY / cluster.KEY"
+    )
 
 
 def expand_points(vary: list[tuple[str, list]]) -> list[dict]:
@@ -176,8 +202,9 @@ def _cluster_arg(base: str, point: dict) -> tuple[str, dict]:
         if n < per_node:
             over.update(num_nodes=1, gpus_per_node=n)
         elif n % per_node:
-            raise SpecError(f"{n} GPUs is not a multiple of {per_node} GPUs per node ({n} % {per_node} = "
-                            f"{n % per_node})")
+            raise SpecError(
+                f"{n} GPUs is not a multiple of {per_node} GPUs per node ({n} % {per_node} = {n % per_node})"
+            )
         else:
             over.update(num_nodes=n // per_node)
     return base, over
@@ -194,9 +221,16 @@ def resolve_point(spec: SweepSpec, point: dict) -> tuple[Inputs, Knobs, dict]:
     sets["cluster"].update(over)
     raw = dict(spec.knobs)
     raw.update({k: str(v) for k, v in point.items() if k in SPACE_KNOBS})
-    inputs = build_inputs(point.get("model", spec.model), cluster, point.get("global_batch", spec.global_batch),
-                          point.get("seq_len", spec.seq_len), point.get("dtype", spec.dtype),
-                          point.get("attention", spec.attention), sets, None)
+    inputs = build_inputs(
+        point.get("model", spec.model),
+        cluster,
+        point.get("global_batch", spec.global_batch),
+        point.get("seq_len", spec.seq_len),
+        point.get("dtype", spec.dtype),
+        point.get("attention", spec.attention),
+        sets,
+        None,
+    )
     return inputs, Knobs.parse(raw), raw
 
 
@@ -210,82 +244,20 @@ def solve_point(task: tuple) -> dict:
     c = res.certificate
     solved = {"solver_status": c.status, "gap": c.gap, "solve_wall_s": res.phases_s["total_s"]}
     if res.best is None:
-        return {"feasible": False, "reason": "no plan fits: " + infeasible_advice(model, cluster, train, res),
-                **solved}
+        return {"feasible": False, "reason": "no plan fits: " + infeasible_advice(model, cluster, train, res), **solved}
     p, par = res.best.predicted, res.best.par
     knobs_row = {k: getattr(par, k) for k in KNOB_COLUMNS} | {"recompute": par.recompute_summary()}
-    return {"feasible": True, "reason": None, **knobs_row, "step_time_s": p.step_time_s,
-            "tokens_per_s": p.tokens_per_s, "mfu": p.mfu, "peak_memory_bytes": p.peak_memory_bytes,
-            "memory_capacity_bytes": p.memory_capacity_bytes, **solved}
-
-
-# The source a point's result depends on: every module of the packages the search reads (the
-# rendering excepted), so an edited cost model or solver never serves stale rows. Loaders'
-# output, the resolved specs, is in the key as well.
-ROOT = Path(__file__).resolve().parents[2]
-CODE_FILES = tuple(sorted(p.relative_to(ROOT).as_posix() for pkg in ("models", "hardware", "planner")
-                          for p in (ROOT / pkg).rglob("*.py") if "render" not in p.parts))
-
-
-def _code_fingerprint() -> str:
-    """sha256 over CODE_FILES, so an edited cost model or solver never serves stale rows."""
-    h = hashlib.sha256()
-    for rel in CODE_FILES:
-        h.update(rel.encode())
-        h.update((ROOT / rel).read_bytes())
-    return h.hexdigest()
-
-
-def _version() -> str:
-    try:
-        return metadata.version("autopar")
-    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-        return "0+source"
-
-
-def cache_key(inputs: Inputs, raw: dict, spec: SweepSpec, fingerprint: str) -> str:
-    """sha256 of what determines a point's result (see the module docstring)."""
-    doc = {"inputs": input_block(inputs.model, inputs.cluster, inputs.training, raw), "solver": spec.solver,
-           "gap": spec.gap, "time_limit_s": spec.time_limit_s, "version": _version(), "code": fingerprint,
-           "cache_version": CACHE_VERSION}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """``--cache`` unset: $AUTOPAR_CACHE_DIR, else ~/.cache/autopar/sweep."""
-    env = os.environ.get("AUTOPAR_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "autopar" / "sweep"
-
-
-def _cache_read(cache_dir: Path | None, key: str) -> dict | None:
-    if cache_dir is None:
-        return None
-    try:
-        doc = json.loads((cache_dir / f"{key}.json").read_text())
-    except (OSError, ValueError):  # missing or corrupt: recompute
-        return None
-    return doc.get("result") if isinstance(doc, dict) and doc.get("key") == key else None
-
-
-def _cache_write(cache_dir: Path | None, key: str, result: dict) -> None:
-    if cache_dir is None:
-        return
-    # Write a temporary file and rename it: a reader never sees half a file, even from another sweep.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"key": key, "cache_version": CACHE_VERSION, "result": result}, f)
-    os.replace(tmp, cache_dir / f"{key}.json")
-
-
-def _open_cache(cache_dir: Path | None) -> None:
-    if cache_dir is None:
-        return
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SpecError(f"cannot use cache directory {cache_dir}: {exc.strerror}") from None
-    if not os.access(cache_dir, os.W_OK):
-        raise SpecError(f"cannot use cache directory {cache_dir}: not writable (use --cache DIR or --no-cache)")
+    return {
+        "feasible": True,
+        "reason": None,
+        **knobs_row,
+        "step_time_s": p.step_time_s,
+        "tokens_per_s": p.tokens_per_s,
+        "mfu": p.mfu,
+        "peak_memory_bytes": p.peak_memory_bytes,
+        "memory_capacity_bytes": p.memory_capacity_bytes,
+        **solved,
+    }
 
 
 def _check_settings(spec: SweepSpec) -> None:
@@ -301,8 +273,14 @@ def _base_row(point: dict, inputs: Inputs | None) -> dict:
     row: dict = {"point": point, **{c: None for c in COLUMNS}}
     if inputs is not None:
         t = inputs.training
-        row.update(model=inputs.model.name, gpu=inputs.cluster.gpu.name, num_gpus=inputs.cluster.num_gpus,
-                   global_batch=t.global_batch, seq_len=t.seq_len, dtype=t.dtype)
+        row.update(
+            model=inputs.model.name,
+            gpu=inputs.cluster.gpu.name,
+            num_gpus=inputs.cluster.num_gpus,
+            global_batch=t.global_batch,
+            seq_len=t.seq_len,
+            dtype=t.dtype,
+        )
     return row
 
 
@@ -312,8 +290,8 @@ def run_sweep(spec: SweepSpec, jobs: int | None = None, cache_dir: Path | None =
     processes (default: CPU count; 1 runs them in this process)."""
     points = expand_points(parse_vary(spec.vary))
     _check_settings(spec)
-    _open_cache(cache_dir)
-    fingerprint = _code_fingerprint() if cache_dir is not None else ""
+    open_cache(cache_dir)
+    fingerprint = code_fingerprint() if cache_dir is not None else ""
     rows, todo = [], []  # todo: (row index, cache key, task)
     for point in points:
         try:
@@ -322,13 +300,22 @@ def run_sweep(spec: SweepSpec, jobs: int | None = None, cache_dir: Path | None =
             rows.append({**_base_row(point, None), "feasible": False, "reason": f"invalid point: {exc}"})
             continue
         rows.append(_base_row(point, inputs))
-        key = cache_key(inputs, raw, spec, fingerprint) if cache_dir is not None else ""
-        hit = _cache_read(cache_dir, key)
+        key = (
+            cache_key(inputs, raw, SearchSettings(spec.solver, spec.gap, spec.time_limit_s), fingerprint)
+            if cache_dir is not None
+            else ""
+        )
+        hit = cache_read(cache_dir, key)
         if hit is not None:
             rows[-1].update(hit, cached=True)
         else:
-            todo.append((len(rows) - 1, key, (inputs.model, inputs.cluster, inputs.training, knobs, spec.solver,
-                                              spec.gap, spec.time_limit_s)))
+            todo.append(
+                (
+                    len(rows) - 1,
+                    key,
+                    (inputs.model, inputs.cluster, inputs.training, knobs, spec.solver, spec.gap, spec.time_limit_s),
+                )
+            )
     invalid = [r["reason"] for r in rows if r["reason"]]
     if len(invalid) == len(points):  # no point even resolves: bad input, not a what-if answer
         raise SpecError(invalid[0].removeprefix("invalid point: "))
@@ -336,7 +323,7 @@ def run_sweep(spec: SweepSpec, jobs: int | None = None, cache_dir: Path | None =
     if progress:
         progress(done, len(points))
     for i, key, result in _execute(todo, jobs):
-        _cache_write(cache_dir, key, result)
+        cache_write(cache_dir, key, result)
         rows[i].update(result, cached=False)
         done += 1
         if progress:
@@ -371,8 +358,9 @@ def finish_rows(rows: list[dict], tokens: float | None, price_per_gpu_hour: floa
             r.update(time_to_train_hours=hours, gpu_hours=hours * r["num_gpus"])
             if price_per_gpu_hour is not None:
                 r["cost_usd"] = r["gpu_hours"] * price_per_gpu_hour
-    marks = pareto_front([(1 / r["tokens_per_s"], r["num_gpus"] / r["tokens_per_s"]) if r["feasible"] else None
-                          for r in rows])
+    marks = pareto_front(
+        [(1 / r["tokens_per_s"], r["num_gpus"] / r["tokens_per_s"]) if r["feasible"] else None for r in rows]
+    )
     for r, on in zip(rows, marks):
         r["pareto"] = on if r["feasible"] else None
 

@@ -31,34 +31,54 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import ValidationError
 
 from hardware.cluster import ClusterSpec, load_cluster
 from models.errors import SpecError
-from models.load import apply_overrides  # the same dotted-path semantics as --set on a spec
-from models.load import load_model
+from models.load import (
+    apply_overrides,  # the same dotted-path semantics as --set on a spec
+    load_model,
+)
 from models.spec import ModelSpec
 from planner.commands.common import Opt
 from planner.commands.diff import flat_changes
 from planner.cost.estimate import Estimate, estimate
 from planner.inputs import apply_training_sets, build_inputs, parse_sets
 from planner.planfile.build import input_block, input_sha256  # input_sha256: the hash plan files carry
-from planner.planfile.checks import (Finding, Severity, check_records, check_rules, check_stages, check_summary,
-                                     check_training, short_repr)
+from planner.planfile.checks import (
+    Finding,
+    Severity,
+    check_records,
+    check_rules,
+    check_stages,
+    check_summary,
+    check_training,
+    short_repr,
+)
 from planner.planfile.load import plan_inputs, read_json
 from planner.planfile.schema import SCHEMA_VERSION, PlanFile
 
 GiB = 2**30
 VALIDATE_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON to check (written by `autopar plan --out`).", argument=True),
-    Opt("model", Optional[str], None, ("--model", "-m"), "Re-derive with this model instead of the recorded one."),
-    Opt("cluster", Optional[str], None, ("--cluster", "-c"), "Re-derive with this cluster instead of the recorded one."),
-    Opt("against", Optional[Path], None, ("--against",), "Golden plan: step time or peak memory above its figures by "
-        "more than the tolerance is an error."),
-    Opt("tolerance", str, "2%", ("--tolerance",), "Allowed regression and drift: a percentage (2%) or a fraction "
-        "(0.02)."),
+    Opt("model", str | None, None, ("--model", "-m"), "Re-derive with this model instead of the recorded one."),
+    Opt("cluster", str | None, None, ("--cluster", "-c"), "Re-derive with this cluster instead of the recorded one."),
+    Opt(
+        "against",
+        Path | None,
+        None,
+        ("--against",),
+        "Golden plan: step time or peak memory above its figures by more than the tolerance is an error.",
+    ),
+    Opt(
+        "tolerance",
+        str,
+        "2%",
+        ("--tolerance",),
+        "Allowed regression and drift: a percentage (2%) or a fraction (0.02).",
+    ),
     Opt("fmt", str, "table", ("--format", "-f"), "table, json or github (one Actions annotation line per finding)."),
 )
 DRIFT_KEYS = ("step_time_s", "tokens_per_s", "mfu", "peak_memory_bytes", "memory_capacity_bytes")
@@ -83,10 +103,17 @@ class Report:
         return sum(f.severity == severity for f in self.findings)
 
     def as_json(self) -> dict:
-        return {"valid": self.valid, "plan": self.plan, "tolerance": self.tolerance,
-                "errors": self.count("error"), "warnings": self.count("warning"),
-                "findings": [vars(f) for f in self.findings], "predicted": self.predicted,
-                "recorded": self.recorded, "against": self.against}
+        return {
+            "valid": self.valid,
+            "plan": self.plan,
+            "tolerance": self.tolerance,
+            "errors": self.count("error"),
+            "warnings": self.count("warning"),
+            "findings": [vars(f) for f in self.findings],
+            "predicted": self.predicted,
+            "recorded": self.recorded,
+            "against": self.against,
+        }
 
 
 def parse_tolerance(text: str) -> float:
@@ -114,16 +141,32 @@ def check_schema(doc: dict) -> tuple[list[Finding], bool]:
     """Version and structure findings, and whether the blocks the re-derivation reads are sound."""
     version, ours = doc.get("schema_version"), SCHEMA_VERSION.split(".")
     if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
-        return [Finding("schema_version", "error", f"schema_version is {version!r}: expected MAJOR.MINOR "
-                        f"such as {SCHEMA_VERSION!r}; other checks skipped")], False
+        return [
+            Finding(
+                "schema_version",
+                "error",
+                f"schema_version is {version!r}: expected MAJOR.MINOR such as {SCHEMA_VERSION!r}; other checks skipped",
+            )
+        ], False
     major, minor = version.split(".")
     if major != ours[0]:
-        return [Finding("schema_version", "error", f"schema_version {version!r}: major version {major} is not "
-                        f"supported (this autopar reads {ours[0]}.x); other checks skipped")], False
+        return [
+            Finding(
+                "schema_version",
+                "error",
+                f"schema_version {version!r}: major version {major} is not "
+                f"supported (this autopar reads {ours[0]}.x); other checks skipped",
+            )
+        ], False
     out = []
     if int(minor) > int(ours[1]):
-        out.append(Finding("schema_version", "warning", f"schema_version {version!r} is newer than "
-                           f"{SCHEMA_VERSION}: fields it added are not checked"))
+        out.append(
+            Finding(
+                "schema_version",
+                "warning",
+                f"schema_version {version!r} is newer than {SCHEMA_VERSION}: fields it added are not checked",
+            )
+        )
     try:
         PlanFile.model_validate(doc)
     except ValidationError as exc:
@@ -140,8 +183,16 @@ def _reproduced_inputs(doc: dict) -> dict | None:
         args = shlex.split(str(doc.get("reproduce", "")))
         opts = dict(zip(args, args[1:]))  # "--model X" -> opts["--model"] = "X"
         sets = [v for k, v in zip(args, args[1:]) if k == "--set"]
-        inp = build_inputs(opts["--model"], opts["--cluster"], int(opts["--global-batch"]), int(opts["--seq-len"]),
-                           opts.get("--dtype", "bf16"), opts.get("--attention", "flash"), parse_sets(sets), None)
+        inp = build_inputs(
+            opts["--model"],
+            opts["--cluster"],
+            int(opts["--global-batch"]),
+            int(opts["--seq-len"]),
+            opts.get("--dtype", "bf16"),
+            opts.get("--attention", "flash"),
+            parse_sets(sets),
+            None,
+        )
     except (SpecError, KeyError, ValueError, OSError):
         return None
     return input_block(inp.model, inp.cluster, inp.training)
@@ -165,11 +216,23 @@ def check_hashes(doc: dict) -> list[Finding]:
         orig = again.get(key)
         if isinstance(orig, dict) and input_sha256(orig) == sha.get(key):
             for path, was, rec in flat_changes(orig, inputs[key], f"inputs.{key}"):
-                out.append(Finding(path, "error", f"{path} is {short_repr(rec)} but inputs.sha256.{key} matches "
-                                   f"{short_repr(was)} (what `reproduce` resolves to): edited by hand"))
+                out.append(
+                    Finding(
+                        path,
+                        "error",
+                        f"{path} is {short_repr(rec)} but inputs.sha256.{key} matches "
+                        f"{short_repr(was)} (what `reproduce` resolves to): edited by hand",
+                    )
+                )
         else:
-            out.append(Finding(f"inputs.{key}", "error", f"sha256 of inputs.{key} is {now[:12]}… but "
-                               f"inputs.sha256.{key} records {str(sha.get(key))[:12]}…: edited by hand?"))
+            out.append(
+                Finding(
+                    f"inputs.{key}",
+                    "error",
+                    f"sha256 of inputs.{key} is {now[:12]}… but "
+                    f"inputs.sha256.{key} records {str(sha.get(key))[:12]}…: edited by hand?",
+                )
+            )
     return out
 
 
@@ -179,8 +242,13 @@ def _one_input(kind: str, recorded: Any, arg: str | None, overrides: dict, out: 
     if arg is not None:
         spec, how = loader(arg, overrides or None), f"--{kind} {arg}"
     elif not isinstance(recorded, dict):
-        out.append(Finding(f"inputs.{kind}", "error", f"inputs.{kind} is {short_repr(recorded)}, not a {kind} spec: "
-                           f"give --{kind} to validate against one"))
+        out.append(
+            Finding(
+                f"inputs.{kind}",
+                "error",
+                f"inputs.{kind} is {short_repr(recorded)}, not a {kind} spec: give --{kind} to validate against one",
+            )
+        )
         return None
     else:
         try:
@@ -188,16 +256,30 @@ def _one_input(kind: str, recorded: Any, arg: str | None, overrides: dict, out: 
             spec, how = cls.model_validate(data), "--set"
         except ValidationError as exc:
             if overrides:
-                raise SpecError(f"--set on the recorded {kind}: " + "; ".join(
-                    f"{json_path(e['loc'])}: {e['msg']}" for e in exc.errors())) from None
-            out += [Finding(".".join([f"inputs.{kind}"] + ([json_path(e["loc"])] if e["loc"] else [])), "error",
-                            f"the recorded {kind} is not valid for this autopar: {e['msg']}") for e in exc.errors()]
+                raise SpecError(
+                    f"--set on the recorded {kind}: "
+                    + "; ".join(f"{json_path(e['loc'])}: {e['msg']}" for e in exc.errors())
+                ) from None
+            out += [
+                Finding(
+                    ".".join([f"inputs.{kind}"] + ([json_path(e["loc"])] if e["loc"] else [])),
+                    "error",
+                    f"the recorded {kind} is not valid for this autopar: {e['msg']}",
+                )
+                for e in exc.errors()
+            ]
             return None
     changes = flat_changes(recorded, spec.model_dump(), "") if isinstance(recorded, dict) else []
     if changes:
         shown = ", ".join(f"{p} {short_repr(a)} -> {short_repr(b)}" for p, a, b in changes[:6])
-        out.append(Finding(f"inputs.{kind}", "warning", f"re-derived with {how}, which differs from the recorded "
-                           f"{kind} in {len(changes)} key(s): {shown}{' …' if len(changes) > 6 else ''}"))
+        out.append(
+            Finding(
+                f"inputs.{kind}",
+                "warning",
+                f"re-derived with {how}, which differs from the recorded "
+                f"{kind} in {len(changes)} key(s): {shown}{' …' if len(changes) > 6 else ''}",
+            )
+        )
     return spec
 
 
@@ -230,19 +312,34 @@ def check_estimate(doc: dict, est: Estimate, tol: float) -> list[Finding]:
         if need > cap:
             was = recorded[r].get("memory", {}).get("total_bytes") if r < len(recorded) else None
             was_txt = f" (the plan recorded {was / GiB:.2f} GiB)" if isinstance(was, (int, float)) else ""
-            out.append(Finding(f"predicted.stages[{r}].memory", "error", f"pipeline rank {r} needs {need / GiB:.2f} "
-                               f"GiB per GPU with the current cost model{was_txt}, {(need - cap) / GiB:.2f} GiB over "
-                               f"the {cap / GiB:.2f} GiB usable"))
+            out.append(
+                Finding(
+                    f"predicted.stages[{r}].memory",
+                    "error",
+                    f"pipeline rank {r} needs {need / GiB:.2f} "
+                    f"GiB per GPU with the current cost model{was_txt}, {(need - cap) / GiB:.2f} GiB over "
+                    f"the {cap / GiB:.2f} GiB usable",
+                )
+            )
     for key in DRIFT_KEYS:
         rec = doc["predicted"].get(key)
         rel = _rel(pred[key], rec)
         if rel is None:
-            out.append(Finding(f"predicted.{key}", "warning", f"predicted.{key} is {short_repr(rec)}: expected a "
-                               f"positive number"))
+            out.append(
+                Finding(
+                    f"predicted.{key}", "warning", f"predicted.{key} is {short_repr(rec)}: expected a positive number"
+                )
+            )
         elif abs(rel) > tol:
-            out.append(Finding(f"predicted.{key}", "warning", f"recorded {fmt_figure(key, rec)}, re-estimated "
-                               f"{fmt_figure(key, pred[key])} "
-                               f"({rel:+.2%}, tolerance {tol:.2%}): the cost model or the inputs changed"))
+            out.append(
+                Finding(
+                    f"predicted.{key}",
+                    "warning",
+                    f"recorded {fmt_figure(key, rec)}, re-estimated "
+                    f"{fmt_figure(key, pred[key])} "
+                    f"({rel:+.2%}, tolerance {tol:.2%}): the cost model or the inputs changed",
+                )
+            )
     return out
 
 
@@ -257,14 +354,21 @@ def check_against(est: Estimate, golden_path: Path, tol: float) -> tuple[list[Fi
             raise SpecError(f"{golden_path}: predicted.{key} is missing or not a positive number")
         block |= {key: ref, f"{key}_change": rel}
         if rel > tol:
-            out.append(Finding(f"predicted.{key}", "error", f"{fmt_figure(key, getattr(est.predicted, key))} re-estimated "
-                               f"vs {fmt_figure(key, ref)} in {golden_path}: {rel:+.2%} {what}, beyond the "
-                               f"{tol:.2%} tolerance"))
+            out.append(
+                Finding(
+                    f"predicted.{key}",
+                    "error",
+                    f"{fmt_figure(key, getattr(est.predicted, key))} re-estimated "
+                    f"vs {fmt_figure(key, ref)} in {golden_path}: {rel:+.2%} {what}, beyond the "
+                    f"{tol:.2%} tolerance",
+                )
+            )
     return out, block
 
 
-def validate_plan(path: Path, model_arg: str | None, cluster_arg: str | None, sets: dict[str, dict],
-                  against: Path | None, tol: float) -> Report:
+def validate_plan(
+    path: Path, model_arg: str | None, cluster_arg: str | None, sets: dict[str, dict], against: Path | None, tol: float
+) -> Report:
     """Run every check (module docstring); SpecError only for bad input (unreadable, not JSON)."""
     doc = read_json(path, "plan")
     rep = Report(str(path), tol)
@@ -279,8 +383,9 @@ def validate_plan(path: Path, model_arg: str | None, cluster_arg: str | None, se
     if model is None or cluster is None:
         return rep
     try:
-        _, _, train, par = plan_inputs({**doc, "inputs": {**doc["inputs"], "model": model.model_dump(),
-                                                          "cluster": cluster.model_dump()}})
+        _, _, train, par = plan_inputs(
+            {**doc, "inputs": {**doc["inputs"], "model": model.model_dump(), "cluster": cluster.model_dump()}}
+        )
     except (KeyError, TypeError, ValueError) as exc:
         rep.findings.append(Finding("inputs.training", "error", f"cannot be read: {type(exc).__name__} {exc}"))
         return rep
@@ -308,7 +413,9 @@ def validate_plan(path: Path, model_arg: str | None, cluster_arg: str | None, se
         rep.findings.append(Finding("parallelism", "error", f"cannot be estimated: {exc}"))
         return rep
     rep.predicted = _figures(est.predicted.to_json()) | {
-        "fits": est.fits, "stages_memory_bytes": [s.memory.total_bytes for s in est.predicted.stages]}
+        "fits": est.fits,
+        "stages_memory_bytes": [s.memory.total_bytes for s in est.predicted.stages],
+    }
     rep.findings += check_estimate(doc, est, tol)
     if against is not None:
         found, rep.against = check_against(est, against, tol)

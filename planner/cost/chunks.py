@@ -88,7 +88,3 @@ def chunk_sums(chunk: ChunkInfo, costs: list[LayerCost], par: Parallel) -> tuple
 
 def par_blocks(costs: list[LayerCost]) -> int:
     return len(costs) - 2
-
-
-def par_blocks(costs: list[LayerCost]) -> int:
-    return len(costs) - 2

@@ -40,8 +40,9 @@ def tied_params(graph: LayerGraph, par: Parallel) -> float:
     return graph.spec.vocab_size * graph.spec.hidden_size / par.tp if graph.spec.tie_embeddings and par.pp > 1 else 0.0
 
 
-def tied_copy_comm(graph: LayerGraph, cluster: ClusterSpec, train: Training,
-                   par: Parallel) -> tuple[float, float, float, float]:
+def tied_copy_comm(
+    graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel
+) -> tuple[float, float, float, float]:
     """DP collectives (gather, scatter, all-reduce, replica all-reduce) of the embedding copy a
     separate last stage keeps with tied embeddings."""
     if not (graph.spec.tie_embeddings and par.pp > 1):
@@ -49,8 +50,9 @@ def tied_copy_comm(graph: LayerGraph, cluster: ClusterSpec, train: Training,
     return dp_comm_s(0.0, tied_params(graph, par), _Ctx(cluster, train, par, graph.spec))
 
 
-def add_per_microbatch_dp(chunks: list[ChunkInfo], costs: list[LayerCost], f: list[float], b: list[float],
-                          par: Parallel, tax: float) -> list[float]:
+def add_per_microbatch_dp(
+    chunks: list[ChunkInfo], costs: list[LayerCost], f: list[float], b: list[float], par: Parallel, tax: float
+) -> list[float]:
     """ZeRO-3/FSDP: all-gather weights before forward and again before backward, reduce-scatter
     gradients after, layer by layer, prefetched under the chunk's compute (FSDP2 implicit
     prefetch): exposed = ``comm.exposed_s`` over the chunk's compute (the excess, at least the
@@ -70,8 +72,15 @@ def add_per_microbatch_dp(chunks: list[ChunkInfo], costs: list[LayerCost], f: li
     return added
 
 
-def dp_tail(rank_layers: list[int], f_first: float, b_rank: float, costs: list[LayerCost],
-            tied: tuple[float, float, float, float], par: Parallel, tax: float) -> float:
+def dp_tail(
+    rank_layers: list[int],
+    f_first: float,
+    b_rank: float,
+    costs: list[LayerCost],
+    tied: tuple[float, float, float, float],
+    par: Parallel,
+    tax: float,
+) -> float:
     """Exposed end-of-step data-parallel sync seconds of one pipeline rank.
 
     ZeRO-0: gradient all-reduce in buckets under the last micro-batch's backward (PyTorch DDP,
@@ -100,8 +109,9 @@ def dp_tail(rank_layers: list[int], f_first: float, b_rank: float, costs: list[L
     return sync
 
 
-def optimizer_s(rank_layers: list[int], costs: list[LayerCost], tied: float, par: Parallel,
-                cluster: ClusterSpec) -> float:
+def optimizer_s(
+    rank_layers: list[int], costs: list[LayerCost], tied: float, par: Parallel, cluster: ClusterSpec
+) -> float:
     """Adam on the local (ZeRO-sharded) parameters, memory-bound at 30 bytes per parameter."""
     dense = sum(costs[i].params_dp_replicas for i in rank_layers) + tied
     exp = sum(costs[i].params_local - costs[i].params_dp_replicas for i in rank_layers)

@@ -95,8 +95,9 @@ def _rank_states(chunks: list[ChunkInfo], costs: list[LayerCost], graph: LayerGr
     return out
 
 
-def p2p_list(chunks: list[ChunkInfo], cluster: ClusterSpec, train: Training, par: Parallel,
-             graph: LayerGraph) -> list[float]:
+def p2p_list(
+    chunks: list[ChunkInfo], cluster: ClusterSpec, train: Training, par: Parallel, graph: LayerGraph
+) -> list[float]:
     """Activation (and its gradient) transfer between consecutive chunks: b·s/cp·h elements,
     /tp when sequence parallel keeps them split (Megatron scatter-gather optimisation)."""
     nbytes = par.micro_batch * train.seq_len / par.cp * graph.spec.hidden_size * train.act_bytes
@@ -128,14 +129,17 @@ def fits_in_memory(model: ModelSpec, cluster: ClusterSpec, train: Training, par:
     return all(_rank_memory(r, p, peak[r], inflight[r], train, par).total_bytes <= cap for r in range(par.pp))
 
 
-def estimate(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel,
-             keep_events: bool = False) -> Estimate:
+def estimate(
+    model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel, keep_events: bool = False
+) -> Estimate:
     """Score one plan (raises PlanError for an invalid one). See the module docstring."""
     p = _prepare(model, cluster, train, par)
     timing = _time(p, cluster, train, par, keep_events)
     sim = timing.sim
-    memories = [_rank_memory(r, p, sim.peak_inflight_bytes[r], sim.peak_inflight_microbatches[r], train, par)
-                for r in range(par.pp)]
+    memories = [
+        _rank_memory(r, p, sim.peak_inflight_bytes[r], sim.peak_inflight_microbatches[r], train, par)
+        for r in range(par.pp)
+    ]
     cap = mem.capacity_bytes(cluster.gpu.hbm_bytes)
     over = [(r, mm.total_bytes - cap) for r, mm in enumerate(memories) if mm.total_bytes > cap]
     predicted = _predicted(cluster, train, par, p, timing, memories)
@@ -150,27 +154,45 @@ def _time(p: _Prepared, cluster: ClusterSpec, train: Training, par: Parallel, ke
     tax = cluster.gpu.efficiency.overlap_tax
     added = add_per_microbatch_dp(p.chunks, p.costs, f, b, par, tax) if par.zero >= 2 else [0.0] * len(p.chunks)
     zero_s = [m * sum(added[c.index] for c in p.of_rank(r)) for r in range(par.pp)]
-    sim = simulate(par.schedule, par.pp, m, par.vpp, f, b, p2p_list(p.chunks, cluster, train, par, p.graph),
-                   [s[2] for s in p.sums], keep_events)
+    sim = simulate(
+        par.schedule,
+        par.pp,
+        m,
+        par.vpp,
+        f,
+        b,
+        p2p_list(p.chunks, cluster, train, par, p.graph),
+        [s[2] for s in p.sums],
+        keep_events,
+    )
     tied = tied_copy_comm(p.graph, cluster, train, par)
     tails = []
     for r in range(par.pp):
         mine = p.of_rank(r)
         layers = [i for c in mine for i in c.layer_ids]
         has_head = any(c.has_head for c in mine)
-        sync = dp_tail(layers, f[mine[0].index], sum(p.sums[c.index][1] for c in mine), p.costs,
-                       tied if has_head else (0.0, 0.0, 0.0, 0.0), par, tax)
+        sync = dp_tail(
+            layers,
+            f[mine[0].index],
+            sum(p.sums[c.index][1] for c in mine),
+            p.costs,
+            tied if has_head else (0.0, 0.0, 0.0, 0.0),
+            par,
+            tax,
+        )
         tied_p = tied_params(p.graph, par) if has_head else 0.0
         tails.append((sync, optimizer_s(layers, p.costs, tied_p, par, cluster)))
     step = max(sim.rank_end_s[r] + sum(tails[r]) for r in range(par.pp))
     return _Timing(f, b, zero_s, sim, tails, step)
 
 
-def _rank_memory(r: int, p: _Prepared, inflight_bytes: float, inflight_mb: float, train: Training,
-                 par: Parallel) -> mem.StageMemory:
+def _rank_memory(
+    r: int, p: _Prepared, inflight_bytes: float, inflight_mb: float, train: Training, par: Parallel
+) -> mem.StageMemory:
     state = p.states[r]
-    states = mem.model_state_bytes(state.dense_params, state.expert_params, par.zero, par.dense_shard,
-                                   par.expert_shard, train)
+    states = mem.model_state_bytes(
+        state.dense_params, state.expert_params, par.zero, par.dense_shard, par.expert_shard, train
+    )
     mine = p.of_rank(r)
     transient = max(p.sums[c.index][3] for c in mine)
     tokens = par.micro_batch * train.seq_len / par.cp
@@ -185,41 +207,77 @@ def _rank_memory(r: int, p: _Prepared, inflight_bytes: float, inflight_mb: float
     return mem.stage_memory(states, inflight_bytes, inflight_mb, transient, buffers)
 
 
-def _stage_results(p: _Prepared, par: Parallel, t: _Timing, memories: list[mem.StageMemory], m: int
-                   ) -> tuple[StageResult, ...]:
+def _stage_results(
+    p: _Prepared, par: Parallel, t: _Timing, memories: list[mem.StageMemory], m: int
+) -> tuple[StageResult, ...]:
     out = []
     for r, mm in enumerate(memories):
         mine = p.of_rank(r)
-        chunks = tuple(ChunkResult(c.index, (c.first_block, c.first_block + c.num_blocks), c.has_embedding,
-                                   c.has_head, t.f[c.index], t.b[c.index]) for c in mine)
-        out.append(StageResult(r, chunks, mm, sum(t.f[c.index] + t.b[c.index] for c in mine) * m,
-                               t.sim.rank_end_s[r], t.tails[r][0], t.tails[r][1]))
+        chunks = tuple(
+            ChunkResult(
+                c.index,
+                (c.first_block, c.first_block + c.num_blocks),
+                c.has_embedding,
+                c.has_head,
+                t.f[c.index],
+                t.b[c.index],
+            )
+            for c in mine
+        )
+        out.append(
+            StageResult(
+                r,
+                chunks,
+                mm,
+                sum(t.f[c.index] + t.b[c.index] for c in mine) * m,
+                t.sim.rank_end_s[r],
+                t.tails[r][0],
+                t.tails[r][1],
+            )
+        )
     return tuple(out)
 
 
-def _predicted(cluster: ClusterSpec, train: Training, par: Parallel, p: _Prepared, t: _Timing,
-               memories: list[mem.StageMemory]) -> Predicted:
+def _predicted(
+    cluster: ClusterSpec, train: Training, par: Parallel, p: _Prepared, t: _Timing, memories: list[mem.StageMemory]
+) -> Predicted:
     m = par.num_micro_batches(train.global_batch)
     tokens = train.global_batch * train.seq_len
     n, step = cluster.num_gpus, t.step_s
     peak_dtype = "bf16" if train.dtype == "fp8" else train.dtype  # MFU against the 16-bit peak (torchtitan)
     peak = cluster.gpu.peak_flops(peak_dtype)
     model_flops = p.graph.model_flops_per_token() * tokens
-    hw_flops = model_flops + _recompute_flops(p.graph, p.costs, par) * train.global_batch / (par.micro_batch * par.dp) \
-        * par.dp * par.tp * par.cp
+    hw_flops = (
+        model_flops
+        + _recompute_flops(p.graph, p.costs, par)
+        * train.global_batch
+        / (par.micro_batch * par.dp)
+        * par.dp
+        * par.tp
+        * par.cp
+    )
     stages = _stage_results(p, par, t, memories, m)
     busy = max(s.busy_s for s in stages)
     in_layers = max(sum(p.costs[i].comm_s for c in p.of_rank(r) for i in c.layer_ids) for r in range(par.pp)) * m
-    breakdown = TimeBreakdown(t.sim.makespan_s, in_layers, max(t.zero_s), max(x[0] for x in t.tails),
-                              max(x[1] for x in t.tails))
+    breakdown = TimeBreakdown(
+        t.sim.makespan_s, in_layers, max(t.zero_s), max(x[0] for x in t.tails), max(x[1] for x in t.tails)
+    )
     return Predicted(
-        step_time_s=step, tokens_per_s=tokens / step, tokens_per_s_per_gpu=tokens / step / n,
-        mfu=model_flops / (step * n * peak), hfu=hw_flops / (step * n * peak),
-        model_tflops_per_gpu=model_flops / step / n / 1e12, hw_tflops_per_gpu=hw_flops / step / n / 1e12,
-        model_flops_per_step=model_flops, peak_memory_bytes=max(mm.total_bytes for mm in memories),
-        memory_capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes), num_micro_batches=m,
+        step_time_s=step,
+        tokens_per_s=tokens / step,
+        tokens_per_s_per_gpu=tokens / step / n,
+        mfu=model_flops / (step * n * peak),
+        hfu=hw_flops / (step * n * peak),
+        model_tflops_per_gpu=model_flops / step / n / 1e12,
+        hw_tflops_per_gpu=hw_flops / step / n / 1e12,
+        model_flops_per_step=model_flops,
+        peak_memory_bytes=max(mm.total_bytes for mm in memories),
+        memory_capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes),
+        num_micro_batches=m,
         pipeline_bubble_s=max(0.0, t.sim.makespan_s - busy),  # clamp float noise: pp 1 has no bubble
-        time_breakdown_s=breakdown, stages=stages)
+        time_breakdown_s=breakdown,
+        stages=stages,
+    )
 
 
 def _recompute_flops(graph: LayerGraph, costs: list[LayerCost], par: Parallel) -> float:

@@ -146,8 +146,9 @@ def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> t
     regions = (windows + [(0.0, 0.0)] * n)[:n]
     tax = ctx.cluster.gpu.efficiency.overlap_tax
     if sp:
-        bwd = sum(grad_gather + comm.exposed_s(ag, dgrad, tax) + comm.exposed_s(rs, wgrad, tax)
-                  for dgrad, wgrad in regions)
+        bwd = sum(
+            grad_gather + comm.exposed_s(ag, dgrad, tax) + comm.exposed_s(rs, wgrad, tax) for dgrad, wgrad in regions
+        )
     else:
         bwd = sum(comm.exposed_s(ar, wgrad, tax) for _, wgrad in regions)
     return fwd, bwd
@@ -187,7 +188,13 @@ def _cp_comm_s(layer: Layer, ctx: _Ctx, attn_fwd_s: float) -> tuple[float, float
     if cp == 1 or layer.kind != "block":
         return 0.0, 0.0
     kv = sum(x.elems for x in layer.saved if x.name in ("attn.k", "attn.v"))
-    full = kv * ctx.tokens * cp * ctx.train.act_bytes / min(ctx.par.tp, ctx.spec.kv_heads if ctx.spec.mla is None else ctx.par.tp)
+    full = (
+        kv
+        * ctx.tokens
+        * cp
+        * ctx.train.act_bytes
+        / min(ctx.par.tp, ctx.spec.kv_heads if ctx.spec.mla is None else ctx.par.tp)
+    )
     group = comm.group_span(ctx.cluster, cp, ctx.par.tp)
     ag = comm.all_gather_s(ctx.cluster, full, group)
     rs = comm.reduce_scatter_s(ctx.cluster, full, group)
@@ -225,15 +232,35 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
     comm_b = tp_b + ep_s + cp_b
     fwd_model = model_flops / 3
     sel = sel_eager if train.attention_impl == "eager" else sel_flash
-    recompute = {"none": 0.0, "selective": sel, "full": fwd + comm_f} if layer.kind == "block" else \
-        {o: 0.0 for o in RECOMPUTE_OPTIONS}
-    hw = {"none": model_flops, "selective": model_flops + hw_extra_sel,
-          "full": model_flops + (fwd_model if layer.kind == "block" else 0.0)}
+    recompute = (
+        {"none": 0.0, "selective": sel, "full": fwd + comm_f}
+        if layer.kind == "block"
+        else {o: 0.0 for o in RECOMPUTE_OPTIONS}
+    )
+    hw = {
+        "none": model_flops,
+        "selective": model_flops + hw_extra_sel,
+        "full": model_flops + (fwd_model if layer.kind == "block" else 0.0),
+    }
     act = activation_bytes(layer, ctx)
     local, dense = _local_params(layer, ctx)
     ag, rs, ar, rep = dp_comm_s(local - dense, dense, ctx)
-    return LayerCost(fwd + comm_f, bwd + comm_b, recompute, act, act["none"], local, dense,
-                     comm_f + comm_b, model_flops, hw, ag, rs, ar, rep)
+    return LayerCost(
+        fwd + comm_f,
+        bwd + comm_b,
+        recompute,
+        act,
+        act["none"],
+        local,
+        dense,
+        comm_f + comm_b,
+        model_flops,
+        hw,
+        ag,
+        rs,
+        ar,
+        rep,
+    )
 
 
 @dataclass(frozen=True)
@@ -252,9 +279,13 @@ class DpGroups:
 
 def dp_groups(cluster: ClusterSpec, par: Parallel) -> DpGroups:
     span = comm.group_span
-    return DpGroups(span(cluster, par.dense_dp, par.tp), span(cluster, par.expert_dp, par.tp * par.ep),
-                    span(cluster, par.dense_shard, par.tp), span(cluster, par.expert_shard, par.tp * par.ep),
-                    span(cluster, par.dp_replicate, par.tp * par.dense_shard))
+    return DpGroups(
+        span(cluster, par.dense_dp, par.tp),
+        span(cluster, par.expert_dp, par.tp * par.ep),
+        span(cluster, par.dense_shard, par.tp),
+        span(cluster, par.expert_shard, par.tp * par.ep),
+        span(cluster, par.dp_replicate, par.tp * par.dense_shard),
+    )
 
 
 def dp_comm_s(expert: float, dense: float, ctx: _Ctx) -> tuple[float, float, float, float]:
@@ -276,11 +307,15 @@ def dp_comm_s(expert: float, dense: float, ctx: _Ctx) -> tuple[float, float, flo
 
     rep = 0.0
     if ctx.par.dp_replicate > 1:
-        rep = (comm.all_reduce_s(ctx.cluster, dense * gb / ctx.par.dense_shard, g.replicas) if dense else 0.0) + \
-              (comm.all_reduce_s(ctx.cluster, expert * gb / ctx.par.expert_shard, g.replicas) if expert else 0.0)
-    return (both(comm.all_gather_s, wb, g.dense_shard, g.expert_shard),
-            both(comm.reduce_scatter_s, gb, g.dense_shard, g.expert_shard),
-            both(comm.all_reduce_s, gb, g.dense, g.expert), rep)
+        rep = (comm.all_reduce_s(ctx.cluster, dense * gb / ctx.par.dense_shard, g.replicas) if dense else 0.0) + (
+            comm.all_reduce_s(ctx.cluster, expert * gb / ctx.par.expert_shard, g.replicas) if expert else 0.0
+        )
+    return (
+        both(comm.all_gather_s, wb, g.dense_shard, g.expert_shard),
+        both(comm.reduce_scatter_s, gb, g.dense_shard, g.expert_shard),
+        both(comm.all_reduce_s, gb, g.dense, g.expert),
+        rep,
+    )
 
 
 def graph_costs(graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel) -> list[LayerCost]:

@@ -49,8 +49,9 @@ def bytes_per_param(train: Training, zero: int) -> tuple[int, int, int]:
     return 2, grad_reduce_bytes(train, zero), 12
 
 
-def model_state_bytes(dense: float, expert: float, zero: int, dp_dense: int, dp_expert: int,
-                      train: Training) -> StateBytes:
+def model_state_bytes(
+    dense: float, expert: float, zero: int, dp_dense: int, dp_expert: int, train: Training
+) -> StateBytes:
     """Weights, gradients and optimizer bytes on one GPU after ZeRO sharding (ZeRO §3) over
     ``dp_dense`` ranks for dense parameters and ``dp_expert`` for routed experts (the shard groups)."""
     w, g, o = bytes_per_param(train, zero)
@@ -86,8 +87,16 @@ class StageMemory(JsonRecord):
 
     @property
     def total_bytes(self) -> float:
-        return (self.weights_bytes + self.gradients_bytes + self.optimizer_bytes + self.activations_bytes
-                + self.transient_bytes + self.comm_buffer_bytes + self.workspace_bytes + self.fragmentation_bytes)
+        return (
+            self.weights_bytes
+            + self.gradients_bytes
+            + self.optimizer_bytes
+            + self.activations_bytes
+            + self.transient_bytes
+            + self.comm_buffer_bytes
+            + self.workspace_bytes
+            + self.fragmentation_bytes
+        )
 
     def to_json(self) -> dict[str, float]:
         d = {k: float(getattr(self, k)) for k in self.__dataclass_fields__}
@@ -95,11 +104,21 @@ class StageMemory(JsonRecord):
         return d
 
 
-def stage_memory(states: StateBytes, activations: float, inflight: float, transient: float,
-                 comm_buffers: float) -> StageMemory:
+def stage_memory(
+    states: StateBytes, activations: float, inflight: float, transient: float, comm_buffers: float
+) -> StageMemory:
     live = states.weights + states.gradients + states.optimizer + activations + transient + comm_buffers
-    return StageMemory(states.weights, states.gradients, states.optimizer, activations, inflight,
-                       transient, comm_buffers, WORKSPACE_BYTES, FRAGMENTATION * live)
+    return StageMemory(
+        states.weights,
+        states.gradients,
+        states.optimizer,
+        activations,
+        inflight,
+        transient,
+        comm_buffers,
+        WORKSPACE_BYTES,
+        FRAGMENTATION * live,
+    )
 
 
 def capacity_bytes(hbm_bytes: float) -> float:

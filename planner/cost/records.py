@@ -76,7 +76,11 @@ def time_components(p: Predicted) -> dict[str, float]:
     the pipeline time)."""
     tb = p.time_breakdown_s
     compute = tb.pipeline_s - p.pipeline_bubble_s - tb.exposed_comm_in_layers_s - tb.zero_exposed_s
-    return {"compute (incl. recompute)": compute, "pipeline bubble": p.pipeline_bubble_s,
-            "exposed tp/ep/cp communication": tb.exposed_comm_in_layers_s,
-            "exposed ZeRO-2/3 gather/scatter": tb.zero_exposed_s,
-            "data-parallel sync": tb.dp_sync_exposed_s, "optimizer": tb.optimizer_s}
+    return {
+        "compute (incl. recompute)": compute,
+        "pipeline bubble": p.pipeline_bubble_s,
+        "exposed tp/ep/cp communication": tb.exposed_comm_in_layers_s,
+        "exposed ZeRO-2/3 gather/scatter": tb.zero_exposed_s,
+        "data-parallel sync": tb.dp_sync_exposed_s,
+        "optimizer": tb.optimizer_s,
+    }

@@ -27,7 +27,7 @@ class ScheduleResult:
     peak_inflight_bytes: tuple[float, ...]  # per rank
     peak_inflight_microbatches: tuple[float, ...]  # per rank, in units of a full micro-batch of its chunks
     events: tuple[tuple[int, str, int, int, float, float], ...]  # (rank, 'F'/'B', chunk, mb, start, end)
-    critical: tuple["PathCounts", ...] = ()  # per rank: the longest path ending at its last op
+    critical: tuple[PathCounts, ...] = ()  # per rank: the longest path ending at its last op
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,17 @@ def _op_key(idx: int, m: int) -> tuple[str, int, int]:
     return ("B" if q % 2 else "F", q // 2, i)
 
 
-def simulate(schedule: str, pp: int, m: int, v: int, fwd_s: list[float], bwd_s: list[float],
-             p2p_s: list[float], act_bytes: list[float], keep_events: bool = False) -> ScheduleResult:
+def simulate(
+    schedule: str,
+    pp: int,
+    m: int,
+    v: int,
+    fwd_s: list[float],
+    bwd_s: list[float],
+    p2p_s: list[float],
+    act_bytes: list[float],
+    keep_events: bool = False,
+) -> ScheduleResult:
     """Time a schedule. Lists are indexed by global chunk j = c·pp + r (v·pp entries); ``p2p_s[j]``
     is the transfer from chunk j to j+1 (and of the gradient back)."""
     n = pp * v
@@ -140,8 +149,9 @@ def live_vectors(schedule: str, rank: int, pp: int, m: int, v: int) -> tuple[tup
     return tuple(a for a in seen if a in maximal)
 
 
-def inflight_peaks(schedule: str, pp: int, m: int, v: int,
-                   act_bytes: list[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def inflight_peaks(
+    schedule: str, pp: int, m: int, v: int, act_bytes: list[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per rank, the peak activation bytes held (forward run, backward not yet) over its order,
     and that peak in units of a full micro-batch of its chunks. A rank runs its operations in
     order, so this needs the orders only, not the timing: memory can be checked without a
@@ -149,8 +159,7 @@ def inflight_peaks(schedule: str, pp: int, m: int, v: int,
     peak, inflight = [], []
     for r in range(pp):
         acts = [act_bytes[c * pp + r] for c in range(v)]
-        top = max((sum(k * a for k, a in zip(live, acts)) for live in live_vectors(schedule, r, pp, m, v)),
-                  default=0.0)
+        top = max((sum(k * a for k, a in zip(live, acts)) for live in live_vectors(schedule, r, pp, m, v)), default=0.0)
         per_mb = sum(acts)
         peak.append(top)
         inflight.append(top / per_mb if per_mb else 0.0)

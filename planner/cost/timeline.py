@@ -168,8 +168,11 @@ def gantt_segments(est: Estimate) -> list[Segment]:
         stage = est.predicted.stages[r]
         sync_end = free + stage.dp_sync_exposed_s
         opt_end = sync_end + stage.optimizer_s
-        out += [Segment(r, k, a, b) for k, a, b in (("dp_sync", free, sync_end), ("optimizer", sync_end, opt_end),
-                                                     ("idle", opt_end, step)) if b > a]
+        out += [
+            Segment(r, k, a, b)
+            for k, a, b in (("dp_sync", free, sync_end), ("optimizer", sync_end, opt_end), ("idle", opt_end, step))
+            if b > a
+        ]
     return out
 
 
@@ -192,8 +195,8 @@ def memory_traces(est: Estimate) -> list[MemoryTrace]:
         m = stage.memory
         held = m.weights_bytes + m.gradients_bytes + m.optimizer_bytes + m.comm_buffer_bytes
 
-        def total(extra: float) -> float:
-            return (held + extra) * (1 + FRAGMENTATION) + m.workspace_bytes
+        def total(extra: float, held: float = held, workspace: float = m.workspace_bytes) -> float:
+            return (held + extra) * (1 + FRAGMENTATION) + workspace
 
         # (time, change in live activations, change in transient); ends before starts at a tie
         # so that back-to-back ops do not double count.

@@ -19,7 +19,10 @@ from planner.export.megatron import megatron_export
 from planner.export.torchtitan import torchtitan_export
 
 EXPORTERS: dict[str, Callable[[PlanView], Export]] = {
-    "torchtitan": torchtitan_export, "megatron": megatron_export, "deepspeed": deepspeed_export}
+    "torchtitan": torchtitan_export,
+    "megatron": megatron_export,
+    "deepspeed": deepspeed_export,
+}
 
 
 def export_plan(path: Path, target: str) -> Export:

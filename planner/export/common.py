@@ -57,8 +57,10 @@ class PlanView:
 
     @property
     def title(self) -> str:
-        return (f"{self.model.name} on {self.cluster.num_gpus} x {self.cluster.gpu.name}: "
-                f"{self.par.describe('long', self.num_micro_batches)}")
+        return (
+            f"{self.model.name} on {self.cluster.num_gpus} x {self.cluster.gpu.name}: "
+            f"{self.par.describe('long', self.num_micro_batches)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,23 @@ def load_view(path: Path) -> PlanView:
     doc = load_plan(path)
     model, cluster, train, par = plan_inputs(doc)
     check_plan(par, train, model, cluster.num_gpus)
-    chunks = tuple(Chunk(s["index"], s["pp_rank"], s["layers"][0], s["layers"][1] - s["layers"][0],
-                         s["has_embedding"], s["has_head"], tuple(s["recompute"])) for s in doc["stages"])
+    chunks = tuple(
+        Chunk(
+            s["index"],
+            s["pp_rank"],
+            s["layers"][0],
+            s["layers"][1] - s["layers"][0],
+            s["has_embedding"],
+            s["has_head"],
+            tuple(s["recompute"]),
+        )
+        for s in doc["stages"]
+    )
     pred = doc.get("predicted", {})
     fits = None
     if "peak_memory_bytes" in pred and "memory_capacity_bytes" in pred:
         fits = pred["peak_memory_bytes"] <= pred["memory_capacity_bytes"]
-    return PlanView(str(path), model, cluster, train, par, chunks,
-                    doc["parallelism"]["num_micro_batches"], fits)
+    return PlanView(str(path), model, cluster, train, par, chunks, doc["parallelism"]["num_micro_batches"], fits)
 
 
 def recompute_pattern(view: PlanView) -> RecomputePattern:
@@ -115,21 +126,24 @@ def recompute_pattern(view: PlanView) -> RecomputePattern:
     if "full" not in used:
         return RecomputePattern("selective", None, False, detail)
     if "selective" not in used and len(set(per_chunk)) == 1:
-        exact = all(c.recompute[:per_chunk[0]] == ("full",) * per_chunk[0] for c in view.chunks)
+        exact = all(c.recompute[: per_chunk[0]] == ("full",) * per_chunk[0] for c in view.chunks)
         return RecomputePattern("full", per_chunk[0], exact, detail)
     return RecomputePattern("full", max(per_chunk), False, detail)
 
 
-def recompute_note(view: PlanView, pat: RecomputePattern, target: str, emitted: str,
-                   block_ok: bool = False) -> str | None:
+def recompute_note(
+    view: PlanView, pat: RecomputePattern, target: str, emitted: str, block_ok: bool = False
+) -> str | None:
     """The note a target adds when its recompute setting is not the plan's, block for block
     (``block_ok``: the target states "first k blocks of every chunk", as Megatron-LM does)."""
     if pat.exact and (pat.block_full is None or block_ok):
         return None
     counts = "/".join(str(sum(o != "none" for o in c.recompute)) for c in view.chunks)
-    return (f"recompute: the plan mixes options per block ({pat.detail}; recomputing blocks per chunk "
-            f"{counts}); {target} cannot express that, so the export uses {emitted}: at least as many blocks per "
-            f"chunk recompute, at least as strongly (same or less activation memory, some extra recompute time)")
+    return (
+        f"recompute: the plan mixes options per block ({pat.detail}; recomputing blocks per chunk "
+        f"{counts}); {target} cannot express that, so the export uses {emitted}: at least as many blocks per "
+        f"chunk recompute, at least as strongly (same or less activation memory, some extra recompute time)"
+    )
 
 
 def tp_overlap_note(view: PlanView, target: str, how: str) -> list[str]:
@@ -137,14 +151,18 @@ def tp_overlap_note(view: PlanView, target: str, how: str) -> list[str]:
     async communication, ``training.tp_overlap``) but ``target`` runs them ``how``."""
     if view.par.tp == 1 or view.train.tp_overlap != "backward":
         return []
-    return [f"tp_overlap backward: the plan hides backward TP collectives under their GEMMs, as Megatron-LM "
-            f"does; {how}. Re-plan with --set training.tp_overlap=none for {target} step times"]
+    return [
+        f"tp_overlap backward: the plan hides backward TP collectives under their GEMMs, as Megatron-LM "
+        f"does; {how}. Re-plan with --set training.tp_overlap=none for {target} step times"
+    ]
 
 
 def common_notes(view: PlanView) -> list[str]:
     """Notes every target shares."""
     notes = []
     if view.fits is False:
-        notes.append("the plan is predicted NOT to fit in memory (predicted.peak_memory_bytes > "
-                     "memory_capacity_bytes); the exported configuration will likely run out of memory")
+        notes.append(
+            "the plan is predicted NOT to fit in memory (predicted.peak_memory_bytes > "
+            "memory_capacity_bytes); the exported configuration will likely run out of memory"
+        )
     return notes

@@ -45,19 +45,27 @@ def megatron_export(view: PlanView) -> Export:
 
 def _degree_args(view: PlanView, notes: list[str]) -> Args:
     p, t = view.par, view.train
-    args: Args = [("--tensor-model-parallel-size", str(p.tp)), ("--pipeline-model-parallel-size", str(p.pp)),
-                  ("--context-parallel-size", str(p.cp))]
+    args: Args = [
+        ("--tensor-model-parallel-size", str(p.tp)),
+        ("--pipeline-model-parallel-size", str(p.pp)),
+        ("--context-parallel-size", str(p.cp)),
+    ]
     if p.ep > 1:
         # The cost model prices expert parallelism as all-to-all (hardware/comm), Megatron's alltoall dispatcher.
         args += [("--expert-model-parallel-size", str(p.ep)), ("--moe-token-dispatcher-type", "alltoall")]
     if p.sequence_parallel:
         args.append(("--sequence-parallel", None))
-    args += [("--micro-batch-size", str(p.micro_batch)), ("--global-batch-size", str(t.global_batch)),
-             ("--seq-length", str(t.seq_len))]
+    args += [
+        ("--micro-batch-size", str(p.micro_batch)),
+        ("--global-batch-size", str(t.global_batch)),
+        ("--seq-length", str(t.seq_len)),
+    ]
     if not p.schedule_spec.megatron and p.pp > 1:
-        notes.append(f"schedule {p.schedule}: Megatron-LM has no {p.schedule_spec.title} schedule and runs 1F1B "
-                     "instead (the same bubble, at most pp micro-batches in flight, so no more activation memory "
-                     "than planned)")
+        notes.append(
+            f"schedule {p.schedule}: Megatron-LM has no {p.schedule_spec.title} schedule and runs 1F1B "
+            "instead (the same bubble, at most pp micro-batches in flight, so no more activation memory "
+            "than planned)"
+        )
     return args
 
 
@@ -93,31 +101,42 @@ def _zero_args(view: PlanView, notes: list[str]) -> Args:
         # Megatron's distributed optimizer shards optimizer states and fp32 main weights over dp
         # and reduce-scatters gradients: ZeRO-1 (Rajbhandari et al. 2020, section 5.1).
         return [("--use-distributed-optimizer", None)]
-    notes.append(f"ZeRO-{z}: mapped to Megatron-FSDP (--data-parallel-sharding-strategy {FSDP_STRATEGY[z]}), "
-                 "which needs --ckpt-format fsdp_dtensor and no gradient-accumulation fusion"
-                 + ("; Megatron-FSDP documents TP, EP and CP as compatible, not pipeline parallelism"
-                    if view.par.pp > 1 else ""))
-    args: Args = [("--use-megatron-fsdp", None), ("--data-parallel-sharding-strategy", FSDP_STRATEGY[z]),
-                  ("--use-distributed-optimizer", None), ("--no-gradient-accumulation-fusion", None),
-                  ("--ckpt-format", "fsdp_dtensor")]
+    notes.append(
+        f"ZeRO-{z}: mapped to Megatron-FSDP (--data-parallel-sharding-strategy {FSDP_STRATEGY[z]}), "
+        "which needs --ckpt-format fsdp_dtensor and no gradient-accumulation fusion"
+        + ("; Megatron-FSDP documents TP, EP and CP as compatible, not pipeline parallelism" if view.par.pp > 1 else "")
+    )
+    args: Args = [
+        ("--use-megatron-fsdp", None),
+        ("--data-parallel-sharding-strategy", FSDP_STRATEGY[z]),
+        ("--use-distributed-optimizer", None),
+        ("--no-gradient-accumulation-fusion", None),
+        ("--ckpt-format", "fsdp_dtensor"),
+    ]
     if view.par.dp_replicate > 1:
-        notes.append(f"dp_replicate {view.par.dp_replicate}: HSDP as Megatron-FSDP's hybrid sharding "
-                     "(--num-distributed-optimizer-instances, --outer-dp-sharding-strategy no_shard); check that "
-                     "your Megatron-LM has both flags")
-        args += [("--num-distributed-optimizer-instances", str(view.par.dp_replicate)),
-                 ("--outer-dp-sharding-strategy", "no_shard")]
+        notes.append(
+            f"dp_replicate {view.par.dp_replicate}: HSDP as Megatron-FSDP's hybrid sharding "
+            "(--num-distributed-optimizer-instances, --outer-dp-sharding-strategy no_shard); check that "
+            "your Megatron-LM has both flags"
+        )
+        args += [
+            ("--num-distributed-optimizer-instances", str(view.par.dp_replicate)),
+            ("--outer-dp-sharding-strategy", "no_shard"),
+        ]
     return args
 
 
 def _recompute_args(view: PlanView, notes: list[str]) -> Args:
     pat = recompute_pattern(view)
     if pat.block_full is not None:
-        args: Args = [("--recompute-granularity", "full"), ("--recompute-method", "block"),
-                      ("--recompute-num-layers", str(pat.block_full))]
+        args: Args = [
+            ("--recompute-granularity", "full"),
+            ("--recompute-method", "block"),
+            ("--recompute-num-layers", str(pat.block_full)),
+        ]
         emitted = f"--recompute-method block --recompute-num-layers {pat.block_full} (first k blocks of every chunk)"
     elif pat.mode == "full":
-        args = [("--recompute-granularity", "full"), ("--recompute-method", "uniform"),
-                ("--recompute-num-layers", "1")]
+        args = [("--recompute-granularity", "full"), ("--recompute-method", "uniform"), ("--recompute-num-layers", "1")]
         emitted = "full recompute of every block"
     elif pat.mode == "selective":
         args, emitted = [("--recompute-granularity", "selective")], "selective recompute of every block"
@@ -131,11 +150,17 @@ def _recompute_args(view: PlanView, notes: list[str]) -> Args:
 
 def _precision_args(view: PlanView, notes: list[str]) -> Args:
     t = view.train
-    args: Args = {"bf16": [("--bf16", None)], "fp16": [("--fp16", None)], "fp32": [],
-                  "fp8": [("--bf16", None), ("--fp8-format", "hybrid")]}[t.dtype]
+    args: Args = {
+        "bf16": [("--bf16", None)],
+        "fp16": [("--fp16", None)],
+        "fp32": [],
+        "fp8": [("--bf16", None), ("--fp8-format", "hybrid")],
+    }[t.dtype]
     if t.dtype == "fp8":
-        notes.append("dtype fp8: the plan models FP8 matmuls with bf16 activations (Transformer Engine); "
-                     "--fp8-format hybrid (e4m3 forward, e5m2 backward) is the usual recipe, check yours")
+        notes.append(
+            "dtype fp8: the plan models FP8 matmuls with bf16 activations (Transformer Engine); "
+            "--fp8-format hybrid (e4m3 forward, e5m2 backward) is the usual recipe, check yours"
+        )
     if t.dtype in ("bf16", "fp8") and grad_reduce_bytes(t, view.par.zero) == 2:
         args.append(("--grad-reduce-in-bf16", None))  # Megatron's default reduces bf16 grads in fp32
     args.append(("--attention-backend", "flash" if t.attention_impl == "flash" else "unfused"))
@@ -146,14 +171,20 @@ def _model_args(view: PlanView, notes: list[str]) -> Args:
     """Model shape flags; architecture features Megatron's GPT model lacks become notes."""
     m, t = view.model, view.train
     ffn = m.moe.dense_ffn_hidden_size if m.moe and m.moe.dense_ffn_hidden_size else m.ffn_hidden_size
-    args: Args = [("--num-layers", str(m.num_layers)), ("--hidden-size", str(m.hidden_size)),
-                  ("--ffn-hidden-size", str(ffn)), ("--num-attention-heads", str(m.num_heads))]
+    args: Args = [
+        ("--num-layers", str(m.num_layers)),
+        ("--hidden-size", str(m.hidden_size)),
+        ("--ffn-hidden-size", str(ffn)),
+        ("--num-attention-heads", str(m.num_heads)),
+    ]
     if m.kv_heads != m.num_heads and m.mla is None:
         args += [("--group-query-attention", None), ("--num-query-groups", str(m.kv_heads))]
     if m.head_dim and m.head_dim * m.num_heads != m.hidden_size and m.mla is None:
         args.append(("--kv-channels", str(m.head_dim)))
-    args += [("--max-position-embeddings", str(max(t.seq_len, m.max_seq_len))),
-             ("--normalization", "RMSNorm" if m.norm == "rmsnorm" else "LayerNorm")]
+    args += [
+        ("--max-position-embeddings", str(max(t.seq_len, m.max_seq_len))),
+        ("--normalization", "RMSNorm" if m.norm == "rmsnorm" else "LayerNorm"),
+    ]
     act = {"swiglu": [("--swiglu", None)], "gelu": [], "relu2": [("--squared-relu", None)]}
     if m.activation in act:
         args += act[m.activation]
@@ -170,9 +201,11 @@ def _model_args(view: PlanView, notes: list[str]) -> Args:
         args.append(("--untie-embeddings-and-output-weights", None))
     args += [("--attention-dropout", str(m.dropout)), ("--hidden-dropout", str(m.dropout))]
     args += _moe_mla_args(view)
-    for flag, what in ((m.parallel_residual, "parallel residual (GPT-J/NeoX blocks)"),
-                       (m.sliding_window, "sliding-window attention"),
-                       (m.attention_mask == "bidirectional", "a bidirectional encoder (use pretrain_bert.py)")):
+    for flag, what in (
+        (m.parallel_residual, "parallel residual (GPT-J/NeoX blocks)"),
+        (m.sliding_window, "sliding-window attention"),
+        (m.attention_mask == "bidirectional", "a bidirectional encoder (use pretrain_bert.py)"),
+    ):
         if flag:
             notes.append(f"model: {what} has no pretrain_gpt.py flag here; set it up by hand")
     return args
@@ -183,8 +216,11 @@ def _moe_mla_args(view: PlanView) -> Args:
     args: Args = []
     if m.moe:
         e = m.moe
-        args += [("--num-experts", str(e.num_experts)), ("--moe-router-topk", str(e.top_k)),
-                 ("--moe-ffn-hidden-size", str(e.expert_ffn_hidden_size))]
+        args += [
+            ("--num-experts", str(e.num_experts)),
+            ("--moe-router-topk", str(e.top_k)),
+            ("--moe-ffn-hidden-size", str(e.expert_ffn_hidden_size)),
+        ]
         if e.num_shared_experts:
             shared = e.num_shared_experts * (e.shared_expert_ffn_hidden_size or e.expert_ffn_hidden_size)
             args.append(("--moe-shared-expert-intermediate-size", str(shared)))
@@ -195,9 +231,13 @@ def _moe_mla_args(view: PlanView) -> Args:
             args.append(("--moe-expert-capacity-factor", str(e.capacity_factor)))
     if m.mla:
         a = m.mla
-        args += [("--multi-latent-attention", None), ("--kv-lora-rank", str(a.kv_lora_rank)),
-                 ("--qk-head-dim", str(a.qk_nope_head_dim)), ("--qk-pos-emb-head-dim", str(a.qk_rope_head_dim)),
-                 ("--v-head-dim", str(a.v_head_dim))]
+        args += [
+            ("--multi-latent-attention", None),
+            ("--kv-lora-rank", str(a.kv_lora_rank)),
+            ("--qk-head-dim", str(a.qk_nope_head_dim)),
+            ("--qk-pos-emb-head-dim", str(a.qk_rope_head_dim)),
+            ("--v-head-dim", str(a.v_head_dim)),
+        ]
         if a.q_lora_rank:
             args.append(("--q-lora-rank", str(a.q_lora_rank)))
     return args
@@ -217,14 +257,19 @@ def _run_length(bits: list[int]) -> str:
 def _script(view: PlanView, args: Args, notes: list[str]) -> str:
     """A bash file: the arguments as an array, the notes as comments, a launch line to adapt."""
     p, c = view.par, view.cluster
-    lines = ["#!/usr/bin/env bash", f"# Megatron-LM arguments exported by autopar from {view.source}",
-             f"# {view.title}"]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Megatron-LM arguments exported by autopar from {view.source}",
+        f"# {view.title}",
+    ]
     lines += [f"# note: {n}" for n in notes]
     if (p.tp > 1 or p.cp > 1) and p.zero < 2:
         lines.append("export CUDA_DEVICE_MAX_CONNECTIONS=1  # Megatron asserts it with tp or cp > 1 before Blackwell")
     lines.append("MEGATRON_ARGS=(")
     lines += [f"    {flag}" + ("" if value is None else f" {shlex.quote(value)}") for flag, value in args]
     lines.append(")")
-    lines.append(f"# torchrun --nnodes {c.num_nodes} --nproc-per-node {c.gpus_per_node} pretrain_gpt.py "
-                 '"${MEGATRON_ARGS[@]}" <tokenizer, data, optimizer and checkpoint arguments>')
+    lines.append(
+        f"# torchrun --nnodes {c.num_nodes} --nproc-per-node {c.gpus_per_node} pretrain_gpt.py "
+        '"${MEGATRON_ARGS[@]}" <tokenizer, data, optimizer and checkpoint arguments>'
+    )
     return "\n".join(lines) + "\n"

@@ -20,16 +20,27 @@ def input_sha256(obj: Any) -> str:
 
 
 def training_block(train: Training) -> dict[str, Any]:
-    return {"global_batch_size": train.global_batch, "seq_len": train.seq_len, "dtype": train.dtype,
-            "attention_impl": train.attention_impl, "grad_reduce_dtype": train.grad_reduce_dtype,
-            "norm_impl": train.norm_impl, "tp_overlap": train.tp_overlap}
+    return {
+        "global_batch_size": train.global_batch,
+        "seq_len": train.seq_len,
+        "dtype": train.dtype,
+        "attention_impl": train.attention_impl,
+        "grad_reduce_dtype": train.grad_reduce_dtype,
+        "norm_impl": train.norm_impl,
+        "tp_overlap": train.tp_overlap,
+    }
 
 
 def input_block(model: ModelSpec, cluster: ClusterSpec, train: Training, knobs: dict | None = None) -> dict:
     m, c = model.model_dump(), cluster.model_dump()
     t = training_block(train) | {"seed": 0}
-    return {"model": m, "cluster": c, "training": t, "knobs": knobs or {},
-            "sha256": {"model": input_sha256(m), "cluster": input_sha256(c), "training": input_sha256(t)}}
+    return {
+        "model": m,
+        "cluster": c,
+        "training": t,
+        "knobs": knobs or {},
+        "sha256": {"model": input_sha256(m), "cluster": input_sha256(c), "training": input_sha256(t)},
+    }
 
 
 def parallel_dict(par: Parallel, num_micro_batches: int) -> dict[str, Any]:
@@ -49,19 +60,33 @@ def stage_blocks(est: Estimate) -> list[dict]:
     out = []
     for c in est.chunks:
         blocks = range(c.first_block, c.first_block + c.num_blocks)
-        out.append({"index": c.index, "pp_rank": c.pp_rank, "virtual_index": c.index // par.pp,
-                    "layers": [c.first_block, c.first_block + c.num_blocks], "has_embedding": c.has_embedding,
-                    "has_head": c.has_head, "recompute": [par.recompute_of(i) for i in blocks],
-                    "ranks": list(range(c.pp_rank * per_pp, (c.pp_rank + 1) * per_pp))})
+        out.append(
+            {
+                "index": c.index,
+                "pp_rank": c.pp_rank,
+                "virtual_index": c.index // par.pp,
+                "layers": [c.first_block, c.first_block + c.num_blocks],
+                "has_embedding": c.has_embedding,
+                "has_head": c.has_head,
+                "recompute": [par.recompute_of(i) for i in blocks],
+                "ranks": list(range(c.pp_rank * per_pp, (c.pp_rank + 1) * per_pp)),
+            }
+        )
     return out
 
 
-def build_plan(est: Estimate, solver: dict, reproduce: str, knobs: dict | None = None,
-               extra: dict | None = None) -> dict:
-    doc = {"schema_version": SCHEMA_VERSION, "kind": "plan",
-           "inputs": input_block(est.model, est.cluster, est.train, knobs),
-           "parallelism": parallel_dict(est.par, est.predicted.num_micro_batches),
-           "stages": stage_blocks(est), "predicted": est.predicted.to_json(), "solver": solver,
-           "reproduce": reproduce}
+def build_plan(
+    est: Estimate, solver: dict, reproduce: str, knobs: dict | None = None, extra: dict | None = None
+) -> dict:
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "plan",
+        "inputs": input_block(est.model, est.cluster, est.train, knobs),
+        "parallelism": parallel_dict(est.par, est.predicted.num_micro_batches),
+        "stages": stage_blocks(est),
+        "predicted": est.predicted.to_json(),
+        "solver": solver,
+        "reproduce": reproduce,
+    }
     doc.update(extra or {})
     return doc

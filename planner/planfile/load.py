@@ -29,8 +29,9 @@ def read_json(path: Path, what: str) -> dict:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}; "
-                        f"truncated?)") from None
+        raise SpecError(
+            f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}; truncated?)"
+        ) from None
     if not isinstance(doc, dict):
         raise SpecError(f"{path}: expected a JSON object (a {what}), got a JSON {type(doc).__name__}")
     return doc
@@ -46,8 +47,9 @@ def load_plan(path: Path) -> dict:
         raise SpecError(f"{path}: not valid JSON ({exc})") from None
     major = str(doc.get("schema_version", "")).split(".")[0] if isinstance(doc, dict) else ""
     if major != MAJOR:
-        raise SpecError(f"{path}: schema_version {doc.get('schema_version')!r} is not supported "
-                        f"(this autopar reads {MAJOR}.x)")
+        raise SpecError(
+            f"{path}: schema_version {doc.get('schema_version')!r} is not supported (this autopar reads {MAJOR}.x)"
+        )
     try:
         PlanFile.model_validate(doc)
     except ValidationError as exc:
@@ -59,15 +61,25 @@ def load_plan(path: Path) -> dict:
 
 
 def plan_training(t: dict[str, Any]) -> Training:
-    return Training(t["global_batch_size"], t["seq_len"], t["dtype"], t.get("attention_impl", "flash"),
-                    t.get("grad_reduce_dtype", "auto"), t.get("norm_impl", "fused"), t.get("tp_overlap", "backward"))
+    return Training(
+        t["global_batch_size"],
+        t["seq_len"],
+        t["dtype"],
+        t.get("attention_impl", "flash"),
+        t.get("grad_reduce_dtype", "auto"),
+        t.get("norm_impl", "fused"),
+        t.get("tp_overlap", "backward"),
+    )
 
 
 def plan_parallel(doc: dict) -> Parallel:
     """The plan's knobs (``parallelism``, with per-block recompute and the split from ``stages``)."""
     p = doc["parallelism"]
-    values = {k.name: p[k.json_key] if k.since == "1.0" else p.get(k.json_key, k.default)
-              for k in KNOBS if k.name not in ("recompute", "stage_layers")}
+    values = {
+        k.name: p[k.json_key] if k.since == "1.0" else p.get(k.json_key, k.default)
+        for k in KNOBS
+        if k.name not in ("recompute", "stage_layers")
+    }
     values["recompute"] = tuple(o for s in doc["stages"] for o in s["recompute"])
     values["stage_layers"] = tuple(s["layers"][1] - s["layers"][0] for s in doc["stages"])
     return Parallel(**values)

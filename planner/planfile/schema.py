@@ -41,9 +41,11 @@ def _field(k: Knob) -> tuple[Any, Any]:
 
 
 ParallelismBlock = create_model(  # type: ignore[call-overload]
-    "ParallelismBlock", __base__=_Open,
+    "ParallelismBlock",
+    __base__=_Open,
     num_micro_batches=(int, Field(ge=1, description="Micro-batches per step (gradient accumulation).")),
-    **{k.json_key: _field(k) for k in KNOBS})
+    **{k.json_key: _field(k) for k in KNOBS},
+)
 
 
 class StageBlock(_Open):
@@ -61,10 +63,13 @@ class SolverBlock(_Open):
     backend: str
     status: str
     objective: float | None = Field(description="Step time of the plan, seconds.")
-    best_bound: float | None = Field(description="Certified lower bound on the step time of any plan in the "
-                                                 "searched space, seconds.")
-    gap: float | None = Field(description="(objective - best_bound) / objective; negative when deeper "
-                                          "interleaving, tried after the search, beat the whole searched space.")
+    best_bound: float | None = Field(
+        description="Certified lower bound on the step time of any plan in the searched space, seconds."
+    )
+    gap: float | None = Field(
+        description="(objective - best_bound) / objective; negative when deeper "
+        "interleaving, tried after the search, beat the whole searched space."
+    )
     wall_time_s: float
 
 

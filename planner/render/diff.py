@@ -25,18 +25,27 @@ def render(out: Console, res: DiffResult, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps(res.as_json(), indent=2))
         return
-    head = Table("figure", "A", "B", "change", title=escape(f"{res.a} -> {res.b} (re-estimated)"),
-                 title_justify="left")
+    head = Table("figure", "A", "B", "change", title=escape(f"{res.a} -> {res.b} (re-estimated)"), title_justify="left")
     for f in FIGURES:
         rel = res.total[f] / res.a_predicted[f] if res.a_predicted[f] else 0.0
-        head.add_row(f, _fmt(f, res.a_predicted[f], False), _fmt(f, res.b_predicted[f], False),
-                     f"{_fmt(f, res.total[f])} ({rel:+.1%})")
+        head.add_row(
+            f,
+            _fmt(f, res.a_predicted[f], False),
+            _fmt(f, res.b_predicted[f], False),
+            f"{_fmt(f, res.total[f])} ({rel:+.1%})",
+        )
     out.print(head)
     if not res.steps:
         out.print("no knob changed between the two plans")
         return
-    t = Table("#", "knob", "A -> B", *(f"Δ {f}" for f in FIGURES), title="attribution (knobs applied in this order)",
-              title_justify="left")
+    t = Table(
+        "#",
+        "knob",
+        "A -> B",
+        *(f"Δ {f}" for f in FIGURES),
+        title="attribution (knobs applied in this order)",
+        title_justify="left",
+    )
     for i, s in enumerate(res.steps, 1):
         shown = "; ".join(f"{c['field']}: {c['a']} -> {c['b']}" for c in s.changes[:4])
         more = f" (+{len(s.changes) - 4} more)" if len(s.changes) > 4 else ""

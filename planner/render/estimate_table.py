@@ -22,8 +22,12 @@ def estimate_json(result: Estimate, inputs: Inputs) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "estimate",
-        "inputs": {"model": result.model.model_dump(), "cluster": result.cluster.model_dump(),
-                   "training": training_block(result.train), "refs": inputs.refs},
+        "inputs": {
+            "model": result.model.model_dump(),
+            "cluster": result.cluster.model_dump(),
+            "training": training_block(result.train),
+            "refs": inputs.refs,
+        },
         "parallelism": parallel_dict(result.par, result.predicted.num_micro_batches),
         "fits": result.fits,
         "predicted": result.predicted.to_json(),
@@ -32,36 +36,69 @@ def estimate_json(result: Estimate, inputs: Inputs) -> dict:
 
 def estimate_table(out: Console, result: Estimate) -> None:
     p, par = result.predicted, result.par
-    head = Table(title=f"{result.model.name} on {result.cluster.num_gpus} x {result.cluster.gpu.name}",
-                 show_header=False, title_justify="left")
+    head = Table(
+        title=f"{result.model.name} on {result.cluster.num_gpus} x {result.cluster.gpu.name}",
+        show_header=False,
+        title_justify="left",
+    )
     head.add_row("plan", par.describe("long", p.num_micro_batches))
     head.add_row("step time", f"{p.step_time_s:.3f} s")
     head.add_row("throughput", f"{p.tokens_per_s:,.0f} tokens/s  ({p.tokens_per_s_per_gpu:,.0f} per GPU)")
     head.add_row("MFU / HFU", f"{p.mfu:.1%} / {p.hfu:.1%}  ({p.model_tflops_per_gpu:.1f} model TFLOP/s per GPU)")
     tb = p.time_breakdown_s
     zero = tb.zero_exposed_s
-    head.add_row("time", f"pipeline {tb.pipeline_s:.3f} s (bubble {p.pipeline_bubble_s:.3f} s, exposed tp/ep/cp comm "
-                 f"{tb.exposed_comm_in_layers_s:.3f} s{f', exposed ZeRO comm {zero:.3f} s' if zero > 0 else ''}) "
-                 f"+ dp sync {tb.dp_sync_exposed_s:.3f} s + optimizer {tb.optimizer_s:.3f} s")
-    head.add_row("peak memory", f"{_gib(p.peak_memory_bytes)} GiB of {_gib(p.memory_capacity_bytes)} GiB usable"
-                 f"{'' if result.fits else '  [red]DOES NOT FIT[/red]'}")
+    head.add_row(
+        "time",
+        f"pipeline {tb.pipeline_s:.3f} s (bubble {p.pipeline_bubble_s:.3f} s, exposed tp/ep/cp comm "
+        f"{tb.exposed_comm_in_layers_s:.3f} s{f', exposed ZeRO comm {zero:.3f} s' if zero > 0 else ''}) "
+        f"+ dp sync {tb.dp_sync_exposed_s:.3f} s + optimizer {tb.optimizer_s:.3f} s",
+    )
+    head.add_row(
+        "peak memory",
+        f"{_gib(p.peak_memory_bytes)} GiB of {_gib(p.memory_capacity_bytes)} GiB usable"
+        f"{'' if result.fits else '  [red]DOES NOT FIT[/red]'}",
+    )
     out.print(head)
     out.print(_stage_table(p))
 
 
 def _stage_table(p: Predicted) -> Table:
-    cols = ["stage", "blocks", "fwd/bwd ms", "weights", "grads", "optim", "activ", "in-flight", "transient",
-            "other", "total GiB"]
-    table = Table(*cols, title="per pipeline stage (memory in GiB per GPU, times per micro-batch)", title_justify="left")
+    cols = [
+        "stage",
+        "blocks",
+        "fwd/bwd ms",
+        "weights",
+        "grads",
+        "optim",
+        "activ",
+        "in-flight",
+        "transient",
+        "other",
+        "total GiB",
+    ]
+    table = Table(
+        *cols, title="per pipeline stage (memory in GiB per GPU, times per micro-batch)", title_justify="left"
+    )
     for s in p.stages:
         m = s.memory
         blocks = ", ".join(f"{c.layers[0]}-{c.layers[1] - 1}" if c.layers[1] > c.layers[0] else "-" for c in s.chunks)
-        extras = ("E" if any(c.has_embedding for c in s.chunks) else "") + \
-                 ("H" if any(c.has_head for c in s.chunks) else "")
+        extras = ("E" if any(c.has_embedding for c in s.chunks) else "") + (
+            "H" if any(c.has_head for c in s.chunks) else ""
+        )
         f = sum(c.fwd_s_per_microbatch for c in s.chunks) * 1e3
         b = sum(c.bwd_s_per_microbatch for c in s.chunks) * 1e3
         other = m.comm_buffer_bytes + m.workspace_bytes + m.fragmentation_bytes
-        table.add_row(str(s.pp_rank), f"{blocks} {extras}".strip(), f"{f:.1f}/{b:.1f}", _gib(m.weights_bytes),
-                      _gib(m.gradients_bytes), _gib(m.optimizer_bytes), _gib(m.activations_bytes),
-                      f"{m.inflight_microbatches:.2f}", _gib(m.transient_bytes), _gib(other), _gib(m.total_bytes))
+        table.add_row(
+            str(s.pp_rank),
+            f"{blocks} {extras}".strip(),
+            f"{f:.1f}/{b:.1f}",
+            _gib(m.weights_bytes),
+            _gib(m.gradients_bytes),
+            _gib(m.optimizer_bytes),
+            _gib(m.activations_bytes),
+            f"{m.inflight_microbatches:.2f}",
+            _gib(m.transient_bytes),
+            _gib(other),
+            _gib(m.total_bytes),
+        )
     return table

@@ -23,16 +23,36 @@ GiB = 2**30
 FORMATS = (".png", ".svg", ".pdf")
 PLOT_KINDS = ("gantt", "memory", "breakdown", "all")
 DPI = 110
-COLORS = {"forward": "#4C72B0", "backward": "#55A868", "recompute": "#DD8452", "zero_comm": "#8172B3",
-          "p2p": "#937860", "dp_sync": "#C44E52", "optimizer": "#DA8BC3", "idle": "#E5E5E5"}
-LABELS = {"forward": "forward", "backward": "backward", "recompute": "recompute",
-          "zero_comm": "ZeRO comm (exposed)", "p2p": "p2p transfer", "dp_sync": "DP grad sync (exposed)",
-          "optimizer": "optimizer step", "idle": "idle (bubble)"}
-BREAKDOWN = (("weights_bytes", "weights", "#4C72B0"), ("gradients_bytes", "gradients", "#55A868"),
-             ("optimizer_bytes", "optimizer states", "#8172B3"),
-             ("activations_bytes", "activations (in flight)", "#DD8452"),
-             ("transient_bytes", "transient", "#C44E52"), ("comm_buffer_bytes", "comm buffers", "#937860"),
-             ("workspace_bytes", "workspace", "#8C8C8C"), ("fragmentation_bytes", "fragmentation", "#CCB974"))
+COLORS = {
+    "forward": "#4C72B0",
+    "backward": "#55A868",
+    "recompute": "#DD8452",
+    "zero_comm": "#8172B3",
+    "p2p": "#937860",
+    "dp_sync": "#C44E52",
+    "optimizer": "#DA8BC3",
+    "idle": "#E5E5E5",
+}
+LABELS = {
+    "forward": "forward",
+    "backward": "backward",
+    "recompute": "recompute",
+    "zero_comm": "ZeRO comm (exposed)",
+    "p2p": "p2p transfer",
+    "dp_sync": "DP grad sync (exposed)",
+    "optimizer": "optimizer step",
+    "idle": "idle (bubble)",
+}
+BREAKDOWN = (
+    ("weights_bytes", "weights", "#4C72B0"),
+    ("gradients_bytes", "gradients", "#55A868"),
+    ("optimizer_bytes", "optimizer states", "#8172B3"),
+    ("activations_bytes", "activations (in flight)", "#DD8452"),
+    ("transient_bytes", "transient", "#C44E52"),
+    ("comm_buffer_bytes", "comm buffers", "#937860"),
+    ("workspace_bytes", "workspace", "#8C8C8C"),
+    ("fragmentation_bytes", "fragmentation", "#CCB974"),
+)
 CAPACITY_COLOR = "#B00020"
 
 
@@ -60,13 +80,15 @@ def _save(fig, path: Path) -> None:
 
 def _title(est: Estimate, sep: str = ": ") -> str:
     """Model, cluster and plan in one line (``sep=":\n"`` breaks it in two for narrow figures)."""
-    return (f"{est.model.name} on {est.cluster.num_gpus} x {est.cluster.gpu.name}{sep}"
-            f"{est.par.describe('long', est.predicted.num_micro_batches).split(' · recompute')[0]}")
+    return (
+        f"{est.model.name} on {est.cluster.num_gpus} x {est.cluster.gpu.name}{sep}"
+        f"{est.par.describe('long', est.predicted.num_micro_batches).split(' · recompute')[0]}"
+    )
 
 
 def _lighten(hex_color: str, amount: float) -> tuple[float, float, float]:
     """Blend toward white: later virtual chunks of an interleaved rank get lighter bars."""
-    rgb = [int(hex_color[k:k + 2], 16) / 255 for k in (1, 3, 5)]
+    rgb = [int(hex_color[k : k + 2], 16) / 255 for k in (1, 3, 5)]
     return tuple(c + (1 - c) * amount for c in rgb)
 
 
@@ -86,23 +108,39 @@ def plot_gantt(est: Estimate, path: Path) -> list[tl.Segment]:
         bars.setdefault((s.rank, s.kind, shade), []).append((s.start_s, s.duration_s))
     edge = 0.5 if narrowest_px >= 4 else 0.0  # white seams between ops, unless they would hide the ops
     for (rank, kind, shade), spans in bars.items():
-        ax.broken_barh(spans, (rank - 0.4, 0.8), facecolors=_lighten(COLORS[kind], shade),
-                       edgecolor="white", linewidth=edge if kind != "idle" else 0.0)
+        ax.broken_barh(
+            spans,
+            (rank - 0.4, 0.8),
+            facecolors=_lighten(COLORS[kind], shade),
+            edgecolor="white",
+            linewidth=edge if kind != "idle" else 0.0,
+        )
     size = 7 if pp <= 16 else 6
     # Micro-batch numbers on every F/B bar, or on none: only when the narrowest bar holds the widest number.
     if ops and narrowest_px >= size * 0.75 * len(str(max(s.micro_batch for s in ops))) + 3:
         for s in ops:
-            ax.text(s.start_s + s.duration_s / 2, s.rank, str(s.micro_batch), ha="center", va="center",
-                    fontsize=size, color="white", clip_on=True)
+            ax.text(
+                s.start_s + s.duration_s / 2,
+                s.rank,
+                str(s.micro_batch),
+                ha="center",
+                va="center",
+                fontsize=size,
+                color="white",
+                clip_on=True,
+            )
     ax.set_ylim(pp - 0.5, -0.5)  # rank 0 on top
     ax.set_yticks(range(pp), [f"stage {r}" for r in range(pp)], fontsize=8 if pp <= 16 else 6.5)
     ax.set_xlim(0, step)
     _time_axis(ax)
     ax.set_ylabel("pipeline rank")
     idle = sum(s.duration_s for s in segments if s.kind == "idle") / (pp * step)
-    ax.set_title(f"{_title(est)}\nstep {step:.3f} s · idle (bubble) {idle:.1%} of rank-time"
-                 + (" · lighter bars = later virtual chunk" if vpp > 1 else "")
-                 + ("" if ops and ax.texts else " · micro-batch numbers dropped (bars too narrow)"), fontsize=9)
+    ax.set_title(
+        f"{_title(est)}\nstep {step:.3f} s · idle (bubble) {idle:.1%} of rank-time"
+        + (" · lighter bars = later virtual chunk" if vpp > 1 else "")
+        + ("" if ops and ax.texts else " · micro-batch numbers dropped (bars too narrow)"),
+        fontsize=9,
+    )
     _kind_legend(ax, fig, {s.kind for s in segments})
     _save(fig, path)
     return segments
@@ -139,24 +177,35 @@ def plot_memory_timeline(est: Estimate, path: Path) -> list[tl.MemoryTrace]:
     width = 1.3 if max(len(tr.times_s) for tr in traces) < 400 else 0.6
     for tr in traces:
         label = f"stage {tr.rank} (peak {max(tr.bytes) / GiB:.1f} GiB)" if pp <= 8 else None
-        ax.step(tr.times_s, [b / GiB for b in tr.bytes], where="post", color=cmap(norm(tr.rank)), linewidth=width,
-                label=label)
+        ax.step(
+            tr.times_s,
+            [b / GiB for b in tr.bytes],
+            where="post",
+            color=cmap(norm(tr.rank)),
+            linewidth=width,
+            label=label,
+        )
     ax.axhline(cap_gib, color=CAPACITY_COLOR, linestyle="--", linewidth=1.2)
-    ax.text(step, cap_gib, f"usable capacity {cap_gib:.1f} GiB ", ha="right", va="bottom", fontsize=8,
-            color=CAPACITY_COLOR)
+    ax.text(
+        step, cap_gib, f"usable capacity {cap_gib:.1f} GiB ", ha="right", va="bottom", fontsize=8, color=CAPACITY_COLOR
+    )
     ax.set_ylim(0, max(max(max(tr.bytes) for tr in traces) / GiB, cap_gib) * 1.1)
     ax.set_xlim(0, step)
     _time_axis(ax)
     ax.set_ylabel("memory per GPU (GiB)")
-    ax.set_title(f"{_title(est)}\nmemory per pipeline rank: model states + in-flight activations + transients while "
-                 "a backward runs", fontsize=9)
+    ax.set_title(
+        f"{_title(est)}\nmemory per pipeline rank: model states + in-flight activations + transients while "
+        "a backward runs",
+        fontsize=9,
+    )
     if pp <= 8:
         fig.legend(loc="outside right upper", fontsize=8)  # outside: no curve is ever hidden
     else:
         from matplotlib.cm import ScalarMappable
 
-        fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="pipeline stage",
-                     ticks=range(0, pp, max(1, pp // 8)))
+        fig.colorbar(
+            ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="pipeline stage", ticks=range(0, pp, max(1, pp // 8))
+        )
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
     return traces
@@ -176,8 +225,9 @@ def plot_memory_breakdown(est: Estimate, path: Path) -> dict[str, list[float]]:
         values = [v / GiB for v in data[key]]
         ax.bar(range(pp), values, 0.7, bottom=bottom, color=color, label=label)
         bottom = [b + v for b, v in zip(bottom, values)]
-    ax.axhline(cap / GiB, color=CAPACITY_COLOR, linestyle="--", linewidth=1.2,
-               label=f"usable capacity {cap / GiB:.1f} GiB")
+    ax.axhline(
+        cap / GiB, color=CAPACITY_COLOR, linestyle="--", linewidth=1.2, label=f"usable capacity {cap / GiB:.1f} GiB"
+    )
     ax.set_ylim(0, max(max(bottom), cap / GiB) * 1.12)
     # Totals under the stage numbers, where no capacity line or bar can cover them.
     ticks = [f"{r}\n{total:.1f}" for r, total in enumerate(bottom)] if pp <= 16 else [str(r) for r in range(pp)]
@@ -215,9 +265,17 @@ def write_plots(est: Estimate, path: Path, kind: str = "gantt") -> list[Path]:
     return written
 
 
-def plot_sweep(rows: Sequence[dict], path: Path, x_key: str, series_keys: Sequence[str] = (),
-               throughput_key: str = "tokens_per_s", cost_key: str = "cost_usd", feasible_key: str = "feasible",
-               cost_label: str = "cost (USD)", title: str = "") -> dict[str, list[tuple]]:
+def plot_sweep(
+    rows: Sequence[dict],
+    path: Path,
+    x_key: str,
+    series_keys: Sequence[str] = (),
+    throughput_key: str = "tokens_per_s",
+    cost_key: str = "cost_usd",
+    feasible_key: str = "feasible",
+    cost_label: str = "cost (USD)",
+    title: str = "",
+) -> dict[str, list[tuple]]:
     """Throughput and cost against ``x_key``, one line per combination of ``series_keys`` values.
 
     Rows are plain dicts (one per sweep point). Infeasible points have no throughput: they are
@@ -249,14 +307,24 @@ def plot_sweep(rows: Sequence[dict], path: Path, x_key: str, series_keys: Sequen
         handles.append(Line2D([], [], color="black", marker="x", linestyle="none"))
         labels.append("infeasible (x on the axis)")
     fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8, frameon=False)
-    fig.suptitle(title or f"sweep over {x_key}" + (f" (lines: {', '.join(series_keys)})" if series_keys else ""),
-                 fontsize=10)
+    fig.suptitle(
+        title or f"sweep over {x_key}" + (f" (lines: {', '.join(series_keys)})" if series_keys else ""), fontsize=10
+    )
     _save(fig, path)
     return drawn
 
 
-def _sweep_axes(axes, rows: list[dict], xs: list, pos: dict, numeric: bool, x_key: str, y_keys: tuple[str, str],
-                cost_label: str, feasible_key: str) -> None:
+def _sweep_axes(
+    axes,
+    rows: list[dict],
+    xs: list,
+    pos: dict,
+    numeric: bool,
+    x_key: str,
+    y_keys: tuple[str, str],
+    cost_label: str,
+    feasible_key: str,
+) -> None:
     """Ticks at the swept values. A numeric x spanning 8x or more goes on a log2 axis, and then
     throughput on a log axis too, so that linear scaling reads as a straight line of slope 1."""
     from matplotlib.ticker import EngFormatter, LogLocator
@@ -265,8 +333,12 @@ def _sweep_axes(axes, rows: list[dict], xs: list, pos: dict, numeric: bool, x_ke
     for n, (ax, key) in enumerate(zip(axes, y_keys)):
         if log_x:
             ax.set_xscale("log", base=2)
-        ax.set_xticks([pos[x] for x in xs], [f"{x:,}" if numeric else str(x) for x in xs], fontsize=8,
-                      rotation=0 if len(xs) <= 8 else 45)
+        ax.set_xticks(
+            [pos[x] for x in xs],
+            [f"{x:,}" if numeric else str(x) for x in xs],
+            fontsize=8,
+            rotation=0 if len(xs) <= 8 else 45,
+        )
         values = [r[key] for r in rows if r[feasible_key]] or [1.0]
         if log_x and n == 0:
             ax.set_yscale("log")
@@ -282,8 +354,9 @@ def _sweep_axes(axes, rows: list[dict], xs: list, pos: dict, numeric: bool, x_ke
         ax.grid(alpha=0.3)
 
 
-def _draw_sweep_lines(axes, series: dict, pos: dict, x_key: str, y_key: str, cost_key: str,
-                      feasible_key: str) -> dict[str, list[tuple]]:
+def _draw_sweep_lines(
+    axes, series: dict, pos: dict, x_key: str, y_key: str, cost_key: str, feasible_key: str
+) -> dict[str, list[tuple]]:
     """One line per series on both axes; infeasible points as an x on the x axis, same colour."""
     drawn: dict[str, list[tuple]] = {}
     for n, (label, rows) in enumerate(series.items()):
@@ -293,12 +366,22 @@ def _draw_sweep_lines(axes, series: dict, pos: dict, x_key: str, y_key: str, cos
         for r in ok:
             for key in (y_key, cost_key):
                 if r.get(key) is None:
-                    raise SpecError(f"plot_sweep: feasible point {x_key}={r[x_key]} has no {key!r} "
-                                    "(without a price, plot cost_key='gpu_hours')")
+                    raise SpecError(
+                        f"plot_sweep: feasible point {x_key}={r[x_key]} has no {key!r} "
+                        "(without a price, plot cost_key='gpu_hours')"
+                    )
         drawn[label] = [(r[x_key], r[y_key], r[cost_key]) for r in ok]
         for ax, key in zip(axes, (y_key, cost_key)):
             ax.plot([pos[r[x_key]] for r in ok], [r[key] for r in ok], marker="o", color=color, label=label)
             if bad:
-                ax.scatter([pos[r[x_key]] for r in bad], [0.0] * len(bad), marker="x", s=60, color=color,
-                           transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+                ax.scatter(
+                    [pos[r[x_key]] for r in bad],
+                    [0.0] * len(bad),
+                    marker="x",
+                    s=60,
+                    color=color,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                    zorder=5,
+                )
     return drawn

@@ -18,18 +18,45 @@ def presets_list(out: Console, rows: PresetList, fmt: str) -> None:
         print(json.dumps({"models": [m.name for m in rows.models], "gpus": [g.name for g in rows.gpus]}, indent=2))
         return
     if rows.models:
-        t = Table("model", "layers", "hidden", "heads/kv", "params", "type", title="model presets", title_justify="left")
+        t = Table(
+            "model", "layers", "hidden", "heads/kv", "params", "type", title="model presets", title_justify="left"
+        )
         for m in rows.models:
             s = m.spec
-            t.add_row(m.name, str(s.num_layers), str(s.hidden_size), f"{s.num_heads}/{s.kv_heads}",
-                      f"{m.params / 1e9:.2f} B", m.kind)
+            t.add_row(
+                m.name,
+                str(s.num_layers),
+                str(s.hidden_size),
+                f"{s.num_heads}/{s.kv_heads}",
+                f"{m.params / 1e9:.2f} B",
+                m.kind,
+            )
         out.print(t)
     if rows.gpus:
-        t = Table("gpu", "bf16 TFLOP/s", "HBM GiB", "HBM TB/s", "intra GB/s", "inter GB/s", title="GPU presets",
-                  title_justify="left")
+        t = Table(
+            "gpu",
+            "bf16 TFLOP/s",
+            "HBM GiB",
+            "HBM TB/s",
+            "intra GB/s",
+            "inter GB/s",
+            title="GPU presets",
+            title_justify="left",
+        )
         for g in rows.gpus:
-            t.add_row(g.name, *(f"{x:g}" if x is not None else "-" for x in (g.peak_bf16_tflops, g.hbm_bytes / GiB,
-                      g.hbm_TBps, g.intra_node_bw_GBps, g.inter_node_bw_GBps)))
+            t.add_row(
+                g.name,
+                *(
+                    f"{x:g}" if x is not None else "-"
+                    for x in (
+                        g.peak_bf16_tflops,
+                        g.hbm_bytes / GiB,
+                        g.hbm_TBps,
+                        g.intra_node_bw_GBps,
+                        g.inter_node_bw_GBps,
+                    )
+                ),
+            )
         out.print(t)
 
 

@@ -38,8 +38,16 @@ def progress_bar(err: Console) -> Iterator[Callable[[int, int], None]]:
     """A bar on stderr (off when it is not a terminal); yields the ``progress(done, total)`` callback.
     No auto-refresh thread: the worker processes are forked while the bar is shown, and a fork
     must not copy a lock some other thread holds."""
-    with Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                  transient=True, auto_refresh=False, disable=not err.is_terminal) as bar:
+    with Progress(
+        TextColumn("sweep"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        auto_refresh=False,
+        disable=not err.is_terminal,
+    ) as bar:
         task = bar.add_task("points", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -51,8 +59,10 @@ def progress_bar(err: Console) -> Iterator[Callable[[int, int], None]]:
 def summary_lines(rows: list[dict], wall_s: float) -> list[str]:
     """What stderr says after the rows."""
     feasible = sum(bool(r["feasible"]) for r in rows)
-    out = [f"{len(rows)} points ({sum(bool(r['cached']) for r in rows)} from cache) in {wall_s:.1f} s: "
-           f"{feasible} feasible, {sum(bool(r['pareto']) for r in rows)} on the time/cost Pareto front"]
+    out = [
+        f"{len(rows)} points ({sum(bool(r['cached']) for r in rows)} from cache) in {wall_s:.1f} s: "
+        f"{feasible} feasible, {sum(bool(r['pareto']) for r in rows)} on the time/cost Pareto front"
+    ]
     if not feasible:
         out.append("no point of the sweep has a plan that fits (see the reason column)")
     return out
@@ -93,18 +103,40 @@ def sweep_table(out: Console, rows: list[dict], keys: list[str], tokens: float |
     """One line per point; infeasible points show the first sentence of their reason."""
     priced = any(r["cost_usd"] is not None for r in rows)
     title = f"sweep ({len(rows)} points" + (f"; time to train {_tokens(tokens)} tokens)" if tokens else ")")
-    t = Table(*keys, "fits", "plan (or why not)", "step s", "tokens/s", "MFU", "peak GiB", "train",
-              "cost $" if priced else "GPU-h", "gap", "pareto", title=title, title_justify="left")
+    t = Table(
+        *keys,
+        "fits",
+        "plan (or why not)",
+        "step s",
+        "tokens/s",
+        "MFU",
+        "peak GiB",
+        "train",
+        "cost $" if priced else "GPU-h",
+        "gap",
+        "pareto",
+        title=title,
+        title_justify="left",
+    )
     for r in rows:
         values = [str(r["point"][k]) for k in keys]
         if not r["feasible"]:
             t.add_row(*values, "no", r["reason"].split(". ")[0], *["-"] * 8)
             continue
         money = r["cost_usd"] if priced else r["gpu_hours"]
-        t.add_row(*values, "yes", _plan_text(r), f"{r['step_time_s']:.3f}", f"{r['tokens_per_s']:,.0f}",
-                  f"{r['mfu']:.1%}", f"{r['peak_memory_bytes'] / GiB:.1f}", _duration(r["time_to_train_hours"]),
-                  "-" if money is None else f"{money:,.0f}", "-" if r["gap"] is None else f"{r['gap']:.2%}",
-                  "*" if r["pareto"] else "")
+        t.add_row(
+            *values,
+            "yes",
+            _plan_text(r),
+            f"{r['step_time_s']:.3f}",
+            f"{r['tokens_per_s']:,.0f}",
+            f"{r['mfu']:.1%}",
+            f"{r['peak_memory_bytes'] / GiB:.1f}",
+            _duration(r["time_to_train_hours"]),
+            "-" if money is None else f"{money:,.0f}",
+            "-" if r["gap"] is None else f"{r['gap']:.2%}",
+            "*" if r["pareto"] else "",
+        )
     out.print(t)
 
 
@@ -116,6 +148,12 @@ def plot_rows(rows: list[dict], spec: SweepSpec, path: Path, err: Console) -> No
         raise SpecError("--plot needs at least one --vary key for the x axis")
     flat = [{**r, **r["point"]} for r in rows]
     priced = spec.price_per_gpu_hour is not None
-    plots.plot_sweep(flat, path, keys[0], keys[1:], cost_key="cost_usd" if priced else "gpu_hours",
-               cost_label="cost (USD)" if priced else "GPU-hours for the token budget")
+    plots.plot_sweep(
+        flat,
+        path,
+        keys[0],
+        keys[1:],
+        cost_key="cost_usd" if priced else "gpu_hours",
+        cost_label="cost (USD)" if priced else "GPU-hours for the token budget",
+    )
     err.print(f"wrote {path}", highlight=False)

@@ -37,8 +37,11 @@ def _table(out: Console, rep: Report) -> None:
         out.print(f"validate {escape(rep.plan)}: no findings")
     keys = DRIFT_KEYS
     cols = ["figure", "recorded", "re-estimated"] + (["golden"] if rep.against else [])
-    fig = Table(*cols, title="predicted figures" + ("" if rep.predicted else " (not re-estimated: errors above)"),
-                title_justify="left")
+    fig = Table(
+        *cols,
+        title="predicted figures" + ("" if rep.predicted else " (not re-estimated: errors above)"),
+        title_justify="left",
+    )
     for k in keys:
         row = [k, fmt_figure(k, rep.recorded.get(k)), fmt_figure(k, (rep.predicted or {}).get(k))]
         fig.add_row(*row + ([fmt_figure(k, rep.against.get(k))] if rep.against else []))
@@ -56,5 +59,8 @@ def render(out: Console, err: Console, rep: Report, fmt: str) -> None:
     else:
         _table(out, rep)
     verdict = "valid" if rep.valid else "NOT VALID"
-    err.print(f"{rep.plan}: {verdict} ({rep.count('error')} error(s), {rep.count('warning')} warning(s))",
-              highlight=False, markup=False)
+    err.print(
+        f"{rep.plan}: {verdict} ({rep.count('error')} error(s), {rep.count('warning')} warning(s))",
+        highlight=False,
+        markup=False,
+    )

@@ -11,5 +11,14 @@ from planner.search.context import CandidateResult, CandStatus, SearchContext, S
 from planner.search.outer import SearchResult, search
 from planner.search.solve import solve_candidate
 
-__all__ = ["CandStatus", "CandidateResult", "Knobs", "SearchContext", "SearchResult", "SearchStatus",
-           "enumerate_candidates", "search", "solve_candidate"]
+__all__ = [
+    "CandStatus",
+    "CandidateResult",
+    "Knobs",
+    "SearchContext",
+    "SearchResult",
+    "SearchStatus",
+    "enumerate_candidates",
+    "search",
+    "solve_candidate",
+]

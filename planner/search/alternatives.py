@@ -12,8 +12,14 @@ from planner.search.heuristics import cheap, least_recompute_that_fits
 UNPLACED = (CandStatus.PRUNED_TIME, CandStatus.PRUNED_BOUND, CandStatus.TIME_LIMIT)
 
 
-def alternatives(ctx: SearchContext, results: list[CandidateResult], incumbent: Estimate | None, top_k: int,
-                 tried: dict[Parallel, Estimate | None], deadline: float) -> list[CandidateResult]:
+def alternatives(
+    ctx: SearchContext,
+    results: list[CandidateResult],
+    incumbent: Estimate | None,
+    top_k: int,
+    tried: dict[Parallel, Estimate | None],
+    deadline: float,
+) -> list[CandidateResult]:
     """The ``top_k`` fastest other candidates. Solved candidates bring their MILP plan. Candidates
     pruned by a bound (or cut by the time limit) were never placed: each gets the even split with
     the least uniform recompute that fits (status ``heuristic``, an upper bound on that candidate's

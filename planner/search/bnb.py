@@ -69,8 +69,9 @@ class Pool:
         self.rejected = 0  # of the last enumeration
         self.enumerate_s = self.bound_s = 0.0  # seconds the last ``candidates`` call spent on each
 
-    def candidates(self, fixed: dict[str, tuple] | None = None, where: dict[str, object] | None = None
-                   ) -> list[Candidate]:
+    def candidates(
+        self, fixed: dict[str, tuple] | None = None, where: dict[str, object] | None = None
+    ) -> list[Candidate]:
         """Candidates of the base knob space with ``fixed`` knobs replaced, in bound order;
         ``where`` filters by the candidate's resulting attribute (enumeration normalises e.g.
         pp 1 to 1f1b)."""
@@ -124,8 +125,9 @@ class Pool:
             c.best = r.best
         # pruned_bound proves no plan of c beats the cutoff; optimal/gap bound its best plan.
         c.bound_s = max(c.bound_s, r.bound_s if r.status != CandStatus.INFEASIBLE else float("inf"))
-        c.settled_gap = min(c.settled_gap, SETTLED.get(r.status, gap / 2 if r.status == CandStatus.GAP
-                                                       else float("inf")))
+        c.settled_gap = min(
+            c.settled_gap, SETTLED.get(r.status, gap / 2 if r.status == CandStatus.GAP else float("inf"))
+        )
 
 
 def _visit(pool: Pool, c: Candidate, inc: Estimate | None, gap: float, deadline: float) -> CandidateResult:
@@ -134,21 +136,27 @@ def _visit(pool: Pool, c: Candidate, inc: Estimate | None, gap: float, deadline:
     if c.mem_lb_bytes > ctx.cap_bytes:
         return CandidateResult(c.par, float("inf"), CandStatus.PRUNED_MEMORY)
     if c.settled_gap <= gap and c.last is not None:
-        return CandidateResult(c.par, c.bound_s, c.last.status, c.best, c.last.iterations, c.last.model_size,
-                               c.last.solve_s, c.last.cuts)
+        return CandidateResult(
+            c.par, c.bound_s, c.last.status, c.best, c.last.iterations, c.last.model_size, c.last.solve_s, c.last.cuts
+        )
     if c.bound_s * (1 + gap) >= t or time.perf_counter() > deadline:
         status = CandStatus.PRUNED_TIME if c.bound_s * (1 + gap) >= t else CandStatus.TIME_LIMIT
         return CandidateResult(c.par, c.bound_s, status)
     budget = max(0.5, (deadline - time.perf_counter()) / 8)
-    r = solve(ctx, c.par, c.costs, gap / 2, min(deadline, time.perf_counter() + budget), t / (1 + gap),
-              floor_s=c.lb_s)
+    r = solve(ctx, c.par, c.costs, gap / 2, min(deadline, time.perf_counter() + budget), t / (1 + gap), floor_s=c.lb_s)
     r.bound_s = max(r.bound_s, c.lb_s)
     pool.absorb(c, r, gap)
     return r
 
 
-def branch_and_bound(pool: Pool, cands: list[Candidate], incumbent: Estimate | None, gap: float, deadline: float,
-                     progress: Progress | None = None) -> Outcome:
+def branch_and_bound(
+    pool: Pool,
+    cands: list[Candidate],
+    incumbent: Estimate | None,
+    gap: float,
+    deadline: float,
+    progress: Progress | None = None,
+) -> Outcome:
     """Best plan over ``cands`` (in bound order) within ``gap``; see the module docstring."""
     results: list[CandidateResult] = []
     for k, c in enumerate(cands):
@@ -162,22 +170,39 @@ def branch_and_bound(pool: Pool, cands: list[Candidate], incumbent: Estimate | N
     return _outcome(pool, cands, results, incumbent, gap)
 
 
-def _resume_unfinished(pool: Pool, cands: list[Candidate], results: list[CandidateResult],
-                       incumbent: Estimate | None, gap: float, deadline: float) -> Estimate | None:
+def _resume_unfinished(
+    pool: Pool,
+    cands: list[Candidate],
+    results: list[CandidateResult],
+    incumbent: Estimate | None,
+    gap: float,
+    deadline: float,
+) -> Estimate | None:
     """Step 3: candidates whose time slice ran out while their bound could still beat the
     incumbent resume from their cuts, sharing the time that is left. Without it the search could
     stop at a third of ``--time-limit`` and report ``time_limit`` with a gap above the target."""
     while time.perf_counter() < deadline:
         inc = step_s(incumbent)
-        open_ = [k for k, r in enumerate(results)
-                 if r.status == CandStatus.TIME_LIMIT and r.iterations and r.bound_s * (1 + gap) < inc]
+        open_ = [
+            k
+            for k, r in enumerate(results)
+            if r.status == CandStatus.TIME_LIMIT and r.iterations and r.bound_s * (1 + gap) < inc
+        ]
         if not open_:
             break
         budget = (deadline - time.perf_counter()) / len(open_)
         for k in open_:
             old, c = results[k], cands[k]
-            r = solve(pool.ctx, c.par, c.costs, gap / 2, min(deadline, time.perf_counter() + budget), inc / (1 + gap),
-                      prior=old, floor_s=c.lb_s)
+            r = solve(
+                pool.ctx,
+                c.par,
+                c.costs,
+                gap / 2,
+                min(deadline, time.perf_counter() + budget),
+                inc / (1 + gap),
+                prior=old,
+                floor_s=c.lb_s,
+            )
             r.bound_s = max(r.bound_s, old.bound_s)
             pool.absorb(c, r, gap)
             results[k] = r
@@ -192,8 +217,9 @@ def best_known(cands: list[Candidate], incumbent: Estimate | None = None) -> Est
     return min(known, key=step_s, default=None)
 
 
-def _outcome(pool: Pool, cands: list[Candidate], results: list[CandidateResult], inc: Estimate | None,
-             gap_target: float) -> Outcome:
+def _outcome(
+    pool: Pool, cands: list[Candidate], results: list[CandidateResult], inc: Estimate | None, gap_target: float
+) -> Outcome:
     live = [c for c in cands if c.mem_lb_bytes <= pool.ctx.cap_bytes]
     bound = min((c.bound_s for c in live), default=float("inf"))
     if inc is not None:
@@ -204,6 +230,11 @@ def _outcome(pool: Pool, cands: list[Candidate], results: list[CandidateResult],
         status = SearchStatus.INFEASIBLE if bound == float("inf") else SearchStatus.TIME_LIMIT
     else:
         g = (step_s(inc) - bound) / step_s(inc)
-        status = SearchStatus.OPTIMAL if g <= OPT_TOL else SearchStatus.WITHIN_GAP if g <= gap_target \
+        status = (
+            SearchStatus.OPTIMAL
+            if g <= OPT_TOL
+            else SearchStatus.WITHIN_GAP
+            if g <= gap_target
             else SearchStatus.TIME_LIMIT
+        )
     return Outcome(inc, bound, status, results, len(cands), len(cands) - len(live))

@@ -16,7 +16,9 @@ from planner.cost.data_parallel import OPTIMIZER_BYTES_PER_PARAM, one_block_repl
 from planner.cost.layer import LayerCost
 
 
-def candidate_bound(graph: LayerGraph, costs: list[LayerCost], cluster: ClusterSpec, train: Training, par: Parallel) -> tuple[float, float]:
+def candidate_bound(
+    graph: LayerGraph, costs: list[LayerCost], cluster: ClusterSpec, train: Training, par: Parallel
+) -> tuple[float, float]:
     """(lower bound on step seconds, lower bound on the busiest rank's bytes) for any placement."""
     m = par.num_micro_batches(train.global_batch)
     taxed = _taxed_zero_s(costs, par, cluster.gpu.efficiency.overlap_tax)
@@ -48,8 +50,9 @@ def candidate_bound(graph: LayerGraph, costs: list[LayerCost], cluster: ClusterS
         time_lb += max(c.dp_ar_s if par.zero == 0 else c.dp_rs_s for c in blocks)
     if par.dp_replicate > 1:
         time_lb += one_block_replica_ar(costs)
-    local = params_dense / par.dense_shard + params_exp / par.expert_shard if par.zero >= 1 \
-        else params_dense + params_exp
+    local = (
+        params_dense / par.dense_shard + params_exp / par.expert_shard if par.zero >= 1 else params_dense + params_exp
+    )
     time_lb += local / p * OPTIMIZER_BYTES_PER_PARAM / cluster.gpu.hbm_effective_Bps
     return time_lb, mem_lb
 
@@ -65,7 +68,9 @@ def _taxed_zero_s(costs: list[LayerCost], par: Parallel, tax: float) -> list[flo
     return [0.0] * len(costs)
 
 
-def busiest_rank_work(costs: list[LayerCost], par: Parallel, per_chunk: float, taxed: list[float] | None = None) -> float:
+def busiest_rank_work(
+    costs: list[LayerCost], par: Parallel, per_chunk: float, taxed: list[float] | None = None
+) -> float:
     """Lower bound on the busiest pipeline rank's work per micro-batch with whole blocks.
 
     Rank r runs ``m·Σ_{chunks of r}(F + B)``, so ``T ≥ m·max_r load_r`` for any placement. With

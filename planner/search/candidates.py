@@ -20,8 +20,14 @@ DEPENDENT = tuple(k for k in KNOBS if k.searched and k.name not in PRODUCT and k
 
 
 def space_of(spec: ModelSpec, cluster: ClusterSpec, train: Training) -> Space:
-    return Space(cluster.num_gpus, cluster.gpus_per_node, spec.num_layers,
-                 spec.moe.num_experts if spec.moe else None, train.seq_len, train.global_batch)
+    return Space(
+        cluster.num_gpus,
+        cluster.gpus_per_node,
+        spec.num_layers,
+        spec.moe.num_experts if spec.moe else None,
+        train.seq_len,
+        train.global_batch,
+    )
 
 
 def _dependent(space: Space, chosen: dict[str, Any], knobs: Knobs, rest: tuple = DEPENDENT) -> Iterator[dict]:
@@ -33,8 +39,9 @@ def _dependent(space: Space, chosen: dict[str, Any], knobs: Knobs, rest: tuple =
         yield from _dependent(space, chosen | {k.name: value}, knobs, rest[1:])
 
 
-def enumerate_candidates(spec: ModelSpec, cluster: ClusterSpec, train: Training,
-                         knobs: Knobs) -> tuple[list[Parallel], int]:
+def enumerate_candidates(
+    spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs
+) -> tuple[list[Parallel], int]:
     """All outer candidates that pass ``check_plan``; returns them and the count rejected. ZeRO
     over a data-parallel group of one rank (dp·cp = 1) shards nothing: when stage 0 is allowed,
     stages 1-3 there are the same plan (or, for 3, a worse one) and are not listed. With pp = 1

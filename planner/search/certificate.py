@@ -37,8 +37,13 @@ class Certificate(JsonRecord):
     deeper_interleaving: DeeperRecord | None = field(default=None, metadata={"omit_none": True})
 
 
-def certify(results: list[CandidateResult], incumbent: Estimate | None, rejected: int, gap_target: float,
-            deeper: DeeperRecord | None = None) -> Certificate:
+def certify(
+    results: list[CandidateResult],
+    incumbent: Estimate | None,
+    rejected: int,
+    gap_target: float,
+    deeper: DeeperRecord | None = None,
+) -> Certificate:
     """Incumbent, best bound over every candidate, relative gap, and how candidates were settled.
     With ``deeper`` the plan came from deeper interleaving, outside the searched space; the bound
     is then the searched space's, and a negative gap says by how much the plan beats all of it."""
@@ -59,6 +64,17 @@ def certify(results: list[CandidateResult], incumbent: Estimate | None, rejected
         status = SearchStatus.WITHIN_GAP
     else:
         status = SearchStatus.TIME_LIMIT
-    return Certificate(status, inc, best_bound, gap, gap_target, len(results), rejected, counts,
-                       counts.get(CandStatus.PRUNED_TIME, 0), counts.get(CandStatus.PRUNED_MEMORY, 0),
-                       counts.get(CandStatus.PRUNED_BOUND, 0), deeper)
+    return Certificate(
+        status,
+        inc,
+        best_bound,
+        gap,
+        gap_target,
+        len(results),
+        rejected,
+        counts,
+        counts.get(CandStatus.PRUNED_TIME, 0),
+        counts.get(CandStatus.PRUNED_MEMORY, 0),
+        counts.get(CandStatus.PRUNED_BOUND, 0),
+        deeper,
+    )

@@ -54,8 +54,14 @@ class SearchContext:
     gap: float = 0.01
 
     @staticmethod
-    def build(spec: ModelSpec, cluster: ClusterSpec, train: Training, options: tuple[str, ...],
-              backend: str = "ortools", gap: float = 0.01) -> SearchContext:
+    def build(
+        spec: ModelSpec,
+        cluster: ClusterSpec,
+        train: Training,
+        options: tuple[str, ...],
+        backend: str = "ortools",
+        gap: float = 0.01,
+    ) -> SearchContext:
         graph = build_graph(spec, train.seq_len, train.attention_impl, train.norm_impl)
         return SearchContext(spec, cluster, train, graph, tuple(options), backend, gap)
 

@@ -22,7 +22,7 @@ def cheap(par: Parallel, global_batch: int) -> bool:
     return 2 * par.num_micro_batches(global_batch) * par.chunks <= EXACT_LP_MAX_OPS
 
 
-def least_recompute_that_fits(spec, cluster, train, par: Parallel, options) -> Estimate | None:  # noqa: ANN001
+def least_recompute_that_fits(spec, cluster, train, par: Parallel, options) -> Estimate | None:
     """The estimate under the first uniform recompute option that fits, or None. Memory is checked
     first (no schedule timing), so the options that do not fit cost no simulation."""
     for o in options:
@@ -34,8 +34,9 @@ def least_recompute_that_fits(spec, cluster, train, par: Parallel, options) -> E
     return None
 
 
-def heuristic_incumbent(ctx: SearchContext, cands: list[Candidate], deadline: float,
-                        tried: dict[Parallel, Estimate | None]) -> Estimate | None:
+def heuristic_incumbent(
+    ctx: SearchContext, cands: list[Candidate], deadline: float, tried: dict[Parallel, Estimate | None]
+) -> Estimate | None:
     """A first plan to prune against: for candidates in bound order, the default even split with
     the least uniform recompute that fits, until the bound passes the best plan found. Candidates
     whose schedule is cheap to simulate go first (an estimate costs time linear in its 2·m·p·v
@@ -91,11 +92,13 @@ def recompute_proxy_s(c: Candidate, global_batch: int, cap_bytes: float) -> floa
 
 
 def _rank_blocks(e: Estimate, pp: int) -> list[list[int]]:
-    return [[i for ch in e.chunks if ch.pp_rank == r for i in range(ch.first_block, ch.first_block + ch.num_blocks)]
-            for r in range(pp)]
+    return [
+        [i for ch in e.chunks if ch.pp_rank == r for i in range(ch.first_block, ch.first_block + ch.num_blocks)]
+        for r in range(pp)
+    ]
 
 
-def mixed_recompute_plan(spec, cluster, train, par: Parallel, options: tuple[str, ...]) -> Estimate | None:  # noqa: ANN001
+def mixed_recompute_plan(spec, cluster, train, par: Parallel, options: tuple[str, ...]) -> Estimate | None:
     """Even split; on each pipeline rank k blocks one recompute level lower than the rest, k the
     most that fits. Memory of a rank is affine in its blocks' options (activations × in-flight
     micro-batches, plus 5% fragmentation), so k comes from the uniform estimates by linear
@@ -129,7 +132,7 @@ def mixed_recompute_plan(spec, cluster, train, par: Parallel, options: tuple[str
     for _ in range(3):
         plan = list(rc)
         for _r, ids, hi, k, _pb in extra:
-            for i in ids[:max(0, k)]:
+            for i in ids[: max(0, k)]:
                 plan[i] = hi
         e = estimate(spec, cluster, train, par.with_(recompute=tuple(plan)))
         if e.fits:

@@ -50,9 +50,17 @@ class SearchResult:
     candidates: list[CandidateResult]
 
 
-def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs, backend: str = "ortools",
-           gap: float = 0.01, time_limit_s: float = 60.0, top_k: int = 3, progress: Progress | None = None
-           ) -> SearchResult:
+def search(
+    spec: ModelSpec,
+    cluster: ClusterSpec,
+    train: Training,
+    knobs: Knobs,
+    backend: str = "ortools",
+    gap: float = 0.01,
+    time_limit_s: float = 60.0,
+    top_k: int = 3,
+    progress: Progress | None = None,
+) -> SearchResult:
     """Find the fastest plan that fits; see the module docstring for the algorithm."""
     t0 = time.perf_counter()
     deadline = t0 + time_limit_s
@@ -60,8 +68,10 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
     pool = Pool(ctx, knobs)
     cands = pool.candidates()
     if not cands:
-        raise SpecError("no valid parallel configuration for these knobs (every combination fails the "
-                        "divisibility checks); widen --tp/--pp/--micro-batch or check the global batch")
+        raise SpecError(
+            "no valid parallel configuration for these knobs (every combination fails the "
+            "divisibility checks); widen --tp/--pp/--micro-batch or check the global batch"
+        )
     tried: dict[Parallel, Estimate | None] = {}
     incumbent = heuristic_incumbent(ctx, cands, t0 + time_limit_s / 2, tried)
     t_bound, t_heur = t0 + pool.enumerate_s + pool.bound_s, time.perf_counter()
@@ -83,11 +93,19 @@ def search(spec: ModelSpec, cluster: ClusterSpec, train: Training, knobs: Knobs,
             ranked = deepen_all(incumbent, [(r.status, r.bound_s, r.best) for r in alts])
             polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
             incumbent = ranked[0][2]
-            alts = [CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, st, e)
-                    for st, b, e in ranked[1:top_k + 1]]
+            alts = [
+                CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, st, e)
+                for st, b, e in ranked[1 : top_k + 1]
+            ]
     t_pol = time.perf_counter()
     cert = certify(results, incumbent, pool.rejected, gap, polished.get("deeper_interleaving"))
-    phases = {"enumerate_s": pool.enumerate_s, "bound_s": pool.bound_s, "heuristic_s": t_heur - t_bound,
-              "solve_s": t_solve - t_heur, "alternatives_s": t_alt - t_solve, "polish_s": t_pol - t_alt,
-              "total_s": t_pol - t0}
+    phases = {
+        "enumerate_s": pool.enumerate_s,
+        "bound_s": pool.bound_s,
+        "heuristic_s": t_heur - t_bound,
+        "solve_s": t_solve - t_heur,
+        "alternatives_s": t_alt - t_solve,
+        "polish_s": t_pol - t_alt,
+        "total_s": t_pol - t0,
+    }
     return SearchResult(incumbent, alts, cert, phases, results)

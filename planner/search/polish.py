@@ -92,8 +92,11 @@ def deeper_record(searched: Estimate, plan: Estimate, searched_vpp: tuple[int, .
     times, before and after, and the virtual-stage counts the searched space covers), or none."""
     if plan is searched:
         return {}
-    return {"deeper_interleaving": DeeperRecord((searched.par.vpp, plan.par.vpp), tuple(searched_vpp),
-                                                (searched.step_time_s, plan.step_time_s))}
+    return {
+        "deeper_interleaving": DeeperRecord(
+            (searched.par.vpp, plan.par.vpp), tuple(searched_vpp), (searched.step_time_s, plan.step_time_s)
+        )
+    }
 
 
 def least_recompute(est: Estimate, max_tries: int | None = None) -> Estimate:

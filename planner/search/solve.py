@@ -45,9 +45,16 @@ class _Job:
     floor_s: float  # the candidate's closed-form bound, a valid floor on T
 
 
-def solve(ctx: SearchContext, par: Parallel, costs: list[LayerCost], rel_tol: float, deadline: float,
-          cutoff_s: float = float("inf"), prior: CandidateResult | None = None,
-          floor_s: float | None = None) -> CandidateResult:
+def solve(
+    ctx: SearchContext,
+    par: Parallel,
+    costs: list[LayerCost],
+    rel_tol: float,
+    deadline: float,
+    cutoff_s: float = float("inf"),
+    prior: CandidateResult | None = None,
+    floor_s: float | None = None,
+) -> CandidateResult:
     """Solve ``par``'s placement (module docstring). ``cutoff_s`` (the incumbent shrunk by the gap
     target) is imposed as ``T ≤ cutoff``; ``prior``, an unfinished result of this candidate,
     resumes from its cuts, bound and plan; ``floor_s``: its ``candidate_bound`` (computed here
@@ -55,8 +62,15 @@ def solve(ctx: SearchContext, par: Parallel, costs: list[LayerCost], rel_tol: fl
     t0 = time.perf_counter()
     if floor_s is None:  # the search passes the bound it already computed to order candidates
         floor_s = candidate_bound(ctx.graph, costs, ctx.cluster, ctx.train, par)[0]
-    job = _Job(ctx, par, build_data(ctx.graph, costs, ctx.cluster, ctx.train, par, ctx.options), rel_tol, deadline,
-               cutoff_s, floor_s)
+    job = _Job(
+        ctx,
+        par,
+        build_data(ctx.graph, costs, ctx.cluster, ctx.train, par, ctx.options),
+        rel_tol,
+        deadline,
+        cutoff_s,
+        floor_s,
+    )
     if prior is not None:
         return _refine(job, list(prior.cuts), prior.best, prior.bound_s, prior.iterations, t0, prior.solve_s)
     cuts, seen = [], set()
@@ -88,8 +102,9 @@ def solve(ctx: SearchContext, par: Parallel, costs: list[LayerCost], rel_tol: fl
     return _refine(job, cuts, best, lp, 0, t0, 0.0)
 
 
-def _refine(job: _Job, cuts: list[Cut], best: Estimate | None, bound: float, it: int, t0: float,
-            spent_s: float) -> CandidateResult:
+def _refine(
+    job: _Job, cuts: list[Cut], best: Estimate | None, bound: float, it: int, t0: float, spent_s: float
+) -> CandidateResult:
     """The constraint-generation loop of ``solve`` from a given cut set, plan and bound."""
     ctx, par, seen = job.ctx, job.par, set(cuts)
     size, status = {}, CandStatus.TIME_LIMIT
@@ -146,9 +161,21 @@ def _lp_bound(model: Model, backend: str, deadline: float) -> float:
     return sol.objective if sol.status == SolveStatus.OPTIMAL and sol.objective is not None else 0.0
 
 
-def solve_candidate(spec, graph, costs, cluster, train, par: Parallel, options: tuple[str, ...], backend: str,  # noqa: ANN001
-                    rel_tol: float, deadline: float, cutoff_s: float = float("inf"),
-                    prior: CandidateResult | None = None, floor_s: float | None = None) -> CandidateResult:
+def solve_candidate(
+    spec,
+    graph,
+    costs,
+    cluster,
+    train,
+    par: Parallel,
+    options: tuple[str, ...],
+    backend: str,
+    rel_tol: float,
+    deadline: float,
+    cutoff_s: float = float("inf"),
+    prior: CandidateResult | None = None,
+    floor_s: float | None = None,
+) -> CandidateResult:
     """``solve`` for one candidate given loose inputs (scripts, tests): builds the context."""
     ctx = SearchContext(spec, cluster, train, graph, tuple(options), backend)
     return solve(ctx, par, costs, rel_tol, deadline, cutoff_s, prior, floor_s)

@@ -16,8 +16,13 @@ from models.graph import LayerGraph
 from planner.config import Parallel, Training
 from planner.cost import memory as mem
 from planner.cost.chunks import make_chunks
-from planner.cost.data_parallel import (OPTIMIZER_BYTES_PER_PARAM, one_block_comm, one_block_replica_ar,
-                                        tied_copy_comm, tied_params)
+from planner.cost.data_parallel import (
+    OPTIMIZER_BYTES_PER_PARAM,
+    one_block_comm,
+    one_block_replica_ar,
+    tied_copy_comm,
+    tied_params,
+)
 from planner.cost.estimate import p2p_list
 from planner.cost.layer import LayerCost
 from planner.cost.schedule import rank_order
@@ -75,8 +80,14 @@ def block_runs(graph: LayerGraph, costs: list[LayerCost]) -> list[Run]:
     return runs
 
 
-def build_data(graph: LayerGraph, costs: list[LayerCost], cluster: ClusterSpec, train: Training, par: Parallel,
-               options: tuple[str, ...]) -> PlacementData:
+def build_data(
+    graph: LayerGraph,
+    costs: list[LayerCost],
+    cluster: ClusterSpec,
+    train: Training,
+    par: Parallel,
+    options: tuple[str, ...],
+) -> PlacementData:
     m = par.num_micro_batches(train.global_batch)
     n = par.chunks
     chunks = make_chunks(graph, par.with_(stage_layers=None, recompute="none"))
@@ -97,13 +108,29 @@ def build_data(graph: LayerGraph, costs: list[LayerCost], cluster: ClusterSpec, 
         buffers += 2 * tokens * graph.spec.hidden_size * train.act_bytes
     ag1, rs1, ar1 = one_block_comm(costs)
     return PlacementData(
-        par=par, train=train, m=m, n_chunks=n, runs=block_runs(graph, costs), options=options,
-        emb=costs[0], head=costs[-1], p2p_s=p2p_list(chunks, cluster, train, par, graph),
+        par=par,
+        train=train,
+        m=m,
+        n_chunks=n,
+        runs=block_runs(graph, costs),
+        options=options,
+        emb=costs[0],
+        head=costs[-1],
+        p2p_s=p2p_list(chunks, cluster, train, par, graph),
         orders=[rank_order(par.schedule, r, par.pp, m, par.vpp) for r in range(par.pp)],
-        ag1=ag1, rs1=rs1, ar1=ar1, rep1=one_block_replica_ar(costs), tied_comm=tied_copy_comm(graph, cluster, train, par),
-        tied_params=tied_params(graph, par), state_bytes_per_dense=per_dense, state_bytes_per_expert=per_exp,
-        opt_s_per_dense=opt_d, opt_s_per_expert=opt_e,
+        ag1=ag1,
+        rs1=rs1,
+        ar1=ar1,
+        rep1=one_block_replica_ar(costs),
+        tied_comm=tied_copy_comm(graph, cluster, train, par),
+        tied_params=tied_params(graph, par),
+        state_bytes_per_dense=per_dense,
+        state_bytes_per_expert=per_exp,
+        opt_s_per_dense=opt_d,
+        opt_s_per_expert=opt_e,
         gather_bytes_per_param=mem.zero3_gather_bytes(1.0, train.dtype) if par.zero == 3 else 0.0,
         head_transient_bytes=tokens * graph.spec.vocab_size / par.tp * 4,
-        buffer_bytes=buffers, capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes),
-        overlap_tax=cluster.gpu.efficiency.overlap_tax)
+        buffer_bytes=buffers,
+        capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes),
+        overlap_tax=cluster.gpu.efficiency.overlap_tax,
+    )

@@ -31,20 +31,20 @@ class Var:
     integer: bool
     index: int
 
-    def __mul__(self, k: float) -> "Expr":
+    def __mul__(self, k: float) -> Expr:
         return Expr({self.index: float(k)})
 
     __rmul__ = __mul__
 
-    def __add__(self, other) -> "Expr":
+    def __add__(self, other) -> Expr:
         return Expr.of(self) + other
 
     __radd__ = __add__
 
-    def __sub__(self, other) -> "Expr":
+    def __sub__(self, other) -> Expr:
         return Expr.of(self) - other
 
-    def __rsub__(self, other) -> "Expr":
+    def __rsub__(self, other) -> Expr:
         return Expr.of(other) - Expr.of(self)
 
 
@@ -58,14 +58,14 @@ class Expr:
         self.const = const
 
     @staticmethod
-    def of(x) -> "Expr":
+    def of(x) -> Expr:
         if isinstance(x, Expr):
             return x
         if isinstance(x, Var):
             return Expr({x.index: 1.0})
         return Expr({}, float(x))
 
-    def __add__(self, other) -> "Expr":
+    def __add__(self, other) -> Expr:
         o = Expr.of(other)
         t = dict(self.terms)
         for k, v in o.terms.items():
@@ -74,13 +74,13 @@ class Expr:
 
     __radd__ = __add__
 
-    def __sub__(self, other) -> "Expr":
+    def __sub__(self, other) -> Expr:
         return self + Expr.of(other) * -1.0
 
-    def __rsub__(self, other) -> "Expr":
+    def __rsub__(self, other) -> Expr:
         return Expr.of(other) - self
 
-    def __mul__(self, k: float) -> "Expr":
+    def __mul__(self, k: float) -> Expr:
         return Expr({i: v * k for i, v in self.terms.items()}, self.const * k)
 
     __rmul__ = __mul__
@@ -159,13 +159,18 @@ class Model:
 
     @property
     def size(self) -> dict[str, int]:
-        return {"variables": len(self.vars), "integer_variables": sum(v.integer for v in self.vars),
-                "constraints": len(self.constraints)}
+        return {
+            "variables": len(self.vars),
+            "integer_variables": sum(v.integer for v in self.vars),
+            "constraints": len(self.constraints),
+        }
 
     def solve(self, backend: str = "ortools", time_limit_s: float = 60.0, rel_gap: float = 1e-9) -> Solution:
         t0 = time.perf_counter()
         if backend in ("ortools", "ortools-scip", "ortools-highs", "ortools-cbc"):
-            engine = {"ortools": "HIGHS", "ortools-scip": "SCIP", "ortools-highs": "HIGHS", "ortools-cbc": "CBC"}[backend]
+            engine = {"ortools": "HIGHS", "ortools-scip": "SCIP", "ortools-highs": "HIGHS", "ortools-cbc": "CBC"}[
+                backend
+            ]
             if backend == "ortools" and not self.size["integer_variables"]:
                 engine = "GLOP"  # pure LPs (relaxation bounds): GLOP measured 2-3x faster than HiGHS here
             if engine == "HIGHS":
@@ -186,10 +191,16 @@ def solve_ortools(model: Model, time_limit_s: float, rel_gap: float, engine: str
     with quiet_native_output():  # HiGHS prints a banner from native code; keep stdout and stderr clean
         s = pywraplp.Solver.CreateSolver(engine)
     inf = s.infinity()
-    xs = [s.IntVar(v.lb, inf if v.ub is None else v.ub, v.name) if v.integer
-          else s.NumVar(v.lb, inf if v.ub is None else v.ub, v.name) for v in model.vars]
+    xs = [
+        s.IntVar(v.lb, inf if v.ub is None else v.ub, v.name)
+        if v.integer
+        else s.NumVar(v.lb, inf if v.ub is None else v.ub, v.name)
+        for v in model.vars
+    ]
     for c in model.constraints:
-        lo, hi = {"<=": (-inf, -c.expr.const), ">=": (-c.expr.const, inf), "==": (-c.expr.const, -c.expr.const)}[c.sense]
+        lo, hi = {"<=": (-inf, -c.expr.const), ">=": (-c.expr.const, inf), "==": (-c.expr.const, -c.expr.const)}[
+            c.sense
+        ]
         ct = s.Constraint(lo, hi, c.name)
         for i, k in c.expr.terms.items():
             ct.SetCoefficient(xs[i], k)
@@ -203,9 +214,11 @@ def solve_ortools(model: Model, time_limit_s: float, rel_gap: float, engine: str
     params.SetDoubleParam(pywraplp.MPSolverParameters.RELATIVE_MIP_GAP, rel_gap)
     with quiet_native_output():
         code = s.Solve(params)
-    status = {pywraplp.Solver.OPTIMAL: SolveStatus.OPTIMAL, pywraplp.Solver.FEASIBLE: SolveStatus.FEASIBLE,
-              pywraplp.Solver.INFEASIBLE: SolveStatus.INFEASIBLE}.get(
-        code, SolveStatus.NO_SOLUTION if code == pywraplp.Solver.NOT_SOLVED else SolveStatus.ERROR)
+    status = {
+        pywraplp.Solver.OPTIMAL: SolveStatus.OPTIMAL,
+        pywraplp.Solver.FEASIBLE: SolveStatus.FEASIBLE,
+        pywraplp.Solver.INFEASIBLE: SolveStatus.INFEASIBLE,
+    }.get(code, SolveStatus.NO_SOLUTION if code == pywraplp.Solver.NOT_SOLVED else SolveStatus.ERROR)
     if status not in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
         return Solution(status, None, None, {}, 0.0, f"ortools-{engine.lower()}")
     values = {v.name: x.solution_value() for v, x in zip(model.vars, xs)}
@@ -224,20 +237,25 @@ def solve_mathopt_highs(model: Model, time_limit_s: float, rel_gap: float) -> So
 
     mo = mathopt.Model(name=model.name)
     inf = float("inf")
-    xs = [mo.add_variable(lb=v.lb, ub=inf if v.ub is None else v.ub, is_integer=v.integer, name=v.name)
-          for v in model.vars]
+    xs = [
+        mo.add_variable(lb=v.lb, ub=inf if v.ub is None else v.ub, is_integer=v.integer, name=v.name)
+        for v in model.vars
+    ]
     for c in model.constraints:
-        lo, hi = {"<=": (-inf, -c.expr.const), ">=": (-c.expr.const, inf), "==": (-c.expr.const, -c.expr.const)}[c.sense]
+        lo, hi = {"<=": (-inf, -c.expr.const), ">=": (-c.expr.const, inf), "==": (-c.expr.const, -c.expr.const)}[
+            c.sense
+        ]
         row = mo.add_linear_constraint(lb=lo, ub=hi, name=c.name)
         for i, k in c.expr.terms.items():
             row.set_coefficient(xs[i], k)
     mo.minimize(mathopt.LinearSum(k * xs[i] for i, k in model.objective.terms.items()) + model.objective.const)
-    params = mathopt.SolveParameters(time_limit=datetime.timedelta(seconds=max(0.001, time_limit_s)),
-                                     relative_gap_tolerance=rel_gap)
+    params = mathopt.SolveParameters(
+        time_limit=datetime.timedelta(seconds=max(0.001, time_limit_s)), relative_gap_tolerance=rel_gap
+    )
     try:
         with quiet_native_output():
             res = mathopt.solve(mo, mathopt.SolverType.HIGHS, params=params)
-    except Exception as err:  # noqa: BLE001 - MathOpt's own error path raises AttributeError (ortools 9.15)
+    except Exception as err:
         raise RuntimeError(f"HiGHS (MathOpt) rejected model {model.name}: {err.__context__ or err}") from None
     reason = res.termination.reason
     if reason in (mathopt.TerminationReason.INFEASIBLE, mathopt.TerminationReason.INFEASIBLE_OR_UNBOUNDED):
@@ -248,8 +266,9 @@ def solve_mathopt_highs(model: Model, time_limit_s: float, rel_gap: float) -> So
     values = {v.name: x for v, x in zip(model.vars, res.variable_values(xs))}
     bound = res.termination.objective_bounds.dual_bound
     status = SolveStatus.OPTIMAL if reason == mathopt.TerminationReason.OPTIMAL else SolveStatus.FEASIBLE
-    return Solution(status, res.objective_value(), bound if math.isfinite(bound) else None, values, 0.0,
-                    "ortools-highs")
+    return Solution(
+        status, res.objective_value(), bound if math.isfinite(bound) else None, values, 0.0, "ortools-highs"
+    )
 
 
 @contextlib.contextmanager
@@ -279,8 +298,12 @@ def _solve_pulp(model: Model, time_limit_s: float, rel_gap: float) -> Solution:
     import pulp
 
     prob = pulp.LpProblem(_pulp_name(model.name), pulp.LpMinimize)
-    xs = [pulp.LpVariable(_pulp_name(v.name) + f"_{v.index}", v.lb, v.ub, pulp.LpInteger if v.integer else pulp.LpContinuous)
-          for v in model.vars]
+    xs = [
+        pulp.LpVariable(
+            _pulp_name(v.name) + f"_{v.index}", v.lb, v.ub, pulp.LpInteger if v.integer else pulp.LpContinuous
+        )
+        for v in model.vars
+    ]
     prob += pulp.lpSum(k * xs[i] for i, k in model.objective.terms.items()) + model.objective.const
 
     for n, c in enumerate(model.constraints):

@@ -78,8 +78,9 @@ def add_assignment_constraints(model: Model, d: PlacementData, v: PlacementVars)
             for o in d.options:
                 v.n[j, t, o] = model.var(f"n[chunk={j},run={t},opt={o}]", 0, run.length, integer=True)
     for t, run in enumerate(d.runs):
-        model.add(total(v.n[j, t, o] for j in range(d.n_chunks) for o in d.options), "==", run.length,
-                  f"placed[run={t}]")
+        model.add(
+            total(v.n[j, t, o] for j in range(d.n_chunks) for o in d.options), "==", run.length, f"placed[run={t}]"
+        )
     ranges = chunk_size_ranges(sum(r.length for r in d.runs), d.n_chunks, d.par.schedule)
     for j, (lo, hi) in enumerate(ranges):
         size = total(v.n[j, t, o] for t in range(len(d.runs)) for o in d.options)
@@ -91,8 +92,9 @@ def add_assignment_constraints(model: Model, d: PlacementData, v: PlacementVars)
         prev = d.runs[t - 1]
         for j in range(d.n_chunks):
             v.u[j, t] = model.var(f"u[chunk={j},run={t}]", 0, 1, integer=True)
-            model.add(total(v.n[j, t, o] for o in d.options), "<=", v.u[j, t] * d.runs[t].length,
-                      f"touch[chunk={j},run={t}]")
+            model.add(
+                total(v.n[j, t, o] for o in d.options), "<=", v.u[j, t] * d.runs[t].length, f"touch[chunk={j},run={t}]"
+            )
             done = total(v.n[k, t - 1, o] for k in range(j + 1) for o in d.options)
             model.add(done, ">=", v.u[j, t] * prev.length, f"order[chunk={j},run={t}]")
 
@@ -135,7 +137,9 @@ def add_chunk_time_constraints(model: Model, d: PlacementData, v: PlacementVars)
     zero = d.par.zero
     for j in range(d.n_chunks):
         f0 = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.fwd_s) + _ends(d, j, lambda c: c.fwd_s)
-        b0 = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.bwd_s + r.cost.recompute_s[o]) + _ends(d, j, lambda c: c.bwd_s)
+        b0 = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.bwd_s + r.cost.recompute_s[o]) + _ends(
+            d, j, lambda c: c.bwd_s
+        )
         v.F0[j], v.B0[j] = f0, b0
         ag = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.dp_ag_s) + _ends(d, j, lambda c: c.dp_ag_s)
         rs = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.dp_rs_s) + _ends(d, j, lambda c: c.dp_rs_s)
@@ -197,8 +201,13 @@ def add_rank_bound_constraints(model: Model, d: PlacementData, v: PlacementVars)
 def add_path_cuts(model: Model, d: PlacementData, v: PlacementVars, cuts: list) -> None:
     """end[r] ≥ length of each known path ending at rank r's last operation."""
     for k, (r, path) in enumerate(cuts):
-        length = total([v.F[j] * path.f[j] + v.B[j] * path.b[j] + d.p2p_s[j] * path.c[j]
-                        for j in range(d.n_chunks) if path.f[j] or path.b[j] or path.c[j]])
+        length = total(
+            [
+                v.F[j] * path.f[j] + v.B[j] * path.b[j] + d.p2p_s[j] * path.c[j]
+                for j in range(d.n_chunks)
+                if path.f[j] or path.b[j] or path.c[j]
+            ]
+        )
         model.add(v.end[r], ">=", length, f"path_cut[rank={r},k={k}]")
 
 
@@ -214,8 +223,13 @@ def _params(d: PlacementData, v: PlacementVars, r: int) -> tuple[Expr, Expr]:
     """(dense, expert) parameters on rank r, with the tied-embedding copy on the head rank."""
     dense = _rank_sum(d, v, r, lambda run, o: run.cost.params_dp_replicas, lambda c: c.params_dp_replicas)
     dense = dense + (d.tied_params if _has_head(d, r) else 0.0)
-    expert = _rank_sum(d, v, r, lambda run, o: run.cost.params_local - run.cost.params_dp_replicas,
-                       lambda c: c.params_local - c.params_dp_replicas)
+    expert = _rank_sum(
+        d,
+        v,
+        r,
+        lambda run, o: run.cost.params_local - run.cost.params_dp_replicas,
+        lambda c: c.params_local - c.params_dp_replicas,
+    )
     return dense, expert
 
 
@@ -252,15 +266,21 @@ def add_memory_constraints(model: Model, d: PlacementData, v: PlacementVars) -> 
         dense, expert = _params(d, v, r)
         states = dense * d.state_bytes_per_dense + expert * d.state_bytes_per_expert
         transient = _transient(model, d, v, r) + (d.head_transient_bytes if _has_head(d, r) else 0.0)
-        acts = [_blocks_of_chunk(d, v, j, lambda run, o: run.cost.act_bytes[o]) + _ends(d, j, lambda c: c.act_bytes["none"])
-                for j in mine]
+        acts = [
+            _blocks_of_chunk(d, v, j, lambda run, o: run.cost.act_bytes[o]) + _ends(d, j, lambda c: c.act_bytes["none"])
+            for j in mine
+        ]
         for k, live in enumerate(live_vectors(d.par.schedule, r, d.par.pp, d.m, d.par.vpp)):
             act = total(a * cnt for a, cnt in zip(acts, live))
             live_bytes = states + act + transient + d.buffer_bytes
             # Rows in GiB, not bytes: coefficients near 1e10 next to times near 1e-3 break the
             # solvers' tolerances (DESIGN §8: scale to a common unit and name it).
-            model.add((live_bytes * (1 + mem.FRAGMENTATION) + mem.WORKSPACE_BYTES) * (1 / GiB), "<=",
-                      d.capacity_bytes / GiB, f"mem_cap_GiB[rank={r},state={k}]")
+            model.add(
+                (live_bytes * (1 + mem.FRAGMENTATION) + mem.WORKSPACE_BYTES) * (1 / GiB),
+                "<=",
+                d.capacity_bytes / GiB,
+                f"mem_cap_GiB[rank={r},state={k}]",
+            )
 
 
 def _transient(model: Model, d: PlacementData, v: PlacementVars, r: int) -> Expr:
@@ -277,18 +297,29 @@ def _transient(model: Model, d: PlacementData, v: PlacementVars, r: int) -> Expr
         return remat * GiB
     gather = model.var(f"gather_GiB[rank={r}]")
     for j in mine:
-        for kind, end in ([("embedding", d.emb)] if j == 0 else []) + ([("head", d.head)] if j == d.n_chunks - 1 else []):
-            model.add(gather, ">=", end.params_local * d.gather_bytes_per_param / GiB,
-                      f"gather_end[rank={r},chunk={j},layer={kind}]")
+        for kind, end in ([("embedding", d.emb)] if j == 0 else []) + (
+            [("head", d.head)] if j == d.n_chunks - 1 else []
+        ):
+            model.add(
+                gather,
+                ">=",
+                end.params_local * d.gather_bytes_per_param / GiB,
+                f"gather_end[rank={r},chunk={j},layer={kind}]",
+            )
     for t, run in enumerate(d.runs):
         w = model.var(f"w[rank={r},run={t}]", 0, 1, integer=True)
-        model.add(total(v.n[j, t, o] for j in mine for o in d.options), "<=", w * run.length, f"holds[rank={r},run={t}]")
-        model.add(gather, ">=", w * (run.cost.params_local * d.gather_bytes_per_param / GiB), f"gather[rank={r},run={t}]")
+        model.add(
+            total(v.n[j, t, o] for j in mine for o in d.options), "<=", w * run.length, f"holds[rank={r},run={t}]"
+        )
+        model.add(
+            gather, ">=", w * (run.cost.params_local * d.gather_bytes_per_param / GiB), f"gather[rank={r},run={t}]"
+        )
     return (remat + gather) * GiB
 
 
-def build_placement_model(d: PlacementData, exact: bool = True, cuts: list | None = None
-                          ) -> tuple[Model, PlacementVars]:
+def build_placement_model(
+    d: PlacementData, exact: bool = True, cuts: list | None = None
+) -> tuple[Model, PlacementVars]:
     """Data → model → variables → constraints → objective (OR-Tools samples' order).
     ``exact``: the schedule DAG (family 3); otherwise its rank bounds (family 3')."""
     model, v = Model("placement" if exact else "placement_bound"), PlacementVars()
@@ -305,7 +336,9 @@ def build_placement_model(d: PlacementData, exact: bool = True, cuts: list | Non
     return model, v
 
 
-def read_assignment(d: PlacementData, v: PlacementVars, values: dict[str, float]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def read_assignment(
+    d: PlacementData, v: PlacementVars, values: dict[str, float]
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Blocks per chunk and the recompute option of every block, from a solution."""
     sizes, recompute = [], []
     for j in range(d.n_chunks):
