@@ -12,9 +12,10 @@ quote them; ``hbm_bytes`` is bytes (marketing "80 GB" is taken as 80 GiB, see do
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
@@ -135,12 +136,12 @@ class GPUSpec(_Strict):
         return self.hbm_bytes / 2**30
 
 
-def _lookup(table: dict[str, float], dtype: str) -> float:
+def _lookup(table: Mapping[Dtype, float], dtype: str) -> float:
     # Fallback order bf16 -> fp16: without a measurement for (say) tf32, the closest tensor-core
     # figure is a better guess than 1.0. EfficiencySpec guarantees one of the two exists.
     for key in (dtype, "bf16", "fp16"):
         if key in table:
-            return table[key]
+            return table[cast(Dtype, key)]  # a key of the table, so one of the Dtype literals
     raise AssertionError("unreachable: EfficiencySpec requires a bf16 or fp16 entry")
 
 

@@ -221,7 +221,7 @@ def _attention(
     ops.append(norm_op)
     saved += norm_saved
     saved.append(Saved("attn.qkv_in", h, "act", "sp"))
-    repl = h * (2 if spec.norm == "layernorm" else 1)
+    repl: float = h * (2 if spec.norm == "layernorm" else 1)
     proj = _mla_projections(spec) if spec.mla is not None else _qkv_projection(spec)
     ops += proj.ops
     saved += proj.saved
@@ -291,12 +291,11 @@ def _ffn_dense(
     act(gate) and the product (down-proj input) are saved.
     """
     c = copies
-    ex = dict(expert=expert)
     if spec.gated:
         ops = [
-            _mm(f"{prefix}.gate_up", h, 2 * f, **ex, dims=("ffn",), role="column"),
-            _ew(f"{prefix}.act", 4 * f, flops=5 * f, **ex, bwd_io=5 * f),  # gate, up, dy -> dgate, dup
-            _mm(f"{prefix}.down", f, h, **ex, dims=("ffn",), role="row"),
+            _mm(f"{prefix}.gate_up", h, 2 * f, expert=expert, dims=("ffn",), role="column"),
+            _ew(f"{prefix}.act", 4 * f, flops=5 * f, expert=expert, bwd_io=5 * f),  # gate, up, dy -> dgate, dup
+            _mm(f"{prefix}.down", f, h, expert=expert, dims=("ffn",), role="row"),
         ]
         saved = [
             Saved(f"{prefix}.gate", f * c, mm_output=True),
@@ -307,9 +306,9 @@ def _ffn_dense(
         params = 3 * h * f
     else:
         ops = [
-            _mm(f"{prefix}.fc1", h, f, **ex, dims=("ffn",), role="column"),
-            _ew(f"{prefix}.act", 2 * f, flops=8 * f, **ex, bwd_io=3 * f),
-            _mm(f"{prefix}.fc2", f, h, **ex, dims=("ffn",), role="row"),
+            _mm(f"{prefix}.fc1", h, f, expert=expert, dims=("ffn",), role="column"),
+            _ew(f"{prefix}.act", 2 * f, flops=8 * f, expert=expert, bwd_io=3 * f),
+            _mm(f"{prefix}.fc2", f, h, expert=expert, dims=("ffn",), role="row"),
         ]
         relu = spec.activation == "relu"
         saved = [Saved(f"{prefix}.fc1_out", f * c, mm_output=True, in_none=not relu), Saved(f"{prefix}.fc2_in", f * c)]

@@ -7,7 +7,7 @@ with one line that names the offending input.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -16,7 +16,6 @@ from hardware.cluster import ClusterSpec, load_cluster
 from models.errors import SpecError, format_validation_error
 from models.load import load_model
 from models.spec import ModelSpec
-from planner.commands.common import Opt
 from planner.config import DTYPES, Parallel, Training
 from planner.knobs import KNOBS
 
@@ -24,6 +23,21 @@ from planner.knobs import KNOBS
 # data parallelism; auto = what Megatron-LM and torchtitan do (config.grad_reduce_bytes).
 # tp_overlap: whether backward TP collectives hide under their linears' GEMMs (cost.layer._tp_comm_s).
 TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16"), "tp_overlap": ("backward", "none")}
+
+
+@dataclass(frozen=True)
+class Opt:
+    """A command-line option (or, with ``argument``, a positional argument) as data: the command
+    modules declare theirs, and cli.py turns each into a typer parameter (``cli._params``)."""
+
+    name: str  # the Python name the command receives
+    kind: Any  # its type (typer parses and checks it)
+    default: Any  # ``...``: required
+    flags: tuple[str, ...]
+    help: str
+    argument: bool = False
+
+
 # What is trained, on what (estimate, plan, sweep, explain): optional options so `estimate --plan`
 # can omit them; build_inputs reports missing ones (exit 2).
 PROBLEM_OPTIONS = (
@@ -79,7 +93,8 @@ def build_training(
         raise SpecError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     if attention not in ("flash", "eager"):
         raise SpecError(f"--attention must be flash or eager (got {attention!r})")
-    train = Training(_positive("global_batch", global_batch), _positive("seq_len", seq_len), dtype, attention)
+    impl = cast(Literal["flash", "eager"], attention)  # checked just above
+    train = Training(_positive("global_batch", global_batch), _positive("seq_len", seq_len), dtype, impl)
     return apply_training_sets(train, sets)
 
 
@@ -90,7 +105,8 @@ def apply_training_sets(train: Training, sets: dict | None) -> Training:
             raise SpecError(f"--set training.{key}: unknown key (known: {', '.join(TRAINING_SETS)})")
         if str(value) not in TRAINING_SETS[key]:
             raise SpecError(f"--set training.{key} must be one of {', '.join(TRAINING_SETS[key])} (got {value!r})")
-        train = replace(train, **{key: str(value)})
+        change: dict[str, Any] = {key: str(value)}  # a TRAINING_SETS key with one of its values
+        train = replace(train, **change)
     return train
 
 
@@ -145,7 +161,7 @@ def build_inputs(
     return Inputs(spec, clus, train, par, refs)
 
 
-def override(obj: BaseModel, overrides: dict, cls: type, what: str) -> Any:
+def override(obj: BaseModel, overrides: dict, cls: type[BaseModel], what: str) -> Any:
     """A resolved spec with ``--set`` dotted-path overrides applied and re-validated."""
     data = obj.model_dump()
     for dotted, value in overrides.items():

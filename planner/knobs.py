@@ -21,6 +21,7 @@ its constraint if it has one (planner/search/milp), the runtime's apply step and
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -401,6 +402,7 @@ def cli_parameters(mode: Literal["space", "fixed"], option: Callable[..., Any]) 
     help=...)``: in ``space`` mode (``plan``, ``sweep``) a string, auto, a value or a list; in
     ``fixed`` mode (``estimate``) the knob's typed single value with its default."""
     out = []
+    kind: type | types.UnionType
     for k in KNOBS:
         if mode == "space" and k.name not in SPACE_KNOBS:
             continue
@@ -413,6 +415,6 @@ def cli_parameters(mode: Literal["space", "fixed"], option: Callable[..., Any]) 
             )
             opt = option(k.default, k.flag, help=f"{k.help}{extra}.")
             kind = {"int": int, "bool": bool, "choice": str, "per_block": str, "layers": str}[k.kind]
-            kind = kind | None if k.default is None else kind  # type: ignore[assignment]
+            kind = kind | None if k.default is None else kind
         out.append(inspect.Parameter(k.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=opt, annotation=kind))
     return out

@@ -12,12 +12,14 @@ here; the server imports them once, and every child starts with them loaded.
 
 from __future__ import annotations
 
+from multiprocessing.context import ForkServerContext
+
 import torch.multiprocessing as mp
 
 PRELOAD = ("torch", "torch.distributed", "runtime.train", "runtime.parallelize")
 
 
-def cpu_context():
+def cpu_context() -> ForkServerContext:
     """A fork-server multiprocessing context with torch and the runtime preloaded."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD))

@@ -19,7 +19,9 @@ import tempfile
 import time
 import traceback
 from datetime import timedelta
+from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
 from pathlib import Path
+from typing import Any, TypeAlias, cast
 
 import torch
 import torch.distributed as dist
@@ -31,6 +33,8 @@ from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, world_size, world_size_arithmetic
 from runtime.report import build_report
 from runtime.train import train_rank
+
+_Context: TypeAlias = ForkContext | ForkServerContext | SpawnContext  # each has .Process
 
 
 def plan_device_type(plan: dict) -> str | None:
@@ -66,9 +70,10 @@ def _worker(plan: dict, args: dict) -> None:
     record = train_rank(
         plan, args["steps"], args["lr"], args["data"], args["device"], keep_state=bool(args["save_params"])
     )
-    records = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    records: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(record, records, dst=0)
     if dist.get_rank() == 0:
+        assert records is not None  # rank 0 gathered every rank's record
         state = {}
         for r in records:
             state.update(r.pop("state", {}))
@@ -155,8 +160,10 @@ def run(
         "save_params": str(save_params) if save_params else None,
         "plan_path": None if isinstance(plan_path, dict) else str(plan_path),
     }
+    ctx: _Context
     if start_method is not None:
-        ctx = mp.get_context(start_method)  # "fork": children inherit the caller's state (tests)
+        # "fork": children inherit the caller's state (tests). get_context(str) is typed BaseContext.
+        ctx = cast(_Context, mp.get_context(start_method))
     else:
         ctx = mp.get_context("spawn") if device == "cuda" else cpu_context()
     with tempfile.TemporaryDirectory(prefix="autopar-run-") as tmp:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import traceback
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -22,9 +23,12 @@ from runtime.memory import SavedTensorMeter, state_tensors
 from runtime.model import Block, rope_table
 from runtime.recompute import checkpoint_block
 
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
 
 @contextlib.contextmanager
-def _fake_tp_mesh(tp: int) -> Iterator[object]:
+def _fake_tp_mesh(tp: int) -> Iterator[DeviceMesh]:
     """A one-process mesh of ``tp`` ranks on the 'fake' backend: real local shapes, no traffic."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.testing._internal.distributed.fake_pg import FakeStore
@@ -38,7 +42,7 @@ def _fake_tp_mesh(tp: int) -> Iterator[object]:
 
 def _measure(spec: ModelSpec, recompute: str, b: int, s: int, dtype: torch.dtype, tp: int, sp: bool, layer: int) -> int:
     torch.manual_seed(0)
-    block = Block(spec, layer).to(dtype)
+    block: torch.nn.Module = Block(spec, layer).to(dtype)
     rope = rope_table(spec, dtype)[:, :s] if spec.position == "rope" else None
     x = torch.randn(b, s // tp if sp else s, spec.hidden_size, dtype=dtype, requires_grad=True) * 1.0
     with contextlib.ExitStack() as stack:

@@ -43,7 +43,7 @@ def _plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
         yield t
 
 
-def _is_parameter_like(t: torch.Tensor) -> bool:
+def _is_parameter_like(t: torch.Tensor | None) -> bool:
     """A leaf that requires grad (a parameter, FSDP's unsharded copy too) or a view of one."""
     while t is not None:
         if t.is_leaf and t.requires_grad:

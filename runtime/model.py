@@ -133,6 +133,7 @@ class MoE(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         m = spec.moe
+        assert m is not None, "MoE needs a spec with a moe block"
         self.top_k = m.top_k
         self.router = nn.Linear(spec.hidden_size, m.num_experts, bias=False)
         self.experts = nn.ModuleList(FeedForward(spec, m.expert_ffn_hidden_size) for _ in range(m.num_experts))
@@ -180,6 +181,13 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """Embedding (+ learned positions), blocks, final norm, output head; any part may be None."""
+
+    # A pipeline stage sets the parts it lacks to None (runtime.pipeline.split_model).
+    tok_embeddings: nn.Embedding | None
+    pos_embeddings: nn.Embedding | None
+    norm: Norm | None
+    output: nn.Linear | None
+    rope: torch.Tensor | None  # a non-persistent buffer (register_buffer)
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -251,7 +259,7 @@ def _init_norm(norm: Norm) -> None:
         norm.bias.zero_()
 
 
-def _init_block(block: Block, num_layers: int, g: torch.Generator) -> None:
+def _init_block(block: nn.Module, num_layers: int, g: torch.Generator) -> None:
     # Residual-branch outputs scaled by 1/sqrt(2N): GPT-2 paper, section 2.3.
     out_std = INIT_STD / math.sqrt(2 * num_layers)
     for name, module in block.named_modules():

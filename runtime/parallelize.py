@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from runtime.model import Transformer
 from runtime.pipeline import build_schedule, split_model
 from runtime.plan_io import PlanError, read_parallelism, validate_plan, world_size, world_size_arithmetic
 from runtime.recompute import checkpoint_block
@@ -74,7 +74,7 @@ def check_supported(plan: dict) -> None:
         raise PlanError(f"parallelism.ep = {p['ep']}: the runtime does not implement expert parallel")
 
 
-def _materialize(part: nn.Module, device: torch.device, seed: int | None) -> nn.Module:
+def _materialize(part: Transformer, device: torch.device, seed: int | None) -> Transformer:
     if any(p.is_meta for p in part.parameters()):
         if seed is None:
             raise ValueError("apply_plan: a model on the meta device needs seed= to initialise")
@@ -86,14 +86,14 @@ def _materialize(part: nn.Module, device: torch.device, seed: int | None) -> nn.
     return part.to(device)
 
 
-def apply_activation_checkpointing(part: nn.Module, stage: dict) -> None:
+def apply_activation_checkpointing(part: Transformer, stage: dict) -> None:
     """Wrap each block by the stage's per-block recompute mode (none / selective / full)."""
     lo = stage["layers"][0]
     for key in list(part.layers.keys()):
         part.layers[key] = checkpoint_block(part.layers[key], stage["recompute"][int(key) - lo])
 
 
-def apply_fsdp(part: nn.Module, fsdp_mesh: DeviceMesh, reshard_after_forward: bool) -> None:
+def apply_fsdp(part: Transformer, fsdp_mesh: DeviceMesh, reshard_after_forward: bool) -> None:
     """ZeRO-3 (reshard after forward: parameters gathered again in backward) or ZeRO-2 (kept
     unsharded until backward ends); gradients are reduce-scattered either way. ``fsdp_mesh``: 1-D
     (shard over it) or 2-D (HSDP: replicate over dim 0, shard over dim 1, gradients all-reduced
@@ -121,7 +121,7 @@ def _tied_embedding_group(plan: dict, mesh: DeviceMesh):
 
 
 def apply_plan(
-    model: nn.Module, plan: dict, mesh: DeviceMesh | None = None, *, device=None, seed: int | None = None
+    model: Transformer, plan: dict, mesh: DeviceMesh | None = None, *, device=None, seed: int | None = None
 ) -> ParallelModel:
     """Parallelise ``model`` as ``plan`` says, for this rank of ``mesh`` (see module doc)."""
     validate_plan(plan)
@@ -137,6 +137,7 @@ def apply_plan(
     parts = [_materialize(part, device, seed) for part in parts]
     # 2. Tensor + sequence parallel.
     if p["tp"] > 1:
+        assert mesh is not None  # world_size(plan) > 1, checked above
         for part in parts:
             apply_tp(part, mesh["tp"], p["sequence_parallel"])
     # 3. Activation checkpointing, block by block.
@@ -146,16 +147,20 @@ def apply_plan(
     fsdp = p["zero_stage"] >= 2 and p["dp"] > 1
     hsdp = fsdp and p["dp_replicate"] > 1
     if fsdp:
+        assert mesh is not None
         fsdp_mesh = mesh[DP_DIMS] if hsdp else mesh["dp_shard"]
         for part in parts:
             apply_fsdp(part, fsdp_mesh, reshard_after_forward=p["zero_stage"] == 3)
     # 5. Data parallel by hand for ZeRO 0/1 (the whole dp group); tied embeddings over stages.
     pm = ParallelModel(parts, stage_indices, plan, mesh, device, hsdp=hsdp)
     if p["dp"] > 1 and not fsdp:
+        assert mesh is not None
         pm.dp_group = dp_mesh(mesh).get_group()
     if p["pp"] > 1 and getattr(getattr(model, "spec", None), "tie_embeddings", False):
+        assert mesh is not None
         pm.tied_group = _tied_embedding_group(plan, mesh)
     # 6. Pipeline schedule over the finished chunks.
     if p["pp"] > 1:
+        assert mesh is not None
         pm.schedule = build_schedule(parts, stage_indices, plan, mesh["pp"].get_group(), device)
     return pm

@@ -13,6 +13,7 @@ that class takes the list of this rank's stages, or the single stage).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,10 +21,10 @@ from torch.distributed import pipelining
 from torch.distributed.pipelining import PipelineStage
 
 from planner.schedules import SCHEDULES
-from runtime.model import next_token_loss
+from runtime.model import Transformer, next_token_loss
 
 
-def split_model(model: nn.Module, plan: dict, pp_rank: int) -> tuple[list[nn.Module], list[int]]:
+def split_model(model: Transformer, plan: dict, pp_rank: int) -> tuple[list[Transformer], list[int]]:
     """The chunks pp rank ``pp_rank`` holds and their stage indices, in model order.
 
     With pp = 1 the model itself is the single chunk (no copy).
@@ -49,7 +50,7 @@ def split_model(model: nn.Module, plan: dict, pp_rank: int) -> tuple[list[nn.Mod
     return parts, [st["index"] for st in stages]
 
 
-def build_schedule(parts: list[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device):
+def build_schedule(parts: Sequence[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device):
     """The plan's schedule over this rank's (already parallelised) chunks.
 
     Each micro-batch loss is a mean; the schedule divides the accumulated gradients by the

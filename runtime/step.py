@@ -17,6 +17,7 @@ last). Under pipeline parallelism the schedule drives FSDP itself (see docs/runt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +53,7 @@ def _match_grad_placements(params: list[nn.Parameter]) -> None:
 class ParallelModel:
     """This rank's share of a model after :func:`runtime.parallelize.apply_plan`."""
 
-    parts: list[nn.Module]  # chunks this rank runs, in model order (one unless interleaved)
+    parts: Sequence[nn.Module]  # chunks this rank runs, in model order (one unless interleaved)
     stage_indices: list[int]  # their indices in plan["stages"]
     plan: dict
     mesh: Any = None  # DeviceMesh ("pp", "dp_replicate", "dp_shard", "tp") or None for one process
@@ -84,7 +85,7 @@ class ParallelModel:
             losses: list[torch.Tensor] | None = [] if self.has_last else None
             args = (inputs,) if self.has_first else ()
             self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
-            return torch.stack([loss.detach() for loss in losses]).mean() if self.has_last else None
+            return torch.stack([loss.detach() for loss in losses]).mean() if losses is not None else None
         model, total = self.parts[0], torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(zip(inputs.chunk(n), targets.chunk(n))):
             if self.hsdp:
@@ -123,15 +124,17 @@ class ParallelModel:
                 offset += g.numel()
         if self.tied_group is not None:
             for weight in self._tied_weights():
+                assert weight.grad is not None  # each copy's stage ran a backward through it
                 dist.all_reduce(_local(weight.grad), group=self.tied_group)
 
     def _tied_weights(self) -> list[nn.Parameter]:
-        out = []
+        out: list[nn.Parameter] = []
         for part in self.parts:
-            if getattr(part, "tok_embeddings", None) is not None:
-                out.append(part.tok_embeddings.weight)
-            elif getattr(part, "output", None) is not None:
-                out.append(part.output.weight)
+            embedding, head = getattr(part, "tok_embeddings", None), getattr(part, "output", None)
+            if embedding is not None:
+                out.append(embedding.weight)
+            elif head is not None:
+                out.append(head.weight)
         return out
 
     def build_optimizer(self, lr: float):
@@ -144,6 +147,7 @@ class ParallelModel:
     def global_loss(self, local: torch.Tensor | None) -> float:
         """The global-batch mean loss on every rank (only last-stage ranks hold a loss)."""
         if not dist.is_initialized():
+            assert local is not None  # one process holds every stage, the last one included
             return float(local)
         value = torch.zeros((), device=self.device) if local is None else local.detach().float().reshape(())
         holders = torch.tensor(0.0 if local is None else 1.0, device=self.device)

@@ -26,7 +26,7 @@ from torch.distributed.tensor.parallel import (
 )
 from torch.distributed.tensor.parallel.style import ParallelStyle
 
-from runtime.model import MoE
+from runtime.model import MoE, Transformer
 
 
 def _ffn_plan(prefix: str, ffn: nn.Module, out_layout) -> dict[str, ParallelStyle]:
@@ -48,7 +48,7 @@ def block_plan(block: nn.Module, sp: bool) -> dict[str, ParallelStyle]:
         "attention.wv": ColwiseParallel(),
         "attention.wo": RowwiseParallel(output_layouts=seq),
     }
-    ffn = block.feed_forward
+    ffn = block.get_submodule("feed_forward")
     if isinstance(ffn, MoE):
         # Experts see a data-dependent subset of the (gathered) tokens, so each expert's row-
         # parallel output is all-reduced to Replicate; under SP the sum is then split along the
@@ -110,7 +110,7 @@ def check_divisible(spec, tp: int) -> None:
             raise ValueError(f"tensor parallel: {name} ({n}) is not divisible by tp ({tp}): {n} % {tp} = {n % tp}")
 
 
-def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, sp: bool) -> None:
+def apply_tp(model: Transformer, tp_mesh: DeviceMesh, sp: bool) -> None:
     """Tensor-(and sequence-)parallelise a whole (stage) model in place."""
     check_divisible(model.spec, tp_mesh.size())
     for block in model.layers.values():

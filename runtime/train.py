@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,7 +96,12 @@ def train_rank(plan: dict, steps: int, lr: float, data: str | None, device_type:
     source, dp = TokenSource(plan, data), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
     first_row = dp_mesh(mesh).get_local_rank() * rows
-    record = {"rank": dist.get_rank(), "losses": [], "step_time_s": [], "peak_memory_bytes_per_step": []}
+    record: dict[str, Any] = {
+        "rank": dist.get_rank(),
+        "losses": [],
+        "step_time_s": [],
+        "peak_memory_bytes_per_step": [],
+    }
     for step in range(steps):
         batch = source.batch(step)[first_row : first_row + rows].to(device)
         if device.type == "cuda":
@@ -112,7 +118,7 @@ def train_rank(plan: dict, steps: int, lr: float, data: str | None, device_type:
         _sync(device)
         record["step_time_s"].append(time.perf_counter() - start)
         record["losses"].append(pm.global_loss(local))
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else meter.peak_bytes
+        peak = meter.peak_bytes if isinstance(meter, SavedTensorMeter) else torch.cuda.max_memory_allocated(device)
         record["peak_memory_bytes_per_step"].append(peak)
     record["memory_kind"] = "cuda_max_memory_allocated" if device.type == "cuda" else "saved_for_backward"
     if keep_state:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from models.errors import SpecError
+from planner.inputs import Opt
 
 
 def write_output(path: Path, text: str) -> None:
@@ -24,19 +24,6 @@ def write_output(path: Path, text: str) -> None:
 def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
     if fmt not in allowed:
         raise SpecError(f"--format must be one of {', '.join(allowed)} (got {fmt!r})")
-
-
-@dataclass(frozen=True)
-class Opt:
-    """A command-line option (or, with ``argument``, a positional argument) as data: the command
-    modules declare theirs, and cli.py turns each into a typer parameter (``cli._params``)."""
-
-    name: str  # the Python name the command receives
-    kind: Any  # its type (typer parses and checks it)
-    default: Any  # ``...``: required
-    flags: tuple[str, ...]
-    help: str
-    argument: bool = False
 
 
 FMT_OPTION = Opt("fmt", str, "table", ("--format", "-f"), "Output format: table or json.")

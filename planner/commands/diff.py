@@ -41,7 +41,7 @@ STAGE_PATHS = {"stage_layers": "stages[].layers", "recompute": "stages[].recompu
 def _knob_order() -> tuple[tuple[tuple[str, ...], str], ...]:
     """The knobs in registry order (mesh, schedule, per-rank knobs, placement). The schedule and
     its virtual stages are one knob: virtual stages only mean something for interleaved 1F1B."""
-    out = []
+    out: list[tuple[tuple[str, ...], str]] = []
     for k in KNOBS:
         if k.name == "vpp":
             continue
@@ -157,11 +157,11 @@ def diff_plans(a_path: Path, b_path: Path) -> DiffResult:
     a_doc, b_doc = load_plan(a_path), load_plan(b_path)
     a, b = plan_state(a_doc), plan_state(b_doc)
     ends = []
-    for path, state in ((a_path, a), (b_path, b)):
+    for plan_path, state in ((a_path, a), (b_path, b)):
         try:
             ends.append(score(state))
         except (SpecError, RuntimeError) as exc:
-            raise SpecError(f"{path}: cannot be estimated with the current cost model: {exc}") from None
+            raise SpecError(f"{plan_path}: cannot be estimated with the current cost model: {exc}") from None
     steps, cur, prev, pending, why = [], dict(a), ends[0], [], []
     for keys, path in ORDER:
         changed = [k for k in keys if a[k] != b[k]]

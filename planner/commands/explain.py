@@ -35,6 +35,7 @@ from planner.knobs import BY_NAME, DECISIONS, SPACE_KNOBS, Knobs
 from planner.planfile.build import parallel_dict
 from planner.planfile.load import load_plan, plan_inputs
 from planner.planfile.schema import SCHEMA_VERSION
+from planner.schedules import INTERLEAVED
 from planner.search.bnb import Outcome, Pool, best_known, branch_and_bound
 from planner.search.candidates import space_of
 from planner.search.context import Candidate, SearchContext, SearchStatus
@@ -116,7 +117,7 @@ def alternatives(prob: Problem, name: str) -> list:
 def question(name: str, value: Any) -> tuple[dict, dict]:
     """(knobs to fix, attributes a candidate must have) for 'decision = value'."""
     if name == "vpp":
-        return ({} if value == 1 else {"vpp": (value,), "schedule": ("interleaved",)}), {"vpp": value}
+        return ({} if value == 1 else {"vpp": (value,), "schedule": (INTERLEAVED.name,)}), {"vpp": value}
     return {name: (value,)}, {name: value}
 
 
@@ -126,7 +127,7 @@ def invalid_reason(prob: Problem, name: str, value: Any) -> str:
     par, n = prob.par.with_(recompute="none", stage_layers=None), prob.cluster.num_gpus
     trial = par.with_(**{name: value})
     if name == "vpp" and value > 1:
-        trial = trial.with_(schedule="interleaved")
+        trial = trial.with_(schedule=INTERLEAVED.name)
         if par.pp == 1 and par.dp % 2 == 0:  # interleaving needs a pipeline: try the smallest
             trial = trial.with_(pp=2, dp=par.dp // 2)
     if name in ("tp", "pp", "cp") and n % (trial.tp * trial.pp * trial.cp) == 0:
@@ -282,7 +283,7 @@ def explain_plan(doc: dict, sets: dict, time_limit_s: float, progress=None) -> E
         ]
     rows = [{**info, **answer_row(prob, base, None, t)} for info, t in what_if]
     p = base.predicted
-    report = {
+    report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "kind": "explain",
         "plan": {
@@ -327,6 +328,7 @@ def run_explain(
             "missing PLAN (a plan JSON), or --infeasible with --model, --cluster, --global-batch, --seq-len"
         )
     if not infeasible:
+        assert plan_file is not None  # refused above
         return explain_plan(load_plan(plan_file), sets, time_limit_s, progress)
     if plan_file is not None:
         prob = load_problem(load_plan(plan_file), sets)

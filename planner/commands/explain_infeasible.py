@@ -97,6 +97,7 @@ def fewest_gpus(spec, cluster, train, knobs: Knobs, deadline: float) -> tuple[in
             hi, found, sizes = mid, e, [g for g in sizes if g < mid]
         else:
             sizes = [g for g in sizes if g > mid]
+    assert found is not None  # set together with hi
     return hi, found
 
 
@@ -218,13 +219,13 @@ def _no_valid_split(spec, cluster, train, knobs: Knobs) -> tuple[list[dict], lis
     )
 
 
-def _conflicts(spec, cluster, train, knobs: Knobs, pool: Pool, cands) -> tuple[list[dict], list[dict], object]:
+def _conflicts(spec, cluster, train, knobs: Knobs, pool: Pool, cands) -> tuple[list[dict], list[dict], Estimate | None]:
     """Conflicts and the advice specific to them; also the plan closest to fitting."""
     conflicts, advice = [], []
     states = _states_conflict(pool, train, cands)
     ranked = sorted(cands, key=lambda c: least_memory_proxy_bytes(c, train.global_batch))
-    closest = closest_plan(spec, cluster, train, [c.par for c in ranked[:CLOSEST]])
-    closest = closest[0] if closest and closest[0].over else None
+    found = closest_plan(spec, cluster, train, [c.par for c in ranked[:CLOSEST]])
+    closest = found[0] if found and found[0].over else None
     if states:
         conflicts.append(states)
     elif closest is not None:

@@ -60,8 +60,8 @@ def recompute_rows(spec: ModelSpec, base: Estimate) -> list[dict]:
     out = []
     for ch in base.chunks:
         ids = range(ch.first_block, ch.first_block + ch.num_blocks)
-        chosen = [blocks[i] for i in ids]
-        row = {
+        chosen: list[str] = [blocks[i] for i in ids]
+        row: dict[str, Any] = {
             "stage": ch.index,
             "pp_rank": ch.pp_rank,
             "layers": [ch.first_block, ch.first_block + ch.num_blocks],
@@ -88,8 +88,8 @@ def recompute_rows(spec: ModelSpec, base: Estimate) -> list[dict]:
 def _lowered_block(base: Estimate, rank: int, allowed: tuple[str, ...]) -> tuple[int, str, str] | None:
     """(block, its option, the next allowed option below it) on ``rank``: the strongest recompute
     there, last block first; None when nothing on the rank can recompute less."""
-    opts = [o for o in RECOMPUTE_OPTIONS if o in allowed]  # least first
-    lower = {
+    opts: list[str | None] = [o for o in RECOMPUTE_OPTIONS if o in allowed]  # least first
+    lower: dict[str, str | None] = {
         o: ([x for x in opts if RECOMPUTE_OPTIONS.index(x) < RECOMPUTE_OPTIONS.index(o)] or [None])[-1]
         for o in RECOMPUTE_OPTIONS
     }
@@ -99,14 +99,16 @@ def _lowered_block(base: Estimate, rank: int, allowed: tuple[str, ...]) -> tuple
     if block is None:
         return None
     old = base.par.recompute_of(block)
-    return block, old, lower[old]  # type: ignore[return-value]
+    new = lower[old]
+    assert new is not None  # the block is movable
+    return block, old, new
 
 
 def binding(spec: ModelSpec, base: Estimate, allowed: tuple[str, ...]) -> dict:
     """Tightest stage, its headroom, and whether memory or time binds (module docstring)."""
     p = base.predicted
     cap = p.memory_capacity_bytes
-    stages = [
+    stages: list[dict[str, Any]] = [
         {"pp_rank": s.pp_rank, "used_bytes": s.memory.total_bytes, "headroom_bytes": cap - s.memory.total_bytes}
         for s in p.stages
     ]

@@ -373,8 +373,8 @@ def pareto_front(points: list[tuple[float, float] | None]) -> list[bool]:
     order = sorted((p, i) for i, p in enumerate(points) if p is not None)
     flags = [False] * len(points)
     best_cost_before = float("inf")  # min cost over strictly smaller times
-    for _, group in itertools.groupby(order, key=lambda x: x[0][0]):
-        group = list(group)
+    for _, members in itertools.groupby(order, key=lambda x: x[0][0]):
+        group = list(members)
         group_min = group[0][0][1]  # sorted by cost within a time
         for (_, c), i in group:
             flags[i] = c < best_cost_before and c == group_min

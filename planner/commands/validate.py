@@ -346,7 +346,8 @@ def check_estimate(doc: dict, est: Estimate, tol: float) -> list[Finding]:
 def check_against(est: Estimate, golden_path: Path, tol: float) -> tuple[list[Finding], dict]:
     """Regression of step time and peak memory against a golden plan's recorded figures."""
     gold = read_json(golden_path, "golden plan").get("predicted")
-    out, block = [], {"file": str(golden_path)}
+    out: list[Finding] = []
+    block: dict[str, Any] = {"file": str(golden_path)}
     for key, what in (("step_time_s", "slower"), ("peak_memory_bytes", "more memory")):
         ref = gold.get(key) if isinstance(gold, dict) else None
         rel = _rel(getattr(est.predicted, key), ref)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from hardware import comm
 from hardware.cluster import ClusterSpec
 from models.graph import Layer, LayerGraph, Op, Saved
+from models.spec import ModelSpec
 from planner.config import Parallel, Training, grad_reduce_bytes
 from planner.knobs import RECOMPUTE_OPTIONS
 
@@ -48,7 +49,7 @@ class _Ctx:
     cluster: ClusterSpec
     train: Training
     par: Parallel
-    spec: object  # ModelSpec
+    spec: ModelSpec
 
     @property
     def tokens(self) -> float:
@@ -166,7 +167,7 @@ def _column_windows(layer: Layer, times: list[tuple[float, float]]) -> list[tupl
             w = regions.setdefault("attn" if op.name.startswith("attn.") else "ffn", [0.0, 0.0])
             w[0] += f
             w[1] += f
-    return [tuple(w) for w in regions.values()]
+    return [(w[0], w[1]) for w in regions.values()]
 
 
 def _ep_comm_s(layer: Layer, ctx: _Ctx) -> float:
@@ -175,6 +176,7 @@ def _ep_comm_s(layer: Layer, ctx: _Ctx) -> float:
     m = ctx.spec.moe
     if not layer.moe or ctx.par.ep == 1:
         return 0.0
+    assert m is not None  # an MoE layer comes from a spec with a moe block
     ep = ctx.par.ep
     per_rank = ctx.tokens * m.top_k * ctx.spec.hidden_size * ctx.train.act_bytes / ctx.div("sp")
     group = comm.group_span(ctx.cluster, ep, ctx.par.tp)

@@ -77,7 +77,7 @@ def _split_args(view: PlanView) -> Args:
     if view.even_split:
         return [("--num-virtual-stages-per-pipeline-rank", str(p.vpp))] if p.vpp > 1 else []
     if p.vpp == 1 and len(set(sizes[1:-1])) <= 1:
-        first = [("--decoder-first-pipeline-num-layers", str(sizes[0]))]
+        first: Args = [("--decoder-first-pipeline-num-layers", str(sizes[0]))]
         # With two stages the last one holds the rest; Megatron divides the middle by pp - 2.
         return first + ([("--decoder-last-pipeline-num-layers", str(sizes[-1]))] if p.pp > 2 else [])
     return [("--pipeline-model-parallel-layout", megatron_layout(view))]
@@ -150,12 +150,13 @@ def _recompute_args(view: PlanView, notes: list[str]) -> Args:
 
 def _precision_args(view: PlanView, notes: list[str]) -> Args:
     t = view.train
-    args: Args = {
+    by_dtype: dict[str, Args] = {
         "bf16": [("--bf16", None)],
         "fp16": [("--fp16", None)],
         "fp32": [],
         "fp8": [("--bf16", None), ("--fp8-format", "hybrid")],
-    }[t.dtype]
+    }
+    args = by_dtype[t.dtype]
     if t.dtype == "fp8":
         notes.append(
             "dtype fp8: the plan models FP8 matmuls with bf16 activations (Transformer Engine); "

@@ -139,7 +139,7 @@ def _tt_parts(view: PlanView) -> list[list[str]]:
 def _tt_checkpoint(view: PlanView, notes: list[str]) -> dict:
     pat = recompute_pattern(view)
     mode = "full" if pat.block_full is not None else pat.mode
-    body = {"mode": (mode, None)}
+    body: dict[str, tuple[str, str | None]] = {"mode": (mode, None)}
     if mode == "selective":
         body["selective_ac_option"] = ("op", "per-op SAC")
         notes.append(

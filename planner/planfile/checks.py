@@ -126,6 +126,7 @@ def _check_stage(s: dict, i: int, n: int, pp: int, k: int, end: int) -> list[Fin
 def check_training(train: Training) -> list[Finding]:
     """The recorded training fields the estimate relies on (their sha256 only says they were edited)."""
     out = []
+    value: object
     for key, value in (("global_batch_size", train.global_batch), ("seq_len", train.seq_len)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             out.append(

@@ -33,10 +33,10 @@ def _field(k: Knob) -> tuple[Any, Any]:
     if k.kind == "bool":
         return bool, Field(default, description=k.help + ".")
     if k.kind == "choice":
-        return Literal[k.choices], Field(default, description=k.help + ".")  # type: ignore[valid-type]
+        return Literal[k.choices], Field(default, description=k.help + ".")
     if k.kind == "per_block":
         opt = Literal[RECOMPUTE_OPTIONS]  # type: ignore[valid-type]
-        return opt | list[opt] | None, Field(None, description=k.help + " (also in stages[].recompute).")  # type: ignore[valid-type]
+        return opt | list[opt] | None, Field(None, description=k.help + " (also in stages[].recompute).")
     return list[int] | None, Field(None, description=k.help + " (also in stages[].layers).")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -33,7 +35,7 @@ def _value(v) -> str:
 
 def _search(row: dict) -> str:
     """How good the row's plan is known to be: optimal, within the gap target, or cut short."""
-    s = row.get("search") or {}
+    s: Any = row.get("search") or {}  # the plan's JSON search block
     text = SEARCH.get(s.get("status"), s.get("status") or "-")
     if s.get("gap") is not None and s.get("status") != "optimal":
         text += f" ({s['gap']:.1%})"

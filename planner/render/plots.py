@@ -89,7 +89,8 @@ def _title(est: Estimate, sep: str = ": ") -> str:
 def _lighten(hex_color: str, amount: float) -> tuple[float, float, float]:
     """Blend toward white: later virtual chunks of an interleaved rank get lighter bars."""
     rgb = [int(hex_color[k : k + 2], 16) / 255 for k in (1, 3, 5)]
-    return tuple(c + (1 - c) * amount for c in rgb)
+    light = [c + (1 - c) * amount for c in rgb]
+    return light[0], light[1], light[2]
 
 
 def plot_gantt(est: Estimate, path: Path) -> list[tl.Segment]:

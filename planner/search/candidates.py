@@ -10,6 +10,7 @@ from hardware.cluster import ClusterSpec
 from models.spec import ModelSpec
 from planner.config import Parallel, PlanError, Training, check_plan
 from planner.knobs import KNOBS, Knobs, Space
+from planner.schedules import ONE_F_ONE_B
 
 # Knobs whose ranges do not depend on one another, in the order of the product. The order is
 # the tie-break between candidates of equal bound (a stable sort in the search), so it is fixed.
@@ -61,7 +62,7 @@ def enumerate_candidates(
         if dps is not None and c["dp"] not in dps or c["dp"] * c["cp"] == 1 and c["zero"] > 0 and 0 in zeros:
             continue
         if c["pp"] == 1:
-            c["schedule"] = "1f1b"
+            c["schedule"] = ONE_F_ONE_B.name
         for chosen in _dependent(space, c, knobs):
             par = Parallel(**chosen)
             try:

@@ -32,7 +32,7 @@ from planner.schedules import SCHEDULES
 from planner.search.alternatives import alternatives
 from planner.search.bnb import Pool, Progress, branch_and_bound
 from planner.search.certificate import Certificate, DeeperRecord, certify
-from planner.search.context import CandidateResult, SearchContext, step_s
+from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
 from planner.search.heuristics import heuristic_incumbent
 from planner.search.polish import deepen_all, deeper_record, least_recompute
 
@@ -90,11 +90,11 @@ def search(
         incumbent = least_recompute(incumbent)  # ties go to less recompute
         allowed = knobs.given("schedule") or tuple(SCHEDULES)
         if knobs.given("vpp") is None and any(SCHEDULES[s].virtual_stages for s in allowed):
-            ranked = deepen_all(incumbent, [(r.status, r.bound_s, r.best) for r in alts])
+            ranked = deepen_all(incumbent, [(r.status, r.bound_s, r.best) for r in alts if r.best is not None])
             polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
             incumbent = ranked[0][2]
             alts = [
-                CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, st, e)
+                CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, CandStatus(st), e)
                 for st, b, e in ranked[1 : top_k + 1]
             ]
     t_pol = time.perf_counter()

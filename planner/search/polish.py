@@ -27,11 +27,12 @@ block; the number of attempts is a count, not a time budget, so the result is de
 
 from __future__ import annotations
 
-from planner.config import PlanError
+from planner.config import PlanError, Recompute
 from planner.cost.estimate import Estimate, estimate
+from planner.schedules import INTERLEAVED
 from planner.search.certificate import DeeperRecord
 
-WEAKER = {"full": ("none", "selective"), "selective": ("none",)}
+WEAKER: dict[str, tuple[Recompute, ...]] = {"full": ("none", "selective"), "selective": ("none",)}
 TIE_REL = 1e-12  # float noise of summing the same times in another order
 
 
@@ -46,13 +47,13 @@ def deeper_interleaving(est: Estimate, vpps: tuple[int, ...] = DEEPER_VPP) -> Es
     if par.pp == 1 or not est.fits:
         return est
     blocks = est.model.num_layers
-    rc = tuple(par.recompute_of(i) for i in range(blocks))
-    rc = rc[0] if len(set(rc)) == 1 else rc
+    per_block = tuple(par.recompute_of(i) for i in range(blocks))
+    rc = per_block[0] if len(set(per_block)) == 1 else per_block
     best = est
     for v in vpps:
         if v <= (par.vpp if par.schedule_spec.virtual_stages else 1) or par.pp * v > blocks:
             continue
-        trial = par.with_(schedule="interleaved", vpp=v, stage_layers=None)
+        trial = par.with_(schedule=INTERLEAVED.name, vpp=v, stage_layers=None)
         for recompute in dict.fromkeys((rc, "none", "selective", "full")):
             try:
                 e = estimate(est.model, est.cluster, est.train, trial.with_(recompute=recompute))

@@ -46,7 +46,7 @@ class PlacementData:
     emb: LayerCost
     head: LayerCost
     p2p_s: list[float]
-    orders: list[list[tuple[str, int, int]]]  # per pp rank
+    orders: list[tuple[tuple[str, int, int], ...]]  # per pp rank
     ag1: float
     rs1: float
     ar1: float

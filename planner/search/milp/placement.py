@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from planner.cost import memory as mem
 from planner.cost.chunks import split_counting_ends, split_layers
 from planner.cost.schedule import live_vectors
+from planner.schedules import SCHEDULES
 from planner.search.milp.data import PlacementData
 from planner.search.milp.model import Expr, Model, Var, total
 
@@ -115,7 +116,7 @@ def chunk_size_ranges(blocks: int, chunks: int, schedule: str) -> list[tuple[int
     not be certified; the ranges here widen only where the ends need it. The brute-force tests
     enumerate the same space."""
     ends, even = split_counting_ends(blocks, chunks), split_layers(blocks, chunks)
-    if schedule != "interleaved":
+    if not SCHEDULES[schedule].virtual_stages:
         return [(min(1, k, e), None) for k, e in zip(ends, even)]
     floor, ceil = max(1, blocks // chunks), -(-blocks // chunks)
     return [(min(floor, k, e), max(ceil, k, e)) for k, e in zip(ends, even)]
