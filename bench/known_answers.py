@@ -124,15 +124,6 @@ SETTINGS = [
 ]
 
 
-def _describe(p: Parallel) -> str:
-    sched = f"interleaved v{p.vpp}" if p.schedule == "interleaved" else p.schedule
-    rc = p.recompute if isinstance(p.recompute, str) else "per-layer"
-    return (
-        f"dp {p.dp} · tp {p.tp} · pp {p.pp}, zero {p.zero}, mb {p.micro_batch}, {sched}, "
-        f"{'SP, ' if p.sequence_parallel else ''}recompute {rc}"
-    )
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-limit", type=float, default=60.0)
@@ -146,7 +137,7 @@ def main() -> int:
         cert = res.certificate
         ok = res.best is not None and s.check(res.best.par)
         misses += not ok
-        plan = _describe(res.best.par) if res.best else "nothing fits"
+        plan = res.best.par.describe("full") if res.best else "nothing fits"
         step = f"{res.best.predicted['step_time_s']:.3f} s" if res.best else "-"
         gap = "-" if cert.get("gap") is None else f"{cert['gap']:.2%}"
         print(

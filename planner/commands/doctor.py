@@ -1,7 +1,7 @@
 """``autopar doctor``: what this installation can do — versions, MILP solvers, GPUs, torch.distributed.
 
 Every solver check builds the same two-variable MILP with the planner's own builder
-(:class:`planner.milp.model.Model`) and solves it through the planner's own backend code:
+(:class:`planner.search.milp.model.Model`) and solves it through the planner's own backend code:
 
     maximise 3x + 2y  s.t.  x + y <= 4,  x + 3y <= 6,  2x <= 7,  x, y integer >= 0
 

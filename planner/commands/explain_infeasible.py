@@ -1,7 +1,7 @@
 """`autopar explain --infeasible`: the minimal set of constraints that conflict, and advice.
 
 1. Verdict. Heuristic plans for the candidates most likely to fit, then branch and bound over
-   every outer candidate (planner.explain_search) within half the time limit: a plan found
+   every outer candidate (planner.search.bnb) within half the time limit: a plan found
    means the problem is feasible; every candidate pruned by its model states or proven
    infeasible by its placement MILP means it is not.
 2. Conflicts, each a set of constraints that cannot hold together (drop one and it can):
@@ -12,7 +12,7 @@
      splitting the weights, every split shards them over all N GPUs, so only N and the
      capacity are in the conflict;
    * activations: the states fit, but states + one micro-batch of activations at full recompute
-     (the closest plan, ``planner.plan_cli.closest_plan``) exceed capacity.
+     (the closest plan, ``planner.commands.plan.closest_plan``) exceed capacity.
 3. Advice, every figure from ``estimate`` of a real plan: the fewest GPUs at which a plan fits
    (doubling, then bisection), the HBM per GPU the closest plan needs (and presets with that
    much), the longest sequence that fits it, the smallest global batch that admits a split.

@@ -8,7 +8,7 @@ another matter: on memory-bound meshes (llama3-70b, tp 4 · pp 4, 12 virtual sta
 HiGHS nor SCIP closes the 48-chunk placement MILP in a minute. So the plan's own mesh is
 re-scored with 3-32 virtual stages (even split, the plan's recompute per block, or the least
 uniform recompute that fits), and the fastest that fits replaces it. The certificate's bound
-still speaks of the searched space (docs/architecture.md); the plan is at least as fast.
+still speaks of the searched space (docs/search.md); the plan is at least as fast.
 
 ``least_recompute``: among equally fast placements, prefer the one that recomputes less.
 

@@ -230,7 +230,7 @@ def solve_mathopt_highs(model: Model, time_limit_s: float, rel_gap: float) -> So
     """HiGHS through OR-Tools' MathOpt API. Not pywraplp: its HiGHS interface returns neither the
     incumbent nor the bound when the time limit hits (result code 99), and on a 145.6B-GPT
     placement MILP (84 integers, 253 rows) it found nothing in 60 s where MathOpt's HiGHS proved
-    the 0.5% gap in 11.5 s (docs/architecture.md, "Solver choice")."""
+    the 0.5% gap in 11.5 s (docs/search.md, "Solver choice")."""
     import datetime
 
     from ortools.math_opt.python import mathopt
