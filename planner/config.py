@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from models.errors import SpecError
-from planner.knobs import BY_NAME, KNOBS, RECOMPUTE_OPTIONS, describe
+from planner.knobs import BY_NAME, KNOBS, RECOMPUTE_OPTIONS, describe, recompute_summary
 from planner.schedules import SCHEDULES, Schedule
 
 Recompute = Literal["none", "selective", "full"]
@@ -135,10 +135,7 @@ class Parallel:
 
     def recompute_summary(self) -> str:
         """``full``, or ``2 none, 30 full`` for per-block recompute."""
-        rc = self.recompute
-        if isinstance(rc, str) or len(set(rc)) == 1:
-            return rc if isinstance(rc, str) else rc[0]
-        return ", ".join(f"{rc.count(o)} {o}" for o in RECOMPUTE_OPTIONS if rc.count(o))
+        return recompute_summary(self.recompute)
 
     def knob_values(self, **extra: Any) -> dict[str, Any]:
         return {k.name: getattr(self, k.name) for k in KNOBS} | extra

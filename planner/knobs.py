@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -345,6 +345,13 @@ KNOB_NAMES: tuple[str, ...] = tuple(k.name for k in KNOBS)
 SPACE_KNOBS: tuple[str, ...] = tuple(k.name for k in KNOBS if k.name != "stage_layers")
 # Decisions ``explain`` forces to each alternative (the placement's are its per-stage rows).
 DECISIONS: tuple[str, ...] = tuple(k.name for k in KNOBS if k.searched)
+
+
+def recompute_summary(options: str | Sequence[str]) -> str:
+    """``full`` for one option everywhere, else counts in option order: ``2 none, 30 full``."""
+    if isinstance(options, str) or len(set(options)) == 1:
+        return options if isinstance(options, str) else options[0]
+    return ", ".join(f"{list(options).count(o)} {o}" for o in RECOMPUTE_OPTIONS if o in options)
 
 
 def knob(name: str) -> Knob:

@@ -30,7 +30,7 @@ from models.errors import SpecError
 from planner.config import Parallel, Training
 from planner.cost.chunks import split_layers
 from planner.cost.estimate import estimate
-from planner.knobs import KNOBS, field_path
+from planner.knobs import KNOBS, field_path, recompute_summary
 from planner.planfile.load import load_plan, plan_inputs
 
 TRAIN_KEYS = ("global_batch", "seq_len", "dtype", "attention_impl", "grad_reduce_dtype", "norm_impl", "tp_overlap")
@@ -148,7 +148,7 @@ def _describe(key: str, path: str, a: Any, b: Any) -> list[dict]:
     if key == "stage_layers":
         a, b = ("even" if v is None else ",".join(map(str, v)) for v in (a, b))
     if key == "recompute":
-        a, b = (v if isinstance(v, str) else ", ".join(f"{v.count(o)} {o}" for o in sorted(set(v))) for v in (a, b))
+        a, b = (recompute_summary(v) for v in (a, b))
     return [{"field": path, "a": a, "b": b}]
 
 

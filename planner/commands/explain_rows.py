@@ -16,7 +16,7 @@ from typing import Any
 from models.spec import ModelSpec
 from planner.cost.estimate import Estimate, estimate
 from planner.cost.records import time_components
-from planner.knobs import RECOMPUTE_OPTIONS
+from planner.knobs import RECOMPUTE_OPTIONS, recompute_summary
 from planner.planfile.build import parallel_dict
 
 GiB = 2**30
@@ -65,7 +65,7 @@ def recompute_rows(spec: ModelSpec, base: Estimate) -> list[dict]:
             "stage": ch.index,
             "pp_rank": ch.pp_rank,
             "layers": [ch.first_block, ch.first_block + ch.num_blocks],
-            "chosen": ", ".join(f"{chosen.count(o)} {o}" for o in RECOMPUTE_OPTIONS if chosen.count(o)) or "-",
+            "chosen": recompute_summary(chosen) if chosen else "-",
             "alternatives": [],
         }
         for opt in RECOMPUTE_OPTIONS:

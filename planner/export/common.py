@@ -17,6 +17,7 @@ from pathlib import Path
 from hardware.cluster import ClusterSpec
 from models.spec import ModelSpec
 from planner.config import Parallel, Training, check_plan
+from planner.knobs import recompute_summary
 from planner.planfile.load import load_plan, plan_inputs
 
 # Stronger options save more activation memory (Korthikanti et al. 2022, table 2): a fallback
@@ -119,7 +120,7 @@ def recompute_pattern(view: PlanView) -> RecomputePattern:
     no block is full, selective everywhere; both save at least the plan's activation memory."""
     opts = [o for c in view.chunks for o in c.recompute]
     used = Counter(opts)
-    detail = ", ".join(f"{n} {o}" for o, n in sorted(used.items(), key=lambda x: STRENGTH[x[0]]))
+    detail = recompute_summary(opts) if opts else ""
     if len(used) <= 1:
         return RecomputePattern(opts[0] if opts else "none", None, True, detail)
     per_chunk = [sum(o != "none" for o in c.recompute) for c in view.chunks]

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from models.spec import ModelSpec
 from planner.config import DTYPES, Parallel, PlanError, Training, check_plan, knob_field
-from planner.knobs import BY_JSON
+from planner.knobs import BY_JSON, recompute_summary
 
 Severity = Literal["error", "warning"]
 
@@ -153,10 +153,6 @@ def check_training(train: Training) -> list[Finding]:
     return out
 
 
-def _options(rc: Any) -> str:
-    return rc if isinstance(rc, str) else ", ".join(f"{list(rc).count(o)} {o}" for o in sorted(set(rc)))
-
-
 def check_summary(doc: dict) -> list[Finding]:
     """``parallelism.recompute`` and ``parallelism.stage_layers`` repeat what ``stages[]`` hold."""
     p, stages, out = doc["parallelism"], doc["stages"], []
@@ -167,8 +163,8 @@ def check_summary(doc: dict) -> list[Finding]:
             Finding(
                 "parallelism.recompute",
                 "error",
-                f"parallelism.recompute ({_options(rc)}) disagrees "
-                f"with stages[].recompute ({_options(per_block)} of {len(per_block)} blocks)",
+                f"parallelism.recompute ({recompute_summary(rc)}) disagrees "
+                f"with stages[].recompute ({recompute_summary(per_block)} of {len(per_block)} blocks)",
             )
         )
     sizes = [s["layers"][1] - s["layers"][0] for s in stages]

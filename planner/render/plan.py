@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cost.estimate import Estimate
-from planner.knobs import RECOMPUTE_OPTIONS
+from planner.knobs import recompute_summary
 from planner.render.estimate_table import estimate_table
 
 
@@ -28,7 +28,7 @@ def render_plan(out: Console, doc: dict, est: Estimate) -> None:
     t = Table("stage", "pp rank", "blocks", "recompute", "ranks", title="stages", title_justify="left")
     for st in doc["stages"]:
         rc = st["recompute"]
-        summary = ", ".join(f"{rc.count(o)} {o}" for o in RECOMPUTE_OPTIONS if rc.count(o))
+        summary = recompute_summary(rc) if rc else ""
         extra = ("E " if st["has_embedding"] else "") + ("H" if st["has_head"] else "")
         t.add_row(
             str(st["index"]),
