@@ -6,7 +6,7 @@
    --schedule interleaved``: the chosen plan's pipeline Gantt chart, memory timeline and memory
    breakdown per stage (``plan-gantt.png``, ``plan-memory.png``, ``plan-breakdown.png``);
 2. a sweep of the same model over 8, 32, 64 and 128 GPUs at 4k and 16k tokens per sequence
-   (global batch 128), planned point by point (``planner.sweep.run_sweep``): throughput and cost of
+   (global batch 128), planned point by point (``planner.commands.sweep.run_sweep``): throughput and cost of
    100B training tokens at $2.50 per GPU-hour against the GPU count (``sweep.png``).
 
 Prints what it planned and the size of every file written.

@@ -15,21 +15,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from models.errors import SpecError
-from planner.knobs import BY_NAME, KNOBS, RECOMPUTE_OPTIONS, describe, recompute_summary
+from planner.knobs import KNOBS, describe, field_path, recompute_summary
 from planner.schedules import SCHEDULES, Schedule
 
 Recompute = Literal["none", "selective", "full"]
 DTYPES = ("bf16", "fp16", "fp8", "fp32")
-__all__ = [
-    "DTYPES",
-    "RECOMPUTE_OPTIONS",
-    "SCHEDULES",
-    "Parallel",
-    "PlanError",
-    "Training",
-    "check_plan",
-    "grad_reduce_bytes",
-]
+__all__ = ["DTYPES", "Parallel", "PlanError", "Training", "check_plan", "grad_reduce_bytes"]
 
 
 class PlanError(SpecError):
@@ -281,9 +272,8 @@ def _check_data_parallel(par: Parallel, spec: Any) -> None:
 
 
 def knob_field(name: str) -> str:
-    """The plan-file path a ``PlanError.field`` points at."""
-    if name in ("stage_layers", "recompute"):
-        return "stages"
-    if name == "num_micro_batches":
-        return "parallelism.num_micro_batches"
-    return f"parallelism.{BY_NAME[name].json_key}" if name in BY_NAME else "parallelism"
+    """The plan-file path a ``PlanError.field`` points at (per-stage knobs: ``stages``)."""
+    if not name:
+        return "parallelism"
+    path = field_path(name)
+    return "stages" if path.startswith("stages[]") else path

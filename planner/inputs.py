@@ -28,7 +28,7 @@ TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16"), "tp_overlap": ("
 @dataclass(frozen=True)
 class Opt:
     """A command-line option (or, with ``argument``, a positional argument) as data: the command
-    modules declare theirs, and cli.py turns each into a typer parameter (``cli._params``)."""
+    modules declare theirs, and cli.py turns each into a typer parameter (``planner.commands.common.parameters``)."""
 
     name: str  # the Python name the command receives
     kind: Any  # its type (typer parses and checks it)

@@ -30,6 +30,8 @@ from models.errors import SpecError
 from planner.schedules import SCHEDULES
 
 RECOMPUTE_OPTIONS = ("none", "selective", "full")
+# Virtual stages per rank the exact search tries when --vpp is auto (deeper ones: search/polish.py).
+AUTO_VPP = (2,)
 Kind = Literal["int", "bool", "choice", "per_block", "layers"]
 BOOL_TEXT = {"on": True, "true": True, "off": False, "false": False}
 
@@ -75,6 +77,7 @@ class Knob:
     since: str = "1.0"  # plan schema version that added the JSON key (older files: the default)
     searched: bool = True  # False: decided by the placement MILP, or derived
     shown_at: int = 0  # position in descriptions and in plan files' ``parallelism`` block
+    stage_key: str = ""  # per-stage knob: its key in each ``stages[]`` entry (else in ``parallelism``)
     auto: Callable[[Space, Chosen], tuple] | None = None
     widened: Callable[[Space, Chosen], list] | None = None  # explain's counterfactual values
     applies: Callable[[Chosen], bool] = field(default=lambda chosen: True)  # else only the default
@@ -95,6 +98,16 @@ class Knob:
         elif self.kind in ("choice", "per_block") and value not in self.choices:
             raise SpecError(f"{self.flag} must be one of {', '.join(self.choices)} (got {value!r})")
         return value
+
+    @property
+    def path(self) -> str:
+        """Where the knob lives in a plan file (``parallelism.zero_stage``, ``stages[].layers``)."""
+        return f"stages[].{self.stage_key}" if self.stage_key else f"parallelism.{self.json_key}"
+
+    @property
+    def listable(self) -> bool:
+        """A user may give it as a search-space list (not the per-stage split, the MILP's own)."""
+        return self.kind != "layers"
 
     def parse(self, text: str) -> Any:
         """One value from its command-line text (``8``, ``on``, ``interleaved``)."""
@@ -229,10 +242,10 @@ KNOBS: tuple[Knob, ...] = (
         "choice",
         "1f1b",
         "Pipeline schedule",
-        "1f1b, interleaved, gpipe",
+        ", ".join(SCHEDULES),
         choices=tuple(SCHEDULES),
         shown_at=9,
-        auto=lambda s, c: ("1f1b", "interleaved", "gpipe"),
+        auto=lambda s, c: tuple(SCHEDULES),
         widened=lambda s, c: list(SCHEDULES),
         short=lambda v, c: v,
         long=lambda v, c: v,
@@ -246,7 +259,7 @@ KNOBS: tuple[Knob, ...] = (
         "Virtual stages (model chunks) per pipeline rank, interleaved schedule",
         "2; deeper counts are tried after the search",
         shown_at=10,
-        auto=lambda s, c: (2,),
+        auto=lambda s, c: AUTO_VPP,
         widened=lambda s, c: [1, 2, 4],
         applies=_pp_applies,
         short=lambda v, c: f" v{v}" if v > 1 else "",
@@ -322,6 +335,7 @@ KNOBS: tuple[Knob, ...] = (
         "the placement MILP decides",
         searched=False,
         shown_at=13,
+        stage_key="layers",
     ),
     Knob(
         "recompute",
@@ -334,15 +348,15 @@ KNOBS: tuple[Knob, ...] = (
         choices=RECOMPUTE_OPTIONS,
         searched=False,
         shown_at=12,
+        stage_key="recompute",
         auto=lambda s, c: RECOMPUTE_OPTIONS,
     ),
 )
 BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
 SHOWN: tuple[Knob, ...] = tuple(sorted(KNOBS, key=lambda k: k.shown_at))
 BY_JSON: dict[str, Knob] = {k.json_key: k for k in KNOBS}
-KNOB_NAMES: tuple[str, ...] = tuple(k.name for k in KNOBS)
 # Knobs a user may give as a search-space list (``plan``, ``sweep``, a plan file's inputs.knobs).
-SPACE_KNOBS: tuple[str, ...] = tuple(k.name for k in KNOBS if k.name != "stage_layers")
+SPACE_KNOBS: tuple[str, ...] = tuple(k.name for k in KNOBS if k.listable)
 # Decisions ``explain`` forces to each alternative (the placement's are its per-stage rows).
 DECISIONS: tuple[str, ...] = tuple(k.name for k in KNOBS if k.searched)
 
@@ -354,13 +368,11 @@ def recompute_summary(options: str | Sequence[str]) -> str:
     return ", ".join(f"{list(options).count(o)} {o}" for o in RECOMPUTE_OPTIONS if o in options)
 
 
-def knob(name: str) -> Knob:
-    return BY_NAME[name]
-
-
 def field_path(name: str) -> str:
-    """The plan-file path of a knob (``zero`` -> ``parallelism.zero_stage``)."""
-    return f"parallelism.{BY_NAME[name].json_key}"
+    """The plan-file path of a knob (``zero`` -> ``parallelism.zero_stage``, ``recompute`` ->
+    ``stages[].recompute``); names outside the registry (``num_micro_batches``) live in
+    ``parallelism`` too."""
+    return BY_NAME[name].path if name in BY_NAME else f"parallelism.{name}"
 
 
 def describe(values: Chosen, style: Literal["compact", "long"] = "compact") -> str:
@@ -398,7 +410,7 @@ class Knobs:
         """Each knob as the command line gives it: ``auto`` (or absent), one value, or a comma list."""
         out: dict[str, tuple | None] = {}
         for name, text in raw.items():
-            if name not in BY_NAME or name == "stage_layers":
+            if name not in SPACE_KNOBS:
                 raise SpecError(f"unknown knob {name!r} (known: {', '.join(SPACE_KNOBS)})")
             out[name] = BY_NAME[name].parse_space(text)
         return Knobs(out)

@@ -141,15 +141,8 @@ INTERLEAVED = Schedule(
     lambda p, m, v: min(m * v, 2 * (p - 1) + (v - 1) * p + 1) / v,
 )
 
-SCHEDULES: dict[str, Schedule] = {s.name: s for s in (GPIPE, ONE_F_ONE_B, INTERLEAVED)}
-
-
-def schedule(name: str) -> Schedule:
-    """The registry entry of ``name`` (KeyError names the known ones)."""
-    try:
-        return SCHEDULES[name]
-    except KeyError:
-        raise KeyError(f"unknown schedule {name!r} (known: {', '.join(SCHEDULES)})") from None
+# Registry order is the search's tie-break order (the default first, GPipe, never faster, last).
+SCHEDULES: dict[str, Schedule] = {s.name: s for s in (ONE_F_ONE_B, INTERLEAVED, GPIPE)}
 
 
 @lru_cache(maxsize=256)

@@ -32,23 +32,16 @@ from typing import Any
 
 from models.spec import ModelSpec
 from planner.knobs import KNOBS, RECOMPUTE_OPTIONS, Knob
+from planner.planfile.schema import MAJOR as SCHEMA_MAJOR
+from planner.planfile.schema import SCHEMA_VERSION
 from planner.schedules import SCHEDULES
 
-SCHEMA_MAJOR = "1"
 FIRST_VERSION = "1.0"
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 RECOMPUTE = RECOMPUTE_OPTIONS
 # Knobs read from ``parallelism``; per-block recompute and the layer split come from ``stages[]``.
 PARALLELISM_KNOBS: tuple[Knob, ...] = tuple(k for k in KNOBS if k.kind in ("int", "bool", "choice"))
 _TYPES = {"int": int, "bool": bool, "choice": str}
-
-
-def _version(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in v.split("."))
-
-
-# The version ``make_plan`` writes: the newest that added a knob it writes (1.1: dp_replicate).
-PLAN_VERSION = max((k.since for k in PARALLELISM_KNOBS), key=_version)
 
 
 class PlanError(ValueError):
@@ -256,7 +249,7 @@ def make_plan(
     HSDP, dp_replicate replicas of a ZeRO-2/3 shard group of dp / dp_replicate ranks."""
     stages = _even_stages(spec.num_layers, pp, virtual_stages, recompute)
     plan = {
-        "schema_version": PLAN_VERSION,
+        "schema_version": SCHEMA_VERSION,
         "inputs": {
             "model": spec.model_dump(mode="json"),
             "cluster": {},

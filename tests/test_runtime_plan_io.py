@@ -40,7 +40,7 @@ def test_a_missing_knob_is_refused_unless_newer_than_1_0(knob) -> None:
     [
         ("zero_stage", 4, r"'parallelism.zero_stage' must be 0..3, got 4"),
         ("tp", 0, r"'parallelism.tp' must be >= 1, got 0"),
-        ("schedule", "zb", r"'parallelism.schedule' must be one of \('gpipe', '1f1b', 'interleaved'\), got 'zb'"),
+        ("schedule", "zb", r"'parallelism.schedule' must be one of \('1f1b', 'interleaved', 'gpipe'\), got 'zb'"),
         ("sequence_parallel", 1, r"'parallelism.sequence_parallel' must be bool, got 1"),
     ],
 )

@@ -3,7 +3,7 @@
 Knobs are applied one at a time from A towards B in this order (``ORDER``): the inputs first
 (what is trained, on what: model, cluster, then the training fields), then the mesh degrees
 (dp, tp, pp, cp, ep), then the per-rank knobs (schedule with its virtual stages as one knob,
-micro-batch, ZeRO, sequence parallelism), and last the stage split and per-block recompute,
+micro-batch, ZeRO, HSDP replicas, sequence parallelism), and last the stage split and per-block recompute,
 which are only defined for a given model and pipeline shape.
 
 Attribution (sequential, "one at a time"): x_0 = estimate(A), x_k = estimate after the first k
@@ -35,7 +35,6 @@ from planner.planfile.load import load_plan, plan_inputs
 
 TRAIN_KEYS = ("global_batch", "seq_len", "dtype", "attention_impl", "grad_reduce_dtype", "norm_impl", "tp_overlap")
 PAR_KEYS = tuple(k.name for k in KNOBS)
-STAGE_PATHS = {"stage_layers": "stages[].layers", "recompute": "stages[].recompute"}
 
 
 def _knob_order() -> tuple[tuple[tuple[str, ...], str], ...]:
@@ -48,7 +47,7 @@ def _knob_order() -> tuple[tuple[tuple[str, ...], str], ...]:
         if k.name == "schedule":
             out.append((("schedule", "vpp"), "parallelism.schedule+virtual_stages"))
         else:
-            out.append(((k.name,), STAGE_PATHS.get(k.name, f"parallelism.{k.json_key}")))
+            out.append(((k.name,), k.path))
     return tuple(out)
 
 

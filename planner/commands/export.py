@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.commands.common import Opt
+from planner.export import EXPORTERS
+
+_TARGETS = ", ".join(f"{name} ({e.writes})" for name, e in EXPORTERS.items())
 
 EXPORT_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
-    Opt("to", str, ..., ("--to",), "Target runtime: torchtitan (TOML), megatron (arguments) or deepspeed (JSON)."),
+    Opt("to", str, ..., ("--to",), f"Target runtime: {_TARGETS}."),
     Opt("out_path", Path | None, None, ("--out", "-o"), "Write the configuration to this file (default: stdout)."),
     Opt("fmt", str, "text", ("--format", "-f"), "text (the runtime's own file) or json (config, notes, text)."),
 )

@@ -14,7 +14,7 @@ from planner.config import Training
 from planner.cost.estimate import Estimate, estimate
 from planner.cost.records import Predicted, time_components
 from planner.inputs import Inputs
-from planner.knobs import Knobs
+from planner.knobs import BY_NAME, Knobs
 from planner.planfile.build import build_plan
 from planner.search.bnb import Progress
 from planner.search.context import CandStatus
@@ -121,7 +121,7 @@ def reproduce_command(refs: dict, train: Training, raw: dict, extra: dict) -> st
     ]
     for name, value in raw.items():
         if value is not None and str(value) != "auto":
-            args += ["--" + name.replace("_", "-"), str(value)]
+            args += [BY_NAME[name].flag, str(value)]
     for target, kv in refs.get("sets", {}).items():
         args += [a for k, v in kv.items() for a in ("--set", f"{target}.{k}={v}")]
     for name, value in extra.items():

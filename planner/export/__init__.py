@@ -10,6 +10,7 @@ is docs/exports.md.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import SpecError
@@ -18,10 +19,17 @@ from planner.export.deepspeed import deepspeed_export
 from planner.export.megatron import megatron_export
 from planner.export.torchtitan import torchtitan_export
 
-EXPORTERS: dict[str, Callable[[PlanView], Export]] = {
-    "torchtitan": torchtitan_export,
-    "megatron": megatron_export,
-    "deepspeed": deepspeed_export,
+
+@dataclass(frozen=True)
+class Exporter:
+    build: Callable[[PlanView], Export]
+    writes: str  # what its text is (``--to`` help)
+
+
+EXPORTERS: dict[str, Exporter] = {
+    "torchtitan": Exporter(torchtitan_export, "TOML"),
+    "megatron": Exporter(megatron_export, "arguments"),
+    "deepspeed": Exporter(deepspeed_export, "JSON"),
 }
 
 
@@ -29,7 +37,7 @@ def export_plan(path: Path, target: str) -> Export:
     """Load and re-check the plan file, then build ``target``'s configuration (SpecError: exit 2)."""
     if target not in EXPORTERS:
         raise SpecError(f"--to must be one of {', '.join(EXPORTERS)} (got {target!r})")
-    return EXPORTERS[target](load_view(path))
+    return EXPORTERS[target].build(load_view(path))
 
 
-__all__ = ["EXPORTERS", "Export", "export_plan"]
+__all__ = ["EXPORTERS", "Export", "Exporter", "export_plan"]

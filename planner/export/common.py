@@ -22,7 +22,6 @@ from planner.planfile.load import load_plan, plan_inputs
 
 # Stronger options save more activation memory (Korthikanti et al. 2022, table 2): a fallback
 # may only move a block to a stronger option, so the exported run never needs more memory.
-STRENGTH = {"none": 0, "selective": 1, "full": 2}
 
 
 @dataclass(frozen=True)

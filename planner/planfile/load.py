@@ -39,13 +39,8 @@ def read_json(path: Path, what: str) -> dict:
 
 def load_plan(path: Path) -> dict:
     """Read and check a plan file: JSON, schema, major version, input hashes."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SpecError(f"plan file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: not valid JSON ({exc})") from None
-    major = str(doc.get("schema_version", "")).split(".")[0] if isinstance(doc, dict) else ""
+    doc = read_json(path, "plan")
+    major = str(doc.get("schema_version", "")).split(".")[0]
     if major != MAJOR:
         raise SpecError(
             f"{path}: schema_version {doc.get('schema_version')!r} is not supported (this autopar reads {MAJOR}.x)"

@@ -4,7 +4,7 @@ Each function takes library objects and an output path, picks the format from th
 (.png, .svg, .pdf), draws on a standalone ``matplotlib.figure.Figure`` (no pyplot state, no GUI
 backend), and returns the data it drew so tests can hold the picture to the cost model:
 
-- ``plot_gantt``: the pipeline schedule per rank (``planner.timeline.gantt_segments``);
+- ``plot_gantt``: the pipeline schedule per rank (``planner.cost.timeline.gantt_segments``);
 - ``plot_memory_timeline``: memory per rank over one step against capacity (``timeline.memory_traces``);
 - ``plot_memory_breakdown``: the estimate's per-stage memory terms as stacked bars;
 - ``plot_sweep``: throughput and cost against one varied input, one line per other varied value.

@@ -27,7 +27,7 @@ from models.errors import SpecError
 from models.spec import ModelSpec
 from planner.config import Parallel, Training
 from planner.cost.estimate import Estimate
-from planner.knobs import Knobs
+from planner.knobs import AUTO_VPP, Knobs
 from planner.schedules import SCHEDULES
 from planner.search.alternatives import alternatives
 from planner.search.bnb import Pool, Progress, branch_and_bound
@@ -35,10 +35,6 @@ from planner.search.certificate import Certificate, DeeperRecord, certify
 from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
 from planner.search.heuristics import heuristic_incumbent
 from planner.search.polish import deepen_all, deeper_record, least_recompute
-
-# Virtual stages per rank the exact search tries when `--vpp` is auto (deeper ones: polish.py);
-# the same as the vpp knob's auto range.
-AUTO_VPP = (2,)
 
 
 @dataclass
@@ -70,7 +66,7 @@ def search(
     if not cands:
         raise SpecError(
             "no valid parallel configuration for these knobs (every combination fails the "
-            "divisibility checks); widen --tp/--pp/--micro-batch or check the global batch"
+            "divisibility checks); widen --tp/--pp/--micro-batch/--zero/--dp-replicate or check the global batch"
         )
     tried: dict[Parallel, Estimate | None] = {}
     incumbent = heuristic_incumbent(ctx, cands, t0 + time_limit_s / 2, tried)
