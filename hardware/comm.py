@@ -33,7 +33,7 @@ from typing import Literal
 
 from hardware.cluster import ClusterSpec
 
-Algo = Literal["ring", "hierarchical", "auto"]
+Algo = Literal["ring", "hierarchical", "auto", "nic"]
 _Op = Literal["all_reduce", "reduce_scatter", "all_gather"]
 
 
@@ -163,16 +163,33 @@ def _hierarchical_s(cluster: ClusterSpec, nbytes: float, group: Group, op: _Op) 
     return _ring_s(cluster, nbytes, local, op) + _ring_s(cluster, shard, peers, op)
 
 
+def _nic_ring_s(cluster: ClusterSpec, nbytes: float, group: Group, op: _Op) -> float:
+    """A ring whose every rank crosses nodes on its own NIC: ``busbw = inter_bw * inter_eff`` when
+    the group spans nodes, with the ring latency of ``_ring_s``. What a collective reaches when the
+    framework does not spread it over the node's NICs (``StackProfile.zero3.span = gpu``)."""
+    if group.size == 1 or nbytes == 0:
+        return 0.0
+    if not group.spans_nodes:
+        return _ring_s(cluster, nbytes, group, op)
+    intra, inter = _tiers(cluster)
+    factor, steps = _factor_steps(op, group.size)
+    _, inter_steps = _factor_steps(op, group.nodes)
+    latency = (steps - inter_steps) * intra.alpha_s + inter_steps * inter.alpha_s
+    return latency + factor * nbytes / inter.bw_Bps
+
+
 def _collective_s(cluster: ClusterSpec, nbytes: float, group: Group, algo: Algo, op: _Op) -> float:
     _check(cluster, group, nbytes)
     if algo == "ring":
         return _ring_s(cluster, nbytes, group, op)
+    if algo == "nic":
+        return _nic_ring_s(cluster, nbytes, group, op)
     if algo == "hierarchical":
         return _hierarchical_s(cluster, nbytes, group, op)
     if algo == "auto":
         # NCCL picks its algorithm per size from its own cost model; we take the cheaper of ours.
         return min(_ring_s(cluster, nbytes, group, op), _hierarchical_s(cluster, nbytes, group, op))
-    raise ValueError(f"unknown algo {algo!r}; expected ring, hierarchical or auto")
+    raise ValueError(f"unknown algo {algo!r}; expected ring, hierarchical, auto or nic")
 
 
 def all_reduce_s(cluster: ClusterSpec, nbytes: float, group: Group, algo: Algo = "auto") -> float:

@@ -75,6 +75,11 @@ class GPUSpec(_Strict):
 
     name: str = Field(description="Canonical lowercase preset name, e.g. h100-sxm-80gb.")
     description: str = Field(description="What the device is, in words.")
+    generation: str = Field(
+        default="other",
+        description="Architecture generation (ampere, hopper, blackwell, ...): the key of the cost model's "
+        "fitted compute scales (planner/stacks/fitted.yaml).",
+    )
     source: str = Field(description="Where every number comes from (datasheet, paper, table).")
     peak_bf16_tflops: PositiveFloat | None = Field(description="Dense bf16 tensor peak; null = no bf16 units (V100).")
     peak_fp16_tflops: PositiveFloat = Field(description="Dense fp16 tensor peak.")

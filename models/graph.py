@@ -45,6 +45,7 @@ class Saved:
     attn_core: bool = False  # dropped by Korthikanti's selective recompute (the s^2 tensors)
     mm_output: bool = False  # kept by op-level selective recompute (outputs of matmuls / attention)
     in_none: bool = True  # saved without recompute (False: only cached by op-level selective)
+    op: str = ""  # the op whose output it is (matmul and attention outputs; op-level selective recompute)
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,11 @@ def _norm(
     # Backward reads x and dy and writes dx (the weight-grad reduction is fused): 3 passes.
     op = _ew(f"{prefix}.norm", 2 * width, shard, flops=5 * width, bwd_io=3 * width)
     if impl == "unfused" and spec.norm == "rmsnorm":
+        # Eager composite RMSNorm, one kernel per step (torchtitan models/norms.py; PyTorch
+        # rms_norm decomposition): x.float() (1 in, 2 out, in 2-byte units), pow (2, 2), mean (2),
+        # x·rstd (2, 2), type_as (2, 1), ·weight (1, 1): 18 element-passes forward, about 1.5x
+        # that backward, instead of the fused kernel's 2 and 3.
+        op = _ew(f"{prefix}.norm", 18 * width, shard, flops=5 * width, bwd_io=27 * width)
         return op, [
             Saved(f"{prefix}.norm_in", width, "fp32", shard),
             Saved(f"{prefix}.norm_stats", stats, "fp32", shard),
@@ -190,7 +196,7 @@ def _mla_projections(spec: ModelSpec) -> _Projections:
             _ew("attn.q_norm", 2 * m.q_lora_rank, "none", bwd_io=3 * m.q_lora_rank),
         ]
         saved += [
-            Saved("attn.q_down_out", m.q_lora_rank, "act", "none", mm_output=True),
+            Saved("attn.q_down_out", m.q_lora_rank, "act", "none", mm_output=True, op="attn.q_down"),
             Saved("attn.q_norm_out", m.q_lora_rank, "act", "none"),
         ]
         repl += h * m.q_lora_rank + m.q_lora_rank
@@ -202,7 +208,9 @@ def _mla_projections(spec: ModelSpec) -> _Projections:
         _mm("attn.kv_up", m.kv_lora_rank, a * (m.qk_nope_head_dim + v_dim), dims=("heads",), role="column"),
     ]
     saved += [
-        Saved("attn.kv_down_out", m.kv_lora_rank + m.qk_rope_head_dim, "act", "none", mm_output=True),
+        Saved(
+            "attn.kv_down_out", m.kv_lora_rank + m.qk_rope_head_dim, "act", "none", mm_output=True, op="attn.kv_down"
+        ),
         Saved("attn.kv_norm_out", m.kv_lora_rank, "act", "none"),
     ]
     dense = q_in * a * qk_dim + m.kv_lora_rank * a * (m.qk_nope_head_dim + v_dim) + a * v_dim * h
@@ -233,15 +241,16 @@ def _attention(
             _ew("attn.rope", 2 * (q_e + k_e), flops=3 * (q_e + k_e), bwd_io=2 * (q_e + k_e))
         )  # rotate dq, dk back
     # q, k, v are saved by the attention kernel (after RoPE); they are (views of) matmul outputs.
+    q_op, kv_op = ("attn.q_up", "attn.kv_up") if spec.mla is not None else ("attn.qkv", "attn.qkv")
     saved += [
-        Saved("attn.q", q_e, mm_output=True),
-        Saved("attn.k", k_e, mm_output=True),
-        Saved("attn.v", v_e, mm_output=True),
+        Saved("attn.q", q_e, mm_output=True, op=q_op),
+        Saved("attn.k", k_e, mm_output=True, op=kv_op),
+        Saved("attn.v", v_e, mm_output=True, op=kv_op),
     ]
     ops.append(_attention_core(spec, s, impl, qk_dim, v_dim))
     saved += _attention_core_saved(spec, s, impl, a * v_dim)
     ops.append(_mm("attn.out", a * v_dim, h, dims=("heads",), role="row"))
-    saved.append(Saved("attn.out_proj_out", h, "act", "sp", mm_output=True, in_none=False))
+    saved.append(Saved("attn.out_proj_out", h, "act", "sp", mm_output=True, in_none=False, op="attn.out"))
     ops += _dropout_residual("attn", spec, h, norm_impl)
     saved += _dropout_saved("attn", spec, h)
     return ops, saved, dense, repl
@@ -252,7 +261,10 @@ def _attention_core_saved(spec: ModelSpec, s: int, impl: AttentionImpl, ctx: flo
     as^2b and dropout out 2as^2b (the s^2 'attn_core' tensors), and the context (out-proj input)."""
     a = spec.num_heads
     if impl == "flash":
-        return [Saved("attn.context", ctx, mm_output=True), Saved("attn.lse", a, "fp32", mm_output=True)]
+        return [
+            Saved("attn.context", ctx, mm_output=True, op="attn.core"),
+            Saved("attn.lse", a, "fp32", mm_output=True, op="attn.core"),
+        ]
     out = [Saved("attn.softmax_out", a * s, attn_core=True)]
     if spec.dropout > 0:
         out += [
@@ -298,8 +310,8 @@ def _ffn_dense(
             _mm(f"{prefix}.down", f, h, expert=expert, dims=("ffn",), role="row"),
         ]
         saved = [
-            Saved(f"{prefix}.gate", f * c, mm_output=True),
-            Saved(f"{prefix}.up", f * c, mm_output=True),
+            Saved(f"{prefix}.gate", f * c, mm_output=True, op=f"{prefix}.gate_up"),
+            Saved(f"{prefix}.up", f * c, mm_output=True, op=f"{prefix}.gate_up"),
             Saved(f"{prefix}.act_out", f * c),
             Saved(f"{prefix}.down_in", f * c),
         ]
@@ -311,9 +323,13 @@ def _ffn_dense(
             _mm(f"{prefix}.fc2", f, h, expert=expert, dims=("ffn",), role="row"),
         ]
         relu = spec.activation == "relu"
-        saved = [Saved(f"{prefix}.fc1_out", f * c, mm_output=True, in_none=not relu), Saved(f"{prefix}.fc2_in", f * c)]
+        saved = [
+            Saved(f"{prefix}.fc1_out", f * c, mm_output=True, in_none=not relu, op=f"{prefix}.fc1"),
+            Saved(f"{prefix}.fc2_in", f * c),
+        ]
         params = 2 * h * f + (f if spec.bias else 0)
-    saved.append(Saved(f"{prefix}.down_out", h * c, "act", "sp", mm_output=True, in_none=False))
+    down = f"{prefix}.down" if spec.gated else f"{prefix}.fc2"
+    saved.append(Saved(f"{prefix}.down_out", h * c, "act", "sp", mm_output=True, in_none=False, op=down))
     if c != 1.0:
         ops = [
             Op(

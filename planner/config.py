@@ -17,6 +17,7 @@ from typing import Any, Literal
 from models.errors import SpecError
 from planner.knobs import KNOBS, describe, field_path, recompute_summary
 from planner.schedules import SCHEDULES, Schedule
+from planner.stacks import StackProfile, default_stack
 
 Recompute = Literal["none", "selective", "full"]
 DTYPES = ("bf16", "fp16", "fp8", "fp32")
@@ -46,6 +47,9 @@ class Training:
     # backward: TP collectives of column-parallel linears overlap their backward GEMMs (Megatron-LM
     # default); none: every TP collective is exposed (cost.layer._tp_comm_s).
     tp_overlap: Literal["backward", "none"] = "backward"
+    # The software stack whose behaviour the cost model prices (planner/stacks); the four fields
+    # above take its values when built from the command line (planner.inputs.build_training).
+    stack: StackProfile = field(default_factory=default_stack)
 
     @property
     def act_bytes(self) -> int:

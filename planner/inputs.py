@@ -18,6 +18,7 @@ from models.load import load_model
 from models.spec import ModelSpec
 from planner.config import DTYPES, Parallel, Training
 from planner.knobs import KNOBS
+from planner.stacks import load_stack
 
 # Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
 # data parallelism; auto = what Megatron-LM and torchtitan do (config.grad_reduce_bytes).
@@ -153,9 +154,8 @@ def build_inputs(
     clus = load_cluster(cluster, sets.get("cluster") or None)
     train = build_training(global_batch, seq_len, dtype, attention, sets.get("training"))
     if clus.gpu.name == "cpu":
-        # PyTorch's CPU RMSNorm is a composite op that keeps more for backward (docs/runtime.md);
-        # the bundled runtime's DTensor TP exposes its backward collectives.
-        train = replace(train, norm_impl="unfused", tp_overlap="none")
+        # The cpu preset is what the bundled runtime runs on: price its stack (planner/stacks/presets/autopar.yaml).
+        train = replace(train, norm_impl="unfused", tp_overlap="none", stack=load_stack("autopar"))
     par = build_parallel(knobs, clus.num_gpus) if knobs is not None else None
     refs = {"model": model, "cluster": cluster, "sets": sets}
     return Inputs(spec, clus, train, par, refs)

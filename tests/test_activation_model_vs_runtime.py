@@ -11,13 +11,14 @@ from models.graph import build_graph
 from models.load import load_model
 from planner.config import Parallel, Training
 from planner.cost.layer import graph_costs
+from planner.stacks import load_stack
 from runtime.measure import measure_saved_bytes_per_layer
 
 B, S = 2, 32
 
 
 def planner_bytes(spec, recompute: str, tp: int) -> float:
-    train = Training(B * 4, S, "fp32", norm_impl="unfused")
+    train = Training(B * 4, S, "fp32", norm_impl="unfused", stack=load_stack("autopar"))
     cluster = load_cluster("cpu:4")
     par = Parallel(dp=4 // tp, tp=tp, micro_batch=B)
     graph = build_graph(spec, S, "flash", "unfused")

@@ -15,6 +15,7 @@ from models.graph import LayerGraph
 from planner.config import Parallel, Training
 from planner.cost.chunks import ChunkInfo
 from planner.cost.layer import LayerCost, _Ctx, dp_comm_s
+from planner.cost.memory import holds_unsharded
 
 # Adam step touches per local parameter: fp32 master r/w (8), m r/w (8), v r/w (8), grad read (4),
 # 16-bit weight write (2) = 30 bytes, memory-bound (fused/foreach AdamW kernels).
@@ -50,22 +51,65 @@ def tied_copy_comm(
     return dp_comm_s(0.0, tied_params(graph, par), _Ctx(cluster, train, par, graph.spec))
 
 
+def zero3_per_step(train: Training, par: Parallel) -> bool:
+    """ZeRO-3 that gathers once per step and reduce-scatters once per step, holding the unsharded
+    weights and fp32 gradients in between (``cost.memory.holds_unsharded``): torchtitan under
+    pipeline parallelism (``reshard_after_forward = not pp_enabled``, and PyTorch's pipeline stage
+    turns gradient sync off for every micro-batch but the last). Priced like ZeRO-1's tail."""
+    return holds_unsharded(train, par)
+
+
+def zero3_overlap(graph: LayerGraph, train: Training, par: Parallel) -> float:
+    """Share of a phase's compute that ZeRO-3 gathers hide under: 1 when the stack prefetches the
+    next block whole (FSDP); with a prefetch of P parameters in flight (DeepSpeed's
+    ``stage3_prefetch_bucket_size``), min(1, P / the largest local weight matrix): a gather for a
+    larger matrix cannot start a matrix ahead, so it mostly waits in line with the compute."""
+    prefetch = train.stack.zero3.prefetch_elements
+    if prefetch is None:
+        return 1.0
+    largest = max(
+        (
+            op.fwd_flops / 2 / (par.tp if op.shard == "tp" else 1)
+            for lay in graph.blocks
+            for op in lay.ops
+            if op.kind == "matmul" and not op.expert
+        ),
+        default=0.0,
+    )
+    return min(1.0, prefetch / largest) if largest else 1.0
+
+
 def add_per_microbatch_dp(
-    chunks: list[ChunkInfo], costs: list[LayerCost], f: list[float], b: list[float], par: Parallel, tax: float
+    chunks: list[ChunkInfo],
+    costs: list[LayerCost],
+    f: list[float],
+    b: list[float],
+    train: Training,
+    par: Parallel,
+    tax: float,
+    w: float = 1.0,
 ) -> list[float]:
     """ZeRO-3/FSDP: all-gather weights before forward and again before backward, reduce-scatter
-    gradients after, layer by layer, prefetched under the chunk's compute (FSDP2 implicit
-    prefetch): exposed = ``comm.exposed_s`` over the chunk's compute (the excess, at least the
-    overlap tax) + one block's gather/scatter. ZeRO-2 reduce-scatters every micro-batch's
-    gradients under its backward (DeepSpeed). Under HSDP these run in the shard group
+    gradients after, layer by layer (none of it with ``zero3_per_step``: the tail prices it),
+    prefetched under the chunk's compute: exposed = ``comm.exposed_s`` over the share of the
+    phase's compute the stack's prefetch overlaps (``w``, ``zero3_overlap``) + one block's
+    gather/scatter. ZeRO-2 reduce-scatters every micro-batch's gradients
+    under its backward (DeepSpeed). Under HSDP these run in the shard group
     (``LayerCost.dp_ag_s``/``dp_rs_s``). Returns the seconds added to each chunk."""
     ag1, rs1, _ = one_block_comm(costs)
+    w = w if par.zero == 3 else 1.0
     added = [0.0] * len(chunks)
+    if par.zero == 3 and zero3_per_step(train, par):
+        return added
     for c in chunks:
         ag = sum(costs[i].dp_ag_s for i in c.layer_ids)
         rs = sum(costs[i].dp_rs_s for i in c.layer_ids)
-        ef = comm.exposed_s(ag, f[c.index], tax) + ag1 if par.zero == 3 else 0.0
-        eb = comm.exposed_s(ag + rs if par.zero == 3 else rs, b[c.index], tax) + (ag1 if par.zero == 3 else 0.0) + rs1
+        ef = comm.exposed_s(ag, w * f[c.index], tax) + ag1 if par.zero == 3 else 0.0
+        eb = (
+            comm.exposed_s(ag + rs if par.zero == 3 else rs, w * b[c.index], tax)
+            + (ag1 if par.zero == 3 else 0.0)
+            + rs1
+        )
         f[c.index] += ef
         b[c.index] += eb
         added[c.index] = ef + eb
@@ -80,8 +124,15 @@ def dp_tail(
     tied: tuple[float, float, float, float],
     par: Parallel,
     tax: float,
+    grad_overlap: bool = True,
+    per_step3: bool = False,
 ) -> float:
     """Exposed end-of-step data-parallel sync seconds of one pipeline rank.
+
+    ``grad_overlap`` (the stack's ``dp_grad_overlap``): gradient buckets reduce under the
+    remaining backward; without it (Megatron-LM's LocalDDP, DeepSpeed without ``overlap_comm``)
+    the reduction starts after the last backward and all of it is exposed. ``per_step3``
+    (``zero3_per_step``): ZeRO-3's one reduce-scatter and one gather per step, as ZeRO-1's.
 
     ZeRO-0: gradient all-reduce in buckets under the last micro-batch's backward (PyTorch DDP,
     Li et al. 2020 §3.2): exposed = exposed_s(AR, B) + the last bucket. ZeRO-1: reduce-scatter
@@ -96,12 +147,13 @@ def dp_tail(
     rs = sum(costs[i].dp_rs_s for i in rank_layers) + tied[1]
     ar = sum(costs[i].dp_ar_s for i in rank_layers) + tied[2]
     sync = 0.0
+    window = b_rank if grad_overlap else 0.0
     if par.dense_dp > 1:
         if par.zero == 0:
-            sync = comm.exposed_s(ar, b_rank, tax) + ar1
-        elif par.zero == 1:
-            sync = comm.exposed_s(rs, b_rank, tax) + rs1
-        if par.zero in (1, 2):
+            sync = comm.exposed_s(ar, window, tax) + (ar1 if grad_overlap else 0.0)
+        elif par.zero == 1 or per_step3:
+            sync = comm.exposed_s(rs, window, tax) + (rs1 if grad_overlap else 0.0)
+        if par.zero in (1, 2) or per_step3:
             sync += comm.exposed_s(ag, f_first, tax)
     if par.dp_replicate > 1:
         rep = sum(costs[i].dp_rep_ar_s for i in rank_layers) + tied[3]

@@ -20,7 +20,15 @@ from models.spec import ModelSpec
 from planner.config import Parallel, Training, check_plan
 from planner.cost import memory as mem
 from planner.cost.chunks import ChunkInfo, chunk_sums, make_chunks
-from planner.cost.data_parallel import add_per_microbatch_dp, dp_tail, optimizer_s, tied_copy_comm, tied_params
+from planner.cost.data_parallel import (
+    add_per_microbatch_dp,
+    dp_tail,
+    optimizer_s,
+    tied_copy_comm,
+    tied_params,
+    zero3_overlap,
+    zero3_per_step,
+)
 from planner.cost.layer import LayerCost, graph_costs
 from planner.cost.records import ChunkResult, Predicted, StageResult, TimeBreakdown
 from planner.cost.schedule import PathCounts, ScheduleResult, inflight_peaks, simulate
@@ -152,7 +160,11 @@ def _time(p: _Prepared, cluster: ClusterSpec, train: Training, par: Parallel, ke
     f = [s[0] for s in p.sums]
     b = [s[1] for s in p.sums]
     tax = cluster.gpu.efficiency.overlap_tax
-    added = add_per_microbatch_dp(p.chunks, p.costs, f, b, par, tax) if par.zero >= 2 else [0.0] * len(p.chunks)
+    added = (
+        add_per_microbatch_dp(p.chunks, p.costs, f, b, train, par, tax, zero3_overlap(p.graph, train, par))
+        if par.zero >= 2
+        else [0.0] * len(p.chunks)
+    )
     zero_s = [m * sum(added[c.index] for c in p.of_rank(r)) for r in range(par.pp)]
     sim = simulate(
         par.schedule,
@@ -179,6 +191,8 @@ def _time(p: _Prepared, cluster: ClusterSpec, train: Training, par: Parallel, ke
             tied if has_head else (0.0, 0.0, 0.0, 0.0),
             par,
             tax,
+            train.stack.dp_grad_overlap,
+            par.zero == 3 and zero3_per_step(train, par),
         )
         tied_p = tied_params(p.graph, par) if has_head else 0.0
         tails.append((sync, optimizer_s(layers, p.costs, tied_p, par, cluster)))
@@ -191,20 +205,25 @@ def _rank_memory(
 ) -> mem.StageMemory:
     state = p.states[r]
     states = mem.model_state_bytes(
-        state.dense_params, state.expert_params, par.zero, par.dense_shard, par.expert_shard, train
+        state.dense_params,
+        state.expert_params,
+        par.zero,
+        par.dense_shard,
+        par.expert_shard,
+        train,
+        mem.unsharded_bytes_per_param(train, par),
     )
     mine = p.of_rank(r)
     transient = max(p.sums[c.index][3] for c in mine)
     tokens = par.micro_batch * train.seq_len / par.cp
     if any(c.has_head for c in mine):
-        # The loss gradient w.r.t. the fp32 logits is as large as the logits themselves.
-        transient += tokens * p.graph.spec.vocab_size / par.tp * 4
-    if par.zero == 3:
+        transient += mem.loss_transient_bytes(tokens, p.graph.spec.vocab_size, par.tp, train)
+    if par.zero == 3 and not mem.holds_unsharded(train, par):
         transient += mem.zero3_gather_bytes(state.largest_layer_params, train.dtype)
     buffers = 2 * 25 * 2**20 if par.zero < 3 and par.dense_dp > 1 else 0.0  # DDP 25 MiB buckets
     if par.pp > 1:
         buffers += 2 * tokens * p.graph.spec.hidden_size * train.act_bytes  # p2p send + recv
-    return mem.stage_memory(states, inflight_bytes, inflight_mb, transient, buffers)
+    return mem.stage_memory(states, inflight_bytes, inflight_mb, transient, buffers, mem.fragmentation(train))
 
 
 def _stage_results(

@@ -68,10 +68,13 @@ def _op_times(op: Op, ctx: _Ctx) -> tuple[float, float]:
     d = ctx.div(op.shard)
     flops = op.exec_fwd_flops * ctx.tokens / d
     mem_s = op.io_elems * ctx.tokens / d * ctx.train.act_bytes / gpu.hbm_effective_Bps
+    # The stack's fitted compute scale (planner/stacks/fitted.yaml) multiplies the GPU preset's
+    # kernel efficiencies: the same GPU runs another framework's kernels at another rate.
+    scale = ctx.train.stack.scale(gpu.generation)
     if op.kind == "matmul":
-        rate = gpu.matmul_flops(dtype)
+        rate = gpu.matmul_flops(dtype) * scale
     elif op.kind == "attention":
-        rate = gpu.attention_flops("bf16" if dtype == "fp8" else dtype)
+        rate = gpu.attention_flops("bf16" if dtype == "fp8" else dtype) * scale
     else:
         rate = float("inf")  # elementwise: memory-bound by construction
     fwd = max(flops / rate, mem_s)
@@ -88,24 +91,58 @@ def _saved_bytes(saved: Saved, ctx: _Ctx) -> float:
     return saved.elems * ctx.tokens / d * per
 
 
+def _op_policy_dropped(layer: Layer) -> list[Saved]:
+    """Matmul outputs an op-level selective policy recomputes: every second one in forward order
+    (torchtitan ``_get_custom_policy``: an ``mm`` whose running count is even is not saved; for a
+    Llama block wk, wo and w3 are recomputed, wq, wv, w1 and w2 kept)."""
+    mm_ops = {op.name for op in layer.ops if op.kind == "matmul"}
+    outputs = [x for x in layer.saved if x.mm_output and x.op in mm_ops]
+    return outputs[1::2]
+
+
 def activation_bytes(layer: Layer, ctx: _Ctx) -> dict[str, float]:
     """Bytes one micro-batch of this layer keeps for backward, per recompute option.
 
     none: every tensor the ops save (Korthikanti et al. 2022, §4.1, eq. 1-2 for GPT);
     full: only the layer input (§4.2: 2sbh, /t with sequence parallelism);
-    selective: eager attention -> drop the s^2 attention-core tensors (§4.2, 34sbh remain);
-    flash attention -> op-level selective checkpointing that keeps matmul and attention
-    outputs and recomputes the cheap elementwise ops (torchtitan ``_save_list`` policy).
+    selective, as the stack defines it (``StackProfile.selective_recompute``):
+    ``attention_core`` (Megatron, Korthikanti §4.2): drop the s^2 attention-core tensors (34sbh
+    remain with eager attention; with flash attention nothing large goes); ``op_policy``
+    (torchtitan's op-level SAC): keep the block input, the attention outputs and every matmul
+    output but every second one (``_op_policy_dropped``), recompute everything else;
+    ``matmul_outputs`` (autopar's runtime): the same without the thinning.
     """
     none = sum(_saved_bytes(x, ctx) for x in layer.saved if x.in_none)
     if layer.kind != "block":
         return {o: none for o in RECOMPUTE_OPTIONS}
     inp = sum(_saved_bytes(x, ctx) for x in layer.saved if x.name == "attn.norm_in")
-    if ctx.train.attention_impl == "eager":
+    policy = ctx.train.stack.selective_recompute
+    if policy == "attention_core":
         sel = sum(_saved_bytes(x, ctx) for x in layer.saved if x.in_none and not x.attn_core)
     else:
-        sel = inp + sum(_saved_bytes(x, ctx) for x in layer.saved if x.mm_output)
+        dropped = {x.name for x in _op_policy_dropped(layer)} if policy == "op_policy" else set()
+        kept = [x for x in layer.saved if x.mm_output and x.name not in dropped]
+        sel = inp + sum(_saved_bytes(x, ctx) for x in kept)
     return {"none": none, "selective": min(sel, none), "full": inp}
+
+
+def _selective_recompute_s(layer: Layer, ctx: _Ctx, times: list[tuple[float, float]]) -> float:
+    """Forward seconds 'selective' re-runs in backward: the attention core (``attention_core``),
+    or the elementwise ops plus the dropped matmul outputs' share of their matmuls (``op_policy``)."""
+    fwd = {op.name: f for op, (f, _) in zip(layer.ops, times)}
+    kinds = {op.name: op.kind for op in layer.ops}
+    if ctx.train.stack.selective_recompute == "attention_core":
+        return sum(f for name, f in fwd.items() if kinds[name] == "attention")
+    out = sum(f for name, f in fwd.items() if kinds[name] == "elementwise")
+    if ctx.train.stack.selective_recompute == "matmul_outputs":
+        return out
+    produced: dict[str, float] = {}
+    for x in layer.saved:
+        if x.op in kinds:
+            produced[x.op] = produced.get(x.op, 0.0) + x.elems
+    for x in _op_policy_dropped(layer):
+        out += fwd[x.op] * x.elems / produced[x.op]
+    return out
 
 
 def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> tuple[float, float]:
@@ -215,7 +252,6 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
     """Time, memory and FLOPs of one layer for one micro-batch on one GPU (see module docstring)."""
     ctx = _Ctx(cluster, train, par, graph.spec)
     fwd = bwd = attn_fwd = 0.0
-    sel_eager = sel_flash = 0.0
     model_flops = hw_extra_sel = 0.0
     times = [_op_times(op, ctx) for op in layer.ops]
     for op, (f, b) in zip(layer.ops, times):
@@ -223,17 +259,15 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
         model_flops += 3 * op.fwd_flops * ctx.tokens / ctx.div(op.shard)
         if op.kind == "attention":
             attn_fwd += f
-            sel_eager += f
-            hw_extra_sel += op.fwd_flops * ctx.tokens / ctx.div(op.shard) if train.attention_impl == "eager" else 0
-        elif op.kind == "elementwise":
-            sel_flash += f
+            if train.stack.selective_recompute == "attention_core":
+                hw_extra_sel += op.fwd_flops * ctx.tokens / ctx.div(op.shard)
     tp_f, tp_b = _tp_comm_s(layer, ctx, _column_windows(layer, times))
     ep_s = _ep_comm_s(layer, ctx)
     cp_f, cp_b = _cp_comm_s(layer, ctx, attn_fwd)
     comm_f = tp_f + ep_s + cp_f
     comm_b = tp_b + ep_s + cp_b
     fwd_model = model_flops / 3
-    sel = sel_eager if train.attention_impl == "eager" else sel_flash
+    sel = _selective_recompute_s(layer, ctx, times) if layer.kind == "block" else 0.0
     recompute = (
         {"none": 0.0, "selective": sel, "full": fwd + comm_f}
         if layer.kind == "block"
@@ -303,9 +337,12 @@ def dp_comm_s(expert: float, dense: float, ctx: _Ctx) -> tuple[float, float, flo
     wb = 4 if ctx.train.dtype == "fp32" else 2
     gb = grad_reduce_bytes(ctx.train, ctx.par.zero)
 
-    def both(fn, per_param: float, g_dense: comm.Group, g_exp: comm.Group) -> float:
-        t = fn(ctx.cluster, dense * per_param, g_dense) if dense else 0.0
-        return t + (fn(ctx.cluster, expert * per_param, g_exp) if expert else 0.0)
+    def both(fn, per_param: float, g_dense: comm.Group, g_exp: comm.Group, algo: comm.Algo = "auto") -> float:
+        t = fn(ctx.cluster, dense * per_param, g_dense, algo) if dense else 0.0
+        return t + (fn(ctx.cluster, expert * per_param, g_exp, algo) if expert else 0.0)
+
+    # ZeRO-3 gathers and scatters as the stack issues them: over the node's NICs, or each rank's own.
+    shard_algo: comm.Algo = "nic" if ctx.par.zero == 3 and ctx.train.stack.zero3.span == "gpu" else "auto"
 
     rep = 0.0
     if ctx.par.dp_replicate > 1:
@@ -313,8 +350,8 @@ def dp_comm_s(expert: float, dense: float, ctx: _Ctx) -> tuple[float, float, flo
             comm.all_reduce_s(ctx.cluster, expert * gb / ctx.par.expert_shard, g.replicas) if expert else 0.0
         )
     return (
-        both(comm.all_gather_s, wb, g.dense_shard, g.expert_shard),
-        both(comm.reduce_scatter_s, gb, g.dense_shard, g.expert_shard),
+        both(comm.all_gather_s, wb, g.dense_shard, g.expert_shard, shard_algo),
+        both(comm.reduce_scatter_s, gb, g.dense_shard, g.expert_shard, shard_algo),
         both(comm.all_reduce_s, gb, g.dense, g.expert),
         rep,
     )

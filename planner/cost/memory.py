@@ -15,13 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.config import Training, grad_reduce_bytes
+from planner.config import Parallel, Training, grad_reduce_bytes
 from planner.records import JsonRecord
 
 GiB = 2**30
-# Allocator slack: the caching allocator reserves whole segments and rounds blocks; PyTorch's
-# own guidance puts fragmentation at a few percent of live tensors for training loops.
-FRAGMENTATION = 0.05
 # cuBLAS/cuDNN workspaces and NCCL channel buffers allocated through the caching allocator.
 WORKSPACE_BYTES = 0.5 * GiB
 # Device memory the CUDA context, NCCL and the driver take before the allocator sees any.
@@ -49,11 +46,45 @@ def bytes_per_param(train: Training, zero: int) -> tuple[int, int, int]:
     return 2, grad_reduce_bytes(train, zero), 12
 
 
+def fragmentation(train: Training) -> float:
+    """Allocator memory reserved beyond the allocated peak, as a fraction of it (the stack's
+    ``memory.reserve_fraction``): published peaks are ``max_memory_reserved``."""
+    return train.stack.memory.reserve_fraction
+
+
+def holds_unsharded(train: Training, par: Parallel) -> bool:
+    """ZeRO-3 under pipeline parallelism in a stack that keeps the gathered weights from forward
+    to backward (torchtitan ``reshard_after_forward = not pp_enabled``): the rank holds every one
+    of its layers' 16-bit weights unsharded."""
+    return par.zero == 3 and par.pp > 1 and not train.stack.zero3.reshard_after_forward_with_pp
+
+
+def unsharded_bytes_per_param(train: Training, par: Parallel) -> float:
+    """Bytes per local parameter ``holds_unsharded`` adds: the unsharded 16-bit weights and the
+    unsharded fp32 gradients accumulated over the micro-batches (FSDP2
+    ``to_accumulated_grad_if_needed``); else 0."""
+    return ((4 if train.dtype == "fp32" else 2) + 4) if holds_unsharded(train, par) else 0.0
+
+
+def loss_transient_bytes(tokens: float, vocab: int, tp: int, train: Training) -> float:
+    """fp32 logit copies the loss holds at its peak beyond the fp32 logits the head saves
+    (``memory.loss_fp32_logit_copies`` − 1 of them, vocab-sharded by tp): Megatron's gradient of the
+    logits (Korthikanti et al. 2022 §4.3); torchtitan's upcast, log-softmax output and gradient."""
+    return max(train.stack.memory.loss_fp32_logit_copies - 1.0, 0.0) * tokens * vocab / tp * 4
+
+
 def model_state_bytes(
-    dense: float, expert: float, zero: int, dp_dense: int, dp_expert: int, train: Training
+    dense: float,
+    expert: float,
+    zero: int,
+    dp_dense: int,
+    dp_expert: int,
+    train: Training,
+    unsharded_per_param: float = 0.0,
 ) -> StateBytes:
     """Weights, gradients and optimizer bytes on one GPU after ZeRO sharding (ZeRO §3) over
-    ``dp_dense`` ranks for dense parameters and ``dp_expert`` for routed experts (the shard groups)."""
+    ``dp_dense`` ranks for dense parameters and ``dp_expert`` for routed experts (the shard groups),
+    plus ``unsharded_per_param`` bytes of weights per local parameter (``holds_unsharded``)."""
     w, g, o = bytes_per_param(train, zero)
 
     def shard(nbytes_per_param: float, stage_needed: int) -> float:
@@ -61,7 +92,8 @@ def model_state_bytes(
             return nbytes_per_param * (dense / dp_dense + expert / dp_expert)
         return nbytes_per_param * (dense + expert)
 
-    return StateBytes(weights=shard(w, 3), gradients=shard(g, 2), optimizer=shard(o, 1))
+    weights = shard(w, 3) + unsharded_per_param * (dense + expert)
+    return StateBytes(weights=weights, gradients=shard(g, 2), optimizer=shard(o, 1))
 
 
 def zero3_gather_bytes(largest_layer_params: float, dtype: str) -> float:
@@ -105,7 +137,7 @@ class StageMemory(JsonRecord):
 
 
 def stage_memory(
-    states: StateBytes, activations: float, inflight: float, transient: float, comm_buffers: float
+    states: StateBytes, activations: float, inflight: float, transient: float, comm_buffers: float, frag: float
 ) -> StageMemory:
     live = states.weights + states.gradients + states.optimizer + activations + transient + comm_buffers
     return StageMemory(
@@ -117,7 +149,7 @@ def stage_memory(
         transient,
         comm_buffers,
         WORKSPACE_BYTES,
-        FRAGMENTATION * live,
+        frag * live,
     )
 
 

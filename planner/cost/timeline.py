@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from models.graph import build_graph
 from planner.cost.estimate import Estimate, estimate, p2p_list
 from planner.cost.layer import graph_costs
-from planner.cost.memory import FRAGMENTATION
+from planner.cost.memory import fragmentation
 
 # Drawing order in the legend; "idle" is the pipeline bubble.
 KINDS = ("forward", "backward", "recompute", "zero_comm", "p2p", "dp_sync", "optimizer", "idle")
@@ -190,13 +190,14 @@ def memory_traces(est: Estimate) -> list[MemoryTrace]:
     est = with_events(est)
     parts = chunk_parts(est)
     step = est.predicted.step_time_s
+    frag = fragmentation(est.train)
     out = []
     for r, stage in enumerate(est.predicted.stages):
         m = stage.memory
         held = m.weights_bytes + m.gradients_bytes + m.optimizer_bytes + m.comm_buffer_bytes
 
         def total(extra: float, held: float = held, workspace: float = m.workspace_bytes) -> float:
-            return (held + extra) * (1 + FRAGMENTATION) + workspace
+            return (held + extra) * (1 + frag) + workspace
 
         # (time, change in live activations, change in transient); ends before starts at a tie
         # so that back-to-back ops do not double count.

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from planner.config import Parallel
+from planner.cost import memory as mem
 from planner.cost.estimate import Estimate
 from planner.cost.layer import graph_costs
 from planner.knobs import Knobs
@@ -107,7 +108,7 @@ class Pool:
         ctx = self.ctx
         for c in cands:
             if not c.proxy_s:
-                c.proxy_s = recompute_proxy_s(c, ctx.train.global_batch, ctx.cap_bytes)
+                c.proxy_s = recompute_proxy_s(c, ctx.train.global_batch, ctx.cap_bytes, mem.fragmentation(ctx.train))
         live = sorted((c for c in cands if c.mem_lb_bytes <= ctx.cap_bytes), key=lambda c: c.proxy_s)
         if k >= len(live) or live[k].warmed or live[k].proxy_s == float("inf"):
             return

@@ -12,7 +12,7 @@ from hardware.cluster import ClusterSpec
 from models.graph import LayerGraph
 from planner.config import Parallel, Training
 from planner.cost import memory as mem
-from planner.cost.data_parallel import OPTIMIZER_BYTES_PER_PARAM, one_block_replica_ar
+from planner.cost.data_parallel import OPTIMIZER_BYTES_PER_PARAM, one_block_replica_ar, zero3_per_step
 from planner.cost.layer import LayerCost
 
 
@@ -21,12 +21,13 @@ def candidate_bound(
 ) -> tuple[float, float]:
     """(lower bound on step seconds, lower bound on the busiest rank's bytes) for any placement."""
     m = par.num_micro_batches(train.global_batch)
-    taxed = _taxed_zero_s(costs, par, cluster.gpu.efficiency.overlap_tax)
+    per_step = par.zero == 3 and zero3_per_step(train, par)  # priced in the tail, like ZeRO-1
+    taxed = [0.0] * len(costs) if per_step else _taxed_zero_s(costs, par, cluster.gpu.efficiency.overlap_tax)
     work = sum(c.fwd_s + c.bwd_s + t for c, t in zip(costs, taxed))  # no recompute: the fastest
     blocks = costs[1:-1]
     per_chunk = 0.0
     if par.zero == 3:
-        per_chunk = 2 * max(c.dp_ag_s for c in blocks) + max(c.dp_rs_s for c in blocks)
+        per_chunk = 0.0 if per_step else 2 * max(c.dp_ag_s for c in blocks) + max(c.dp_rs_s for c in blocks)
     elif par.zero == 2:
         per_chunk = max(c.dp_rs_s for c in blocks)
     work += per_chunk * par.chunks
@@ -42,7 +43,15 @@ def candidate_bound(
     params_dense = sum(c.params_dp_replicas for c in costs)
     params_exp = sum(c.params_local - c.params_dp_replicas for c in costs)
     n_dense = par.dense_dp
-    states = mem.model_state_bytes(params_dense, params_exp, par.zero, par.dense_shard, par.expert_shard, train)
+    states = mem.model_state_bytes(
+        params_dense,
+        params_exp,
+        par.zero,
+        par.dense_shard,
+        par.expert_shard,
+        train,
+        mem.unsharded_bytes_per_param(train, par),
+    )
     mem_lb = (states.weights + states.gradients + states.optimizer) / p
     # Tails every rank pays at least: the last bucket / block of gradient sync (HSDP: of the
     # replica all-reduce), and Adam on an average rank's share of the (sharded) parameters.

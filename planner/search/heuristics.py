@@ -65,7 +65,7 @@ def least_memory_proxy_bytes(c: Candidate, global_batch: int) -> float:
     return c.mem_lb_bytes + sum(b.act_bytes["full"] for b in blocks) / c.par.pp * inflight
 
 
-def recompute_proxy_s(c: Candidate, global_batch: int, cap_bytes: float) -> float:
+def recompute_proxy_s(c: Candidate, global_batch: int, cap_bytes: float, frag: float) -> float:
     """A guess at the candidate's best step time, used only to rank candidates for heuristic
     plans: its bound plus the recompute an average rank needs to fit its activations.
 
@@ -81,7 +81,7 @@ def recompute_proxy_s(c: Candidate, global_batch: int, cap_bytes: float) -> floa
     inflight = c.par.schedule_spec.inflight_microbatches(c.par.pp, m, c.par.vpp)
     act = {o: sum(b.act_bytes[o] for b in blocks) / len(blocks) * inflight for o in LEVELS}
     rec = {o: sum(b.recompute_s[o] for b in blocks) / len(blocks) * m for o in LEVELS}
-    room = (cap_bytes - mem.WORKSPACE_BYTES) / (1 + mem.FRAGMENTATION) - c.mem_lb_bytes
+    room = (cap_bytes - mem.WORKSPACE_BYTES) / (1 + frag) - c.mem_lb_bytes
     for lo, hi in (("none", None), ("selective", "none"), ("full", "selective")):
         if per_rank * act[lo] <= room:
             if hi is None:

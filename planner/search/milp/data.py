@@ -22,6 +22,8 @@ from planner.cost.data_parallel import (
     one_block_replica_ar,
     tied_copy_comm,
     tied_params,
+    zero3_overlap,
+    zero3_per_step,
 )
 from planner.cost.estimate import p2p_list
 from planner.cost.layer import LayerCost
@@ -62,6 +64,10 @@ class PlacementData:
     buffer_bytes: float
     capacity_bytes: float
     overlap_tax: float  # step seconds per second of collective hidden under compute (comm.exposed_s)
+    fragmentation: float  # allocator reserve over live bytes (cost.memory.fragmentation)
+    zero3_overlap: float  # share of a phase's compute ZeRO-3 collectives hide under (stack profile)
+    zero3_per_step: bool  # ZeRO-3 gathers and scatters once per step (cost.data_parallel.zero3_per_step)
+    dp_grad_overlap: bool  # gradient sync under the last backward (stack profile), else after it
 
     def rank_of(self, chunk: int) -> int:
         return chunk % self.par.pp
@@ -97,8 +103,9 @@ def build_data(
     def shard(per_param: float, stage: int, group: int) -> float:
         return per_param / group if par.zero >= stage else per_param
 
-    per_dense = shard(w, 3, n_dense) + shard(g, 2, n_dense) + shard(o, 1, n_dense)
-    per_exp = shard(w, 3, n_exp) + shard(g, 2, n_exp) + shard(o, 1, n_exp)
+    held = mem.unsharded_bytes_per_param(train, par)
+    per_dense = shard(w, 3, n_dense) + shard(g, 2, n_dense) + shard(o, 1, n_dense) + held
+    per_exp = shard(w, 3, n_exp) + shard(g, 2, n_exp) + shard(o, 1, n_exp) + held
     bw = cluster.gpu.hbm_effective_Bps
     opt_d = OPTIMIZER_BYTES_PER_PARAM / bw / (n_dense if par.zero >= 1 else 1)
     opt_e = OPTIMIZER_BYTES_PER_PARAM / bw / (n_exp if par.zero >= 1 else 1)
@@ -128,9 +135,15 @@ def build_data(
         state_bytes_per_expert=per_exp,
         opt_s_per_dense=opt_d,
         opt_s_per_expert=opt_e,
-        gather_bytes_per_param=mem.zero3_gather_bytes(1.0, train.dtype) if par.zero == 3 else 0.0,
-        head_transient_bytes=tokens * graph.spec.vocab_size / par.tp * 4,
+        gather_bytes_per_param=(
+            mem.zero3_gather_bytes(1.0, train.dtype) if par.zero == 3 and not mem.holds_unsharded(train, par) else 0.0
+        ),
+        head_transient_bytes=mem.loss_transient_bytes(tokens, graph.spec.vocab_size, par.tp, train),
         buffer_bytes=buffers,
         capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes),
         overlap_tax=cluster.gpu.efficiency.overlap_tax,
+        fragmentation=mem.fragmentation(train),
+        zero3_overlap=zero3_overlap(graph, train, par),
+        zero3_per_step=par.zero == 3 and zero3_per_step(train, par),
+        dp_grad_overlap=train.stack.dp_grad_overlap,
     )

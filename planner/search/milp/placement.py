@@ -144,9 +144,10 @@ def add_chunk_time_constraints(model: Model, d: PlacementData, v: PlacementVars)
         v.F0[j], v.B0[j] = f0, b0
         ag = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.dp_ag_s) + _ends(d, j, lambda c: c.dp_ag_s)
         rs = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.dp_rs_s) + _ends(d, j, lambda c: c.dp_rs_s)
-        if zero == 3:
-            ef = _exposed(model, d, ag, f0, f"fsdp_fwd[chunk={j}]")
-            eb = _exposed(model, d, ag + rs, b0, f"fsdp_bwd[chunk={j}]")
+        if zero == 3 and not d.zero3_per_step:
+            w = d.zero3_overlap
+            ef = _exposed(model, d, ag, f0 * w, f"fsdp_fwd[chunk={j}]")
+            eb = _exposed(model, d, ag + rs, b0 * w, f"fsdp_bwd[chunk={j}]")
             v.F[j] = f0 + ef + d.ag1
             v.B[j] = b0 + eb + d.ag1 + d.rs1
         elif zero == 2:
@@ -247,9 +248,11 @@ def add_tail_constraints(model: Model, d: PlacementData, v: PlacementVars) -> No
         ar = _rank_sum(d, v, r, lambda run, o: run.cost.dp_ar_s, lambda c: c.dp_ar_s) + tied[2]
         b_rank = total(v.B0[j] for j in d.chunks_of(r))
         sync = Expr()
+        z = 1 if z == 3 and d.zero3_per_step else z  # one reduce-scatter and one gather per step
         if par.dense_dp > 1 and z in (0, 1):
-            s1 = _exposed(model, d, ar if z == 0 else rs, b_rank, f"grad_sync[rank={r}]")
-            sync = sync + s1 + (d.ar1 if z == 0 else d.rs1)
+            window = b_rank if d.dp_grad_overlap else Expr()
+            s1 = _exposed(model, d, ar if z == 0 else rs, window, f"grad_sync[rank={r}]")
+            sync = sync + s1 + ((d.ar1 if z == 0 else d.rs1) if d.dp_grad_overlap else 0.0)
         if par.dense_dp > 1 and z in (1, 2):
             sync = sync + _exposed(model, d, ag, v.F0[d.chunks_of(r)[0]], f"param_gather[rank={r}]")
         if par.dp_replicate > 1:
@@ -277,7 +280,7 @@ def add_memory_constraints(model: Model, d: PlacementData, v: PlacementVars) -> 
             # Rows in GiB, not bytes: coefficients near 1e10 next to times near 1e-3 break the
             # solvers' tolerances (DESIGN §8: scale to a common unit and name it).
             model.add(
-                (live_bytes * (1 + mem.FRAGMENTATION) + mem.WORKSPACE_BYTES) * (1 / GiB),
+                (live_bytes * (1 + d.fragmentation) + mem.WORKSPACE_BYTES) * (1 / GiB),
                 "<=",
                 d.capacity_bytes / GiB,
                 f"mem_cap_GiB[rank={r},state={k}]",
