@@ -215,6 +215,7 @@ def case_training(c: dict, stack: StackProfile) -> Training:
         stack.norm_impl,
         overlap,
         stack,
+        "0%",  # the bench asks what fits physically: no planning headroom
     )
 
 

@@ -41,7 +41,7 @@ from cases import CaseInputs, CaseSkipped, all_cases, case_inputs, eq3_flops_per
 from planner.cost.estimate import Estimate, estimate
 from planner.stacks import FITTED, StackProfile, with_fitted
 
-MIN_RUNS = 3  # runs a stack needs before it gets a constant of its own
+MIN_RUNS = 5  # runs a stack needs before it gets a constant of its own
 PRIOR_RUNS = 2.0  # weight of the prior (scale 1) in runs
 SCALE_PROBE = 2.0
 BOUNDS_SCALE = (0.3, 3.0)

@@ -22,6 +22,7 @@ from hardware.cluster import load_cluster
 from models.spec import ModelSpec
 from planner.config import Parallel, Training
 from planner.cost.estimate import estimate
+from planner.stacks import DEFAULT_STACK, load_stack
 
 CASES = Path(__file__).resolve().parent / "data" / "tp_split_cases.json"
 
@@ -33,7 +34,10 @@ def load_tp_cases(path: Path = CASES) -> list[dict]:
 def case_setup(case: dict) -> tuple[ModelSpec, object, Training]:
     c, t = case["cluster"], case["training"]
     cluster = load_cluster(f"{c['gpu']}:{c['num_gpus']}", {"inter_node_bw_GBps": c["inter_node_bw_GBps"]})
-    train = Training(t["global_batch"], t["seq_len"], t["dtype"], t["attention"], tp_overlap=t["tp_overlap"])
+    stack = load_stack(t.get("stack", DEFAULT_STACK))
+    train = Training(
+        t["global_batch"], t["seq_len"], t["dtype"], t["attention"], tp_overlap=t["tp_overlap"], stack=stack
+    )
     return ModelSpec(**case["model"]), cluster, train
 
 

@@ -20,6 +20,9 @@ from planner.schedules import SCHEDULES, Schedule
 from planner.stacks import StackProfile, default_stack
 
 Recompute = Literal["none", "selective", "full"]
+# Default memory headroom: the median |error| of the memory model on the published runs with a
+# measured peak (bench/accuracy.py: 4.7% on the shared reference's 12, 7.0% on all 20), rounded up.
+DEFAULT_HEADROOM = "5%"
 DTYPES = ("bf16", "fp16", "fp8", "fp32")
 __all__ = ["DTYPES", "Parallel", "PlanError", "Training", "check_plan", "grad_reduce_bytes"]
 
@@ -50,10 +53,27 @@ class Training:
     # The software stack whose behaviour the cost model prices (planner/stacks); the four fields
     # above take its values when built from the command line (planner.inputs.build_training).
     stack: StackProfile = field(default_factory=default_stack)
+    # Memory kept free on every GPU: "5%" of HBM or "4GiB" (cost.memory.headroom_bytes).
+    memory_headroom: str = DEFAULT_HEADROOM
 
     @property
     def act_bytes(self) -> int:
         return 4 if self.dtype == "fp32" else 2
+
+
+def parse_headroom(text: str) -> tuple[float, str]:
+    """``5%`` -> (0.05, "%"), ``4GiB`` / ``4`` -> (4.0, "GiB"); SpecError otherwise."""
+    t = str(text).strip().replace(" ", "")
+    try:
+        if t.endswith("%"):
+            value, unit = float(t[:-1]) / 100, "%"
+        else:
+            value, unit = float(t[:-3] if t.lower().endswith("gib") else t), "GiB"
+    except ValueError:
+        raise SpecError(f"--memory-headroom {text!r}: expected a percentage (5%) or GiB (4GiB)") from None
+    if value < 0 or (unit == "%" and value >= 1):
+        raise SpecError(f"--memory-headroom {text!r}: must be >= 0 (and below 100%)")
+    return value, unit
 
 
 def grad_reduce_bytes(train: Training, zero: int) -> int:

@@ -16,14 +16,16 @@ from hardware.cluster import ClusterSpec, load_cluster
 from models.errors import SpecError, format_validation_error
 from models.load import load_model
 from models.spec import ModelSpec
-from planner.config import DTYPES, Parallel, Training
+from planner.config import DEFAULT_HEADROOM, DTYPES, Parallel, Training, parse_headroom
 from planner.knobs import KNOBS
-from planner.stacks import load_stack
+from planner.stacks import DEFAULT_STACK, StackProfile, list_stacks, load_stack
 
 # Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
 # data parallelism; auto = what Megatron-LM and torchtitan do (config.grad_reduce_bytes).
 # tp_overlap: whether backward TP collectives hide under their linears' GEMMs (cost.layer._tp_comm_s).
 TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16"), "tp_overlap": ("backward", "none")}
+# The cpu preset is what the bundled runtime runs on: its stack (planner/stacks/presets/autopar.yaml).
+CPU_STACK = "autopar"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,29 @@ PROBLEM_OPTIONS = (
     Opt("global_batch", int | None, None, ("--global-batch", "-b"), "Sequences per optimizer step."),
     Opt("seq_len", int | None, None, ("--seq-len", "-s"), "Tokens per sequence."),
     Opt("dtype", str, "bf16", ("--dtype",), "Compute dtype: bf16, fp16, fp8 or fp32."),
-    Opt("attention", str, "flash", ("--attention",), "Attention kernel: flash (fused, no s^2 tensors) or eager."),
+    Opt(
+        "attention",
+        str | None,
+        None,
+        ("--attention",),
+        "Attention kernel: flash (fused, no s^2 tensors) or eager (default: the stack's).",
+    ),
+    Opt(
+        "stack",
+        str | None,
+        None,
+        ("--stack",),
+        f"Training software whose defaults and behaviour are priced: {', '.join(list_stacks())} "
+        f"(default: {DEFAULT_STACK}; {CPU_STACK} on the cpu preset). Fields: --set stack.KEY=VALUE.",
+    ),
+    Opt(
+        "memory_headroom",
+        str | None,
+        None,
+        ("--memory-headroom",),
+        f"Memory to keep free on every GPU: a share of HBM (5%) or GiB (4GiB); default {DEFAULT_HEADROOM}, "
+        "the memory model's median error on published runs.",
+    ),
 )
 
 
@@ -62,14 +86,15 @@ class Inputs:
 
 def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
     """``--set model.num_layers=4`` -> {"model": {"num_layers": 4}, ...}; values parsed as YAML
-    scalars. ``training.KEY`` sets the numerics the command line has no flag for (TRAINING_SETS)."""
-    out: dict[str, dict[str, object]] = {"model": {}, "cluster": {}, "training": {}}
+    scalars. ``training.KEY`` sets the numerics the command line has no flag for (TRAINING_SETS);
+    ``stack.KEY`` a field of the stack profile (``stack.zero3.span=gpu``)."""
+    out: dict[str, dict[str, object]] = {"model": {}, "cluster": {}, "training": {}, "stack": {}}
     for item in items:
         key, sep, value = item.partition("=")
         target, dot, path = key.partition(".")
         if not sep or not dot or target not in out or not path:
             raise SpecError(
-                f"--set {item!r}: expected model.KEY=VALUE, cluster.KEY=VALUE or "
+                f"--set {item!r}: expected model.KEY=VALUE, cluster.KEY=VALUE, stack.KEY=VALUE or "
                 f"training.KEY=VALUE ({', '.join(TRAINING_SETS)})"
             )
         try:
@@ -88,14 +113,35 @@ def _positive(name: str, value: int | None) -> int:
 
 
 def build_training(
-    global_batch: int | None, seq_len: int | None, dtype: str, attention: str, sets: dict | None = None
+    global_batch: int | None,
+    seq_len: int | None,
+    dtype: str,
+    attention: str | None,
+    sets: dict | None = None,
+    stack: StackProfile | None = None,
+    memory_headroom: str | None = None,
 ) -> Training:
+    """Training from the command line: the kernels and numerics the stack runs unless
+    ``--attention`` or ``--set training.KEY`` says otherwise."""
+    prof = stack or load_stack(DEFAULT_STACK)
+    attention = attention or prof.attention_impl
     if dtype not in DTYPES:
         raise SpecError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     if attention not in ("flash", "eager"):
         raise SpecError(f"--attention must be flash or eager (got {attention!r})")
     impl = cast(Literal["flash", "eager"], attention)  # checked just above
-    train = Training(_positive("global_batch", global_batch), _positive("seq_len", seq_len), dtype, impl)
+    train = Training(
+        _positive("global_batch", global_batch),
+        _positive("seq_len", seq_len),
+        dtype,
+        impl,
+        prof.grad_reduce_dtype,
+        prof.norm_impl,
+        prof.tp_overlap,
+        prof,
+        memory_headroom or DEFAULT_HEADROOM,
+    )
+    parse_headroom(train.memory_headroom)  # SpecError (exit 2) when it does not parse
     return apply_training_sets(train, sets)
 
 
@@ -142,9 +188,11 @@ def build_inputs(
     global_batch: int | None,
     seq_len: int | None,
     dtype: str,
-    attention: str,
+    attention: str | None,
     sets: dict,
     knobs: dict | None,
+    stack: str | None = None,
+    memory_headroom: str | None = None,
 ) -> Inputs:
     if not model:
         raise SpecError("missing option --model (a preset such as llama3-8b, a spec file or a config.json)")
@@ -152,12 +200,11 @@ def build_inputs(
         raise SpecError("missing option --cluster (e.g. h100-sxm-80gb:8)")
     spec = load_model(model, sets.get("model") or None)
     clus = load_cluster(cluster, sets.get("cluster") or None)
-    train = build_training(global_batch, seq_len, dtype, attention, sets.get("training"))
-    if clus.gpu.name == "cpu":
-        # The cpu preset is what the bundled runtime runs on: price its stack (planner/stacks/presets/autopar.yaml).
-        train = replace(train, norm_impl="unfused", tp_overlap="none", stack=load_stack("autopar"))
+    name = stack or (CPU_STACK if clus.gpu.name == "cpu" else DEFAULT_STACK)
+    prof = load_stack(name, sets.get("stack") or None)
+    train = build_training(global_batch, seq_len, dtype, attention, sets.get("training"), prof, memory_headroom)
     par = build_parallel(knobs, clus.num_gpus) if knobs is not None else None
-    refs = {"model": model, "cluster": cluster, "sets": sets}
+    refs = {"model": model, "cluster": cluster, "sets": sets, "stack": name}
     return Inputs(spec, clus, train, par, refs)
 
 

@@ -13,6 +13,7 @@ from conftest import run_python
 
 torch = pytest.importorskip("torch")
 
+from planner.planfile.schema import SCHEMA_VERSION  # noqa: E402
 from models.load import load_model  # noqa: E402
 from runtime.parity import check_parity  # noqa: E402
 from runtime.plan_io import PlanError, load_plan, make_plan, read_parallelism, validate_plan  # noqa: E402
@@ -105,4 +106,4 @@ def test_dp_replicate_type_and_bound_come_from_the_registry(value, message) -> N
 
 def test_hsdp_plan_records_the_key_and_a_1_1_version() -> None:
     plan = make_plan(LLAMA, dp=4, dp_replicate=2, zero_stage=2)
-    assert plan["parallelism"]["dp_replicate"] == 2 and plan["schema_version"] == "1.1"
+    assert plan["parallelism"]["dp_replicate"] == 2 and plan["schema_version"] == SCHEMA_VERSION

@@ -11,6 +11,7 @@ from hardware import comm
 from hardware.cluster import load_cluster
 from models.graph import build_graph
 from planner.config import Parallel, Training
+from planner.stacks import load_stack
 from planner.cost.layer import _Ctx, _column_windows, _op_times, graph_costs
 from test_cost_model import GPT
 
@@ -21,7 +22,7 @@ TABLE4 = {(False, "none"): (7.7, 11.9), (True, "none"): (7.2, 11.8), (False, "fu
 
 def _block(sp: bool, overlap: str, tp: int = 8, cluster: str = "a100-sxm-80gb:8"):
     par = Parallel(dp=1, tp=tp, micro_batch=4, sequence_parallel=sp)
-    train = Training(4, 2048, attention_impl="eager", tp_overlap=overlap)
+    train = Training(4, 2048, attention_impl="eager", tp_overlap=overlap, stack=load_stack("megatron-lm-2022"))
     cl = load_cluster(cluster)
     return graph_costs(build_graph(GPT, 2048, "eager"), cl, train, par)[1], cl, par
 

@@ -342,5 +342,7 @@ def run_explain(
         problem["attention"],
         sets,
         None,
+        problem.get("stack"),
+        problem.get("memory_headroom"),
     )
     return explain_infeasible(i.model, i.cluster, i.training, Knobs({}), time_limit_s)

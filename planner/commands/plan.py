@@ -118,6 +118,10 @@ def reproduce_command(refs: dict, train: Training, raw: dict, extra: dict) -> st
         train.dtype,
         "--attention",
         train.attention_impl,
+        "--stack",
+        train.stack.name,
+        "--memory-headroom",
+        train.memory_headroom,
     ]
     for name, value in raw.items():
         if value is not None and str(value) != "auto":

@@ -66,7 +66,7 @@ SWEEP_OPTIONS = (
     Opt("fmt", str, "table", ("--format", "-f"), "Output format: table, csv or jsonl."),
 )
 INT_KEYS = ("cluster.num_gpus", "seq_len", "global_batch")
-TOP_KEYS = ("gpu", "model", "dtype", "attention") + INT_KEYS
+TOP_KEYS = ("gpu", "model", "dtype", "attention", "stack") + INT_KEYS
 ALIASES = {"gpus": "cluster.num_gpus", "num_gpus": "cluster.num_gpus", "seq": "seq_len", "batch": "global_batch"}
 # Output columns in order; the point's own values come first under ``point`` (``point.KEY`` in CSV).
 KNOB_COLUMNS = tuple(k.name for k in SHOWN if k.name != "stage_layers")  # the plan's knobs, one column each
@@ -105,7 +105,9 @@ class SweepSpec:
     global_batch: int | None
     seq_len: int | None
     dtype: str = "bf16"
-    attention: str = "flash"
+    attention: str | None = None  # None: the stack's
+    stack: str | None = None  # None: megatron-core (autopar on the cpu preset)
+    memory_headroom: str | None = None  # None: the default
     sets: tuple[str, ...] = ()  # --set items, model.KEY=VALUE / cluster.KEY=VALUE
     knobs: dict[str, str] = field(default_factory=dict)  # raw knob strings as `autopar plan` takes them
     vary: tuple[str, ...] = ()  # KEY=V1,V2,...
@@ -230,6 +232,8 @@ def resolve_point(spec: SweepSpec, point: dict) -> tuple[Inputs, Knobs, dict]:
         point.get("attention", spec.attention),
         sets,
         None,
+        point.get("stack", spec.stack),
+        spec.memory_headroom,
     )
     return inputs, Knobs.parse(raw), raw
 

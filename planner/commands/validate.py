@@ -189,9 +189,11 @@ def _reproduced_inputs(doc: dict) -> dict | None:
             int(opts["--global-batch"]),
             int(opts["--seq-len"]),
             opts.get("--dtype", "bf16"),
-            opts.get("--attention", "flash"),
+            opts.get("--attention"),
             parse_sets(sets),
             None,
+            opts.get("--stack"),
+            opts.get("--memory-headroom"),
         )
     except (SpecError, KeyError, ValueError, OSError):
         return None

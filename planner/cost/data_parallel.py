@@ -15,7 +15,7 @@ from models.graph import LayerGraph
 from planner.config import Parallel, Training
 from planner.cost.chunks import ChunkInfo
 from planner.cost.layer import LayerCost, _Ctx, dp_comm_s
-from planner.cost.memory import holds_unsharded
+from planner.cost.memory import holds_unsharded, largest_matrix_params
 
 # Adam step touches per local parameter: fp32 master r/w (8), m r/w (8), v r/w (8), grad read (4),
 # 16-bit weight write (2) = 30 bytes, memory-bound (fused/foreach AdamW kernels).
@@ -67,15 +67,7 @@ def zero3_overlap(graph: LayerGraph, train: Training, par: Parallel) -> float:
     prefetch = train.stack.zero3.prefetch_elements
     if prefetch is None:
         return 1.0
-    largest = max(
-        (
-            op.fwd_flops / 2 / (par.tp if op.shard == "tp" else 1)
-            for lay in graph.blocks
-            for op in lay.ops
-            if op.kind == "matmul" and not op.expert
-        ),
-        default=0.0,
-    )
+    largest = largest_matrix_params(graph, par)
     return min(1.0, prefetch / largest) if largest else 1.0
 
 

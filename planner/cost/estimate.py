@@ -133,7 +133,7 @@ def fits_in_memory(model: ModelSpec, cluster: ClusterSpec, train: Training, par:
     p = _prepare(model, cluster, train, par)
     m = par.num_micro_batches(train.global_batch)
     peak, inflight = inflight_peaks(par.schedule, par.pp, m, par.vpp, [s[2] for s in p.sums])
-    cap = mem.capacity_bytes(cluster.gpu.hbm_bytes)
+    cap = mem.capacity_bytes(cluster.gpu.hbm_bytes, train)
     return all(_rank_memory(r, p, peak[r], inflight[r], train, par).total_bytes <= cap for r in range(par.pp))
 
 
@@ -148,7 +148,7 @@ def estimate(
         _rank_memory(r, p, sim.peak_inflight_bytes[r], sim.peak_inflight_microbatches[r], train, par)
         for r in range(par.pp)
     ]
-    cap = mem.capacity_bytes(cluster.gpu.hbm_bytes)
+    cap = mem.capacity_bytes(cluster.gpu.hbm_bytes, train)
     over = [(r, mm.total_bytes - cap) for r, mm in enumerate(memories) if mm.total_bytes > cap]
     predicted = _predicted(cluster, train, par, p, timing, memories)
     return Estimate(model, cluster, train, par, p.chunks, predicted, not over, over, sim.events, sim.critical)
@@ -219,7 +219,10 @@ def _rank_memory(
     if any(c.has_head for c in mine):
         transient += mem.loss_transient_bytes(tokens, p.graph.spec.vocab_size, par.tp, train)
     if par.zero == 3 and not mem.holds_unsharded(train, par):
-        transient += mem.zero3_gather_bytes(state.largest_layer_params, train.dtype)
+        per_matrix = mem.zero3_parameter_gather_bytes(mem.largest_matrix_params(p.graph, par), train)
+        transient += (
+            per_matrix if per_matrix is not None else mem.zero3_gather_bytes(state.largest_layer_params, train.dtype)
+        )
     buffers = 2 * 25 * 2**20 if par.zero < 3 and par.dense_dp > 1 else 0.0  # DDP 25 MiB buckets
     if par.pp > 1:
         buffers += 2 * tokens * p.graph.spec.hidden_size * train.act_bytes  # p2p send + recv
@@ -291,11 +294,13 @@ def _predicted(
         hw_tflops_per_gpu=hw_flops / step / n / 1e12,
         model_flops_per_step=model_flops,
         peak_memory_bytes=max(mm.total_bytes for mm in memories),
-        memory_capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes),
+        memory_capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes, train),
         num_micro_batches=m,
         pipeline_bubble_s=max(0.0, t.sim.makespan_s - busy),  # clamp float noise: pp 1 has no bubble
         time_breakdown_s=breakdown,
         stages=stages,
+        stack=train.stack.name,
+        step_time_interval_s=train.stack.band(step),
     )
 
 

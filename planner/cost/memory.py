@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.config import Parallel, Training, grad_reduce_bytes
+from models.graph import LayerGraph
+from planner.config import Parallel, Training, grad_reduce_bytes, parse_headroom
 from planner.records import JsonRecord
 
 GiB = 2**30
@@ -96,11 +97,35 @@ def model_state_bytes(
     return StateBytes(weights=weights, gradients=shard(g, 2), optimizer=shard(o, 1))
 
 
+def largest_matrix_params(graph: LayerGraph, par: Parallel) -> float:
+    """Parameters of the largest dense weight matrix on one GPU (tp-split), over the blocks."""
+    return max(
+        (
+            op.fwd_flops / 2 / (par.tp if op.shard == "tp" else 1)
+            for layer in graph.blocks
+            for op in layer.ops
+            if op.kind == "matmul" and not op.expert
+        ),
+        default=0.0,
+    )
+
+
 def zero3_gather_bytes(largest_layer_params: float, dtype: str) -> float:
     """FSDP keeps the unsharded weights of the running layer and of the prefetched next one,
     plus the unsharded fp32 gradient of the layer being reduce-scattered (FSDP2 design notes)."""
     w = 4 if dtype == "fp32" else 2
     return largest_layer_params * (2 * w + 4)
+
+
+def zero3_parameter_gather_bytes(largest_matrix: float, train: Training) -> float | None:
+    """A stack that gathers per weight matrix with a prefetch of P parameters (DeepSpeed stage 3,
+    ``zero3.prefetch_elements``) holds the running matrix and its fp32 gradient and the prefetched
+    P parameters: ``largest·(w + 4) + P·w``, whatever the placement. None for block-granular FSDP."""
+    prefetch = train.stack.zero3.prefetch_elements
+    if prefetch is None:
+        return None
+    w = 4 if train.dtype == "fp32" else 2
+    return largest_matrix * (w + 4) + prefetch * w
 
 
 @dataclass(frozen=True)
@@ -153,6 +178,14 @@ def stage_memory(
     )
 
 
-def capacity_bytes(hbm_bytes: float) -> float:
-    """What the caching allocator can use: HBM minus context/driver reservations."""
-    return hbm_bytes - CONTEXT_BYTES
+def headroom_bytes(hbm_bytes: float, train: Training | None) -> float:
+    """The memory the user keeps free (``--memory-headroom``): a share of HBM or GiB."""
+    if train is None:
+        return 0.0
+    value, unit = parse_headroom(train.memory_headroom)
+    return value * hbm_bytes if unit == "%" else value * GiB
+
+
+def capacity_bytes(hbm_bytes: float, train: Training | None = None) -> float:
+    """What a plan may use: HBM minus context/driver reservations and the user's headroom."""
+    return hbm_bytes - CONTEXT_BYTES - headroom_bytes(hbm_bytes, train)

@@ -69,6 +69,10 @@ class Predicted(JsonRecord):
     pipeline_bubble_s: float
     time_breakdown_s: TimeBreakdown
     stages: tuple[StageResult, ...]
+    stack: str = "megatron-core"  # the software stack priced (planner/stacks)
+    # 80% interval of the step time from the stack's leave-one-source-out residuals (bench/fit.py);
+    # [step, step] before any fit.
+    step_time_interval_s: tuple[float, float] = (0.0, 0.0)
 
 
 def time_components(p: Predicted) -> dict[str, float]:

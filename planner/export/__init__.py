@@ -24,20 +24,37 @@ from planner.export.torchtitan import torchtitan_export
 class Exporter:
     build: Callable[[PlanView], Export]
     writes: str  # what its text is (``--to`` help)
+    stack: str  # the stack profile whose behaviour this target runs (planner/stacks): plan with it
 
 
 EXPORTERS: dict[str, Exporter] = {
-    "torchtitan": Exporter(torchtitan_export, "TOML"),
-    "megatron": Exporter(megatron_export, "arguments"),
-    "deepspeed": Exporter(deepspeed_export, "JSON"),
+    "torchtitan": Exporter(torchtitan_export, "TOML", "torchtitan"),
+    "megatron": Exporter(megatron_export, "arguments", "megatron-core"),
+    "deepspeed": Exporter(deepspeed_export, "JSON", "deepspeed"),
 }
+
+
+def stack_note(view: PlanView, target: str) -> list[str]:
+    """A warning when the plan was priced for a stack that is not ``target``'s: its step time,
+    memory and even its choice of plan assume another framework's behaviour."""
+    stack = view.train.stack
+    if stack.export_target == target:
+        return []
+    want = EXPORTERS[target].stack
+    return [
+        f"WARNING: the plan was priced for the {stack.name} stack, not {target}'s; its figures assume "
+        f"{stack.title}'s kernels and overlap. Re-plan with --stack {want} before running it under {target}"
+    ]
 
 
 def export_plan(path: Path, target: str) -> Export:
     """Load and re-check the plan file, then build ``target``'s configuration (SpecError: exit 2)."""
     if target not in EXPORTERS:
         raise SpecError(f"--to must be one of {', '.join(EXPORTERS)} (got {target!r})")
-    return EXPORTERS[target].build(load_view(path))
+    view = load_view(path)
+    out = EXPORTERS[target].build(view)
+    out.notes[:0] = stack_note(view, target)
+    return out
 
 
 __all__ = ["EXPORTERS", "Export", "Exporter", "export_plan"]

@@ -13,6 +13,7 @@ from planner.config import Parallel, Training
 from planner.cost.estimate import Estimate
 from planner.knobs import SHOWN
 from planner.planfile.schema import SCHEMA_VERSION
+from planner.stacks import stack_overrides
 
 
 def input_sha256(obj: Any) -> str:
@@ -28,6 +29,9 @@ def training_block(train: Training) -> dict[str, Any]:
         "grad_reduce_dtype": train.grad_reduce_dtype,
         "norm_impl": train.norm_impl,
         "tp_overlap": train.tp_overlap,
+        "stack": train.stack.name,
+        "stack_overrides": stack_overrides(train.stack),
+        "memory_headroom": train.memory_headroom,
     }
 
 

@@ -16,6 +16,7 @@ from planner.config import Parallel, Training
 from planner.knobs import KNOBS
 from planner.planfile.build import input_sha256
 from planner.planfile.schema import MAJOR, SCHEMA_VERSION, PlanFile
+from planner.stacks import DEFAULT_STACK, load_stack
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -56,6 +57,9 @@ def load_plan(path: Path) -> dict:
 
 
 def plan_training(t: dict[str, Any]) -> Training:
+    """The training a plan was priced for: its stack (with its overrides; files before schema 1.2
+    name none and were priced for Megatron-Core's) and the numerics it records."""
+    stack = load_stack(t.get("stack", DEFAULT_STACK), t.get("stack_overrides") or None)
     return Training(
         t["global_batch_size"],
         t["seq_len"],
@@ -64,6 +68,8 @@ def plan_training(t: dict[str, Any]) -> Training:
         t.get("grad_reduce_dtype", "auto"),
         t.get("norm_impl", "fused"),
         t.get("tp_overlap", "backward"),
+        stack,
+        t.get("memory_headroom", "0%"),  # files before schema 1.2 were planned without headroom
     )
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from planner.knobs import KNOBS, RECOMPUTE_OPTIONS, Knob
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 MAJOR = SCHEMA_VERSION.split(".")[0]
 
 

@@ -42,7 +42,10 @@ def estimate_table(out: Console, result: Estimate) -> None:
         title_justify="left",
     )
     head.add_row("plan", par.describe("long", p.num_micro_batches))
-    head.add_row("step time", f"{p.step_time_s:.3f} s")
+    head.add_row("stack", f"{result.train.stack.title} ({p.stack})")
+    lo, hi = p.step_time_interval_s
+    band = f", 80% interval {lo:.3f}-{hi:.3f} s" if hi > lo else ""
+    head.add_row("step time", f"{p.step_time_s:.3f} s{band}")
     head.add_row("throughput", f"{p.tokens_per_s:,.0f} tokens/s  ({p.tokens_per_s_per_gpu:,.0f} per GPU)")
     head.add_row("MFU / HFU", f"{p.mfu:.1%} / {p.hfu:.1%}  ({p.model_tflops_per_gpu:.1f} model TFLOP/s per GPU)")
     tb = p.time_breakdown_s

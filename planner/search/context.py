@@ -67,7 +67,7 @@ class SearchContext:
 
     @property
     def cap_bytes(self) -> float:
-        return mem.capacity_bytes(self.cluster.gpu.hbm_bytes)
+        return mem.capacity_bytes(self.cluster.gpu.hbm_bytes, self.train)
 
 
 @dataclass

@@ -197,6 +197,27 @@ def load_stack(name: str, overrides: dict[str, Any] | None = None) -> StackProfi
         raise SpecError(format_validation_error(err, "stack with --set overrides")) from None
 
 
+_FITTED_FIELDS = {"compute_scale", "interval"}
+
+
+def stack_overrides(profile: StackProfile) -> dict[str, Any]:
+    """The ``--set stack.KEY`` overrides that turn the preset ``profile.name`` into ``profile``
+    (dotted paths; fitted constants are not overrides)."""
+    base = json.loads(_load(profile.name).model_dump_json(exclude=_FITTED_FIELDS))
+    mine = json.loads(profile.model_dump_json(exclude=_FITTED_FIELDS))
+    out: dict[str, Any] = {}
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in b:
+                walk(a.get(k), b[k], f"{path}.{k}" if path else k)
+        elif a != b:
+            out[path] = b
+
+    walk(base, mine, "")
+    return out
+
+
 def default_stack() -> StackProfile:
     return load_stack(DEFAULT_STACK)
 

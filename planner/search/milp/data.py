@@ -113,6 +113,10 @@ def build_data(
     buffers = 2 * 25 * 2**20 if par.zero < 3 and par.dense_dp > 1 else 0.0
     if par.pp > 1:
         buffers += 2 * tokens * graph.spec.hidden_size * train.act_bytes
+    per_matrix = mem.zero3_parameter_gather_bytes(mem.largest_matrix_params(graph, par), train)
+    gathers = par.zero == 3 and not mem.holds_unsharded(train, par)
+    if gathers and per_matrix is not None:
+        buffers += per_matrix  # placement-independent: a constant of every rank's memory rows
     ag1, rs1, ar1 = one_block_comm(costs)
     return PlacementData(
         par=par,
@@ -135,12 +139,10 @@ def build_data(
         state_bytes_per_expert=per_exp,
         opt_s_per_dense=opt_d,
         opt_s_per_expert=opt_e,
-        gather_bytes_per_param=(
-            mem.zero3_gather_bytes(1.0, train.dtype) if par.zero == 3 and not mem.holds_unsharded(train, par) else 0.0
-        ),
+        gather_bytes_per_param=mem.zero3_gather_bytes(1.0, train.dtype) if gathers and per_matrix is None else 0.0,
         head_transient_bytes=mem.loss_transient_bytes(tokens, graph.spec.vocab_size, par.tp, train),
         buffer_bytes=buffers,
-        capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes),
+        capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes, train),
         overlap_tax=cluster.gpu.efficiency.overlap_tax,
         fragmentation=mem.fragmentation(train),
         zero3_overlap=zero3_overlap(graph, train, par),
