@@ -148,9 +148,12 @@ def test_70b_on_64_h100_names_memory_as_binding(big):
     base = report["plan"]["step_time_s"]
     for _, row in rows:
         check_row(row, spec, cluster, train, base)
-    # One more GiB lets one block recompute less: exactly the saving the binding analysis names.
+    # One more usable GiB admits the relaxed plan when it overshoots by less than that, so the
+    # re-placed plan saves at least what the binding analysis names (the placement may find more).
     gib = report["what_if"][0]
-    assert gib["delta_step_time_s"] == pytest.approx(-b["relaxation"]["saves_s"], rel=1e-6)
+    over = b["relaxation"]["peak_memory_bytes"] - b["capacity_bytes"]
+    assert 0 < over <= 2**30
+    assert gib["delta_step_time_s"] <= -b["relaxation"]["saves_s"] * (1 - 1e-6)
     zero0 = next(a for d in report["decisions"] if d["decision"] == "zero" for a in d["alternatives"] if a["value"] == 0)
     assert zero0["status"] == "does_not_fit" and "model states alone" in zero0["reason"]
 
@@ -171,7 +174,10 @@ def test_table_output_and_overrides(small):
 
 
 def test_infeasible_on_a_too_small_cluster():
+    # No headroom: the advice is the arithmetic of the model states alone (the default 5% is tested by
+    # test_headroom_moves_the_advice below).
     args = ["explain", "--infeasible", "-m", "llama3-70b", "-c", "h100-sxm-80gb:8", "-b", "16", "-s", "4096"]
+    args += ["--memory-headroom", "0%"]
     r = runner.invoke(app, args + ["--format", "json"])
     assert r.exit_code == 1, r.stderr
     rep = json.loads(r.stdout)
@@ -180,7 +186,7 @@ def test_infeasible_on_a_too_small_cluster():
     more = rep["advice"][0]
     assert more["gpus"] == 16  # 70.6 B params x 16 B = 1,051 GiB of states: 8 GPUs hold 131 GiB each
     cl = build_inputs("llama3-70b", more["cluster"], 16, 4096, "bf16", "flash", parse_sets([]), None).cluster
-    spec = build_inputs("llama3-70b", "h100-sxm-80gb:8", 16, 4096, "bf16", "flash", parse_sets([]), None)
+    spec = build_inputs("llama3-70b", "h100-sxm-80gb:8", 16, 4096, "bf16", "flash", parse_sets([]), None, None, "0%")
     assert estimate(spec.model, cl, spec.training, par_of(more["parallelism"])).fits
     mem = next(a for a in rep["advice"] if a["change"] == "more memory per GPU")
     assert mem["hbm_bytes"] > 80 * GiB

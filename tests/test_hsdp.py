@@ -16,6 +16,7 @@ from cli import app
 from hardware.cluster import load_cluster
 from models.graph import build_graph
 from models.load import load_model
+from planner.planfile.schema import SCHEMA_VERSION
 from planner.config import Parallel, PlanError, Training
 from planner.cost.estimate import estimate
 from planner.cost.layer import graph_costs
@@ -150,7 +151,7 @@ def hsdp_plan(tmp_path_factory):
 
 def test_hsdp_plan_file_rescores_validates_and_runs_the_same_knob(hsdp_plan):
     path, doc = hsdp_plan
-    assert doc["schema_version"] == "1.1" and doc["parallelism"]["dp_replicate"] == 8
+    assert doc["schema_version"] == SCHEMA_VERSION and doc["parallelism"]["dp_replicate"] == 8
     assert "--dp-replicate 1,8" in doc["reproduce"]
     again = runner.invoke(app, ["estimate", "--plan", str(path), "--format", "json"])
     assert json.loads(again.stdout)["predicted"]["step_time_s"] == doc["predicted"]["step_time_s"]

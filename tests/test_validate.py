@@ -144,7 +144,7 @@ def test_a_wider_model_does_not_fit_any_more(tmp_path, plan_doc):
     fs = {f["field"]: f for f in findings(r)}
     assert fs["inputs.model"]["severity"] == "warning" and "ffn_hidden_size 14336 -> 40000" in fs["inputs.model"]["message"]
     mem = fs["predicted.stages[0].memory"]
-    assert mem["severity"] == "error" and re.search(r"needs [\d.]+ GiB .* GiB over the 79.00 GiB usable", mem["message"])
+    assert mem["severity"] == "error" and re.search(r"needs [\d.]+ GiB .* GiB over the 75.00 GiB usable", mem["message"])
     assert json.loads(r.stdout)["predicted"]["fits"] is False
 
 

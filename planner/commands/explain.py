@@ -28,7 +28,7 @@ from planner.commands.common import Opt
 from planner.commands.explain_infeasible import explain_infeasible
 from planner.commands.explain_rows import ExplainReport, GiB, binding, delta_row, over_text, recompute_rows
 from planner.commands.plan import closest_plan
-from planner.config import Parallel, PlanError, Training, check_plan
+from planner.config import Parallel, PlanError, Training, check_plan, parse_headroom
 from planner.cost.estimate import Estimate, estimate
 from planner.inputs import apply_training_sets, build_inputs, override, parse_sets
 from planner.knobs import BY_NAME, DECISIONS, SPACE_KNOBS, Knobs
@@ -189,9 +189,11 @@ def answer_row(prob: Problem, base: Estimate, value: Any, task: Task) -> dict:
 
 
 def _what_if_tasks(prob: Problem, base: Estimate) -> list[tuple[dict, Task]]:
-    """+1 GiB per GPU (same mesh re-placed, and re-planned) and +1 node (re-planned)."""
+    """+1 GiB usable per GPU (same mesh re-placed, and re-planned) and +1 node (re-planned). A
+    headroom given as a share of HBM grows with it, so the HBM grows by 1 GiB / (1 - share)."""
     c = prob.cluster
-    hbm = f"cluster.gpu.hbm_bytes={c.gpu.hbm_bytes + GiB}"
+    share, unit = parse_headroom(prob.train.memory_headroom)
+    hbm = f"cluster.gpu.hbm_bytes={c.gpu.hbm_bytes + round(GiB / (1 - share) if unit == '%' else GiB)}"
     big = override(c, parse_sets([hbm])["cluster"], ClusterSpec, "cluster")
     pool = prob.pool(big)
     inc = estimate(prob.spec, big, prob.train, prob.par)
