@@ -130,25 +130,24 @@ def _write_plots(est: Any, opts: dict) -> None:
 )
 def estimate(problem: dict = NONE, knobs: dict = NONE, plots: dict = NONE, o: dict = NONE) -> None:
     """Score one hand-specified plan: step time, tokens/s, MFU/HFU and memory per pipeline stage."""
-    from planner.commands.estimate import inputs_of_plan, run_estimate
-    from planner.render.estimate_table import estimate_json, estimate_table
+    from planner.commands.estimate import check_plan_alone, inputs_of_plan, run_estimate
+    from planner.render.estimate_table import estimate_json, estimate_table, not_fitting_text
 
     check_format(o["fmt"])
     _check_plot(plots)
+    if o["plan"] is not None:
+        check_plan_alone(problem, knobs, o["sets"])
     sets = parse_sets(o["sets"] or [])
     inputs = inputs_of_plan(o["plan"]) if o["plan"] is not None else build_inputs(**problem, sets=sets, knobs=knobs)
-    result = run_estimate(inputs).estimate
+    res = run_estimate(inputs)
+    result = res.estimate
     if o["fmt"] == "json":
-        print(json.dumps(estimate_json(result, inputs), indent=2))
+        print(json.dumps(estimate_json(result, inputs, res.fix), indent=2))
     else:
-        estimate_table(out, result)
+        estimate_table(out, result, inputs.defaulted)
     _write_plots(result, plots)
     if not result.fits:
-        r, over = max(result.over, key=lambda x: x[1])
-        raise Verdict(
-            f"does not fit: pipeline stage {r} needs {over / 2**30:.2f} GiB more than the "
-            f"{result.predicted.memory_capacity_bytes / 2**30:.2f} GiB usable per GPU"
-        )
+        raise Verdict(not_fitting_text(result, res.fix))
 
 
 @app.command()

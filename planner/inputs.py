@@ -17,7 +17,7 @@ from models.errors import SpecError, format_validation_error
 from models.load import load_model
 from models.spec import ModelSpec
 from planner.config import DEFAULT_HEADROOM, DTYPES, Parallel, Training, parse_headroom
-from planner.knobs import KNOBS
+from planner.knobs import KNOBS, STACK_DEFAULTS
 from planner.stacks import DEFAULT_STACK, StackProfile, list_stacks, load_stack
 
 # Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
@@ -82,6 +82,7 @@ class Inputs:
     training: Training
     parallel: Parallel | None
     refs: dict = field(default_factory=dict)  # what the user passed: {"model": "llama3-8b", ...}
+    defaulted: dict = field(default_factory=dict)  # knobs the user left out and the value they took
 
 
 def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
@@ -157,6 +158,26 @@ def apply_training_sets(train: Training, sets: dict | None) -> Training:
     return train
 
 
+def fill_defaults(knobs: dict, stack: StackProfile | None) -> tuple[dict, dict]:
+    """The knobs of a partially given plan: given ones as they are, ZeRO, sequence parallelism
+    (with tp > 1) and recompute from the stack's defaults, the rest from the registry. Returns
+    (all knobs, {knob: value} of those defaulted)."""
+    given = {k: v for k, v in knobs.items() if v is not None}
+    out, defaulted = dict(given), {}
+    for kn in KNOBS:
+        if kn.name in given or kn.name == "dp":
+            continue
+        value = kn.default
+        if stack is not None and kn.name in STACK_DEFAULTS:
+            value = getattr(stack.defaults, kn.name)
+            if kn.name == "sequence_parallel":
+                value = bool(value) and int(given.get("tp", 1)) > 1
+        out[kn.name] = value
+        if kn.name != "stage_layers":
+            defaulted[kn.name] = value
+    return out, defaulted
+
+
 def build_parallel(knobs: dict, num_gpus: int) -> Parallel:
     """A fixed plan from single values (a knob not given takes its registry default); dp
     defaults to GPUs / (tp·pp·cp)."""
@@ -203,9 +224,13 @@ def build_inputs(
     name = stack or (CPU_STACK if clus.gpu.name == "cpu" else DEFAULT_STACK)
     prof = load_stack(name, sets.get("stack") or None)
     train = build_training(global_batch, seq_len, dtype, attention, sets.get("training"), prof, memory_headroom)
-    par = build_parallel(knobs, clus.num_gpus) if knobs is not None else None
+    par: Parallel | None = None
+    defaulted: dict[str, Any] = {}
+    if knobs is not None:
+        filled, defaulted = fill_defaults(knobs, prof)
+        par = build_parallel(filled, clus.num_gpus)
     refs = {"model": model, "cluster": cluster, "sets": sets, "stack": name}
-    return Inputs(spec, clus, train, par, refs)
+    return Inputs(spec, clus, train, par, refs, defaulted)
 
 
 def override(obj: BaseModel, overrides: dict, cls: type[BaseModel], what: str) -> Any:

@@ -30,6 +30,8 @@ from models.errors import SpecError
 from planner.schedules import SCHEDULES
 
 RECOMPUTE_OPTIONS = ("none", "selective", "full")
+# Knobs whose default in a hand-written plan is the stack's (planner/stacks ``defaults``).
+STACK_DEFAULTS = ("zero", "sequence_parallel", "recompute")
 # Virtual stages per rank the exact search tries when --vpp is auto (deeper ones: search/polish.py).
 AUTO_VPP = (2,)
 Kind = Literal["int", "bool", "choice", "per_block", "layers"]
@@ -432,8 +434,12 @@ def cli_parameters(mode: Literal["space", "fixed"], option: Callable[..., Any]) 
             extra = (
                 " (default: GPUs / (tp*pp*cp))" if k.name == "dp" else f": {', '.join(k.choices)}" if k.choices else ""
             )
-            opt = option(k.default, k.flag, help=f"{k.help}{extra}.")
-            kind = {"int": int, "bool": bool, "choice": str, "per_block": str, "layers": str}[k.kind]
-            kind = kind | None if k.default is None else kind
+            if k.name in STACK_DEFAULTS:
+                extra += " (default: the stack's)"
+            elif k.name != "dp" and k.default is not None:
+                extra += f" (default: {k.default})"
+            # None = not given: estimate fills it from the stack or the registry and says so.
+            opt = option(None, k.flag, help=f"{k.help}{extra}.")
+            kind = {"int": int, "bool": bool, "choice": str, "per_block": str, "layers": str}[k.kind] | None
         out.append(inspect.Parameter(k.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=opt, annotation=kind))
     return out

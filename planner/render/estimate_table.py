@@ -5,9 +5,11 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from planner.commands.estimate import Change
 from planner.cost.estimate import Estimate
 from planner.cost.records import Predicted
 from planner.inputs import Inputs
+from planner.knobs import BY_NAME, STACK_DEFAULTS
 from planner.planfile.build import parallel_dict, training_block
 from planner.planfile.schema import SCHEMA_VERSION
 
@@ -18,8 +20,20 @@ def _gib(x: float) -> str:
     return f"{x / GiB:.2f}"
 
 
-def estimate_json(result: Estimate, inputs: Inputs) -> dict:
-    return {
+def defaulted_text(defaulted: dict, stack: str) -> str:
+    """``zero 1, recompute none (megatron-core's defaults); micro-batch 1, ...`` for the table."""
+
+    def one(k: str, v: object) -> str:
+        return f"{BY_NAME[k].flag.lstrip('-')} {('on' if v else 'off') if isinstance(v, bool) else v}"
+
+    from_stack = [one(k, v) for k, v in defaulted.items() if k in STACK_DEFAULTS]
+    rest = [one(k, v) for k, v in defaulted.items() if k not in STACK_DEFAULTS]
+    parts = [f"{', '.join(from_stack)} ({stack}'s defaults)"] if from_stack else []
+    return "; ".join(parts + ([", ".join(rest)] if rest else []))
+
+
+def estimate_json(result: Estimate, inputs: Inputs, fix: Change | None = None) -> dict:
+    doc = {
         "schema_version": SCHEMA_VERSION,
         "kind": "estimate",
         "inputs": {
@@ -29,12 +43,29 @@ def estimate_json(result: Estimate, inputs: Inputs) -> dict:
             "refs": inputs.refs,
         },
         "parallelism": parallel_dict(result.par, result.predicted.num_micro_batches),
+        "defaulted": inputs.defaulted,
         "fits": result.fits,
         "predicted": result.predicted.to_json(),
     }
+    if fix is not None:
+        doc["smallest_fitting_change"] = {"flags": fix.flags, "predicted": fix.estimate.predicted.to_json()}
+    return doc
 
 
-def estimate_table(out: Console, result: Estimate) -> None:
+def not_fitting_text(result: Estimate, fix: Change | None) -> str:
+    """The one-line verdict of a plan that does not fit, with the smallest change that does."""
+    r, over = max(result.over, key=lambda x: x[1])
+    text = (
+        f"does not fit: pipeline stage {r} needs {over / 2**30:.2f} GiB more than the "
+        f"{result.predicted.memory_capacity_bytes / 2**30:.2f} GiB usable per GPU"
+    )
+    if fix is None:
+        return text + "; no single knob change fits (try `autopar plan` or `autopar explain --infeasible`)"
+    p0, p1 = result.predicted.step_time_s, fix.estimate.predicted.step_time_s
+    return text + f"; smallest change that fits: {fix.flags} ({p1:.3f} s per step, {p1 / p0 - 1:+.1%})"
+
+
+def estimate_table(out: Console, result: Estimate, defaulted: dict | None = None) -> None:
     p, par = result.predicted, result.par
     head = Table(
         title=f"{result.model.name} on {result.cluster.num_gpus} x {result.cluster.gpu.name}",
@@ -43,6 +74,8 @@ def estimate_table(out: Console, result: Estimate) -> None:
     )
     head.add_row("plan", par.describe("long", p.num_micro_batches))
     head.add_row("stack", f"{result.train.stack.title} ({p.stack})")
+    if defaulted:
+        head.add_row("defaulted", defaulted_text(defaulted, result.train.stack.name))
     lo, hi = p.step_time_interval_s
     band = f", 80% interval {lo:.3f}-{hi:.3f} s" if hi > lo else ""
     head.add_row("step time", f"{p.step_time_s:.3f} s{band}")
