@@ -145,6 +145,9 @@ def _moe(m: dict) -> MoESpec | None:
 
 def case_model(c: dict, stack: StackProfile) -> ModelSpec:
     m = c["model"]
+    missing = [k for k in ("layers", "hidden", "heads", "seq_len") if not m.get(k)]
+    if missing:
+        raise CaseSkipped(f"model {', '.join(missing)} not published")
     for name in PRESET_MATCH:
         p = load_model(name)
         if (p.num_layers, p.hidden_size, p.num_heads, p.kv_heads) == (
@@ -152,10 +155,12 @@ def case_model(c: dict, stack: StackProfile) -> ModelSpec:
             m["hidden"],
             m["heads"],
             m["kv_heads"],
-        ) and p.vocab_size == m["vocab"]:
-            return p
+        ) and (p.vocab_size == m["vocab"] or not m["vocab"]):
+            return p  # a run that does not state its vocabulary takes the preset's
     if m.get("arch") == "moe" and not m.get("moe"):
         raise CaseSkipped("MoE without its expert configuration")
+    if not m.get("vocab") or not (m.get("ffn_hidden") or m.get("moe")):
+        raise CaseSkipped(f"model {'vocab' if not m.get('vocab') else 'ffn_hidden'} not published (and no preset)")
     act = (m.get("activation") or "").lower()
     base = dict(
         name=c["id"],
@@ -231,7 +236,8 @@ def case_parallel(c: dict, stack: StackProfile, notes: list[str]) -> Parallel:
     if not p.get("micro_batch"):
         notes.append("micro-batch 1 (unstated)")
     sched = (p.get("schedule") or "").lower()
-    interleaved = "interleaved" in sched and p["pp"] > 1 or (p.get("vpp") or 1) > 1
+    said = "interleaved" in sched and "non-interleaved" not in sched and "not interleaved" not in sched
+    interleaved = said and p["pp"] > 1 or (p.get("vpp") or 1) > 1
     vpp = p.get("vpp") or (_megatron_vpp(c["model"]["layers"], p["pp"]) if interleaved else 1)
     if interleaved and not p.get("vpp"):
         notes.append(f"vpp {vpp} (unstated)")
@@ -275,9 +281,6 @@ def case_metric(c: dict) -> tuple[str, float]:
 def case_inputs(c: dict) -> CaseInputs:
     notes: list[str] = []
     stack = load_stack(case_stack(c))
-    missing = [k for k in ("layers", "hidden", "heads", "vocab", "seq_len") if not c["model"].get(k)]
-    if missing or (not c["model"].get("ffn_hidden") and not c["model"].get("moe")):
-        raise CaseSkipped(f"model {', '.join(missing) or 'ffn_hidden'} not published")
     model, cluster = case_model(c, stack), _cluster(c)
     train = case_training(c, stack)
     par = case_parallel(c, stack, notes)

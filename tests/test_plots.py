@@ -202,7 +202,7 @@ def test_cli_estimate_plot_writes_the_gantt(tmp_path):
 
 def test_cli_plot_kind_all_writes_three_files_even_when_the_plan_does_not_fit(tmp_path):
     """pp 2 without ZeRO does not fit llama3-8b's states + activations: exit 1, and the pictures show why."""
-    r = runner.invoke(app, ["estimate", *BASE, "--pp", "2", "--plot", str(tmp_path / "p.svg"), "--plot-kind", "all"])
+    r = runner.invoke(app, ["estimate", *BASE, "--pp", "2", "--zero", "0", "--plot", str(tmp_path / "p.svg"), "--plot-kind", "all"])
     assert r.exit_code == 1 and "does not fit" in r.stderr, r.stderr
     for kind in ("gantt", "memory", "breakdown"):
         _assert_image(tmp_path / f"p-{kind}.svg")
