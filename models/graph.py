@@ -21,7 +21,7 @@ fp32 norm statistics / softmax log-sum-exp) and which parallelism shards it.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from models.spec import ModelSpec
@@ -147,10 +147,8 @@ def _norm(
     # Backward reads x and dy and writes dx (the weight-grad reduction is fused): 3 passes.
     op = _ew(f"{prefix}.norm", 2 * width, shard, flops=5 * width, bwd_io=3 * width)
     if impl == "unfused" and spec.norm == "rmsnorm":
-        # Eager composite RMSNorm, one kernel per step (torchtitan models/norms.py; PyTorch
-        # rms_norm decomposition): x.float() (1 in, 2 out, in 2-byte units), pow (2, 2), mean (2),
-        # x·rstd (2, 2), type_as (2, 1), ·weight (1, 1): 18 element-passes forward, about 1.5x
-        # that backward, instead of the fused kernel's 2 and 3.
+        # Eager composite RMSNorm (torchtitan models/norms.py), one kernel per step, in 2-byte units:
+        # x.float() 1+2, pow 2+2, mean 2, x·rstd 2+2, type_as 2+1, ·weight 1+1 = 18 passes (27 back).
         op = _ew(f"{prefix}.norm", 18 * width, shard, flops=5 * width, bwd_io=27 * width)
         return op, [
             Saved(f"{prefix}.norm_in", width, "fp32", shard),
@@ -331,21 +329,8 @@ def _ffn_dense(
     down = f"{prefix}.down" if spec.gated else f"{prefix}.fc2"
     saved.append(Saved(f"{prefix}.down_out", h * c, "act", "sp", mm_output=True, in_none=False, op=down))
     if c != 1.0:
-        ops = [
-            Op(
-                o.name,
-                o.kind,
-                o.fwd_flops * c,
-                o.exec_fwd_flops * c,
-                o.bwd_factor,
-                o.io_elems * c,
-                o.shard,
-                o.expert,
-                o.shardable,
-                o.tp_role,
-            )
-            for o in ops
-        ]
+        scale = ("fwd_flops", "exec_fwd_flops", "io_elems")
+        ops = [replace(o, **{k: getattr(o, k) * c for k in scale}) for o in ops]
     return ops, saved, params * (copies if not expert else 1.0)
 
 

@@ -76,6 +76,20 @@ class PlacementData:
         return [c * self.par.pp + rank for c in range(self.par.vpp)]
 
 
+def _fixed_buffers(graph: LayerGraph, train: Training, par: Parallel, tokens: float) -> tuple[float, bool]:
+    """Placement-independent bytes of every rank's memory rows (DDP buckets, p2p buffers, a
+    per-matrix ZeRO-3 stack's gather buffers: cost.estimate._rank_memory), and whether ZeRO-3
+    gathers whole blocks (then a per-layer transient, ``gather_bytes_per_param``)."""
+    buffers = 2 * 25 * 2**20 if par.zero < 3 and par.dense_dp > 1 else 0.0
+    if par.pp > 1:
+        buffers += 2 * tokens * graph.spec.hidden_size * train.act_bytes
+    per_matrix = mem.zero3_parameter_gather_bytes(mem.largest_matrix_params(graph, par), train)
+    gathers = par.zero == 3 and not mem.holds_unsharded(train, par)
+    if gathers and per_matrix is not None:
+        buffers += per_matrix
+    return buffers, gathers and per_matrix is None
+
+
 def block_runs(graph: LayerGraph, costs: list[LayerCost]) -> list[Run]:
     runs: list[Run] = []
     for i, layer in enumerate(graph.blocks):
@@ -110,13 +124,7 @@ def build_data(
     opt_d = OPTIMIZER_BYTES_PER_PARAM / bw / (n_dense if par.zero >= 1 else 1)
     opt_e = OPTIMIZER_BYTES_PER_PARAM / bw / (n_exp if par.zero >= 1 else 1)
     tokens = par.micro_batch * train.seq_len / par.cp
-    buffers = 2 * 25 * 2**20 if par.zero < 3 and par.dense_dp > 1 else 0.0
-    if par.pp > 1:
-        buffers += 2 * tokens * graph.spec.hidden_size * train.act_bytes
-    per_matrix = mem.zero3_parameter_gather_bytes(mem.largest_matrix_params(graph, par), train)
-    gathers = par.zero == 3 and not mem.holds_unsharded(train, par)
-    if gathers and per_matrix is not None:
-        buffers += per_matrix  # placement-independent: a constant of every rank's memory rows
+    buffers, block_gathers = _fixed_buffers(graph, train, par, tokens)
     ag1, rs1, ar1 = one_block_comm(costs)
     return PlacementData(
         par=par,
@@ -139,7 +147,7 @@ def build_data(
         state_bytes_per_expert=per_exp,
         opt_s_per_dense=opt_d,
         opt_s_per_expert=opt_e,
-        gather_bytes_per_param=mem.zero3_gather_bytes(1.0, train.dtype) if gathers and per_matrix is None else 0.0,
+        gather_bytes_per_param=mem.zero3_gather_bytes(1.0, train.dtype) if block_gathers else 0.0,
         head_transient_bytes=mem.loss_transient_bytes(tokens, graph.spec.vocab_size, par.tp, train),
         buffer_bytes=buffers,
         capacity_bytes=mem.capacity_bytes(cluster.gpu.hbm_bytes, train),
