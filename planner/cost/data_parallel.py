@@ -51,12 +51,19 @@ def tied_copy_comm(
     return dp_comm_s(0.0, tied_params(graph, par), _Ctx(cluster, train, par, graph.spec))
 
 
-def zero3_per_step(train: Training, par: Parallel) -> bool:
-    """ZeRO-3 that gathers once per step and reduce-scatters once per step, holding the unsharded
-    weights and fp32 gradients in between (``cost.memory.holds_unsharded``): torchtitan under
-    pipeline parallelism (``reshard_after_forward = not pp_enabled``, and PyTorch's pipeline stage
-    turns gradient sync off for every micro-batch but the last). Priced like ZeRO-1's tail."""
-    return holds_unsharded(train, par)
+def comm_stage(train: Training, par: Parallel) -> int:
+    """The ZeRO stage whose data-parallel traffic the plan pays: ``par.zero``, except where the
+    stack communicates once per step like ZeRO-1 (a reduce-scatter under the last backward, a
+    gather under the next forward): ZeRO-3 that keeps the gathered weights and fp32 gradients
+    under pipeline parallelism (``cost.memory.holds_unsharded``: torchtitan, whose pipeline stage
+    turns gradient sync off for every micro-batch but the last), and ZeRO-2 in a stack that
+    reduces only at the end of the step (``zero2_reduce_every_microbatch`` off: Megatron's
+    distributed optimizer with sharded gradients, Meta's FSDP)."""
+    if par.zero == 3 and holds_unsharded(train, par):
+        return 1
+    if par.zero == 2 and not train.stack.zero2_reduce_every_microbatch:
+        return 1
+    return par.zero
 
 
 def zero3_overlap(graph: LayerGraph, train: Training, par: Parallel) -> float:
@@ -82,7 +89,7 @@ def add_per_microbatch_dp(
     w: float = 1.0,
 ) -> list[float]:
     """ZeRO-3/FSDP: all-gather weights before forward and again before backward, reduce-scatter
-    gradients after, layer by layer (none of it with ``zero3_per_step``: the tail prices it),
+    gradients after, layer by layer (the caller skips it when ``comm_stage`` is below 2),
     prefetched under the chunk's compute: exposed = ``comm.exposed_s`` over the share of the
     phase's compute the stack's prefetch overlaps (``w``, ``zero3_overlap``) + one block's
     gather/scatter. ZeRO-2 reduce-scatters every micro-batch's gradients
@@ -91,8 +98,6 @@ def add_per_microbatch_dp(
     ag1, rs1, _ = one_block_comm(costs)
     w = w if par.zero == 3 else 1.0
     added = [0.0] * len(chunks)
-    if par.zero == 3 and zero3_per_step(train, par):
-        return added
     for c in chunks:
         ag = sum(costs[i].dp_ag_s for i in c.layer_ids)
         rs = sum(costs[i].dp_rs_s for i in c.layer_ids)
@@ -117,14 +122,14 @@ def dp_tail(
     par: Parallel,
     tax: float,
     grad_overlap: bool = True,
-    per_step3: bool = False,
+    stage: int | None = None,
 ) -> float:
     """Exposed end-of-step data-parallel sync seconds of one pipeline rank.
 
     ``grad_overlap`` (the stack's ``dp_grad_overlap``): gradient buckets reduce under the
     remaining backward; without it (Megatron-LM's LocalDDP, DeepSpeed without ``overlap_comm``)
-    the reduction starts after the last backward and all of it is exposed. ``per_step3``
-    (``zero3_per_step``): ZeRO-3's one reduce-scatter and one gather per step, as ZeRO-1's.
+    the reduction starts after the last backward and all of it is exposed. ``stage``: the stage
+    whose traffic is paid (``comm_stage``; default ``par.zero``).
 
     ZeRO-0: gradient all-reduce in buckets under the last micro-batch's backward (PyTorch DDP,
     Li et al. 2020 §3.2): exposed = exposed_s(AR, B) + the last bucket. ZeRO-1: reduce-scatter
@@ -140,12 +145,13 @@ def dp_tail(
     ar = sum(costs[i].dp_ar_s for i in rank_layers) + tied[2]
     sync = 0.0
     window = b_rank if grad_overlap else 0.0
+    z = par.zero if stage is None else stage
     if par.dense_dp > 1:
-        if par.zero == 0:
+        if z == 0:
             sync = comm.exposed_s(ar, window, tax) + (ar1 if grad_overlap else 0.0)
-        elif par.zero == 1 or per_step3:
+        elif z == 1:
             sync = comm.exposed_s(rs, window, tax) + (rs1 if grad_overlap else 0.0)
-        if par.zero in (1, 2) or per_step3:
+        if z in (1, 2):
             sync += comm.exposed_s(ag, f_first, tax)
     if par.dp_replicate > 1:
         rep = sum(costs[i].dp_rep_ar_s for i in rank_layers) + tied[3]

@@ -22,12 +22,12 @@ from planner.cost import memory as mem
 from planner.cost.chunks import ChunkInfo, chunk_sums, make_chunks
 from planner.cost.data_parallel import (
     add_per_microbatch_dp,
+    comm_stage,
     dp_tail,
     optimizer_s,
     tied_copy_comm,
     tied_params,
     zero3_overlap,
-    zero3_per_step,
 )
 from planner.cost.layer import LayerCost, graph_costs
 from planner.cost.records import ChunkResult, Predicted, StageResult, TimeBreakdown
@@ -162,7 +162,7 @@ def _time(p: _Prepared, cluster: ClusterSpec, train: Training, par: Parallel, ke
     tax = cluster.gpu.efficiency.overlap_tax
     added = (
         add_per_microbatch_dp(p.chunks, p.costs, f, b, train, par, tax, zero3_overlap(p.graph, train, par))
-        if par.zero >= 2
+        if comm_stage(train, par) >= 2
         else [0.0] * len(p.chunks)
     )
     zero_s = [m * sum(added[c.index] for c in p.of_rank(r)) for r in range(par.pp)]
@@ -192,7 +192,7 @@ def _time(p: _Prepared, cluster: ClusterSpec, train: Training, par: Parallel, ke
             par,
             tax,
             train.stack.dp_grad_overlap,
-            par.zero == 3 and zero3_per_step(train, par),
+            comm_stage(train, par),
         )
         tied_p = tied_params(p.graph, par) if has_head else 0.0
         tails.append((sync, optimizer_s(layers, p.costs, tied_p, par, cluster)))

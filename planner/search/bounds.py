@@ -12,7 +12,7 @@ from hardware.cluster import ClusterSpec
 from models.graph import LayerGraph
 from planner.config import Parallel, Training
 from planner.cost import memory as mem
-from planner.cost.data_parallel import OPTIMIZER_BYTES_PER_PARAM, one_block_replica_ar, zero3_per_step
+from planner.cost.data_parallel import OPTIMIZER_BYTES_PER_PARAM, comm_stage, one_block_replica_ar
 from planner.cost.layer import LayerCost
 
 
@@ -21,14 +21,14 @@ def candidate_bound(
 ) -> tuple[float, float]:
     """(lower bound on step seconds, lower bound on the busiest rank's bytes) for any placement."""
     m = par.num_micro_batches(train.global_batch)
-    per_step = par.zero == 3 and zero3_per_step(train, par)  # priced in the tail, like ZeRO-1
-    taxed = [0.0] * len(costs) if per_step else _taxed_zero_s(costs, par, cluster.gpu.efficiency.overlap_tax)
+    stage = comm_stage(train, par)  # once per step (1) is priced in the tail, like ZeRO-1
+    taxed = _taxed_zero_s(costs, stage, cluster.gpu.efficiency.overlap_tax)
     work = sum(c.fwd_s + c.bwd_s + t for c, t in zip(costs, taxed))  # no recompute: the fastest
     blocks = costs[1:-1]
     per_chunk = 0.0
-    if par.zero == 3:
-        per_chunk = 0.0 if per_step else 2 * max(c.dp_ag_s for c in blocks) + max(c.dp_rs_s for c in blocks)
-    elif par.zero == 2:
+    if stage == 3:
+        per_chunk = 2 * max(c.dp_ag_s for c in blocks) + max(c.dp_rs_s for c in blocks)
+    elif stage == 2:
         per_chunk = max(c.dp_rs_s for c in blocks)
     work += per_chunk * par.chunks
     p = par.pp
@@ -55,8 +55,8 @@ def candidate_bound(
     mem_lb = (states.weights + states.gradients + states.optimizer) / p
     # Tails every rank pays at least: the last bucket / block of gradient sync (HSDP: of the
     # replica all-reduce), and Adam on an average rank's share of the (sharded) parameters.
-    if n_dense > 1 and par.zero in (0, 1):
-        time_lb += max(c.dp_ar_s if par.zero == 0 else c.dp_rs_s for c in blocks)
+    if n_dense > 1 and stage in (0, 1):
+        time_lb += max(c.dp_ar_s if stage == 0 else c.dp_rs_s for c in blocks)
     if par.dp_replicate > 1:
         time_lb += one_block_replica_ar(costs)
     local = (
@@ -66,13 +66,13 @@ def candidate_bound(
     return time_lb, mem_lb
 
 
-def _taxed_zero_s(costs: list[LayerCost], par: Parallel, tax: float) -> list[float]:
+def _taxed_zero_s(costs: list[LayerCost], stage: int, tax: float) -> list[float]:
     """Per layer, the least ZeRO-2/3 seconds any placement pays per micro-batch: a chunk's
     exposure is ``exposed_s(comm, compute) ≥ tax·comm`` (hardware.comm), and the chunk's comm is
     the sum of its layers' (ZeRO-3: gather forward, gather + scatter backward; ZeRO-2: scatter)."""
-    if par.zero == 3:
+    if stage == 3:
         return [tax * (2 * c.dp_ag_s + c.dp_rs_s) for c in costs]
-    if par.zero == 2:
+    if stage == 2:
         return [tax * c.dp_rs_s for c in costs]
     return [0.0] * len(costs)
 

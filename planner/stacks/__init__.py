@@ -106,6 +106,10 @@ class StackProfile(_Strict):
         "but every second one and recomputes the rest (torchtitan 'op' SAC); or every matmul and "
         "attention output kept, the elementwise ops recomputed (autopar's runtime)."
     )
+    zero2_reduce_every_microbatch: bool = Field(
+        description="ZeRO-2 reduce-scatters the gradients of every micro-batch (DeepSpeed, FSDP "
+        "SHARD_GRAD_OP); else once per step under the last backward, as the distributed optimizer."
+    )
     dp_grad_overlap: bool = Field(
         description="Gradient all-reduce/reduce-scatter in buckets under the remaining backward "
         "(else it starts after the last backward)."

@@ -18,12 +18,12 @@ from planner.cost import memory as mem
 from planner.cost.chunks import make_chunks
 from planner.cost.data_parallel import (
     OPTIMIZER_BYTES_PER_PARAM,
+    comm_stage,
     one_block_comm,
     one_block_replica_ar,
     tied_copy_comm,
     tied_params,
     zero3_overlap,
-    zero3_per_step,
 )
 from planner.cost.estimate import p2p_list
 from planner.cost.layer import LayerCost
@@ -66,7 +66,7 @@ class PlacementData:
     overlap_tax: float  # step seconds per second of collective hidden under compute (comm.exposed_s)
     fragmentation: float  # allocator reserve over live bytes (cost.memory.fragmentation)
     zero3_overlap: float  # share of a phase's compute ZeRO-3 collectives hide under (stack profile)
-    zero3_per_step: bool  # ZeRO-3 gathers and scatters once per step (cost.data_parallel.zero3_per_step)
+    comm_stage: int  # the ZeRO stage whose traffic is paid (cost.data_parallel.comm_stage)
     dp_grad_overlap: bool  # gradient sync under the last backward (stack profile), else after it
 
     def rank_of(self, chunk: int) -> int:
@@ -154,6 +154,6 @@ def build_data(
         overlap_tax=cluster.gpu.efficiency.overlap_tax,
         fragmentation=mem.fragmentation(train),
         zero3_overlap=zero3_overlap(graph, train, par),
-        zero3_per_step=par.zero == 3 and zero3_per_step(train, par),
+        comm_stage=comm_stage(train, par),
         dp_grad_overlap=train.stack.dp_grad_overlap,
     )

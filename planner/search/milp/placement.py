@@ -134,8 +134,9 @@ def _exposed(model: Model, d: PlacementData, comm: Expr, window: Expr, name: str
 
 
 def add_chunk_time_constraints(model: Model, d: PlacementData, v: PlacementVars) -> None:
-    """Per micro-batch chunk times, with ZeRO-2/3 per-micro-batch exposure (planner.cost.data_parallel)."""
-    zero = d.par.zero
+    """Per micro-batch chunk times, with ZeRO-2/3 per-micro-batch exposure (planner.cost.data_parallel;
+    ``comm_stage``: a stack that syncs once per step pays it in the tail instead)."""
+    zero = d.comm_stage
     for j in range(d.n_chunks):
         f0 = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.fwd_s) + _ends(d, j, lambda c: c.fwd_s)
         b0 = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.bwd_s + r.cost.recompute_s[o]) + _ends(
@@ -144,7 +145,7 @@ def add_chunk_time_constraints(model: Model, d: PlacementData, v: PlacementVars)
         v.F0[j], v.B0[j] = f0, b0
         ag = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.dp_ag_s) + _ends(d, j, lambda c: c.dp_ag_s)
         rs = _blocks_of_chunk(d, v, j, lambda r, o: r.cost.dp_rs_s) + _ends(d, j, lambda c: c.dp_rs_s)
-        if zero == 3 and not d.zero3_per_step:
+        if zero == 3:
             w = d.zero3_overlap
             ef = _exposed(model, d, ag, f0 * w, f"fsdp_fwd[chunk={j}]")
             eb = _exposed(model, d, ag + rs, b0 * w, f"fsdp_bwd[chunk={j}]")
@@ -240,7 +241,7 @@ def add_tail_constraints(model: Model, d: PlacementData, v: PlacementVars) -> No
     of cost.data_parallel.dp_tail: DDP / ZeRO-1 gradient reduction, ZeRO-1/2 weight gather, HSDP
     replica all-reduce)."""
     v.T = model.var("T[step_time_s]")
-    z, par = d.par.zero, d.par
+    z, par = d.comm_stage, d.par
     for r in range(par.pp):
         tied = d.tied_comm if _has_head(d, r) else (0.0, 0.0, 0.0, 0.0)
         ag = _rank_sum(d, v, r, lambda run, o: run.cost.dp_ag_s, lambda c: c.dp_ag_s) + tied[0]
@@ -248,7 +249,6 @@ def add_tail_constraints(model: Model, d: PlacementData, v: PlacementVars) -> No
         ar = _rank_sum(d, v, r, lambda run, o: run.cost.dp_ar_s, lambda c: c.dp_ar_s) + tied[2]
         b_rank = total(v.B0[j] for j in d.chunks_of(r))
         sync = Expr()
-        z = 1 if z == 3 and d.zero3_per_step else z  # one reduce-scatter and one gather per step
         if par.dense_dp > 1 and z in (0, 1):
             window = b_rank if d.dp_grad_overlap else Expr()
             s1 = _exposed(model, d, ar if z == 0 else rs, window, f"grad_sync[rank={r}]")
