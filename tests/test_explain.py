@@ -164,9 +164,10 @@ def test_table_output_and_overrides(small):
     assert r.exit_code == 0, r.stderr
     for needle in ("binding constraint: time", "counterfactuals", "recompute per stage", "+1 node"):
         assert needle in r.stdout
-    # 60 GiB GPUs: the plan no longer fits; the report says so and exits 1.
+    # GPUs with 70% of the plan's peak: it no longer fits; the report says so and exits 1.
+    peak = json.loads(path.read_text())["predicted"]["peak_memory_bytes"]
     r = runner.invoke(app, ["explain", str(path), "--time-limit", "2", "--format", "json",
-                            "--set", f"cluster.gpu.hbm_bytes={60 * GiB}"])
+                            "--set", f"cluster.gpu.hbm_bytes={int(0.7 * peak)}"])
     assert r.exit_code == 1
     report = json.loads(r.stdout)
     assert report["plan"]["fits"] is False and report["binding"]["binds"] == "memory"
