@@ -20,15 +20,19 @@ CACHE_VERSION = 1
 
 
 # The source a point's result depends on: every module of the packages the search reads (the
-# rendering excepted), so an edited cost model or solver never serves stale rows. Loaders'
+# rendering excepted) and the stack profiles with their fitted constants (the key names a stack,
+# not its contents), so an edited cost model, solver or fit never serves stale rows. Loaders'
 # output, the resolved specs, is in the key as well.
 ROOT = Path(__file__).resolve().parents[2]
 CODE_FILES = tuple(
     sorted(
-        p.relative_to(ROOT).as_posix()
-        for pkg in ("models", "hardware", "planner")
-        for p in (ROOT / pkg).rglob("*.py")
-        if "render" not in p.parts
+        [
+            p.relative_to(ROOT).as_posix()
+            for pkg in ("models", "hardware", "planner")
+            for p in (ROOT / pkg).rglob("*.py")
+            if "render" not in p.parts
+        ]
+        + [p.relative_to(ROOT).as_posix() for p in (ROOT / "planner" / "stacks").rglob("*.yaml")]
     )
 )
 
