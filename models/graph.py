@@ -46,6 +46,7 @@ class Saved:
     mm_output: bool = False  # kept by op-level selective recompute (outputs of matmuls / attention)
     in_none: bool = True  # saved without recompute (False: only cached by op-level selective)
     op: str = ""  # the op whose output it is (matmul and attention outputs; op-level selective recompute)
+    gathered: bool = False  # a column-parallel linear's input: all-gathered by sequence parallelism
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def _attention(
     norm_op, norm_saved = _norm("attn", spec, h, impl=norm_impl)
     ops.append(norm_op)
     saved += norm_saved
-    saved.append(Saved("attn.qkv_in", h, "act", "sp"))
+    saved.append(Saved("attn.qkv_in", h, "act", "sp", gathered=True))
     repl: float = h * (2 if spec.norm == "layernorm" else 1)
     proj = _mla_projections(spec) if spec.mla is not None else _qkv_projection(spec)
     ops += proj.ops
@@ -347,7 +348,7 @@ def _ffn(
         ops.append(norm_op)
         saved += norm_saved
         repl += h * (2 if spec.norm == "layernorm" else 1)
-    saved.append(Saved("ffn.in", h, "act", "sp"))
+    saved.append(Saved("ffn.in", h, "act", "sp", gathered=True))
     dense = expert_params = 0.0
     m = spec.moe
     if m is None or not spec.is_moe_layer(index):
@@ -428,7 +429,7 @@ def _head(spec: ModelSpec, norm_impl: NormImpl = "fused") -> Layer:
     h, v = spec.hidden_size, spec.vocab_size
     norm_op, norm_saved = _norm("head", spec, h, impl=norm_impl)
     ops = [norm_op, _mm("head.logits", h, v, dims=("vocab",), role="column"), _ew("head.loss", 3 * v, flops=5 * v)]
-    saved = norm_saved + [Saved("head.in", h, "act", "sp"), Saved("head.logits_fp32", v, "fp32")]
+    saved = norm_saved + [Saved("head.in", h, "act", "sp", gathered=True), Saved("head.logits_fp32", v, "fp32")]
     params = 0.0 if spec.tie_embeddings else v * h
     repl = h * (2 if spec.norm == "layernorm" else 1)
     return Layer("head", "head", tuple(ops), tuple(saved), params, repl, signature=("head",))

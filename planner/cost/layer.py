@@ -83,8 +83,15 @@ def _op_times(op: Op, ctx: _Ctx) -> tuple[float, float]:
 
 
 def _saved_bytes(saved: Saved, ctx: _Ctx) -> float:
+    """Bytes of one saved tensor for one micro-batch. A column-parallel linear's input under
+    sequence parallelism is saved sequence-sharded and re-gathered in backward by Megatron
+    (Korthikanti et al. 2022 §4.2.2); a stack whose linears keep the gathered, full-sequence
+    tensor (``sp_keeps_gathered_input``: DTensor TP, async TP's fused all-gather-matmul) holds tp
+    times more."""
     spec = ctx.spec
     d = ctx.div(saved.shard)
+    if saved.gathered and ctx.train.stack.sp_keeps_gathered_input:
+        d = 1
     if saved.name in ("attn.k", "attn.v") and spec.mla is None:
         d = min(d, spec.kv_heads)  # kv heads are replicated once tp exceeds them
     per = BYTES.get(saved.byte_class, ctx.train.act_bytes)

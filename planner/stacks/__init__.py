@@ -100,6 +100,10 @@ class StackProfile(_Strict):
     norm_impl: Literal["fused", "unfused"] = Field(description="Fused norm and bias-dropout-add kernels.")
     tp_overlap: Literal["backward", "none"] = Field(description="TP collectives under backward GEMMs.")
     grad_reduce_dtype: Literal["auto", "fp32", "bf16"] = Field(description="Gradient accumulation/reduce dtype.")
+    sp_keeps_gathered_input: bool = Field(
+        description="Under sequence parallelism a column-parallel linear saves the all-gathered "
+        "(full-sequence) input for backward; else the sequence-sharded one, re-gathered in backward."
+    )
     selective_recompute: Literal["attention_core", "op_policy", "matmul_outputs"] = Field(
         description="What 'selective' recomputes: the attention core (Megatron; with flash attention its "
         "inputs are kept and nothing s^2 is stored); an op-level policy that keeps every matmul output "
