@@ -179,7 +179,7 @@ def answer_row(prob: Problem, base: Estimate, value: Any, task: Task) -> dict:
             f"{c.par.describe('full')}, over the {cap / GiB:.2f} GiB usable"
         )
     else:
-        closest = closest_plan(prob.spec, pool.ctx.cluster, prob.train, [c.par for c in live[:16]])
+        closest = closest_plan(prob.spec, pool.ctx.cluster, prob.train, [c.par for c in live[:16]], pool.ctx.options)
         reason = (
             (f"closest ({closest[0].par.describe('full')}): " + over_text(closest[0]))
             if closest and closest[0].over

@@ -224,7 +224,7 @@ def _conflicts(spec, cluster, train, knobs: Knobs, pool: Pool, cands) -> tuple[l
     conflicts, advice = [], []
     states = _states_conflict(pool, train, cands)
     ranked = sorted(cands, key=lambda c: least_memory_proxy_bytes(c, train.global_batch))
-    found = closest_plan(spec, cluster, train, [c.par for c in ranked[:CLOSEST]])
+    found = closest_plan(spec, cluster, train, [c.par for c in ranked[:CLOSEST]], knobs.options())
     closest = found[0] if found and found[0].over else None
     if states:
         conflicts.append(states)

@@ -14,7 +14,7 @@ from planner.config import Training
 from planner.cost.estimate import Estimate, estimate
 from planner.cost.records import Predicted, time_components
 from planner.inputs import Inputs
-from planner.knobs import BY_NAME, Knobs
+from planner.knobs import BY_NAME, RECOMPUTE_OPTIONS, Knobs
 from planner.planfile.build import build_plan
 from planner.search.bnb import Progress
 from planner.search.context import CandStatus
@@ -90,7 +90,8 @@ def run_plan(
         progress,
     )
     if res.best is None:
-        return PlanResult(res, None, infeasible_advice(inputs.model, inputs.cluster, inputs.training, res))
+        advice = infeasible_advice(inputs.model, inputs.cluster, inputs.training, res, knobs.options())
+        return PlanResult(res, None, advice)
     cmd = reproduce_command(
         inputs.refs,
         inputs.training,
@@ -184,13 +185,22 @@ def _why(best: Predicted, other: Predicted) -> str:
     return f"{name} +{delta:.3f} s"
 
 
-def closest_plan(spec, cluster, train, pars) -> tuple[Estimate, float] | None:
-    """(Estimate, bytes over capacity) of the candidate that comes closest to fitting with full
-    recompute on the even split (the least activation memory a candidate can have), or None."""
+def strongest_recompute(options: tuple[str, ...]) -> str:
+    """The allowed recompute option that keeps the least activation memory."""
+    return next(o for o in reversed(RECOMPUTE_OPTIONS) if o in options)
+
+
+def closest_plan(
+    spec, cluster, train, pars, options: tuple[str, ...] = RECOMPUTE_OPTIONS
+) -> tuple[Estimate, float] | None:
+    """(Estimate, bytes over capacity) of the candidate that comes closest to fitting with the
+    strongest recompute the user allows on the even split (the least activation memory a
+    candidate can have within ``options``), or None."""
     closest = None
+    rc = strongest_recompute(options)
     for par in pars:
         try:
-            e = estimate(spec, cluster, train, par.with_(recompute="full", stage_layers=None))
+            e = estimate(spec, cluster, train, par.with_(recompute=rc, stage_layers=None))
         except SpecError:
             continue
         over = max((o for _, o in e.over), default=0.0)
@@ -199,9 +209,9 @@ def closest_plan(spec, cluster, train, pars) -> tuple[Estimate, float] | None:
     return closest
 
 
-def infeasible_advice(spec, cluster, train, res: SearchResult) -> str:
-    """Quantified advice from the plan that comes closest to fitting."""
-    closest = closest_plan(spec, cluster, train, [r.par for r in res.candidates])
+def infeasible_advice(spec, cluster, train, res: SearchResult, options: tuple[str, ...] = RECOMPUTE_OPTIONS) -> str:
+    """Quantified advice from the plan that comes closest to fitting within the allowed recompute."""
+    closest = closest_plan(spec, cluster, train, [r.par for r in res.candidates], options)
     if closest is None:
         return "no candidate could be scored"
     e, over = closest
@@ -211,8 +221,8 @@ def infeasible_advice(spec, cluster, train, res: SearchResult) -> str:
     states = m.weights_bytes + m.gradients_bytes + m.optimizer_bytes
     cap = e.predicted.memory_capacity_bytes
     return (
-        f"binding constraint: memory of pipeline stage {stage} in the closest plan ({e.par.describe()}, full "
-        f"recompute) is {over / gib:.2f} GiB over the {cap / gib:.2f} GiB usable. It would fit with GPUs of at "
+        f"binding constraint: memory of pipeline stage {stage} in the closest plan ({e.par.describe()}, "
+        f"{strongest_recompute(options)} recompute) is {over / gib:.2f} GiB over the {cap / gib:.2f} GiB usable. It would fit with GPUs of at "
         f"least {(cap + over) / gib + 1:.0f} GiB, or with more GPUs: its model states take {states / gib:.2f} GiB "
         f"per GPU and shrink in proportion to the data-parallel (ZeRO-3) or pipeline degree; activations take "
         f"{m.activations_bytes / gib:.2f} GiB (smaller micro-batch or shorter sequences reduce them)."

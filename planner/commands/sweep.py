@@ -248,7 +248,8 @@ def solve_point(task: tuple) -> dict:
     c = res.certificate
     solved = {"solver_status": c.status, "gap": c.gap, "solve_wall_s": res.phases_s["total_s"]}
     if res.best is None:
-        return {"feasible": False, "reason": "no plan fits: " + infeasible_advice(model, cluster, train, res), **solved}
+        why = infeasible_advice(model, cluster, train, res, knobs.options())
+        return {"feasible": False, "reason": "no plan fits: " + why, **solved}
     p, par = res.best.predicted, res.best.par
     knobs_row = {k: getattr(par, k) for k in KNOB_COLUMNS} | {"recompute": par.recompute_summary()}
     return {

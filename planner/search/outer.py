@@ -83,10 +83,13 @@ def search(
     t_alt = time.perf_counter()
     polished: dict[str, DeeperRecord] = {}
     if incumbent:  # neither step makes the plan slower, so the certificate stays true
-        incumbent = least_recompute(incumbent)  # ties go to less recompute
+        incumbent = least_recompute(incumbent, options=ctx.options)  # ties go to less recompute
         allowed = knobs.given("schedule") or tuple(SCHEDULES)
         if knobs.given("vpp") is None and any(SCHEDULES[s].virtual_stages for s in allowed):
-            ranked = deepen_all(incumbent, [(r.status, r.bound_s, r.best) for r in alts if r.best is not None])
+            runner_ups: list[tuple[str, float, Estimate]] = [
+                (r.status, r.bound_s, r.best) for r in alts if r.best is not None
+            ]
+            ranked = deepen_all(incumbent, runner_ups, ctx.options)
             polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
             incumbent = ranked[0][2]
             alts = [

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from planner.config import PlanError, Recompute
 from planner.cost.estimate import Estimate, estimate
+from planner.knobs import RECOMPUTE_OPTIONS
 from planner.schedules import INTERLEAVED
 from planner.search.certificate import DeeperRecord
 
@@ -41,8 +42,11 @@ TIE_REL = 1e-12  # float noise of summing the same times in another order
 DEEPER_VPP = (3, 4, 6, 8, 12, 16, 24, 32)
 
 
-def deeper_interleaving(est: Estimate, vpps: tuple[int, ...] = DEEPER_VPP) -> Estimate:
-    """``est``, or the same mesh interleaved with more virtual stages when that is faster and fits."""
+def deeper_interleaving(
+    est: Estimate, vpps: tuple[int, ...] = DEEPER_VPP, options: tuple[str, ...] = RECOMPUTE_OPTIONS
+) -> Estimate:
+    """``est``, or the same mesh interleaved with more virtual stages when that is faster and fits;
+    recompute stays within ``options`` (the user's ``--recompute``)."""
     par = est.par
     if par.pp == 1 or not est.fits:
         return est
@@ -54,7 +58,8 @@ def deeper_interleaving(est: Estimate, vpps: tuple[int, ...] = DEEPER_VPP) -> Es
         if v <= (par.vpp if par.schedule_spec.virtual_stages else 1) or par.pp * v > blocks:
             continue
         trial = par.with_(schedule=INTERLEAVED.name, vpp=v, stage_layers=None)
-        for recompute in dict.fromkeys((rc, "none", "selective", "full")):
+        uniform = [o for o in ("none", "selective", "full") if o in options]
+        for recompute in dict.fromkeys((rc, *uniform)):
             try:
                 e = estimate(est.model, est.cluster, est.train, trial.with_(recompute=recompute))
             except PlanError:
@@ -67,7 +72,9 @@ def deeper_interleaving(est: Estimate, vpps: tuple[int, ...] = DEEPER_VPP) -> Es
     return best
 
 
-def deepen_all(plan: Estimate, runner_ups: list[tuple[str, float, Estimate]]) -> list[tuple[str, float, Estimate]]:
+def deepen_all(
+    plan: Estimate, runner_ups: list[tuple[str, float, Estimate]], options: tuple[str, ...] = RECOMPUTE_OPTIONS
+) -> list[tuple[str, float, Estimate]]:
     """``deeper_interleaving`` on the plan and on each runner-up ``(status, bound_s, estimate)``, so
     that the list compares like with like (a runner-up at 2 virtual stages would otherwise "lose"
     on a bubble the plan shed after the search); sorted fastest first, the plan first on ties.
@@ -77,8 +84,8 @@ def deepen_all(plan: Estimate, runner_ups: list[tuple[str, float, Estimate]]) ->
     interleaved schedule as the plan of its mesh, so the plan would be listed as its own runner-up."""
     out = []
     for status, bound, e in [("optimal", 0.0, plan)] + list(runner_ups):
-        d = deeper_interleaving(e)
-        out.append((status, bound, e) if d is e else ("heuristic", bound, least_recompute(d)))
+        d = deeper_interleaving(e, options=options)
+        out.append((status, bound, e) if d is e else ("heuristic", bound, least_recompute(d, options=options)))
     seen, unique = set(), []
     for entry in sorted(out, key=lambda x: x[2].step_time_s):
         key = entry[2].par.with_(recompute="none", stage_layers=None)
@@ -100,8 +107,11 @@ def deeper_record(searched: Estimate, plan: Estimate, searched_vpp: tuple[int, .
     }
 
 
-def least_recompute(est: Estimate, max_tries: int | None = None) -> Estimate:
-    """``est`` with recompute removed wherever that costs no step time and still fits."""
+def least_recompute(
+    est: Estimate, max_tries: int | None = None, options: tuple[str, ...] = RECOMPUTE_OPTIONS
+) -> Estimate:
+    """``est`` with recompute removed wherever that costs no step time and still fits, never to an
+    option outside ``options`` (the user's ``--recompute``)."""
     par = est.par
     if par.recompute == "none" or not est.fits:
         return est
@@ -116,7 +126,7 @@ def least_recompute(est: Estimate, max_tries: int | None = None) -> Estimate:
                 mine = [i for i in range(c.first_block, c.first_block + c.num_blocks) if rc[i] == opt]
                 if not mine or tries <= 0:
                     continue
-                for weaker in WEAKER[opt]:
+                for weaker in (w for w in WEAKER[opt] if w in options):
                     tries -= 1
                     trial = rc.copy()
                     trial[mine[-1]] = weaker
@@ -126,6 +136,6 @@ def least_recompute(est: Estimate, max_tries: int | None = None) -> Estimate:
                         break
                     if tries <= 0:
                         break
-    if best is not est and all(x == "none" for x in rc):
+    if best is not est and all(x == "none" for x in rc) and "none" in options:
         best = estimate(est.model, est.cluster, est.train, par.with_(recompute="none"))
     return best

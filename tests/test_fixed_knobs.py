@@ -1,0 +1,48 @@
+"""A knob the user fixes holds in the plan and in the advice when nothing fits (issue 19, item 1):
+the polish steps after the search (least recompute, deeper interleaving) stay within the allowed
+recompute options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def _plan(*args: str) -> dict:
+    r = runner.invoke(app, ["plan", *args, "--time-limit", "20", "--format", "json"])
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def _recompute(doc: dict) -> set[str]:
+    return {o for s in doc["plan"]["stages"] for o in s["recompute"]} if "plan" in doc else {
+        o for s in doc["stages"] for o in s["recompute"]
+    }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("-m", "llama3-8b", "-c", "h100-sxm-80gb:8", "-b", "64", "-s", "8192"),
+        ("-m", "debug", "-c", "cpu:4", "-b", "16", "-s", "64", "--dtype", "fp32", "--zero", "3"),
+        ("-m", "llama3-70b", "-c", "h100-sxm-80gb:64", "-b", "64", "-s", "4096", "--pp", "4", "--tp", "8"),
+    ],
+)
+def test_fixed_recompute_holds_in_every_block(args):
+    doc = _plan(*args, "--recompute", "full")
+    assert _recompute(doc) == {"full"}
+    doc = _plan(*args, "--recompute", "selective,full")
+    assert "none" not in _recompute(doc)
+
+
+def test_nothing_fits_advice_keeps_the_fixed_recompute():
+    r = runner.invoke(app, ["plan", "-m", "llama3-70b", "-c", "h100-sxm-80gb:8", "-b", "16", "-s", "4096",
+                            "--recompute", "none", "--time-limit", "10"])
+    assert r.exit_code == 1
+    assert "none recompute" in r.stderr and "full recompute" not in r.stderr
