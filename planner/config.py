@@ -258,9 +258,15 @@ def _check_pipeline(par: Parallel, train: Training, spec: Any) -> None:
             raise PlanError(
                 f"--stage-layers has {len(par.stage_layers)} entries, expected pp*vpp = {par.chunks}", "stage_layers"
             )
-        if sum(par.stage_layers) != spec.num_layers or min(par.stage_layers) < 0:
+        if sum(par.stage_layers) != spec.num_layers:
             raise PlanError(
                 f"--stage-layers sum to {sum(par.stage_layers)}, expected {spec.num_layers} layers", "stage_layers"
+            )
+        if min(par.stage_layers) < 1:
+            raise PlanError(
+                f"--stage-layers {','.join(map(str, par.stage_layers))}: every pipeline chunk needs at least one "
+                "block (a chunk of only the embedding or the head is a stage the runtime refuses)",
+                "stage_layers",
             )
 
 

@@ -17,7 +17,7 @@ from planner.search import Knobs, enumerate_candidates, search
 
 def _compositions(total: int, parts: int):
     """Ordered ways to write ``total`` as ``parts`` non-negative integers (the planner's space
-    filters them by ``chunk_size_ranges``; a first or last chunk may hold no block)."""
+    filters them by ``chunk_size_ranges``: every chunk holds at least one block)."""
     for cuts in itertools.combinations_with_replacement(range(total + 1), parts - 1):
         edges = (0,) + cuts + (total,)
         yield tuple(edges[i + 1] - edges[i] for i in range(parts))

@@ -46,6 +46,7 @@ from planner.commands.common import Opt
 from planner.commands.diff import flat_changes
 from planner.cost.estimate import Estimate, estimate
 from planner.inputs import apply_training_sets, build_inputs, parse_sets
+from planner.planfile.accept import PlanRejected, accept_plan, runtime_limits
 from planner.planfile.build import input_block, input_sha256  # input_sha256: the hash plan files carry
 from planner.planfile.checks import (
     Finding,
@@ -369,6 +370,17 @@ def check_against(est: Estimate, golden_path: Path, tol: float) -> tuple[list[Fi
     return out, block
 
 
+def check_acceptance(doc: dict) -> list[Finding]:
+    """The acceptance test `autopar run` applies (planner.planfile.accept), as a finding: validate
+    accepts exactly the plans the runtime accepts."""
+    try:
+        accept_plan(doc)
+    except PlanRejected as exc:
+        m = re.search(r"plan field '([^']+)'", str(exc))
+        return [Finding(m.group(1) if m else "stages", "error", f"the runtime refuses it: {exc}")]
+    return []
+
+
 def validate_plan(
     path: Path, model_arg: str | None, cluster_arg: str | None, sets: dict[str, dict], against: Path | None, tol: float
 ) -> Report:
@@ -407,9 +419,12 @@ def validate_plan(
     stage_findings = check_stages(doc, fixed.pp, model.num_layers) + check_summary(doc)
     rules = [f for f in check_rules(fixed, train, model) if not (f.field == "stages" and stage_findings)]
     blocking += stage_findings + rules
+    if not blocking:
+        blocking += check_acceptance(doc)
     rep.findings += blocking
     if blocking:
         return rep
+    rep.findings += [Finding(f, "warning", m) for f, m in runtime_limits(doc)]
     try:
         est = estimate(model, cluster, train, par)
     except (SpecError, RuntimeError) as exc:  # a rule check_plan does not cover (RuntimeError: the schedule)

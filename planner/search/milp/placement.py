@@ -103,8 +103,8 @@ def add_assignment_constraints(model: Model, d: PlacementData, v: PlacementVars)
 def chunk_size_ranges(blocks: int, chunks: int, schedule: str) -> list[tuple[int, int | None]]:
     """Blocks each chunk may hold, ``(lo, hi)`` per chunk (``hi`` None: no upper limit).
 
-    Any schedule: at least one block, or none where a default split leaves a first or last
-    chunk only the embedding or head (a model with fewer blocks than chunks + 2). Interleaved:
+    Any schedule: at least one block (a chunk of only the embedding or the head is a pipeline
+    stage the runtime and Megatron-LM refuse, planner.planfile.accept). Interleaved:
     Megatron-LM's schedule wants equal virtual stages, so a chunk holds the floor or the ceiling
     of an even split, widened to whatever the split counting the embedding and head as a layer
     each gives it (``cost.chunks.split_counting_ends``: 96 blocks on 16 chunks -> 5, 7, 7, 6, ...,
@@ -117,9 +117,9 @@ def chunk_size_ranges(blocks: int, chunks: int, schedule: str) -> list[tuple[int
     enumerate the same space."""
     ends, even = split_counting_ends(blocks, chunks), split_layers(blocks, chunks)
     if not SCHEDULES[schedule].virtual_stages:
-        return [(min(1, k, e), None) for k, e in zip(ends, even)]
+        return [(1, None) for _ in ends]
     floor, ceil = max(1, blocks // chunks), -(-blocks // chunks)
-    return [(min(floor, k, e), max(ceil, k, e)) for k, e in zip(ends, even)]
+    return [(max(1, min(floor, k, e)), max(ceil, k, e)) for k, e in zip(ends, even)]
 
 
 def _exposed(model: Model, d: PlacementData, comm: Expr, window: Expr, name: str) -> Var:
