@@ -53,7 +53,13 @@ RUN_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
     Opt("steps", int, 5, ("--steps",), "Training steps to run."),
     Opt("data", Path | None, None, ("--data",), "Token file (uint16/int32 ids); default synthetic tokens."),
-    Opt("report", Path, Path("report.json"), ("--report",), "Where to write the run report JSON."),
+    Opt(
+        "report",
+        Path,
+        Path("report.json"),
+        ("--out", "-o", "--report"),
+        "Where to write the run report JSON (--report: its former name).",
+    ),
     Opt("lr", float, DEFAULT_LR, ("--lr",), "SGD learning rate."),
     Opt("nprocs", int | None, None, ("--nprocs",), "Ranks to start (must equal the plan's world size)."),
     Opt("device", str | None, None, ("--device",), "cpu or cuda (default: from the plan's cluster)."),
@@ -250,9 +256,15 @@ def presets_list(o: dict = NONE) -> None:
 
 @presets_app.command("show")
 @_guard
-@_with(o=(Opt("name", str, ..., (), "A model or GPU preset name.", argument=True), FMT_OPTION))
+@_with(
+    o=(
+        Opt("name", str, ..., (), "A model or GPU preset, or a model spec file or config.json.", argument=True),
+        FMT_OPTION,
+    )
+)
 def presets_show(o: dict = NONE) -> None:
-    """Show one preset's fields (model spec or GPU spec) with derived sizes."""
+    """Show one preset's fields (model spec or GPU spec) with derived sizes; a model spec file or a
+    Hugging Face config.json shows the same way."""
     from planner.commands.presets import preset_fields
     from planner.render import presets
 

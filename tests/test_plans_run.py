@@ -57,7 +57,7 @@ def test_every_emitted_plan_is_accepted_by_validate_and_the_runtime(tmp_path, i)
     v = runner.invoke(app, ["validate", str(path), "--format", "json"])
     assert v.exit_code == 0, v.stdout + v.stderr
     if i in RUN:
-        r = runner.invoke(app, ["run", str(path), "--steps", "2"])
+        r = runner.invoke(app, ["run", str(path), "--steps", "2", "--out", str(tmp_path / "report.json")])
         assert r.exit_code == 0, r.stdout + r.stderr
         assert "activation_bytes" in r.stdout  # the run report: measured against predicted
 
