@@ -24,6 +24,11 @@ def render_plan(out: Console, doc: dict, est: Estimate) -> None:
             f"bound covers the searched space (at most {max(deeper['searched_vpp'])} virtual stages; "
             "--vpp widens it)."
         )
+    for o in s["certificate"].get("outside_space", []):
+        out.print(
+            f"[yellow]outside the searched space[/yellow]: {o['knob']} {o['value']} on this mesh would take "
+            f"{o['step_time_s']:.3f} s; the bound does not cover it ({o['flag']} searches it)."
+        )
     estimate_table(out, est)
     t = Table("stage", "pp rank", "blocks", "recompute", "ranks", title="stages", title_justify="left")
     for st in doc["stages"]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.cost.estimate import Estimate
+from planner.knobs import SPACE_KNOBS
 from planner.records import JsonRecord
 from planner.search.context import CandidateResult, CandStatus, SearchStatus, step_s
 from planner.search.solve import OPT_TOL
@@ -22,6 +23,17 @@ class DeeperRecord(JsonRecord):
 
 
 @dataclass(frozen=True)
+class OutsideRecord(JsonRecord):
+    """A plan outside the searched space that beats the plan (``polish.probe_outside``): the knob,
+    its value, and that plan's step time. The bound does not cover it: the knob's flag widens it."""
+
+    knob: str
+    value: int
+    step_time_s: float
+    flag: str
+
+
+@dataclass(frozen=True)
 class Certificate(JsonRecord):
     status: SearchStatus
     incumbent_s: float | None
@@ -35,6 +47,20 @@ class Certificate(JsonRecord):
     pruned_by_memory_bound: int
     pruned_by_milp_bound: int
     deeper_interleaving: DeeperRecord | None = field(default=None, metadata={"omit_none": True})
+    # The values each knob took across the searched candidates: the space the bound speaks of.
+    space: dict[str, list] = field(default_factory=dict)
+    outside_space: tuple[OutsideRecord, ...] = ()
+
+
+def searched_space(results: list[CandidateResult]) -> dict[str, list]:
+    """Per searched knob, the sorted values its candidates took (``Certificate.space``)."""
+    out: dict[str, set] = {}
+    for r in results:
+        for name in SPACE_KNOBS:
+            if name in ("recompute", "stage_layers"):
+                continue
+            out.setdefault(name, set()).add(getattr(r.par, name))
+    return {k: sorted(v, key=str) for k, v in out.items()}
 
 
 def certify(
@@ -43,6 +69,7 @@ def certify(
     rejected: int,
     gap_target: float,
     deeper: DeeperRecord | None = None,
+    outside: tuple[OutsideRecord, ...] = (),
 ) -> Certificate:
     """Incumbent, best bound over every candidate, relative gap, and how candidates were settled.
     With ``deeper`` the plan came from deeper interleaving, outside the searched space; the bound
@@ -77,4 +104,6 @@ def certify(
         counts.get(CandStatus.PRUNED_MEMORY, 0),
         counts.get(CandStatus.PRUNED_BOUND, 0),
         deeper,
+        searched_space(results),
+        outside,
     )

@@ -34,7 +34,7 @@ from planner.search.bnb import Pool, Progress, branch_and_bound
 from planner.search.certificate import Certificate, DeeperRecord, certify
 from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
 from planner.search.heuristics import heuristic_incumbent
-from planner.search.polish import deepen_all, deeper_record, least_recompute
+from planner.search.polish import deepen_all, deeper_record, least_recompute, probe_outside
 
 
 @dataclass
@@ -96,8 +96,9 @@ def search(
                 CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, CandStatus(st), e)
                 for st, b, e in ranked[1 : top_k + 1]
             ]
+    outside = probe_outside(incumbent, ctx.options) if incumbent and knobs.given("cp") is None else ()
     t_pol = time.perf_counter()
-    cert = certify(results, incumbent, pool.rejected, gap, polished.get("deeper_interleaving"))
+    cert = certify(results, incumbent, pool.rejected, gap, polished.get("deeper_interleaving"), outside)
     phases = {
         "enumerate_s": pool.enumerate_s,
         "bound_s": pool.bound_s,

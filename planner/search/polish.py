@@ -31,7 +31,7 @@ from planner.config import PlanError, Recompute
 from planner.cost.estimate import Estimate, estimate
 from planner.knobs import RECOMPUTE_OPTIONS
 from planner.schedules import INTERLEAVED
-from planner.search.certificate import DeeperRecord
+from planner.search.certificate import DeeperRecord, OutsideRecord
 
 WEAKER: dict[str, tuple[Recompute, ...]] = {"full": ("none", "selective"), "selective": ("none",)}
 TIE_REL = 1e-12  # float noise of summing the same times in another order
@@ -105,6 +105,34 @@ def deeper_record(searched: Estimate, plan: Estimate, searched_vpp: tuple[int, .
             (searched.par.vpp, plan.par.vpp), tuple(searched_vpp), (searched.step_time_s, plan.step_time_s)
         )
     }
+
+
+# Context-parallel degrees probed on the plan's mesh when --cp is auto and its range stops at 1.
+PROBE_CP = (2, 4, 8)
+
+
+def probe_outside(est: Estimate, options: tuple[str, ...] = RECOMPUTE_OPTIONS) -> tuple[OutsideRecord, ...]:
+    """Plans just outside the searched space that beat ``est``, so the certificate does not hide
+    them (the search covers cp 1 below 16k tokens): the plan's tensor and pipeline degrees with
+    context parallelism carved out of its data parallelism, the least allowed uniform recompute
+    that fits, even split. Returned, not adopted: the user widens ``--cp`` to search them."""
+    par, out = est.par, []
+    if not est.fits:
+        return ()
+    for cp in PROBE_CP:
+        if par.dp % cp or par.cp != 1:
+            continue
+        trial = par.with_(cp=cp, dp=par.dp // cp, stage_layers=None)
+        for rc in [o for o in RECOMPUTE_OPTIONS if o in options]:
+            try:
+                e = estimate(est.model, est.cluster, est.train, trial.with_(recompute=rc))
+            except PlanError:
+                break
+            if e.fits:
+                if e.step_time_s < est.step_time_s * (1 - TIE_REL):
+                    out.append(OutsideRecord("cp", cp, e.step_time_s, f"--cp 1,{cp}"))
+                break
+    return tuple(sorted(out, key=lambda r: r.step_time_s))
 
 
 def least_recompute(
