@@ -1,249 +1,84 @@
-"""Hugging Face ``config.json`` -> :class:`ModelSpec`, through an explicit alias table.
+"""Hugging Face ``config.json`` -> :class:`ModelSpec`, through the alias table in
+:mod:`models.hf_families` (:data:`FAMILIES`, one entry per ``model_type``).
 
-Every supported family (the config's ``model_type``) declares, in :data:`FAMILIES`:
-
-- ``keys``: for each spec field, the HF keys tried in order; the first one present and not null
-  wins (``moe.*`` / ``mla.*`` are nested fields, ``_*`` are inputs read by a rule below);
-- ``required``: the fields a config must give; when absent the error names their HF keys;
-- ``defaults``: the value transformers documents for an optional key the config leaves out;
-- ``facts``: what the architecture fixes and the config never states (norm, position, ...);
-- ``gated``: whether ``hidden_act`` names the gate of a GLU FFN (silu -> swiglu);
-- ``moe_rule``: how the family picks its MoE layers (every layer, Qwen's step, DeepSeek's k).
-
-Sizes are never inferred from ratios. The single derived default is GPT-2/GPT-J's
-``n_inner: null`` meaning 4 * n_embd, which both transformers configs document.
+The lookup takes, for each spec field, the first of the family's HF keys that is present and not
+null, else the default transformers documents, and the facts the architecture fixes override
+both. Then the rules below turn the rule inputs (``_*``) into fields: the attention layout
+(Falcon's multi-query and parallel flags, ALiBi, MPT's ``no_bias``), the sliding-window pattern,
+RoPE scaling, the MoE layer selection and DeepSeek's router. Sizes are never inferred from
+ratios, except the FFN size a config class itself derives (``ffn_ratio``: GPT-2's ``n_inner:
+null`` = 4 x n_embd; MPT's ``expansion_ratio``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from models.errors import SpecError, format_validation_error
+from models.hf_families import FAMILIES, GATED_ACTS, PLAIN_ACTS, ROPE_SCALING_KEYS, ROPE_TYPES, Family
 from models.spec import ModelSpec
 
-Keys = dict[str, tuple[str, ...]]
+__all__ = ["FAMILIES", "Family", "config_value", "family_of", "from_hf_config", "text_model_config"]
+
+# What to do about a config the table does not cover (appended to the unknown-family error).
+UNSUPPORTED_HINT = (
+    "for another architecture write a spec YAML instead: `extends:` the closest preset and set the fields "
+    "that differ (docs/models.md; `autopar schema model` lists them)"
+)
+ABSENT = object()  # config_value's answer for a key the config does not have
 
 
-@dataclass(frozen=True)
-class Family:
-    keys: Keys
-    required: tuple[str, ...]
-    facts: Mapping[str, object] = field(default_factory=dict)
-    defaults: Mapping[str, object] = field(default_factory=dict)
-    gated: bool = True
-    moe_rule: str | None = None  # None = dense; "all", "qwen" or "deepseek"
+def config_value(cfg: Mapping[str, Any], key: str) -> Any:
+    """``cfg[key]``, a dotted key walking into nested mappings; :data:`ABSENT` if a step is missing."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return ABSENT
+        node = node[part]
+    return node
 
 
-# --- the alias table ---------------------------------------------------------------------------
-_BASE = ("num_layers", "hidden_size", "num_heads", "ffn_hidden_size", "vocab_size", "max_seq_len")
-_MOE = ("moe.num_experts", "moe.top_k", "moe.expert_ffn_hidden_size")
-_MLA = ("mla.kv_lora_rank", "mla.qk_nope_head_dim", "mla.qk_rope_head_dim", "mla.v_head_dim")
-
-# Llama and every decoder that copied its config layout (Mistral, Qwen, DeepSeek, gpt-oss, ...).
-_LLAMA: Keys = {
-    "num_layers": ("num_hidden_layers",),
-    "hidden_size": ("hidden_size",),
-    "num_heads": ("num_attention_heads",),
-    "num_kv_heads": ("num_key_value_heads",),  # null / absent = num_attention_heads (MHA)
-    "head_dim": ("head_dim",),
-    "ffn_hidden_size": ("intermediate_size",),
-    "vocab_size": ("vocab_size",),
-    "max_seq_len": ("max_position_embeddings",),
-    "tie_embeddings": ("tie_word_embeddings",),
-    "bias": ("attention_bias", "mlp_bias"),
-    "activation": ("hidden_act",),
-}
-_ROPE_RMS = {"norm": "rmsnorm", "position": "rope"}
-_UNTIED = {"tie_embeddings": False, "bias": False, "activation": "silu"}
-# Qwen configs carry sliding_window even when use_sliding_window is false; the flag decides.
-_QWEN: Keys = {**_LLAMA, "sliding_window": ("sliding_window",), "_use_sliding_window": ("use_sliding_window",)}
-_QWEN_MOE: Keys = {
-    **_QWEN,
-    "moe.num_experts": ("num_experts",),
-    "moe.top_k": ("num_experts_per_tok",),
-    "moe.expert_ffn_hidden_size": ("moe_intermediate_size",),
-    "_sparse_step": ("decoder_sparse_step",),
-    "_mlp_only_layers": ("mlp_only_layers",),
-}
-_QWEN_MOE_DEFAULTS = {**_UNTIED, "_sparse_step": 1, "_mlp_only_layers": []}
-_DEEPSEEK: Keys = {
-    **{k: v for k, v in _LLAMA.items() if k != "head_dim"},  # MLA sets its own per-head dims
-    "moe.num_experts": ("n_routed_experts",),
-    "moe.top_k": ("num_experts_per_tok",),
-    "moe.expert_ffn_hidden_size": ("moe_intermediate_size",),
-    "moe.num_shared_experts": ("n_shared_experts",),
-    "_first_k_dense": ("first_k_dense_replace",),
-    "_moe_layer_freq": ("moe_layer_freq",),
-    "mla.q_lora_rank": ("q_lora_rank",),  # null = full-rank Q (DeepSeek-V2-Lite)
-    "mla.kv_lora_rank": ("kv_lora_rank",),
-    "mla.qk_nope_head_dim": ("qk_nope_head_dim",),
-    "mla.qk_rope_head_dim": ("qk_rope_head_dim",),
-    "mla.v_head_dim": ("v_head_dim",),
-}
-_DEEPSEEK_REQUIRED = _BASE + _MOE + _MLA + ("moe.num_shared_experts", "_first_k_dense")
-# GPT-2 and GPT-J spell the same sizes n_layer / n_embd / n_head / n_inner / n_positions.
-_GPT2: Keys = {
-    "num_layers": ("n_layer",),
-    "hidden_size": ("n_embd",),
-    "num_heads": ("n_head",),
-    "ffn_hidden_size": ("n_inner",),
-    "vocab_size": ("vocab_size",),
-    "max_seq_len": ("n_positions",),
-    "tie_embeddings": ("tie_word_embeddings",),
-    "activation": ("activation_function",),
-    "dropout": ("resid_pdrop",),
-}
-_GPT2_REQUIRED = tuple(f for f in _BASE if f != "ffn_hidden_size")  # n_inner may be null
-_LAYERNORM = {"norm": "layernorm", "bias": True}
-
-FAMILIES: dict[str, Family] = {
-    "llama": Family(_LLAMA, _BASE, _ROPE_RMS, _UNTIED),
-    "mistral": Family({**_LLAMA, "sliding_window": ("sliding_window",)}, _BASE, _ROPE_RMS, _UNTIED),
-    "mixtral": Family(
-        {
-            **_LLAMA,
-            "sliding_window": ("sliding_window",),
-            "moe.num_experts": ("num_local_experts",),
-            "moe.top_k": ("num_experts_per_tok",),
-            "moe.expert_ffn_hidden_size": ("intermediate_size",),
-        },
-        _BASE + _MOE,
-        _ROPE_RMS,
-        _UNTIED,
-        moe_rule="all",
-    ),
-    "qwen2": Family(_QWEN, _BASE, _ROPE_RMS, _UNTIED),  # Q/K/V bias only: not modelled
-    "qwen3": Family(_QWEN, _BASE, _ROPE_RMS, _UNTIED),
-    "qwen2_moe": Family(
-        {**_QWEN_MOE, "moe.shared_expert_ffn_hidden_size": ("shared_expert_intermediate_size",)},
-        _BASE + _MOE + ("moe.shared_expert_ffn_hidden_size",),
-        {**_ROPE_RMS, "moe.num_shared_experts": 1},  # Qwen2-MoE always has one shared expert
-        _QWEN_MOE_DEFAULTS,
-        moe_rule="qwen",
-    ),
-    "qwen3_moe": Family(_QWEN_MOE, _BASE + _MOE, _ROPE_RMS, _QWEN_MOE_DEFAULTS, moe_rule="qwen"),
-    "deepseek_v2": Family(
-        _DEEPSEEK, _DEEPSEEK_REQUIRED, _ROPE_RMS, {**_UNTIED, "_moe_layer_freq": 1}, moe_rule="deepseek"
-    ),
-    "deepseek_v3": Family(
-        _DEEPSEEK, _DEEPSEEK_REQUIRED, _ROPE_RMS, {**_UNTIED, "_moe_layer_freq": 1}, moe_rule="deepseek"
-    ),
-    "gpt_oss": Family(
-        {
-            **_LLAMA,
-            "sliding_window": ("sliding_window",),  # on every other layer in gpt-oss; see docs
-            "moe.num_experts": ("num_local_experts", "num_experts"),
-            "moe.top_k": ("experts_per_token", "num_experts_per_tok"),
-            "moe.expert_ffn_hidden_size": ("intermediate_size",),
-        },
-        _BASE + _MOE,
-        _ROPE_RMS,
-        _UNTIED,
-        moe_rule="all",
-    ),
-    "nemotron": Family(
-        {**_LLAMA, "head_dim": ("head_dim", "kv_channels")},
-        _BASE,
-        {"norm": "layernorm", "position": "rope"},  # layernorm1p is a LayerNorm
-        {**_UNTIED, "activation": "relu2"},
-        gated=False,
-    ),
-    "gpt2": Family(
-        _GPT2,
-        _GPT2_REQUIRED,
-        {**_LAYERNORM, "position": "learned"},
-        {"tie_embeddings": True, "activation": "gelu_new", "dropout": 0.1},
-        gated=False,
-    ),
-    "gptj": Family(
-        _GPT2,
-        _GPT2_REQUIRED,
-        # attention projections have no bias, the FFN's do; bias counts the FFN's
-        {**_LAYERNORM, "position": "rope", "parallel_residual": True},
-        {"tie_embeddings": False, "activation": "gelu_new", "dropout": 0.0},
-        gated=False,
-    ),
-    "gpt_neox": Family(
-        {
-            **{k: _LLAMA[k] for k in _BASE},
-            "tie_embeddings": ("tie_word_embeddings",),
-            "activation": ("hidden_act",),
-            "parallel_residual": ("use_parallel_residual",),
-            "dropout": ("hidden_dropout",),
-        },
-        _BASE,
-        {**_LAYERNORM, "position": "rope"},
-        {"tie_embeddings": False, "activation": "gelu", "parallel_residual": True, "dropout": 0.0},
-        gated=False,
-    ),
-    "opt": Family(
-        {
-            **{k: _LLAMA[k] for k in _BASE},
-            "ffn_hidden_size": ("ffn_dim",),
-            "tie_embeddings": ("tie_word_embeddings",),
-            "bias": ("enable_bias",),
-            "activation": ("activation_function",),
-            "dropout": ("dropout",),
-            "_word_embed_proj_dim": ("word_embed_proj_dim",),
-        },
-        _BASE,
-        {"norm": "layernorm", "position": "learned"},
-        {"tie_embeddings": True, "bias": True, "activation": "relu", "dropout": 0.1},
-        gated=False,
-    ),
-    "bert": Family(
-        {
-            **{k: _LLAMA[k] for k in _BASE},
-            "activation": ("hidden_act",),
-            "tie_embeddings": ("tie_word_embeddings",),
-            "dropout": ("hidden_dropout_prob",),
-            "_position_embedding_type": ("position_embedding_type",),
-        },  # type_vocab_size (segment embeddings, 2 rows) is ignored
-        _BASE,
-        {**_LAYERNORM, "position": "learned", "attention_mask": "bidirectional"},
-        {"tie_embeddings": True, "activation": "gelu", "dropout": 0.1, "_position_embedding_type": "absolute"},
-        gated=False,
-    ),
-}
-
-# hidden_act spellings -> our activation, for gated (GLU) and plain FFNs.
-_GATED_ACTS = {"silu": "swiglu", "swish": "swiglu", "gelu": "geglu", "gelu_new": "geglu", "gelu_pytorch_tanh": "geglu"}
-_PLAIN_ACTS = {
-    "gelu": "gelu",
-    "gelu_new": "gelu",
-    "gelu_fast": "gelu",
-    "gelu_pytorch_tanh": "gelu",
-    "quick_gelu": "gelu",
-    "relu": "relu",
-    "relu2": "relu2",
-}
+def family_of(cfg: Mapping[str, Any], origin: str = "config.json") -> tuple[str, Family]:
+    """The config's ``model_type`` and its family; SpecError saying what to do when unknown."""
+    model_type = cfg.get("model_type")
+    if model_type not in FAMILIES:
+        got = f"'{model_type}'" if model_type is not None else "(no model_type key)"
+        raise SpecError(f"unknown {origin} family {got}; supported: {', '.join(sorted(FAMILIES))}; {UNSUPPORTED_HINT}")
+    return str(model_type), FAMILIES[str(model_type)]
 
 
-# --- mapping -----------------------------------------------------------------------------------
+def text_model_config(cfg: Mapping[str, Any], family: Family, origin: str) -> dict[str, Any]:
+    """A multimodal wrapper's nested ``text_config``, typed as the family the wrapper names."""
+    inner = cfg.get("text_config")
+    if not isinstance(inner, Mapping):
+        raise SpecError(f"{origin} (model_type '{cfg.get('model_type')}'): no text_config mapping to import")
+    return {**inner, "model_type": family.text_config}
+
+
 def from_hf_config(cfg: Mapping[str, Any], name: str | None = None, *, origin: str = "config.json") -> ModelSpec:
     """Map a Hugging Face config dict to a validated :class:`ModelSpec`.
 
     ``origin`` names the file in error messages and in ``source``.
     """
-    model_type = cfg.get("model_type")
-    if model_type not in FAMILIES:
-        got = f"'{model_type}'" if model_type is not None else "(no model_type key)"
-        raise SpecError(f"unknown {origin} family {got}; supported: {', '.join(sorted(FAMILIES))}")
-    family = FAMILIES[model_type]
+    outer_type, family = family_of(cfg, origin)
+    model_type, text = outer_type, cfg
+    if family.text_config is not None:
+        text = text_model_config(cfg, family, origin)
+        model_type, family = family_of(text, origin)
     what = f"{origin} (model_type '{model_type}')"
-    values = _lookup(cfg, family)
+    values = _lookup(text, family)
     missing = [" or ".join(family.keys[f]) for f in family.required if values.get(f) is None]
     if missing:
         raise SpecError(f"{what}: missing keys: {', '.join(missing)}")
     _check_representable(values, what)
     spec = _build(values, family, what)
-    spec["name"] = name or _default_name(cfg, model_type)
+    spec["name"] = name or _default_name(cfg, outer_type)
     path = cfg.get("_name_or_path")
-    spec["source"] = f"Hugging Face {origin} (model_type '{model_type}'" + (f", {path})" if path else ")")
+    kind = f"model_type '{outer_type}'" + (f", its text model '{model_type}' only" if text is not cfg else "")
+    spec["source"] = f"Hugging Face {origin} ({kind}" + (f", {path})" if path else ")")
     try:
         return ModelSpec.model_validate(spec)
     except ValidationError as err:
@@ -251,13 +86,16 @@ def from_hf_config(cfg: Mapping[str, Any], name: str | None = None, *, origin: s
 
 
 def _lookup(cfg: Mapping[str, Any], family: Family) -> dict[str, Any]:
-    """Our field -> the first present, non-null HF key's value, else the documented default."""
+    """Our field -> the first present, non-null HF key's value, else the documented default;
+    then the facts, and the FFN size a config class derives when the config gives none."""
     values: dict[str, Any] = {}
     for ours, theirs in family.keys.items():
-        found = next((cfg[k] for k in theirs if cfg.get(k) is not None), None)
+        found = next((v for v in (config_value(cfg, k) for k in theirs) if v is not ABSENT and v is not None), None)
         values[ours] = found if found is not None else family.defaults.get(ours)
-    if family.keys["ffn_hidden_size"] == ("n_inner",) and values["ffn_hidden_size"] is None:
-        values["ffn_hidden_size"] = 4 * values["hidden_size"]  # GPT2Config/GPTJConfig: n_inner None = 4 * n_embd
+    values.update(family.facts)
+    ratio = values.get("_ffn_ratio") or family.ffn_ratio
+    if values.get("ffn_hidden_size") is None and ratio and values.get("hidden_size") is not None:
+        values["ffn_hidden_size"] = ratio * values["hidden_size"]  # GPT2Config, FalconConfig, BloomMLP, MptMLP
     return values
 
 
@@ -272,19 +110,24 @@ def _check_representable(values: Mapping[str, Any], what: str) -> None:
     pos = values.get("_position_embedding_type")
     if pos is not None and pos != "absolute":
         raise SpecError(f"{what}: position_embedding_type '{pos}' is not representable (only 'absolute')")
+    if values.get("_alibi") is False and values.get("position") == "alibi":
+        raise SpecError(f"{what}: attn_config.alibi false is not representable (transformers' MPT has only ALiBi)")
 
 
 def _build(values: Mapping[str, Any], family: Family, what: str) -> dict[str, Any]:
-    """Assemble the spec dict: mapped top-level fields, then facts, activation, MoE, MLA."""
+    """Assemble the spec dict: mapped fields, then activation, layout, window, RoPE, MoE, MLA."""
     spec: dict[str, Any] = {k: v for k, v in values.items() if "." not in k and not k.startswith("_") and v is not None}
-    spec.update({k: v for k, v in family.facts.items() if "." not in k})
     act = str(values["activation"])
-    table = _GATED_ACTS if family.gated else _PLAIN_ACTS
+    table = GATED_ACTS if family.gated else PLAIN_ACTS
     if act not in table:
         raise SpecError(f"{what}: activation '{act}' is not supported; known: {', '.join(sorted(table))}")
     spec["activation"] = table[act]
-    if "_use_sliding_window" in values and values["_use_sliding_window"] is not True:
-        spec.pop("sliding_window", None)
+    spec.update(_layout(values))
+    spec.pop("sliding_window", None)
+    spec.update(_window(values, what))
+    spec.pop("rope_theta", None)
+    if spec["position"] == "rope":
+        spec.update(_rope(values, what))
     if family.moe_rule is not None:
         moe = _moe(values, family, what)
         if moe is not None:
@@ -293,6 +136,69 @@ def _build(values: Mapping[str, Any], family: Family, what: str) -> dict[str, An
     if mla:
         spec["mla"] = mla
     return spec
+
+
+def _layout(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Attention layout flags: ALiBi, MPT's no_bias, Falcon's multi-query / new decoder layout."""
+    out: dict[str, Any] = {}
+    if values.get("_alibi"):
+        out["position"] = "alibi"
+    if values.get("_no_bias") is not None:
+        out["bias"] = not values["_no_bias"]
+    if values.get("_new_arch") is not None:
+        # FalconAttention: the new (40B) layout has num_kv_heads groups and is always parallel;
+        # the old one is multi-query (one K/V head) or plain multi-head, whatever num_kv_heads says.
+        if values["_new_arch"]:
+            out["parallel_residual"] = True
+        else:
+            out["num_kv_heads"] = 1 if values["_multi_query"] else None
+    return out
+
+
+def _window(values: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``sliding_window`` and ``full_attention_every`` from the window, its on/off flag (Qwen),
+    ``layer_types`` (transformers 5) or the every-n-th-layer-is-full pattern (Gemma)."""
+    window = values.get("sliding_window")
+    if window is None or ("_use_sliding_window" in values and values["_use_sliding_window"] is not True):
+        return {}
+    types = values.get("_layer_types")
+    if isinstance(types, list) and types:
+        full = [i for i, t in enumerate(types) if t != "sliding_attention"]
+        if len(full) == len(types):
+            return {}
+        every = full[0] + 1 if full else None
+        if every is not None and full != [i for i in range(len(types)) if (i + 1) % every == 0]:
+            raise SpecError(
+                f"{what}: layer_types puts full attention on layers {full}, not every n-th layer; write a spec "
+                "YAML with sliding_window and full_attention_every that approximates it"
+            )
+    else:
+        every = values.get("_full_every")
+        if every == 1:  # Gemma 3: (i + 1) % 1 == 0 on every layer, so none slides
+            return {}
+    return {"sliding_window": window, "full_attention_every": every}
+
+
+def _rope(values: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``rope_theta`` and ``rope_scaling`` from transformers 4's rope_theta / rope_scaling or 5's
+    rope_parameters (whose rope_type "default" means no scaling)."""
+    out: dict[str, Any] = {}
+    if values.get("rope_theta") is not None:
+        out["rope_theta"] = float(values["rope_theta"])
+    raw = values.get("_rope_scaling")
+    kind = raw.get("rope_type", raw.get("type", "default")) if isinstance(raw, Mapping) else "default"
+    if kind == "default" or not isinstance(raw, Mapping):
+        return out
+    if kind not in ROPE_TYPES:
+        raise SpecError(f"{what}: rope scaling type '{kind}' is not supported; known: {', '.join(sorted(ROPE_TYPES))}")
+    scaling: dict[str, Any] = {"type": ROPE_TYPES[kind]}
+    for theirs, ours in ROPE_SCALING_KEYS.items():
+        if raw.get(theirs) is not None:
+            scaling[ours] = int(raw[theirs]) if ours == "original_max_seq_len" else float(raw[theirs])
+    if "original_max_seq_len" not in scaling and values.get("_rope_original_max") is not None:
+        scaling["original_max_seq_len"] = values["_rope_original_max"]  # Phi-3 keeps it at the top level
+    out["rope_scaling"] = scaling
+    return out
 
 
 def _moe(values: Mapping[str, Any], family: Family, what: str) -> dict[str, Any] | None:
@@ -312,12 +218,27 @@ def _moe(values: Mapping[str, Any], family: Family, what: str) -> dict[str, Any]
         return None
     first_k, freq = _fit_layer_pattern(layers, n, what)
     moe = {k[4:]: v for k, v in values.items() if k.startswith("moe.") and v is not None}
-    moe.update({k[4:]: v for k, v in family.facts.items() if k.startswith("moe.")})
     if first_k:
         moe["first_k_dense"] = first_k
     if freq != 1:
         moe["layer_freq"] = freq
+    if moe.get("shared_expert_ffn_hidden_size") == 0:  # GraniteMoeShared: shared_intermediate_size 0 = none
+        del moe["shared_expert_ffn_hidden_size"], moe["num_shared_experts"]
+    if family.moe_rule == "deepseek":
+        moe.update(_deepseek_router(values))
+    if moe.get("router_topk_scaling_factor") == 1:
+        del moe["router_topk_scaling_factor"]
     return moe
+
+
+def _deepseek_router(values: Mapping[str, Any]) -> dict[str, Any]:
+    """DeepSeek MoEGate: noaux_tc adds the per-expert selection bias (DeepSeek-V3 section 2.1.2);
+    group_limited_greedy and noaux_tc pick top-k groups first when n_group > 1."""
+    method, groups, group_topk = values["_topk_method"], values.get("_n_group"), values.get("_topk_group")
+    out: dict[str, Any] = {"router_expert_bias": method == "noaux_tc"}
+    if method in ("group_limited_greedy", "noaux_tc") and groups and groups > 1 and group_topk:
+        out.update(router_num_groups=groups, router_group_topk=group_topk)
+    return out
 
 
 def _fit_layer_pattern(layers: list[int], num_layers: int, what: str) -> tuple[int, int]:

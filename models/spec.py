@@ -18,6 +18,8 @@ Norm = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu", "relu", "relu2", "swiglu", "geglu"]
 Position = Literal["learned", "rope", "alibi", "none"]
 AttentionMask = Literal["causal", "bidirectional"]
+RouterScore = Literal["softmax", "sigmoid"]
+RopeScalingType = Literal["linear", "dynamic", "yarn", "longrope", "llama3"]
 
 GATED_ACTIVATIONS = ("swiglu", "geglu")
 
@@ -44,6 +46,21 @@ class MoESpec(_Strict):
     capacity_factor: float | None = Field(
         None, gt=0, description="Expert capacity factor; null means dropless (no padding, no drops)."
     )
+    router_score_function: RouterScore = Field(
+        "softmax", description="Router score: softmax (Mixtral, Qwen) or sigmoid (DeepSeek-V3 scoring_func)."
+    )
+    router_expert_bias: bool = Field(
+        False, description="Aux-loss-free load balancing: a per-expert bias added for top-k selection (DeepSeek-V3)."
+    )
+    router_topk_scaling_factor: float | None = Field(
+        None, gt=0, description="Factor on the routed experts' weights (DeepSeek routed_scaling_factor); null = 1."
+    )
+    router_num_groups: int | None = Field(
+        None, ge=1, description="Group-limited routing: experts split into groups (DeepSeek n_group); null = none."
+    )
+    router_group_topk: int | None = Field(
+        None, ge=1, description="Groups each token may route into (DeepSeek topk_group); set with router_num_groups."
+    )
 
 
 class MLASpec(_Strict):
@@ -54,6 +71,23 @@ class MLASpec(_Strict):
     qk_nope_head_dim: PositiveInt = Field(description="Per-head Q/K dims without rotary.")
     qk_rope_head_dim: PositiveInt = Field(description="Per-head Q/K rotary dims (K's rope part is shared by heads).")
     v_head_dim: PositiveInt = Field(description="Per-head V dims.")
+
+
+class RopeScalingSpec(_Strict):
+    """RoPE context extension (Hugging Face ``rope_scaling`` / ``rope_parameters``). Per-dimension
+    factor lists (longrope's ``long_factor``/``short_factor``) are not kept."""
+
+    type: RopeScalingType = Field(description="linear, dynamic (NTK), yarn, longrope or llama3.")
+    factor: float | None = Field(None, gt=0, description="Context extension factor.")
+    original_max_seq_len: int | None = Field(
+        None, ge=1, description="Context length before extension (original_max_position_embeddings)."
+    )
+    low_freq_factor: float | None = Field(None, gt=0, description="llama3: low-frequency wavelength factor.")
+    high_freq_factor: float | None = Field(None, gt=0, description="llama3: high-frequency wavelength factor.")
+    beta_fast: float | None = Field(None, gt=0, description="yarn: fast-rotation boundary (rotations).")
+    beta_slow: float | None = Field(None, gt=0, description="yarn: slow-rotation boundary (rotations).")
+    mscale: float | None = Field(None, gt=0, description="yarn: attention-temperature scale (DeepSeek).")
+    mscale_all_dim: float | None = Field(None, ge=0, description="yarn: mscale applied to all dims (DeepSeek).")
 
 
 class ModelSpec(_Strict):
@@ -77,6 +111,22 @@ class ModelSpec(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability (masks are saved for backward).")
     parallel_residual: bool = Field(False, description="Attention and FFN read the same input (GPT-J/NeoX).")
     sliding_window: int | None = Field(None, ge=1, description="Sliding-window attention span in tokens.")
+    full_attention_every: int | None = Field(
+        None,
+        ge=1,
+        description="With sliding_window: blocks n-1, 2n-1, ... attend to the whole sequence, the others to "
+        "the window (Gemma 2 and gpt-oss: 2, Gemma 3: 6); null = every block uses the window.",
+    )
+    rope_theta: float | None = Field(
+        None, gt=0, description="RoPE base frequency; null = the framework's default (10000). Used with rope."
+    )
+    rope_scaling: RopeScalingSpec | None = Field(None, description="RoPE context extension; null = none.")
+    norm_eps: float | None = Field(
+        None, gt=0, description="Epsilon of the norm layers; null = the framework's default."
+    )
+    qk_norm: bool = Field(
+        False, description="Queries and keys are normalised before attention (Qwen3, OLMo 2, Gemma 3)."
+    )
     moe: MoESpec | None = Field(None, description="Mixture-of-experts settings; null = dense.")
     mla: MLASpec | None = Field(None, description="Multi-head latent attention settings (DeepSeek).")
     source: str = Field("", description="Where the numbers come from (paper, model card, config).")
@@ -91,13 +141,10 @@ class ModelSpec(_Strict):
                 f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({a}) "
                 f"when head_dim is not given: {self.hidden_size} % {a} = {self.hidden_size % a}"
             )
+        if self.full_attention_every is not None and self.sliding_window is None:
+            raise ValueError(f"full_attention_every ({self.full_attention_every}) needs a sliding_window")
         if self.moe is not None:
-            if self.moe.top_k > self.moe.num_experts:
-                raise ValueError(f"moe.top_k ({self.moe.top_k}) exceeds moe.num_experts ({self.moe.num_experts})")
-            if self.moe.first_k_dense >= self.num_layers:
-                raise ValueError(
-                    f"moe.first_k_dense ({self.moe.first_k_dense}) must be < num_layers ({self.num_layers})"
-                )
+            _check_moe(self.moe, self.num_layers)
         return self
 
     # --- derived sizes -------------------------------------------------------------------------
@@ -113,6 +160,13 @@ class ModelSpec(_Strict):
     def gated(self) -> bool:
         return self.activation in GATED_ACTIVATIONS
 
+    def attention_window(self, index: int) -> int | None:
+        """Tokens block ``index`` (0-based) attends back over: the sliding window, or None (all)."""
+        n = self.full_attention_every
+        if self.sliding_window is None or (n is not None and (index + 1) % n == 0):
+            return None
+        return self.sliding_window
+
     def is_moe_layer(self, index: int) -> bool:
         """Whether block ``index`` (0-based) has a routed-expert FFN."""
         m = self.moe
@@ -123,3 +177,28 @@ class ModelSpec(_Strict):
     @property
     def num_moe_layers(self) -> int:
         return sum(self.is_moe_layer(i) for i in range(self.num_layers))
+
+
+def _check_moe(m: MoESpec, num_layers: int) -> None:
+    """The MoE section's invariants (part of :meth:`ModelSpec._check_invariants`)."""
+    if m.top_k > m.num_experts:
+        raise ValueError(f"moe.top_k ({m.top_k}) exceeds moe.num_experts ({m.num_experts})")
+    if m.first_k_dense >= num_layers:
+        raise ValueError(f"moe.first_k_dense ({m.first_k_dense}) must be < num_layers ({num_layers})")
+    g, k = m.router_num_groups, m.router_group_topk
+    if (g is None) != (k is None):
+        raise ValueError(f"moe.router_num_groups ({g}) and moe.router_group_topk ({k}) are set together")
+    if g is None or k is None:
+        return
+    if m.num_experts % g:
+        raise ValueError(
+            f"moe.num_experts ({m.num_experts}) must be divisible by moe.router_num_groups ({g}): "
+            f"{m.num_experts} % {g} = {m.num_experts % g}"
+        )
+    if k > g:
+        raise ValueError(f"moe.router_group_topk ({k}) exceeds moe.router_num_groups ({g})")
+    if m.top_k > k * (m.num_experts // g):
+        raise ValueError(
+            f"moe.top_k ({m.top_k}) exceeds the experts in router_group_topk groups: "
+            f"{k} * {m.num_experts} / {g} = {k * (m.num_experts // g)}"
+        )

@@ -47,7 +47,7 @@ def test_stdout_yaml_is_the_spec_and_the_summary_goes_to_stderr():
     assert "layers 32 · hidden 4096 · heads 32 / kv 8 (head dim 128) · ffn 14336 · vocab 128256" in err
     assert "8,030,261,248 (8.03 B)" in err, "Llama 3 8B has 8.03 B parameters"
     assert "num_key_value_heads -> num_kv_heads" in err
-    assert "ignored    12 keys:" in err and "rope_theta" in err and "rms_norm_eps" in err
+    assert "ignored    9 keys:" in err and "rope_theta -> rope_theta" in err and "rms_norm_eps -> norm_eps" in err
     assert "{" not in r.stdout.splitlines()[1], "YAML by default"
 
 
@@ -129,6 +129,6 @@ def test_set_overrides_apply_as_they_do_for_model(tmp_path):
     assert load_model(str(out)) == expected and expected.num_layers == 4 and expected.moe.top_k == 1
     for bad, needle in (("cluster.num_nodes=2", "imports a model only"),
                         ("training.grad_reduce_dtype=bf16", "imports a model only"),
-                        ("model.rope_theta=1", "unknown key"), ("model.num_kv_heads=3", "divisible by num_kv_heads")):
+                        ("model.rope_base=1", "unknown key"), ("model.num_kv_heads=3", "divisible by num_kv_heads")):
         r = runner.invoke(app, ["import-hf", str(HF / "meta-llama-3-8b"), "--set", bad])
         assert r.exit_code == 2 and needle in r.stderr and r.stdout == "", bad

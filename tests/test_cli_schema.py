@@ -48,8 +48,8 @@ MODEL_DOCS = [
     ({"extends": "llama3-8b", "num_layers": 4}, True),
     ({"extends": "mixtral-8x7b", "moe": {"top_k": 1}}, True),  # nested sections merge: partial is fine
     ({k: v for k, v in LLAMA.items() if k != "name"}, True),  # name defaults to the file's stem
-    ({**LLAMA, "rope_theta": 5e5}, False),
-    ({"extends": "llama3-8b", "rope_theta": 5e5}, False),
+    ({**LLAMA, "rope_base": 5e5}, False),
+    ({"extends": "llama3-8b", "rope_theta": -1.0}, False),
     ({**LLAMA, "num_layers": "32"}, False),
     ({**LLAMA, "norm": "batchnorm"}, False),
     ({k: v for k, v in LLAMA.items() if k != "hidden_size"}, False),

@@ -158,7 +158,10 @@ def test_other_families(cfg, expected):
 
 def test_every_family_has_a_test():
     tested = {"llama", "mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3", "deepseek_v2", "gpt2", "bert",
-              "gpt_oss", "nemotron", "gpt_neox", "gptj", "opt", "mistral", "qwen2", "qwen3"}
+              "gpt_oss", "nemotron", "gpt_neox", "gptj", "opt", "mistral", "qwen2", "qwen3",
+              # compared with transformers in tests/test_hf_families.py
+              "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "olmo2", "starcoder2", "falcon", "bloom", "mpt",
+              "granitemoe", "granitemoeshared"}
     assert set(FAMILIES) == tested
 
 
@@ -179,7 +182,7 @@ def test_missing_alias_keys_name_every_spelling():
 def test_unknown_family():
     with pytest.raises(SpecError) as e:
         from_hf_config({"model_type": "foo"})
-    assert str(e.value).startswith("unknown config.json family 'foo'; supported: bert, deepseek_v2,")
+    assert str(e.value).startswith("unknown config.json family 'foo'; supported: bert, bloom, deepseek_v2,")
 
 
 def test_unknown_activation_and_opt_projection():

@@ -22,7 +22,7 @@ from models.graph import build_graph
 from models.hf_import import from_hf_config
 from models.hf_report import ImportReport, import_report
 from models.load import apply_overrides  # the same dotted-path rule --model applies to --set
-from models.spec import ModelSpec
+from models.spec import ModelSpec, MoESpec
 from planner.commands.common import Opt, write_output
 
 FORMATS = ("yaml", "json")
@@ -112,7 +112,10 @@ def summary_lines(imported: Imported) -> list[str]:
         "bias" if s.bias else "no bias",
     ]
     traits += ["bidirectional"] * (s.attention_mask == "bidirectional") + ["parallel residual"] * s.parallel_residual
-    traits += [f"sliding window {s.sliding_window}"] if s.sliding_window else []
+    traits += ["qk norm"] * s.qk_norm + ([f"norm eps {s.norm_eps:g}"] if s.norm_eps else [])
+    if s.sliding_window:
+        every = f", full attention every {s.full_attention_every} layers" if s.full_attention_every else ""
+        traits.append(f"sliding window {s.sliding_window}{every}")
     head = "MLA head dims below" if s.mla else f"head dim {s.dim_per_head}"
     lines = [
         f"imported {imported.config_path} (model_type '{r.model_type}') as {s.name}",
@@ -125,8 +128,10 @@ def summary_lines(imported: Imported) -> list[str]:
         shared = f", {m.num_shared_experts} shared" if m.num_shared_experts else ""
         lines.append(
             f"  MoE        {m.num_experts} experts, top-{m.top_k}, expert ffn {m.expert_ffn_hidden_size}"
-            f"{shared}; {s.num_moe_layers} of {s.num_layers} layers"
+            f"{shared}; {s.num_moe_layers} of {s.num_layers} layers; {_router(m)}"
         )
+    if s.position == "rope" and (s.rope_theta or s.rope_scaling):
+        lines.append("  rope       " + _rope(s))
     if s.mla is not None:
         lines.append("  MLA        " + ", ".join(f"{k} {v}" for k, v in s.mla.model_dump().items()))
     params = build_graph(s, min(s.max_seq_len, 2048)).num_params  # parameters do not depend on seq_len
@@ -142,6 +147,26 @@ def summary_lines(imported: Imported) -> list[str]:
     if r.ignored:
         lines.append(f"  ignored    {len(r.ignored)} keys: " + ", ".join(r.ignored))
     return lines
+
+
+def _router(m: MoESpec) -> str:
+    """The router in words: score, expert bias, scaling and group-limited routing."""
+    parts = [f"{m.router_score_function} router"]
+    parts += ["expert bias"] * m.router_expert_bias
+    parts += [f"weights x{m.router_topk_scaling_factor:g}"] if m.router_topk_scaling_factor else []
+    parts += [f"top-{m.router_group_topk} of {m.router_num_groups} groups"] if m.router_num_groups else []
+    return ", ".join(parts)
+
+
+def _rope(s: ModelSpec) -> str:
+    """RoPE base and context extension: 'theta 500000, llama3 scaling x8 of 8192 tokens'."""
+    parts = [f"theta {s.rope_theta:.12g}"] if s.rope_theta else ["theta (framework default)"]
+    r = s.rope_scaling
+    if r is not None:
+        factor = f" x{r.factor:g}" if r.factor else ""
+        base = f" of {r.original_max_seq_len} tokens" if r.original_max_seq_len else ""
+        parts.append(f"{r.type} scaling{factor}{base}")
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -39,14 +39,15 @@ def list_preset_rows(kind: str) -> PresetList:
 
 
 def preset_fields(name: str) -> dict:
-    """One preset's fields: a model spec with its derived parameter count, or a GPU spec."""
-    if name in list_presets():
-        spec = load_model(name)
-        data = spec.model_dump(exclude_none=True)
-        g = build_graph(spec, min(spec.max_seq_len, 2048))
-        data["derived"] = {"params": g.num_params, "params_b": round(g.num_params / 1e9, 3)}
-        return data
-    if name in list_gpus():
+    """One preset's fields: a GPU spec, or a model spec with its derived parameter count.
+
+    ``name`` is a GPU preset or anything ``--model`` takes: a model preset, a spec file (which may
+    ``extends:`` a preset) or a Hugging Face config.json / its directory. An unknown name is the
+    ``--model`` error (nearest presets, or the missing file)."""
+    if name not in list_presets() and name in list_gpus():
         return preset_data(name)
-    load_model(name)  # raises the unknown-preset error with suggestions
-    raise SpecError(f"unknown preset {name!r}")
+    spec = load_model(name)
+    data = spec.model_dump(exclude_none=True)
+    g = build_graph(spec, min(spec.max_seq_len, 2048))  # parameters do not depend on seq_len
+    data["derived"] = {"params": g.num_params, "params_b": round(g.num_params / 1e9, 3)}
+    return data

@@ -46,6 +46,25 @@ class SearchResult:
     candidates: list[CandidateResult]
 
 
+def _polish(
+    ctx: SearchContext, knobs: Knobs, incumbent: Estimate, alts: list[CandidateResult], top_k: int
+) -> tuple[Estimate, list[CandidateResult], dict[str, DeeperRecord]]:
+    """Least recompute on ties, then deeper interleaving of the plan and its runner-ups
+    (planner.search.polish), within the recompute options the user allows."""
+    incumbent = least_recompute(incumbent, options=ctx.options)  # ties go to less recompute
+    allowed = knobs.given("schedule") or tuple(SCHEDULES)
+    if knobs.given("vpp") is not None or not any(SCHEDULES[s].virtual_stages for s in allowed):
+        return incumbent, alts, {}
+    runner_ups: list[tuple[str, float, Estimate]] = [(r.status, r.bound_s, r.best) for r in alts if r.best is not None]
+    ranked = deepen_all(incumbent, runner_ups, ctx.options)
+    polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
+    alts = [
+        CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, CandStatus(st), e)
+        for st, b, e in ranked[1 : top_k + 1]
+    ]
+    return ranked[0][2], alts, polished
+
+
 def search(
     spec: ModelSpec,
     cluster: ClusterSpec,
@@ -83,19 +102,7 @@ def search(
     t_alt = time.perf_counter()
     polished: dict[str, DeeperRecord] = {}
     if incumbent:  # neither step makes the plan slower, so the certificate stays true
-        incumbent = least_recompute(incumbent, options=ctx.options)  # ties go to less recompute
-        allowed = knobs.given("schedule") or tuple(SCHEDULES)
-        if knobs.given("vpp") is None and any(SCHEDULES[s].virtual_stages for s in allowed):
-            runner_ups: list[tuple[str, float, Estimate]] = [
-                (r.status, r.bound_s, r.best) for r in alts if r.best is not None
-            ]
-            ranked = deepen_all(incumbent, runner_ups, ctx.options)
-            polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
-            incumbent = ranked[0][2]
-            alts = [
-                CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, CandStatus(st), e)
-                for st, b, e in ranked[1 : top_k + 1]
-            ]
+        incumbent, alts, polished = _polish(ctx, knobs, incumbent, alts, top_k)
     outside = probe_outside(incumbent, ctx.options) if incumbent and knobs.given("cp") is None else ()
     t_pol = time.perf_counter()
     cert = certify(results, incumbent, pool.rejected, gap, polished.get("deeper_interleaving"), outside)
