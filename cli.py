@@ -52,7 +52,14 @@ NONE: dict = {}  # the default of a grouped parameter, which ``_with`` replaces 
 RUN_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
     Opt("steps", int, 5, ("--steps",), "Training steps to run."),
-    Opt("data", Path | None, None, ("--data",), "Token file (uint16/int32 ids); default synthetic tokens."),
+    Opt("data", Path | None, None, ("--data",), "Token file (uint16 or int32 ids); default synthetic tokens."),
+    Opt(
+        "data_dtype",
+        str | None,
+        None,
+        ("--data-dtype",),
+        "uint16 or int32: how --data stores ids (default: uint16 up to 65,536 ids, int32 beyond).",
+    ),
     Opt(
         "report",
         Path,
@@ -206,11 +213,24 @@ def run(o: dict = NONE) -> None:
     except ImportError as exc:
         raise SpecError(f"the runtime needs torch: pip install 'autopar[runtime]' ({exc})") from None
     path, report = str(o["plan_file"]), o["report"]
-    if o["nnodes"] > 1:  # it prints the command for each node
-        launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report))
-        return
     data = str(o["data"]) if o["data"] else None
-    rep = launch.run(path, o["steps"], data, report, lr=o["lr"], nprocs=o["nprocs"], device=o["device"])
+    if o["nnodes"] > 1:
+        err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
+        launch.print_torchrun_command(
+            path,
+            o["nnodes"],
+            o["rdzv_endpoint"],
+            path,
+            o["steps"],
+            str(report),
+            lr=o["lr"],
+            data=data,
+            data_dtype=o["data_dtype"],
+        )
+        return
+    rep = launch.run(
+        path, o["steps"], data, report, lr=o["lr"], nprocs=o["nprocs"], device=o["device"], data_dtype=o["data_dtype"]
+    )
     err.print(f"wrote {report}", highlight=False)
     if o["fmt"] == "json":
         print(json.dumps(rep, indent=2))

@@ -32,7 +32,7 @@ from runtime.forkserver import cpu_context
 from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, world_size, world_size_arithmetic
 from runtime.report import build_report
-from runtime.train import train_rank
+from runtime.train import TOKEN_DTYPES, check_token_file, train_rank
 
 _Context: TypeAlias = ForkContext | ForkServerContext | SpawnContext  # each has .Process
 
@@ -68,7 +68,13 @@ def _worker(plan: dict, args: dict) -> None:
             f"plan needs {world_size_arithmetic(plan)} ranks; launched world size is {dist.get_world_size()}"
         )
     record = train_rank(
-        plan, args["steps"], args["lr"], args["data"], args["device"], keep_state=bool(args["save_params"])
+        plan,
+        args["steps"],
+        args["lr"],
+        args["data"],
+        args["device"],
+        keep_state=bool(args["save_params"]),
+        data_dtype=args.get("data_dtype"),
     )
     records: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(record, records, dst=0)
@@ -136,6 +142,7 @@ def run(
     save_params: str | Path | None = None,
     timeout_s: float = 600,
     start_method: str | None = None,
+    data_dtype: str | None = None,
 ) -> dict:
     """Train ``steps`` SGD steps of the plan on this machine and return (and write) the report.
 
@@ -150,10 +157,16 @@ def run(
         raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; launched world size is {nprocs}")
     check_supported(plan)
     device = resolve_device(plan, device, nprocs)
+    if data is not None:
+        try:  # before any rank starts: one line, not a traceback per rank
+            data_dtype = check_token_file(data, plan, data_dtype)
+        except (ValueError, OSError) as exc:
+            raise PlanError(str(exc)) from None
     args = {
         "steps": steps,
         "lr": lr,
         "data": data,
+        "data_dtype": data_dtype,
         "device": device,
         "out": str(out),
         "timeout_s": timeout_s,
@@ -176,9 +189,19 @@ def run(
 
 
 def print_torchrun_command(
-    plan, nnodes: int, rdzv_endpoint: str, plan_path: str = "plan.json", steps: int = 10, out: str = "report.json"
+    plan,
+    nnodes: int,
+    rdzv_endpoint: str,
+    plan_path: str = "plan.json",
+    steps: int = 10,
+    out: str = "report.json",
+    *,
+    lr: float = DEFAULT_LR,
+    data: str | None = None,
+    data_dtype: str | None = None,
 ) -> str:
-    """The torchrun line to start on each of ``nnodes`` nodes for this plan; printed and returned."""
+    """The torchrun line to start on each of ``nnodes`` nodes for this plan (every run option
+    carried: steps, report, learning rate, token file); printed once and returned."""
     plan = load_plan(plan)
     need = world_size(plan)
     if need % nnodes:
@@ -188,7 +211,9 @@ def print_torchrun_command(
     command = (
         f"torchrun --nnodes={nnodes} --nproc-per-node={need // nnodes} --rdzv-backend=c10d "
         f"--rdzv-endpoint={rdzv_endpoint} --rdzv-id=autopar -m runtime.launch "
-        f"--plan {plan_path} --steps {steps} --out {out}"
+        f"--plan {plan_path} --steps {steps} --out {out} --lr {lr}"
+        + (f" --data {data}" if data else "")
+        + (f" --data-dtype {data_dtype}" if data_dtype else "")
     )
     print(command)
     return command
@@ -201,12 +226,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="training steps")
     parser.add_argument("--out", default="report.json", help="run report path (written by rank 0)")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="SGD learning rate")
-    parser.add_argument("--data", default=None, help="token file (uint16 ids); default: synthetic tokens")
+    parser.add_argument("--data", default=None, help="token file (uint16 or int32 ids); default: synthetic tokens")
+    parser.add_argument("--data-dtype", choices=TOKEN_DTYPES, default=None, help="default: what the vocabulary needs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the plan's cluster")
     parser.add_argument("--save-params", default=None, help="also save the final parameters here")
     a = parser.parse_args(argv)
     if "RANK" not in os.environ:
-        run(a.plan, a.steps, a.data, a.out, lr=a.lr, device=a.device, save_params=a.save_params)
+        run(
+            a.plan, a.steps, a.data, a.out, lr=a.lr, device=a.device, save_params=a.save_params, data_dtype=a.data_dtype
+        )
         return
     plan = load_plan(a.plan)
     device = resolve_device(plan, a.device, int(os.environ["LOCAL_WORLD_SIZE"]))
@@ -220,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
                 "steps": a.steps,
                 "lr": a.lr,
                 "data": a.data,
+                "data_dtype": a.data_dtype,
                 "device": device,
                 "out": a.out,
                 "save_params": a.save_params,

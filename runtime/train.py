@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,24 +24,54 @@ from runtime.model import DTYPES, build_model, next_token_loss
 from runtime.parallelize import apply_plan, build_mesh, dp_mesh
 from runtime.plan_io import model_spec
 
+TOKEN_DTYPES = ("uint16", "int32")
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The narrowest token-id type that holds every id of the vocabulary: uint16 up to 65,536
+    ids (GPT-2's 50,257), int32 beyond (Llama 3's 128,256)."""
+    return "uint16" if vocab_size <= 2**16 else "int32"
+
+
+def check_token_file(path: str, plan: dict, data_dtype: str | None = None) -> str:
+    """The dtype a token file is read with, after checking it can be: the size is a whole number of
+    ids, it holds one sequence, and every id is below the vocabulary (an id beyond it would fail
+    inside every rank's embedding). ValueError with one line otherwise."""
+    vocab, seq = plan["inputs"]["model"]["vocab_size"], plan["inputs"]["training"]["seq_len"]
+    dtype = data_dtype or token_dtype(vocab)
+    if dtype not in TOKEN_DTYPES:
+        raise ValueError(f"--data-dtype must be one of {', '.join(TOKEN_DTYPES)} (got {dtype!r})")
+    size, item = Path(path).stat().st_size, np.dtype(dtype).itemsize
+    if size % item:
+        raise ValueError(f"token file {path}: {size} bytes is not a whole number of {dtype} ids ({item} bytes)")
+    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
+    if len(tokens) < seq + 1:
+        raise ValueError(f"token file {path} holds {len(tokens)} {dtype} ids; one sequence needs {seq + 1}")
+    top = int(tokens.max())
+    if top >= vocab or int(tokens.min()) < 0:
+        other = next(d for d in TOKEN_DTYPES if d != dtype)
+        raise ValueError(
+            f"token file {path} read as {dtype} holds id {top}, outside the model's vocabulary of {vocab}: "
+            f"a file of another tokenizer, or written as {other} (--data-dtype {other})"
+        )
+    return dtype
+
 
 class TokenSource:
     """Global batches ``[B, seq_len + 1]`` of token ids (inputs = [:, :-1], targets = [:, 1:]).
 
     data: None for synthetic tokens drawn from a generator seeded by (seed, step); or a path to
-    a flat file of token ids (``data_dtype`` uint16 or int32, nanoGPT's .bin format), read as
-    consecutive windows of seq_len + 1 tokens, wrapping around.
+    a flat file of token ids (``data_dtype`` uint16 or int32, nanoGPT's .bin format; default: the
+    narrowest that holds the model's vocabulary, ``token_dtype``), read as consecutive windows of
+    seq_len + 1 tokens, wrapping around. ``check_token_file`` vets the file first.
     """
 
-    def __init__(self, plan: dict, data: str | None = None, data_dtype: str = "uint16"):
+    def __init__(self, plan: dict, data: str | None = None, data_dtype: str | None = None):
         t = plan["inputs"]["training"]
         self.batch_size, self.seq_len, self.seed = t["global_batch_size"], t["seq_len"], t["seed"]
         self.vocab_size = plan["inputs"]["model"]["vocab_size"]
-        self.tokens = None if data is None else np.memmap(data, dtype=np.dtype(data_dtype), mode="r")
-        if self.tokens is not None and len(self.tokens) < self.seq_len + 1:
-            raise ValueError(
-                f"token file {data} holds {len(self.tokens)} tokens; one sequence needs {self.seq_len + 1}"
-            )
+        dtype = data_dtype or token_dtype(self.vocab_size)
+        self.tokens = None if data is None else np.memmap(data, dtype=np.dtype(dtype), mode="r")
 
     def batch(self, step: int) -> torch.Tensor:
         n, width = self.batch_size, self.seq_len + 1
@@ -80,7 +111,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_rank(plan: dict, steps: int, lr: float, data: str | None, device_type: str, keep_state: bool = False) -> dict:
+def train_rank(
+    plan: dict,
+    steps: int,
+    lr: float,
+    data: str | None,
+    device_type: str,
+    keep_state: bool = False,
+    data_dtype: str | None = None,
+) -> dict:
     """Train ``steps`` steps as this rank of the initialised default process group.
 
     Returns this rank's record: losses (global mean, the same on every rank), step times, peak
@@ -93,7 +132,7 @@ def train_rank(plan: dict, steps: int, lr: float, data: str | None, device_type:
     spec, seed = model_spec(plan), plan["inputs"]["training"]["seed"]
     pm = apply_plan(build_model(spec, seed, _dtype(plan), device="meta"), plan, mesh, device=device, seed=seed)
     optimizer = pm.build_optimizer(lr)
-    source, dp = TokenSource(plan, data), plan["parallelism"]["dp"]
+    source, dp = TokenSource(plan, data, data_dtype), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
     first_row = dp_mesh(mesh).get_local_rank() * rows
     record: dict[str, Any] = {

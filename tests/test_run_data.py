@@ -1,0 +1,66 @@
+"""`autopar run --data` (issue 19, item 10): token ids are read in the width the vocabulary needs
+(int32 beyond 65,536 ids) or as --data-dtype says, and a file that cannot be right (ids outside
+the vocabulary, a size that is not a whole number of ids) is one line and exit 2 before any rank
+starts. `--nnodes` prints the torchrun line once, for each node, with every run option."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+pytest.importorskip("torch")
+runner = CliRunner()
+
+
+def _plan(tmp_path, vocab: int):
+    path = tmp_path / "p.json"
+    r = runner.invoke(app, ["plan", "-m", "debug", "-c", "cpu:2", "-b", "4", "-s", "32", "--dtype", "fp32",
+                            "--tp", "1", "--pp", "1", "--set", f"model.vocab_size={vocab}", "--out", str(path)])
+    assert r.exit_code == 0, r.stderr
+    return path
+
+
+def _run(tmp_path, plan, data, *extra):
+    return runner.invoke(app, ["run", str(plan), "--steps", "1", "--data", str(data),
+                               "--out", str(tmp_path / "r.json"), *extra])
+
+
+def test_a_large_vocabulary_reads_int32_ids(tmp_path):
+    plan = _plan(tmp_path, 70000)
+    ids = (np.arange(4000, dtype=np.int64) * 6007 % 70000).astype(np.int32)
+    ids.tofile(tmp_path / "t.bin")
+    r = _run(tmp_path, plan, tmp_path / "t.bin")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["kind"] == "run_report"
+
+
+def test_ids_outside_the_vocabulary_are_one_line_and_exit_2(tmp_path):
+    plan = _plan(tmp_path, 256)
+    (np.arange(4000, dtype=np.uint16) % 300).tofile(tmp_path / "t.bin")
+    r = _run(tmp_path, plan, tmp_path / "t.bin")
+    assert r.exit_code == 2 and "outside the model's vocabulary of 256" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_in_the_other_width_is_caught(tmp_path):
+    plan = _plan(tmp_path, 256)
+    (np.arange(4001, dtype=np.uint16) % 256).tofile(tmp_path / "t.bin")  # 8002 bytes: not int32
+    r = _run(tmp_path, plan, tmp_path / "t.bin", "--data-dtype", "int32")
+    assert r.exit_code == 2 and "not a whole number of int32 ids" in r.stderr
+    r = _run(tmp_path, plan, tmp_path / "t.bin", "--data-dtype", "uint16")
+    assert r.exit_code == 0, r.stdout + r.stderr
+
+
+def test_nnodes_prints_the_command_once_for_each_node_with_every_option(tmp_path):
+    plan = _plan(tmp_path, 256)
+    r = runner.invoke(app, ["run", str(plan), "--nnodes", "2", "--rdzv-endpoint", "h0:29500", "--lr", "0.5",
+                            "--data", "t.bin", "--steps", "3"])
+    assert r.exit_code == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("torchrun")]
+    assert len(lines) == 1 and "--lr 0.5" in lines[0] and "--data t.bin" in lines[0] and "--steps 3" in lines[0]
+    assert "run this command on each of the 2 nodes" in r.stderr
