@@ -20,6 +20,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from models.errors import SpecError
 from planner.commands.common import FMT_OPTION, PLOT_OPTIONS, SETS_OPTION, Opt, check_format, with_options, write_output
@@ -100,7 +101,7 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except (SpecError, RuntimePlanError) as exc:  # the runtime's plan reader refusing a plan is bad input too
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except Verdict as exc:
             if str(exc):
@@ -109,7 +110,7 @@ def _guard(fn):
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
-            err.print(f"[red]internal error:[/red] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+            err.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))}", markup=True, highlight=False)
             if DEBUG["traceback"]:
                 traceback.print_exc()
             raise typer.Exit(3) from None

@@ -46,3 +46,9 @@ def test_nothing_fits_advice_keeps_the_fixed_recompute():
                             "--recompute", "none", "--time-limit", "10"])
     assert r.exit_code == 1
     assert "none recompute" in r.stderr and "full recompute" not in r.stderr
+
+
+def test_error_messages_keep_their_brackets():
+    """Install hints such as autopar[plots] are printed as written, not eaten as rich markup."""
+    r = runner.invoke(app, ["estimate", "-m", "spam[plots]", "-c", "h100-sxm-80gb:8", "-b", "8", "-s", "128"])
+    assert r.exit_code == 2 and "spam[plots]" in r.stderr

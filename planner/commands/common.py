@@ -47,6 +47,10 @@ PLOT_OPTIONS = (
 )
 
 
+# Wall-clock seconds a search gets unless --time-limit says otherwise (plan, sweep per point, explain).
+TIME_LIMIT_S = 60.0
+
+
 def parameters(
     opts: Sequence[Opt | inspect.Parameter], option: Callable[..., Any], argument: Callable[..., Any]
 ) -> list[inspect.Parameter]:

@@ -24,7 +24,7 @@ from typing import Any
 from hardware.cluster import ClusterSpec
 from models.errors import SpecError
 from models.spec import ModelSpec
-from planner.commands.common import Opt
+from planner.commands.common import TIME_LIMIT_S, Opt
 from planner.commands.explain_infeasible import explain_infeasible
 from planner.commands.explain_rows import ExplainReport, GiB, binding, delta_row, over_text, recompute_rows
 from planner.commands.plan import closest_plan
@@ -53,7 +53,7 @@ EXPLAIN_OPTIONS = (
         argument=True,
     ),
     Opt("infeasible", bool, False, ("--infeasible",), "No plan fits: the conflicting constraints and what would fit."),
-    Opt("time_limit", float, 30.0, ("--time-limit",), "Wall-clock seconds shared by all the re-plans."),
+    Opt("time_limit", float, TIME_LIMIT_S, ("--time-limit",), "Wall-clock seconds shared by all the re-plans."),
 )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import SpecError
-from planner.commands.common import Opt
+from planner.commands.common import TIME_LIMIT_S, Opt
 from planner.config import Training
 from planner.cost.estimate import Estimate, estimate
 from planner.cost.records import Predicted, time_components
@@ -25,7 +25,7 @@ SEARCH_OPTIONS = (  # plan and sweep
     Opt(
         "time_limit",
         float,
-        60.0,
+        TIME_LIMIT_S,
         ("--time-limit",),
         "Wall-clock seconds per search (per point in sweep); the best plan so far is returned.",
     ),
@@ -44,7 +44,7 @@ class SearchSettings:
 
     solver: str = "ortools"
     gap: float = 0.01
-    time_limit_s: float = 60.0
+    time_limit_s: float = TIME_LIMIT_S
     top_k: int = 3
 
     def check(self) -> SearchSettings:

@@ -34,7 +34,7 @@ from hardware.cluster import CLUSTER_FILE_SUFFIXES, load_cluster
 from hardware.gpu import load_gpu
 from models.errors import SpecError
 from models.load import load_model
-from planner.commands.common import Opt
+from planner.commands.common import TIME_LIMIT_S, Opt
 from planner.commands.plan import SearchSettings, infeasible_advice
 from planner.commands.sweep_cache import CODE_FILES as CODE_FILES  # what the cache key fingerprints
 from planner.commands.sweep_cache import cache_key, cache_read, cache_write, code_fingerprint, open_cache
@@ -111,7 +111,7 @@ class SweepSpec:
     sets: tuple[str, ...] = ()  # --set items, model.KEY=VALUE / cluster.KEY=VALUE
     knobs: dict[str, str] = field(default_factory=dict)  # raw knob strings as `autopar plan` takes them
     vary: tuple[str, ...] = ()  # KEY=V1,V2,...
-    time_limit_s: float = 60.0  # per point
+    time_limit_s: float = TIME_LIMIT_S  # per point
     gap: float = 0.01
     solver: str = "ortools"
     tokens: float | None = 1e12  # token budget for time-to-train
