@@ -31,6 +31,7 @@ from planner.commands.import_hf import IMPORT_OPTIONS
 from planner.commands.plan import PLAN_OPTIONS, SEARCH_OPTIONS
 from planner.commands.sweep import SWEEP_OPTIONS
 from planner.commands.validate import VALIDATE_OPTIONS
+from planner.config import plan_warnings
 from planner.inputs import PROBLEM_OPTIONS, build_inputs, parse_sets
 from planner.knobs import cli_parameters
 from runtime.defaults import DEFAULT_LR
@@ -92,6 +93,12 @@ def main(
     DEBUG["traceback"] = debug
 
 
+def _warn(messages: list[str]) -> None:
+    """Warnings about a valid plan, one line each on stderr."""
+    for m in messages:
+        err.print(f"[yellow]warning:[/yellow] {escape(m)}", highlight=False)
+
+
 def _guard(fn):
     """The exit-code map: bad input is one line and exit 2, a negative verdict exit 1, a bug exit 3;
     never a raw traceback (unless ``--debug``)."""
@@ -110,7 +117,9 @@ def _guard(fn):
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
-            err.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))}", markup=True, highlight=False)
+            err.print(
+                f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))}", markup=True, highlight=False
+            )
             if DEBUG["traceback"]:
                 traceback.print_exc()
             raise typer.Exit(3) from None
@@ -155,6 +164,7 @@ def estimate(problem: dict = NONE, knobs: dict = NONE, plots: dict = NONE, o: di
     inputs = inputs_of_plan(o["plan"]) if o["plan"] is not None else build_inputs(**problem, sets=sets, knobs=knobs)
     res = run_estimate(inputs)
     result = res.estimate
+    _warn(plan_warnings(result.par, result.train, result.model, result.cluster.gpus_per_node))
     if o["fmt"] == "json":
         print(json.dumps(estimate_json(result, inputs, res.fix), indent=2))
     else:
@@ -191,6 +201,8 @@ def plan(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict 
         result = run_plan(inputs, knobs, settings, progress)
     if result.doc is None or result.best is None:
         raise Verdict(f"no plan fits: {result.advice}")
+    b = result.best
+    _warn(plan_warnings(b.par, b.train, b.model, b.cluster.gpus_per_node))
     if o["out_path"]:
         write_output(o["out_path"], json.dumps(result.doc, indent=2) + "\n")
         err.print(f"wrote {o['out_path']}", highlight=False)

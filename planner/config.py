@@ -301,6 +301,26 @@ def _check_data_parallel(par: Parallel, spec: Any) -> None:
             )
 
 
+def plan_warnings(par: Parallel, train: Training, spec: Any, gpus_per_node: int) -> list[str]:
+    """Valid but probably unintended: tensor parallelism across nodes (its collectives cross the
+    network every layer), beyond the KV heads (K and V are replicated, not split), and a sequence
+    longer than the model's positions."""
+    out = []
+    if par.tp > gpus_per_node:
+        out.append(
+            f"tp {par.tp} spans {par.tp // gpus_per_node} nodes of {gpus_per_node} GPUs: every layer's "
+            "tensor-parallel collectives cross the network"
+        )
+    kv = spec.kv_heads if spec.mla is None else spec.num_heads
+    if par.tp > kv:
+        out.append(f"tp {par.tp} > {kv} KV heads: K and V are replicated on {par.tp // kv} ranks each, not split")
+    if train.seq_len > spec.max_seq_len:
+        out.append(
+            f"seq_len {train.seq_len} > the model's max_seq_len {spec.max_seq_len}: positions it was not built for"
+        )
+    return out
+
+
 def knob_field(name: str) -> str:
     """The plan-file path a ``PlanError.field`` points at (per-stage knobs: ``stages``)."""
     if not name:

@@ -52,3 +52,13 @@ def test_error_messages_keep_their_brackets():
     """Install hints such as autopar[plots] are printed as written, not eaten as rich markup."""
     r = runner.invoke(app, ["estimate", "-m", "spam[plots]", "-c", "h100-sxm-80gb:8", "-b", "8", "-s", "128"])
     assert r.exit_code == 2 and "spam[plots]" in r.stderr
+
+
+def test_warnings_for_tp_across_nodes_beyond_kv_heads_and_too_long_sequences():
+    r = runner.invoke(app, ["estimate", "-m", "llama3-8b", "-c", "h100-sxm-80gb:16", "-b", "16", "-s", "16384",
+                            "--tp", "16"])
+    assert "tp 16 spans 2 nodes" in r.stderr and "tp 16 > 8 KV heads" in r.stderr
+    assert "seq_len 16384 > the model's max_seq_len 8192" in r.stderr
+    ok = runner.invoke(app, ["estimate", "-m", "llama3-8b", "-c", "h100-sxm-80gb:8", "-b", "8", "-s", "4096",
+                             "--tp", "8"])
+    assert "warning" not in ok.stderr
