@@ -62,3 +62,13 @@ def test_warnings_for_tp_across_nodes_beyond_kv_heads_and_too_long_sequences():
     ok = runner.invoke(app, ["estimate", "-m", "llama3-8b", "-c", "h100-sxm-80gb:8", "-b", "8", "-s", "4096",
                              "--tp", "8"])
     assert "warning" not in ok.stderr
+
+
+def test_sweep_has_json_like_every_command(tmp_path):
+    args = ["sweep", "-m", "debug", "-c", "cpu:4", "-b", "16", "-s", "64", "--dtype", "fp32", "--vary", "tp=1,2",
+            "--time-limit", "5"]
+    r = runner.invoke(app, args + ["--format", "json", "--out", str(tmp_path / "rows.json")])
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [row["point"]["tp"] for row in rows] == [1, 2]
+    assert json.loads((tmp_path / "rows.json").read_text()) == rows

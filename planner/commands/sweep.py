@@ -59,11 +59,11 @@ SWEEP_OPTIONS = (
         "Cache directory (default $AUTOPAR_CACHE_DIR or ~/.cache/autopar/sweep).",
     ),
     Opt("no_cache", bool, False, ("--no-cache",), "Neither read nor write the cache."),
-    Opt("out_path", Path | None, None, ("--out", "-o"), "Also write the rows to a .csv or .jsonl file."),
+    Opt("out_path", Path | None, None, ("--out", "-o"), "Also write the rows to a .csv, .json or .jsonl file."),
     Opt(
         "plot", Path | None, None, ("--plot",), "Draw tokens/s and cost against the first --vary key (.png/.svg/.pdf)."
     ),
-    Opt("fmt", str, "table", ("--format", "-f"), "Output format: table, csv or jsonl."),
+    Opt("fmt", str, "table", ("--format", "-f"), "Output format: table, csv, json or jsonl."),
 )
 INT_KEYS = ("cluster.num_gpus", "seq_len", "global_batch")
 TOP_KEYS = ("gpu", "model", "dtype", "attention", "stack") + INT_KEYS

@@ -18,8 +18,8 @@ from planner.commands.sweep import COLUMNS, SweepSpec, parse_vary
 from planner.knobs import describe
 from planner.render import plots
 
-FORMATS = ("table", "csv", "jsonl")
-OUT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+FORMATS = ("table", "csv", "json", "jsonl")
+OUT_SUFFIXES = {".csv": "csv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 GiB = 2**30
 
 
@@ -28,7 +28,7 @@ def check_options(fmt: str, out_path: Path | None, jobs: int | None) -> None:
     if fmt not in FORMATS:
         raise SpecError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     if out_path is not None and out_path.suffix.lower() not in OUT_SUFFIXES:
-        raise SpecError(f"--out {out_path}: use a .csv, .jsonl or .ndjson file name")
+        raise SpecError(f"--out {out_path}: use a .csv, .json, .jsonl or .ndjson file name")
     if jobs is not None and jobs < 1:
         raise SpecError(f"--jobs must be >= 1 (got {jobs})")
 
@@ -69,7 +69,10 @@ def summary_lines(rows: list[dict], wall_s: float) -> list[str]:
 
 
 def render_text(rows: list[dict], keys: list[str], fmt: str) -> str:
-    """CSV (``point.KEY`` columns, then COLUMNS) or JSONL (the row dicts, ``point`` nested)."""
+    """CSV (``point.KEY`` columns, then COLUMNS), JSON (one array of the row dicts, as every other
+    command's --format json) or JSONL (one row dict per line, ``point`` nested)."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str) + "\n"
     if fmt == "jsonl":
         return "".join(json.dumps(r, default=str) + "\n" for r in rows)  # YAML values may be dates
     buf = io.StringIO()
