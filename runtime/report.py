@@ -11,6 +11,8 @@ step (saved-tensor hooks in Python: +20-35% on the debug model, bench/runtime_ov
 
 from __future__ import annotations
 
+import os
+
 REPORT_SCHEMA_VERSION = "1.0"
 COMPARED = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
 
@@ -57,6 +59,8 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
         "world_size": len(records),
         "parallelism": plan["parallelism"],
         "tokens_per_step": tokens_per_step,
+        # Ranks beyond the cores share them: measured step times then say nothing about the plan.
+        "cpu_cores": os.cpu_count() if device_type == "cpu" else None,
         "steps": steps,
         "measured": measured,
         "predicted": predicted,

@@ -64,3 +64,20 @@ def test_nnodes_prints_the_command_once_for_each_node_with_every_option(tmp_path
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("torchrun")]
     assert len(lines) == 1 and "--lr 0.5" in lines[0] and "--data t.bin" in lines[0] and "--steps 3" in lines[0]
     assert "run this command on each of the 2 nodes" in r.stderr
+
+
+def test_the_run_report_prints_memory_in_binary_units_and_flags_oversubscribed_cores(tmp_path):
+    from planner.render.run import run_report_table
+    from rich.console import Console
+
+    rep = {
+        "world_size": 4, "device_type": "cpu", "cpu_cores": 2, "steps": [],
+        "predicted": {"step_time_s": 0.026, "tokens_per_s": 39283.0, "activation_bytes": 5005312.0},
+        "measured": {"step_time_s": 0.27, "tokens_per_s": 3734.0, "activation_bytes": 5013632},
+        "relative_error": {"step_time_s": 9.5, "tokens_per_s": -0.9, "activation_bytes": 0.0017},
+    }
+    console = Console(record=True, width=120)
+    run_report_table(console, rep)
+    text = console.export_text()
+    assert "4.78 MiB" in text and "e+06" not in text and "39,283" in text
+    assert "4 ranks shared 2 CPU cores" in text

@@ -27,8 +27,26 @@ def run_report_table(out: Console, rep: dict) -> None:
         rel = rep["relative_error"].get(key)
         cmp.add_row(
             key,
-            f"{meas:,.4g}" if meas is not None else "-",
-            f"{pred:,.4g}",
+            _figure(key, meas) if meas is not None else "-",
+            _figure(key, pred),
             f"{rel:+.1%}" if rel is not None else "n/a (CPU counts activations only)",
         )
     out.print(cmp)
+    cores = rep.get("cpu_cores")
+    if cores and rep["world_size"] > cores:
+        out.print(
+            f"[yellow]note:[/yellow] {rep['world_size']} ranks shared {cores} CPU cores: the measured step time "
+            "includes waiting for a core, so its error says nothing about the plan (memory still does)."
+        )
+
+
+def _figure(key: str, value: float) -> str:
+    """Bytes in binary units (as the rest of autopar prints memory), times in seconds, rates with commas."""
+    if key.endswith("_bytes"):
+        for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if abs(value) >= scale:
+                return f"{value / scale:,.2f} {unit}"
+        return f"{value:,.0f} B"
+    if key.endswith("_s") and not key.endswith("per_s"):
+        return f"{value:.4g} s"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4g}"
