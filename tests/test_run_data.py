@@ -81,3 +81,9 @@ def test_the_run_report_prints_memory_in_binary_units_and_flags_oversubscribed_c
     text = console.export_text()
     assert "4.78 MiB" in text and "e+06" not in text and "39,283" in text
     assert "4 ranks shared 2 CPU cores" in text
+
+
+def test_presets_list_prints_small_models_in_a_readable_unit():
+    r = runner.invoke(app, ["presets", "list", "models"])
+    line = next(ln for ln in r.stdout.splitlines() if "debug " in ln)
+    assert "0.00 B" not in line and " k " in line

@@ -13,6 +13,14 @@ from planner.commands.presets import PresetList
 GiB = 2**30
 
 
+def param_count(n: float) -> str:
+    """``8.03 B``, ``124 M``, ``25.7 k``: parameters in the unit that keeps 3 significant digits."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f}"
+
+
 def presets_list(out: Console, rows: PresetList, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps({"models": [m.name for m in rows.models], "gpus": [g.name for g in rows.gpus]}, indent=2))
@@ -28,7 +36,7 @@ def presets_list(out: Console, rows: PresetList, fmt: str) -> None:
                 str(s.num_layers),
                 str(s.hidden_size),
                 f"{s.num_heads}/{s.kv_heads}",
-                f"{m.params / 1e9:.2f} B",
+                param_count(m.params),
                 m.kind,
             )
         out.print(t)
