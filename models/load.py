@@ -74,7 +74,7 @@ def _load_data(arg: str) -> tuple[dict[str, Any], str]:
         config = path / "config.json"
         if not config.is_file():
             raise SpecError(f"model directory {arg} has no config.json")
-        return _from_hf(config, default_name=path.resolve().name.lower()), str(config)
+        return _from_hf(config, default_name=hf_default_name(config)), str(config)
     if path.is_file():
         return _from_spec_file(path), str(path)
     if path.suffix.lower() in SPEC_SUFFIXES or "/" in arg or "\\" in arg:
@@ -86,13 +86,20 @@ def _from_spec_file(path: Path) -> dict[str, Any]:
     """A user file: a config.json goes to hf_import; a spec file may extend a preset."""
     data = _read_file(path)
     if path.suffix.lower() == ".json" and any(k in data for k in HF_MARKERS):
-        return _from_hf(path, data=data)
+        return _from_hf(path, data=data, default_name=hf_default_name(path))
     base = data.get("extends")
     # A file that does not name itself is named after its file (llama3-8b-short.yaml -> llama3-8b-short),
     # so a modified preset is never reported under the preset's name.
     data.setdefault("name", path.stem.lower())
     data.setdefault("source", f"{path} (extends {base})" if base else str(path))
     return _resolve_extends(data, seen=set())
+
+
+def hf_default_name(config: Path) -> str:
+    """The name of a config.json that does not name itself (no ``_name_or_path``): the directory
+    holding it, whether the user gave the directory or the file (``dir`` and ``dir/config.json``
+    are one model)."""
+    return config.resolve().parent.name.lower()
 
 
 def _from_hf(path: Path, data: dict[str, Any] | None = None, default_name: str | None = None) -> dict[str, Any]:

@@ -87,3 +87,19 @@ def test_presets_list_prints_small_models_in_a_readable_unit():
     r = runner.invoke(app, ["presets", "list", "models"])
     line = next(ln for ln in r.stdout.splitlines() if "debug " in ln)
     assert "0.00 B" not in line and " k " in line
+
+
+def test_import_hf_names_a_directory_and_its_config_json_alike(tmp_path):
+    d = tmp_path / "mymodel"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 4,
+        "num_attention_heads": 8, "num_key_value_heads": 8, "vocab_size": 32000, "max_position_embeddings": 2048,
+    }))
+    names = []
+    for src in (d, d / "config.json"):
+        out = tmp_path / f"{len(names)}.json"
+        r = runner.invoke(app, ["import-hf", str(src), "-o", str(out)])
+        assert r.exit_code == 0, r.stderr
+        names.append(json.loads(out.read_text())["name"])
+    assert names == ["mymodel", "mymodel"]

@@ -21,7 +21,7 @@ from models.errors import SpecError, format_validation_error
 from models.graph import build_graph
 from models.hf_import import from_hf_config
 from models.hf_report import ImportReport, import_report
-from models.load import apply_overrides  # the same dotted-path rule --model applies to --set
+from models.load import apply_overrides, hf_default_name  # the rules --model applies
 from models.spec import ModelSpec, MoESpec
 from planner.commands.common import Opt, write_output
 
@@ -49,14 +49,13 @@ def import_hf(source: str, name: str | None = None, overrides: Mapping[str, obje
     """Read ``source`` (a config.json or a directory holding one), map it to a spec and apply
     ``overrides`` (``--set model.KEY=VALUE``, dotted paths) last, as ``--model`` does."""
     path = Path(source).expanduser()
-    default_name = None
     if path.is_dir():
-        default_name = path.resolve().name.lower()  # as models.load names a model directory
         path = path / "config.json"
         if not path.is_file():
             raise SpecError(f"{source}: directory has no config.json")
     elif not path.is_file():
         raise SpecError(f"{source}: no such file or directory")
+    default_name = hf_default_name(path)  # as models.load names it, for the directory or the file
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
