@@ -103,3 +103,21 @@ def test_import_hf_names_a_directory_and_its_config_json_alike(tmp_path):
         assert r.exit_code == 0, r.stderr
         names.append(json.loads(out.read_text())["name"])
     assert names == ["mymodel", "mymodel"]
+
+
+def test_the_stage_table_never_cuts_a_number_in_80_columns():
+    from rich.console import Console
+
+    from planner.cost.estimate import estimate
+    from planner.inputs import build_inputs, parse_sets
+    from planner.render.estimate_table import _stage_table
+
+    knobs = {"tp": 8, "pp": 4, "zero": 1, "recompute": "full", "schedule": "interleaved", "vpp": 5}
+    i = build_inputs("llama3-70b", "h100-sxm-80gb:64", 64, 8192, "bf16", None, parse_sets([]), knobs)
+    e = estimate(i.model, i.cluster, i.training, i.parallel)
+    console = Console(width=80, record=True)
+    console.print(_stage_table(e.predicted))
+    text = console.export_text()
+    assert "…" not in text and all(len(line) <= 80 for line in text.splitlines())
+    for s in e.predicted.stages:
+        assert f"{s.memory.total_bytes / 2**30:.2f}" in text and f"{s.memory.weights_bytes / 2**30:.2f}" in text

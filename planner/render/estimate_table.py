@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from planner.commands.estimate import Change
 from planner.cost.estimate import Estimate
-from planner.cost.records import Predicted
+from planner.cost.records import Predicted, StageResult
 from planner.inputs import Inputs
 from planner.knobs import BY_NAME, STACK_DEFAULTS
 from planner.planfile.build import parallel_dict, training_block
@@ -99,42 +100,60 @@ def estimate_table(out: Console, result: Estimate, defaulted: dict | None = None
 
 
 def _stage_table(p: Predicted) -> Table:
+    # Never cut a number, even in an 80-column terminal: short two-line headers, one space between
+    # columns, each figure column at least as wide as its widest figure; the block ranges, the
+    # only long text, fold.
     cols = [
-        "stage",
+        "pp\nrank",
         "blocks",
-        "fwd/bwd ms",
+        "fwd/bwd\nms",
         "weights",
         "grads",
         "optim",
         "activ",
-        "in-flight",
-        "transient",
+        "in-\nflight",
+        "trans-\nient",
         "other",
-        "total GiB",
+        "total\nGiB",
     ]
     table = Table(
-        *cols, title="per pipeline stage (memory in GiB per GPU, times per micro-batch)", title_justify="left"
+        title="per pipeline stage (memory in GiB per GPU, times per micro-batch)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=0,
     )
-    for s in p.stages:
-        m = s.memory
-        blocks = ", ".join(f"{c.layers[0]}-{c.layers[1] - 1}" if c.layers[1] > c.layers[0] else "-" for c in s.chunks)
-        extras = ("E" if any(c.has_embedding for c in s.chunks) else "") + (
-            "H" if any(c.has_head for c in s.chunks) else ""
-        )
-        f = sum(c.fwd_s_per_microbatch for c in s.chunks) * 1e3
-        b = sum(c.bwd_s_per_microbatch for c in s.chunks) * 1e3
-        other = m.comm_buffer_bytes + m.workspace_bytes + m.fragmentation_bytes
-        table.add_row(
-            str(s.pp_rank),
-            f"{blocks} {extras}".strip(),
-            f"{f:.1f}/{b:.1f}",
-            _gib(m.weights_bytes),
-            _gib(m.gradients_bytes),
-            _gib(m.optimizer_bytes),
-            _gib(m.activations_bytes),
-            f"{m.inflight_microbatches:.2f}",
-            _gib(m.transient_bytes),
-            _gib(other),
-            _gib(m.total_bytes),
-        )
+    rows = [_stage_row(s) for s in p.stages]
+    for k, name in enumerate(cols):
+        if name == "blocks":
+            table.add_column(name, overflow="fold", ratio=1, min_width=8)
+        else:
+            width = max(len(r[k]) for r in rows) if rows else 1
+            table.add_column(name, no_wrap=True, justify="right", min_width=width)
+    for r in rows:
+        table.add_row(*r)
     return table
+
+
+def _stage_row(s: StageResult) -> list[str]:
+    m = s.memory
+    blocks = ", ".join(f"{c.layers[0]}-{c.layers[1] - 1}" if c.layers[1] > c.layers[0] else "-" for c in s.chunks)
+    extras = ("E" if any(c.has_embedding for c in s.chunks) else "") + (
+        "H" if any(c.has_head for c in s.chunks) else ""
+    )
+    f = sum(c.fwd_s_per_microbatch for c in s.chunks) * 1e3
+    b = sum(c.bwd_s_per_microbatch for c in s.chunks) * 1e3
+    other = m.comm_buffer_bytes + m.workspace_bytes + m.fragmentation_bytes
+    return [
+        str(s.pp_rank),
+        f"{blocks} {extras}".strip(),
+        f"{f:.1f}/{b:.1f}",
+        _gib(m.weights_bytes),
+        _gib(m.gradients_bytes),
+        _gib(m.optimizer_bytes),
+        _gib(m.activations_bytes),
+        f"{m.inflight_microbatches:.2f}",
+        _gib(m.transient_bytes),
+        _gib(other),
+        _gib(m.total_bytes),
+    ]
