@@ -34,7 +34,7 @@ from planner.commands.validate import VALIDATE_OPTIONS
 from planner.config import plan_warnings
 from planner.inputs import PROBLEM_OPTIONS, build_inputs, parse_sets
 from planner.knobs import cli_parameters
-from runtime.defaults import DEFAULT_LR
+from runtime.options import RUN_OPTIONS
 from runtime.plan_io import PlanError as RuntimePlanError
 
 app = typer.Typer(
@@ -51,30 +51,6 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 DEBUG = {"traceback": False}
 NONE: dict = {}  # the default of a grouped parameter, which ``_with`` replaces by its options
-RUN_OPTIONS = (
-    Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
-    Opt("steps", int, 5, ("--steps",), "Training steps to run."),
-    Opt("data", Path | None, None, ("--data",), "Token file (uint16 or int32 ids); default synthetic tokens."),
-    Opt(
-        "data_dtype",
-        str | None,
-        None,
-        ("--data-dtype",),
-        "uint16 or int32: how --data stores ids (default: uint16 up to 65,536 ids, int32 beyond).",
-    ),
-    Opt(
-        "report",
-        Path,
-        Path("report.json"),
-        ("--out", "-o", "--report"),
-        "Where to write the run report JSON (--report: its former name).",
-    ),
-    Opt("lr", float, DEFAULT_LR, ("--lr",), "SGD learning rate."),
-    Opt("nprocs", int | None, None, ("--nprocs",), "Ranks to start (must equal the plan's world size)."),
-    Opt("device", str | None, None, ("--device",), "cpu or cuda (default: from the plan's cluster)."),
-    Opt("nnodes", int, 1, ("--nnodes",), "Nodes: >1 prints the torchrun command for each node instead."),
-    Opt("rdzv_endpoint", str, "localhost:29500", ("--rdzv-endpoint",), "host:port for multi-node rendezvous."),
-)
 
 
 # Replace each grouped parameter of a command by its declared options (planner.commands.common).
@@ -229,17 +205,8 @@ def run(o: dict = NONE) -> None:
     data = str(o["data"]) if o["data"] else None
     if o["nnodes"] > 1:
         err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
-        launch.print_torchrun_command(
-            path,
-            o["nnodes"],
-            o["rdzv_endpoint"],
-            path,
-            o["steps"],
-            str(report),
-            lr=o["lr"],
-            data=data,
-            data_dtype=o["data_dtype"],
-        )
+        extra = {"lr": o["lr"], "data": data, "data_dtype": o["data_dtype"]}
+        launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
         return
     rep = launch.run(
         path, o["steps"], data, report, lr=o["lr"], nprocs=o["nprocs"], device=o["device"], data_dtype=o["data_dtype"]
@@ -391,7 +358,7 @@ def export_cmd(o: dict = NONE) -> None:
     from planner.render.export import export_document
 
     check_format(o["fmt"], ("text", "json"))
-    exp = export_plan(o["plan_file"], o["to"])
+    exp = export_plan(o["plan_file"], o["to"], o["torchtitan_version"])
     for note in exp.notes:
         err.print(f"note: {note}", markup=False, highlight=False)
     if o["out_path"] is not None:

@@ -15,15 +15,21 @@ Mapping (docs/exports.md has the full table):
   as its hybrid form (``--num-distributed-optimizer-instances r --outer-dp-sharding-strategy no_shard``);
 - recompute: ``--recompute-granularity full --recompute-method uniform --recompute-num-layers 1``
   (every block), ``--recompute-method block --recompute-num-layers k`` (first k blocks of every
-  chunk), ``--recompute-granularity selective`` (attention core, Korthikanti et al. 2022).
+  chunk), ``--recompute-granularity selective`` (attention core, Korthikanti et al. 2022);
+- model: shape flags, RoPE base and scaling (``--rotary-base``, YaRN, Llama 3.1 scaling),
+  ``--norm-epsilon``, ``--qk-layernorm`` and DeepSeek-V3 routing (sigmoid scores, expert bias,
+  group-limited routing).
+What Megatron-LM runs differently from the plan (GPipe as 1F1B, recompute mixes) is re-scored.
 """
 
 from __future__ import annotations
 
 import shlex
+from typing import Any
 
 from planner.config import grad_reduce_bytes
 from planner.export.common import Export, PlanView, common_notes, recompute_note, recompute_pattern
+from planner.export.rescore import AsRun, rescore_note
 
 Args = list[tuple[str, str | None]]
 FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
@@ -31,19 +37,20 @@ FSDP_STRATEGY = {2: "optim_grads", 3: "optim_grads_params"}
 
 def megatron_export(view: PlanView) -> Export:
     """Arguments for pretrain_gpt.py (Megatron-Core GPT model) and a note per unmapped setting."""
-    notes = common_notes(view)
+    notes, run = common_notes(view), AsRun.of(view)
     args: Args = []
-    args += _degree_args(view, notes)
+    args += _degree_args(view, run, notes)
     args += _split_args(view)
     args += _zero_args(view, notes)
-    args += _recompute_args(view, notes)
+    args += _recompute_args(view, run, notes)
     args += _precision_args(view, notes)
     args += _model_args(view, notes)
+    notes += rescore_note(view, run, "Megatron-LM")
     flat = [s for flag, value in args for s in ((flag,) if value is None else (flag, value))]
     return Export("megatron", _script(view, args, notes), flat, notes)
 
 
-def _degree_args(view: PlanView, notes: list[str]) -> Args:
+def _degree_args(view: PlanView, run: AsRun, notes: list[str]) -> Args:
     p, t = view.par, view.train
     args: Args = [
         ("--tensor-model-parallel-size", str(p.tp)),
@@ -66,6 +73,7 @@ def _degree_args(view: PlanView, notes: list[str]) -> Args:
             "instead (the same bubble, at most pp micro-batches in flight, so no more activation memory "
             "than planned)"
         )
+        run.set(f"1F1B for {p.schedule_spec.title}", schedule="1f1b")
     return args
 
 
@@ -126,7 +134,7 @@ def _zero_args(view: PlanView, notes: list[str]) -> Args:
     return args
 
 
-def _recompute_args(view: PlanView, notes: list[str]) -> Args:
+def _recompute_args(view: PlanView, run: AsRun, notes: list[str]) -> Args:
     pat = recompute_pattern(view)
     if pat.block_full is not None:
         args: Args = [
@@ -145,7 +153,16 @@ def _recompute_args(view: PlanView, notes: list[str]) -> Args:
     note = recompute_note(view, pat, "Megatron-LM", emitted, block_ok=True)
     if note:
         notes.append(note)
+        run.set(f"recompute {emitted}", recompute=_emitted_blocks(view, pat.mode, pat.block_full))
     return args
+
+
+def _emitted_blocks(view: PlanView, mode: str, block_full: int | None) -> tuple[str, ...]:
+    """What Megatron-LM recomputes per block: the first k blocks of every chunk in full
+    (``--recompute-method block``), or one option for every block."""
+    if block_full is None:
+        return (mode,) * view.model.num_layers
+    return tuple("full" if i < block_full else "none" for c in view.chunks for i in range(c.num_blocks))
 
 
 def _precision_args(view: PlanView, notes: list[str]) -> Args:
@@ -192,10 +209,17 @@ def _model_args(view: PlanView, notes: list[str]) -> Args:
     else:
         notes.append(f"activation {m.activation}: no Megatron-LM flag (it offers gelu, --swiglu, --squared-relu)")
     pos = {"rope": "rope", "learned": "learned_absolute", "none": "none"}
-    if m.position in pos:
+    if m.position == "rope":
+        args += _rope_args(view, notes)
+    elif m.position in pos:
         args.append(("--position-embedding-type", pos[m.position]))
     else:
         notes.append(f"position {m.position}: Megatron-LM has no ALiBi; choose rope or learned_absolute yourself")
+    eps = getattr(m, "norm_eps", None)
+    if eps is not None:
+        args.append(("--norm-epsilon", f"{eps:g}"))
+    if getattr(m, "qk_norm", False):
+        args.append(("--qk-layernorm", None))
     if not m.bias:
         args.append(("--disable-bias-linear", None))
     if not m.tie_embeddings:
@@ -230,6 +254,7 @@ def _moe_mla_args(view: PlanView) -> Args:
             args.append(("--moe-layer-freq", _run_length(pattern)))
         if e.capacity_factor:
             args.append(("--moe-expert-capacity-factor", str(e.capacity_factor)))
+        args += _routing_args(e)
     if m.mla:
         a = m.mla
         args += [
@@ -241,6 +266,59 @@ def _moe_mla_args(view: PlanView) -> Args:
         ]
         if a.q_lora_rank:
             args.append(("--q-lora-rank", str(a.q_lora_rank)))
+    return args
+
+
+def _rope_args(view: PlanView, notes: list[str]) -> Args:
+    """RoPE: ``--rotary-base`` (an int in Megatron-LM), Llama 3.1 scaling (``--use-rope-scaling``),
+    YaRN (``--position-embedding-type yarn`` with its factor, original length, betas and mscales),
+    linear interpolation by an integer factor; other scalings become notes. Spec fields are read
+    with getattr: a ModelSpec without them exports plain rope."""
+    m = view.model
+    scaling, theta = getattr(m, "rope_scaling", None), getattr(m, "rope_theta", None)
+    kind = "yarn" if scaling is not None and scaling.type == "yarn" else "rope"
+    args: Args = [("--position-embedding-type", kind)]
+    if theta is not None and float(theta).is_integer():
+        args.append(("--rotary-base", str(int(theta))))
+    elif theta is not None:
+        notes.append(f"rope_theta {theta}: Megatron-LM's --rotary-base takes an integer; set the base by hand")
+    if scaling is None:
+        return args
+    if scaling.type == "llama3" and scaling.factor:
+        return args + [("--use-rope-scaling", None), ("--rope-scaling-factor", f"{scaling.factor:g}")]
+    if scaling.type == "linear" and scaling.factor and float(scaling.factor).is_integer():
+        return args + [("--rotary-seq-len-interpolation-factor", str(int(scaling.factor)))]
+    if kind == "rope":
+        notes.append(f"rope_scaling {scaling.type}: no Megatron-LM flag for it here; set it up by hand")
+        return args
+    yarn = (
+        ("--rotary-scaling-factor", scaling.factor),
+        ("--yarn-original-max-position-embeddings", scaling.original_max_seq_len),
+        ("--yarn-beta-fast", scaling.beta_fast),
+        ("--yarn-beta-slow", scaling.beta_slow),
+        ("--mscale", scaling.mscale),
+        ("--mscale-all-dim", scaling.mscale_all_dim),
+    )
+    return args + [(flag, f"{value:g}") for flag, value in yarn if value is not None]
+
+
+def _routing_args(e: Any) -> Args:
+    """Router options beyond softmax top-k (DeepSeek-V3: sigmoid scores, aux-loss-free expert bias,
+    routed scaling factor, group-limited routing), read with getattr like the RoPE fields."""
+    args: Args = []
+    score = getattr(e, "router_score_function", "softmax")
+    if score != "softmax":
+        args.append(("--moe-router-score-function", score))
+    if getattr(e, "router_expert_bias", False):  # Megatron allows it with sigmoid scores only
+        args.append(("--moe-router-enable-expert-bias", None))
+    for flag, name in (
+        ("--moe-router-topk-scaling-factor", "router_topk_scaling_factor"),
+        ("--moe-router-num-groups", "router_num_groups"),
+        ("--moe-router-group-topk", "router_group_topk"),
+    ):
+        value = getattr(e, name, None)
+        if value is not None:
+            args.append((flag, f"{value:g}"))
     return args
 
 
