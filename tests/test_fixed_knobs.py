@@ -72,3 +72,39 @@ def test_sweep_has_json_like_every_command(tmp_path):
     rows = json.loads(r.stdout)
     assert [row["point"]["tp"] for row in rows] == [1, 2]
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
+
+
+def test_sweep_prices_each_gpu_and_keeps_one_front_per_model():
+    from planner.commands.sweep import finish_rows, parse_prices
+
+    assert parse_prices("2.5") == {"*": 2.5}
+    assert parse_prices("h100-sxm-80gb=2.5, b200-sxm-180gb=4.2") == {"h100-sxm-80gb": 2.5, "b200-sxm-180gb": 4.2}
+
+    def row(model, gpu, gpus, tps):
+        return {"model": model, "gpu": gpu, "num_gpus": gpus, "tokens_per_s": tps, "feasible": True,
+                "time_to_train_hours": None, "gpu_hours": None, "cost_usd": None}
+
+    rows = [row("a", "h100-sxm-80gb", 8, 100.0), row("a", "b200-sxm-180gb", 8, 180.0),
+            row("b", "h100-sxm-80gb", 8, 10.0)]
+    finish_rows(rows, 1e6, "h100-sxm-80gb=2.0,b200-sxm-180gb=5.0")
+    assert rows[1]["cost_usd"] == pytest.approx(1e6 / 180 / 3600 * 8 * 5.0)
+    # model a: b200 is faster but dearer (5/180 > 2/100 per token): both on a's front
+    assert rows[0]["pareto"] and rows[1]["pareto"]
+    # model b is slower than every row of a, yet on its own front
+    assert rows[2]["pareto"]
+    with pytest.raises(Exception, match="no price for b200-sxm-180gb"):
+        finish_rows([row("a", "b200-sxm-180gb", 8, 1.0)], 1e6, "h100-sxm-80gb=2.0")
+
+
+def test_diff_merges_steps_that_offset_each_other():
+    from planner.commands.diff import FIGURES, Step, merge_offsetting
+
+    def step(name, dt):
+        return Step([name], [], {f: (dt if f == "step_time_s" else 0.0) for f in FIGURES}, {}, [])
+
+    merged = merge_offsetting([step("parallelism.tp", 10.0), step("parallelism.micro_batch_size", -9.8),
+                               step("parallelism.zero_stage", 0.5)], 20.0)
+    assert [m.knobs for m in merged] == [["parallelism.tp", "parallelism.micro_batch_size"], ["parallelism.zero_stage"]]
+    assert merged[0].delta["step_time_s"] == pytest.approx(0.2) and "offset each other" in merged[0].merged_because[0]
+    kept = merge_offsetting([step("parallelism.tp", 10.0), step("parallelism.pp", -4.0)], 20.0)
+    assert len(kept) == 2  # a real trade-off, not an artefact of the order

@@ -151,6 +151,34 @@ def _describe(key: str, path: str, a: Any, b: Any) -> list[dict]:
     return [{"field": path, "a": a, "b": b}]
 
 
+# Two adjacent steps whose step-time parts mostly cancel are one step: each larger than this share
+# of A's step time, and their sum less than OFFSET_LEFT of the smaller (a "+10 s then -10 s" pair
+# says only that the order split one change in two).
+OFFSET_MIN, OFFSET_LEFT = 0.01, 0.5
+
+
+def merge_offsetting(steps: list[Step], base_s: float) -> list[Step]:
+    """Adjacent steps whose step-time changes offset each other, merged (see OFFSET_MIN)."""
+    out: list[Step] = []
+    for s in steps:
+        if out:
+            p, a, b = out[-1], out[-1].delta["step_time_s"], s.delta["step_time_s"]
+            big = min(abs(a), abs(b)) > OFFSET_MIN * base_s
+            if big and a * b < 0 and abs(a + b) < OFFSET_LEFT * min(abs(a), abs(b)):
+                why = f"{' + '.join(p.knobs)} ({a:+.3f} s) and {' + '.join(s.knobs)} ({b:+.3f} s) offset each other"
+                delta = {f: p.delta[f] + s.delta[f] for f in FIGURES}
+                out[-1] = Step(
+                    p.knobs + s.knobs,
+                    p.changes + s.changes,
+                    delta,
+                    s.after,
+                    p.merged_because + s.merged_because + [why],
+                )
+                continue
+        out.append(s)
+    return out
+
+
 def diff_plans(a_path: Path, b_path: Path) -> DiffResult:
     """Attribute the change of step time, tokens/s and peak memory from plan A to plan B (docstring)."""
     a_doc, b_doc = load_plan(a_path), load_plan(b_path)
@@ -176,6 +204,7 @@ def diff_plans(a_path: Path, b_path: Path) -> DiffResult:
         changes = [c for p, ks in pending for k in ks for c in _describe(k, PATHS.get(k, p), a[k], b[k])]
         steps.append(Step([p for p, _ in pending], changes, {f: now[f] - prev[f] for f in FIGURES}, now, why))
         prev, pending, why = now, [], []
+    steps = merge_offsetting(steps, ends[0]["step_time_s"])
     total = {f: ends[1][f] - ends[0][f] for f in FIGURES}
     if steps:  # the remainder, so the parts sum to the total in floating point as well
         steps[-1].delta = {f: total[f] - sum(s.delta[f] for s in steps[:-1]) for f in FIGURES}

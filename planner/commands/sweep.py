@@ -6,12 +6,12 @@ over the base inputs of ``autopar plan``. Each point is resolved exactly as ``au
 resolve the same command line (``planner.inputs.build_inputs``) and searched with
 ``planner.search.outer.search``, so a row equals a standalone plan of that point.
 
-Derived columns, for a token budget N and a price P per GPU-hour:
-``time_to_train_hours = N / tokens_per_s / 3600``, ``gpu_hours = num_gpus · time_to_train_hours``,
-``cost_usd = P · gpu_hours``. The Pareto front is over (time-to-train, cost): a feasible row is on
-it when no other feasible row is at least as good in both and better in one. Both scale with N
-and cost with P, so the front is that of (1/tokens_per_s, num_gpus/tokens_per_s) and depends on
-neither.
+Derived columns, for a token budget N and a price P per GPU-hour of the row's GPU (one price for
+all, or one per GPU preset): ``time_to_train_hours = N / tokens_per_s / 3600``, ``gpu_hours =
+num_gpus · time_to_train_hours``, ``cost_usd = P · gpu_hours``. The Pareto front is per model,
+over (time-to-train, cost): a feasible row is on it when no other feasible row of the same model
+is at least as good in both and better in one. Both scale with N, so the front is that of
+(1/tokens_per_s, P · num_gpus/tokens_per_s) (P = 1 without prices: GPU-hours).
 
 Cache: one JSON file per point named by the sha256 of the point's resolved inputs (model,
 cluster and training as in the plan file's ``inputs`` block), the knobs, solver, gap, time limit,
@@ -49,7 +49,14 @@ SWEEP_OPTIONS = (
         "vary", list[str] | None, None, ("--vary",), "KEY=V1,V2,... (repeatable; the points are the cartesian product)."
     ),
     Opt("tokens", str, "1T", ("--tokens",), "Token budget for time-to-train, e.g. 1e12, 15T, 300B."),
-    Opt("price", float | None, None, ("--price-per-gpu-hour",), "USD per GPU-hour for the cost column."),
+    Opt(
+        "price",
+        str | None,
+        None,
+        ("--price-per-gpu-hour",),
+        "USD per GPU-hour for the cost column: one price (2.5) or one per GPU preset "
+        "(h100-sxm-80gb=2.5,b200-sxm-180gb=4.2).",
+    ),
     Opt("jobs", int | None, None, ("--jobs", "-j"), "Worker processes (default: CPU count)."),
     Opt(
         "cache",
@@ -86,6 +93,7 @@ COLUMNS = (
     "memory_capacity_bytes",
     "time_to_train_hours",
     "gpu_hours",
+    "price_per_gpu_hour",
     "cost_usd",
     "solver_status",
     "gap",
@@ -115,7 +123,7 @@ class SweepSpec:
     gap: float = 0.01
     solver: str = "ortools"
     tokens: float | None = 1e12  # token budget for time-to-train
-    price_per_gpu_hour: float | None = None  # USD
+    price_per_gpu_hour: str | float | None = None  # USD: one price, or "gpu=price,..." per GPU preset
 
 
 def parse_tokens(text: str) -> float:
@@ -268,8 +276,7 @@ def solve_point(task: tuple) -> dict:
 def _check_settings(spec: SweepSpec) -> None:
     """Settings shared by every point are bad input (exit 2), not a per-point reason."""
     SearchSettings(spec.solver, spec.gap, spec.time_limit_s).check()
-    if spec.price_per_gpu_hour is not None and not spec.price_per_gpu_hour >= 0:
-        raise SpecError(f"--price-per-gpu-hour must be >= 0 (got {spec.price_per_gpu_hour})")
+    parse_prices(spec.price_per_gpu_hour)
     parse_sets(list(spec.sets))
     Knobs.parse(spec.knobs)
 
@@ -355,19 +362,59 @@ def _execute(todo: list[tuple], jobs: int | None):
             yield i, key, fut.result()
 
 
-def finish_rows(rows: list[dict], tokens: float | None, price_per_gpu_hour: float | None) -> None:
-    """Time-to-train, GPU-hours and cost for the token budget, then the Pareto marks (in place)."""
+def parse_prices(text: str | float | None) -> dict[str, float] | None:
+    """``2.5`` -> {"*": 2.5}; ``h100-sxm-80gb=2.5,b200-sxm-180gb=4.2`` -> per GPU preset; None -> None.
+    SpecError (exit 2) for a value that does not parse or is negative."""
+    if text is None:
+        return None
+    out: dict[str, float] = {}
+    for item in str(text).split(","):
+        gpu, sep, value = item.strip().rpartition("=")
+        try:
+            price = float(value)
+        except ValueError:
+            raise SpecError(f"--price-per-gpu-hour {text!r}: expected 2.5 or gpu=2.5,gpu=4.2") from None
+        if not price >= 0:
+            raise SpecError(f"--price-per-gpu-hour must be >= 0 (got {price})")
+        out[gpu.strip().lower() if sep else "*"] = price
+    return out
+
+
+def _price(prices: dict[str, float] | None, gpu: str) -> float | None:
+    if prices is None:
+        return None
+    if gpu in prices or "*" in prices:
+        return prices.get(gpu, prices.get("*"))
+    raise SpecError(f"--price-per-gpu-hour has no price for {gpu} (given: {', '.join(prices)})")
+
+
+def finish_rows(rows: list[dict], tokens: float | None, price_per_gpu_hour: str | float | None) -> None:
+    """Time-to-train, GPU-hours and cost for the token budget, then the Pareto marks (in place).
+
+    Cost uses each row's own GPU price. The front is per model (time and cost of training one
+    model are not traded against another's): over (time, dollars) when priced, else (time,
+    GPU-hours), both per token, so neither the budget nor a single price moves it."""
+    prices = parse_prices(price_per_gpu_hour)
     for r in rows:
+        price = _price(prices, r["gpu"]) if r["feasible"] else None
+        r["price_per_gpu_hour"] = price
         if r["feasible"] and tokens:
             hours = tokens / r["tokens_per_s"] / 3600
             r.update(time_to_train_hours=hours, gpu_hours=hours * r["num_gpus"])
-            if price_per_gpu_hour is not None:
-                r["cost_usd"] = r["gpu_hours"] * price_per_gpu_hour
-    marks = pareto_front(
-        [(1 / r["tokens_per_s"], r["num_gpus"] / r["tokens_per_s"]) if r["feasible"] else None for r in rows]
-    )
-    for r, on in zip(rows, marks):
-        r["pareto"] = on if r["feasible"] else None
+            if price is not None:
+                r["cost_usd"] = r["gpu_hours"] * price
+    for model in {r["model"] for r in rows}:
+        mine = [r for r in rows if r["model"] == model]
+        marks = pareto_front([_front_point(r) for r in mine])
+        for r, on in zip(mine, marks):
+            r["pareto"] = on if r["feasible"] else None
+
+
+def _front_point(r: dict) -> tuple[float, float] | None:
+    if not r["feasible"]:
+        return None
+    per_gpu = r["price_per_gpu_hour"] if r["price_per_gpu_hour"] is not None else 1.0
+    return (1 / r["tokens_per_s"], per_gpu * r["num_gpus"] / r["tokens_per_s"])
 
 
 def pareto_front(points: list[tuple[float, float] | None]) -> list[bool]:

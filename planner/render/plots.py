@@ -374,6 +374,18 @@ def _draw_sweep_lines(
         drawn[label] = [(r[x_key], r[y_key], r[cost_key]) for r in ok]
         for ax, key in zip(axes, (y_key, cost_key)):
             ax.plot([pos[r[x_key]] for r in ok], [r[key] for r in ok], marker="o", color=color, label=label)
+            front = [r for r in ok if r.get("pareto")]
+            if front:  # the time/cost Pareto front: a ring around its points
+                ax.scatter(
+                    [pos[r[x_key]] for r in front],
+                    [r[key] for r in front],
+                    s=160,
+                    facecolors="none",
+                    edgecolors="black",
+                    linewidths=1.2,
+                    zorder=4,
+                    label="Pareto front (time, cost)" if n == 0 and key == y_key else None,
+                )
             if bad:
                 ax.scatter(
                     [pos[r[x_key]] for r in bad],

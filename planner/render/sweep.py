@@ -151,12 +151,18 @@ def plot_rows(rows: list[dict], spec: SweepSpec, path: Path, err: Console) -> No
         raise SpecError("--plot needs at least one --vary key for the x axis")
     flat = [{**r, **r["point"]} for r in rows]
     priced = spec.price_per_gpu_hour is not None
+    budget = _tokens(spec.tokens) if spec.tokens else "?"
+    models = ", ".join(dict.fromkeys(str(r["model"]) for r in rows if r["model"])) or str(spec.model)
+    price = f"${spec.price_per_gpu_hour} per GPU-hour" if priced else "no price: GPU-hours"
     plots.plot_sweep(
         flat,
         path,
         keys[0],
         keys[1:],
         cost_key="cost_usd" if priced else "gpu_hours",
-        cost_label="cost (USD)" if priced else "GPU-hours for the token budget",
+        cost_label=f"cost of {budget} tokens (USD)" if priced else f"GPU-hours for {budget} tokens",
+        title=f"{models}: sweep over {keys[0]}"
+        + (f" (lines: {', '.join(keys[1:])})" if keys[1:] else "")
+        + f" · {budget} training tokens · {price} · ringed: Pareto front per model",
     )
     err.print(f"wrote {path}", highlight=False)
