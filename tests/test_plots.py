@@ -13,7 +13,7 @@ from planner.render import plots
 from planner.cost import timeline as tl
 from planner.cost.data_parallel import comm_stage
 from planner.cost.estimate import estimate
-from planner.inputs import build_inputs
+from planner.inputs import build_inputs, parse_sets
 
 KNOBS = dict(dp=None, tp=1, pp=1, cp=1, ep=1, micro_batch=1, zero=0, recompute="none", schedule="1f1b", vpp=1,
              sequence_parallel=False, stage_layers=None)
@@ -221,3 +221,15 @@ def test_cli_plan_plot_writes_the_plans_gantt(tmp_path):
     assert r.exit_code == 0, r.stderr
     assert f"wrote {out}" in r.stderr
     _assert_image(out)
+
+
+def test_gantt_shows_exposed_tensor_parallel_communication():
+    """The in-layer tp/ep/cp communication the step pays is its own bar kind, as much as the
+    estimate's time breakdown counts (the busiest rank's)."""
+    knobs = dict(KNOBS, tp=2, pp=2, schedule="1f1b", vpp=1, zero=0, recompute="none")
+    inp = build_inputs("llama3-8b", "h100-sxm-80gb:8", 16, 4096, "bf16", "flash", parse_sets(["training.tp_overlap=none"]), knobs)
+    est = estimate(inp.model, inp.cluster, inp.training, inp.parallel)
+    segs = tl.gantt_segments(est)
+    per_rank = [tl.seconds_by_kind(segs, r)["layer_comm"] for r in range(est.par.pp)]
+    assert min(per_rank) > 0
+    assert max(per_rank) == pytest.approx(est.predicted["time_breakdown_s"]["exposed_comm_in_layers_s"], rel=1e-9)

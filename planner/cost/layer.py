@@ -42,6 +42,7 @@ class LayerCost:
     dp_rs_s: float = 0.0  # reduce-scatter of its gradients over the shard group
     dp_ar_s: float = 0.0  # all-reduce of its gradients over the whole data-parallel group
     dp_rep_ar_s: float = 0.0  # HSDP: all-reduce of its gradient shard across the replicas
+    comm_fwd_s: float = 0.0  # of comm_s, the forward's exposed tp/ep/cp communication
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,7 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
         rs,
         ar,
         rep,
+        comm_f,
     )
 
 

@@ -37,8 +37,9 @@ from planner.cost.layer import graph_costs
 from planner.cost.memory import fragmentation
 
 # Drawing order in the legend; "idle" is the pipeline bubble.
-KINDS = ("forward", "backward", "recompute", "zero_comm", "p2p", "dp_sync", "optimizer", "idle")
-COMPUTE_KINDS = ("forward", "backward", "recompute", "zero_comm")  # the rank's busy time (F + B)
+KINDS = ("forward", "backward", "recompute", "layer_comm", "zero_comm", "p2p", "dp_sync", "optimizer", "idle")
+# The rank's busy time (F + B): compute, and the tp/ep/cp and ZeRO communication it waits for.
+COMPUTE_KINDS = ("forward", "backward", "recompute", "layer_comm", "zero_comm")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class ChunkParts:
     recompute_s: float
     bwd_zero_s: float  # exposed ZeRO-2/3 reduce-scatter (and ZeRO-3 gather)
     act_bytes: float  # saved for backward per micro-batch
+    fwd_comm_s: float = 0.0  # of fwd_s, the exposed tp/ep/cp communication
+    bwd_comm_s: float = 0.0  # of bwd_s, likewise
 
 
 @dataclass(frozen=True)
@@ -94,16 +97,16 @@ def chunk_parts(est: Estimate) -> list[ChunkParts]:
     per_chunk = {c.chunk: c for s in est.predicted.stages for c in s.chunks}
     out = []
     for ch in est.chunks:
-        f = b = rec = act = 0.0
+        f = b = rec = act = cf = cb = 0.0
         for lid in ch.layer_ids:
+            c = costs[lid]
             opt = est.par.recompute_of(lid - 1) if 0 < lid <= n_blocks else "none"
-            f += costs[lid].fwd_s
-            b += costs[lid].bwd_s
-            rec += costs[lid].recompute_s[opt]
-            act += costs[lid].act_bytes[opt]
+            f, b, rec, act = f + c.fwd_s, b + c.bwd_s, rec + c.recompute_s[opt], act + c.act_bytes[opt]
+            cf, cb = cf + c.comm_fwd_s, cb + c.comm_s - c.comm_fwd_s
         total_f = per_chunk[ch.index].fwd_s_per_microbatch
         total_b = per_chunk[ch.index].bwd_s_per_microbatch
-        out.append(ChunkParts(f, _residue(total_f - f, total_f), b, rec, _residue(total_b - b - rec, total_b), act))
+        zf, zb = _residue(total_f - f, total_f), _residue(total_b - b - rec, total_b)
+        out.append(ChunkParts(f, zf, b, rec, zb, act, cf, cb))
     return out
 
 
@@ -120,8 +123,17 @@ def p2p_seconds(est: Estimate) -> list[float]:
 
 def _op_parts(op: str, part: ChunkParts) -> list[tuple[str, float]]:
     if op == "F":
-        return [("zero_comm", part.fwd_zero_s), ("forward", part.fwd_s)]
-    return [("recompute", part.recompute_s), ("backward", part.bwd_s), ("zero_comm", part.bwd_zero_s)]
+        return [
+            ("zero_comm", part.fwd_zero_s),
+            ("forward", part.fwd_s - part.fwd_comm_s),
+            ("layer_comm", part.fwd_comm_s),
+        ]
+    return [
+        ("recompute", part.recompute_s),
+        ("backward", part.bwd_s - part.bwd_comm_s),
+        ("layer_comm", part.bwd_comm_s),
+        ("zero_comm", part.bwd_zero_s),
+    ]
 
 
 def _split_op(r: int, op: str, j: int, i: int, start: float, end: float, part: ChunkParts) -> list[Segment]:

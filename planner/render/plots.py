@@ -27,6 +27,7 @@ COLORS = {
     "forward": "#4C72B0",
     "backward": "#55A868",
     "recompute": "#DD8452",
+    "layer_comm": "#CCB974",
     "zero_comm": "#8172B3",
     "p2p": "#937860",
     "dp_sync": "#C44E52",
@@ -37,6 +38,7 @@ LABELS = {
     "forward": "forward",
     "backward": "backward",
     "recompute": "recompute",
+    "layer_comm": "TP/EP/CP comm (exposed)",
     "zero_comm": "ZeRO comm (exposed)",
     "p2p": "p2p transfer",
     "dp_sync": "DP grad sync (exposed)",
@@ -104,8 +106,11 @@ def plot_gantt(est: Estimate, path: Path) -> list[tl.Segment]:
     ops = [s for s in segments if s.kind in ("forward", "backward")]
     narrowest_px = min((s.duration_s for s in ops), default=0.0) * px_per_s
     bars: dict[tuple, list[tuple[float, float]]] = {}
+    # Shade later virtual chunks lighter while a few are told apart; at 8 or more the shades only
+    # add stripes to a schedule whose pattern is already a fine F/B alternation.
+    shaded = 1 < vpp < 8
     for s in segments:
-        shade = (s.chunk // pp) / vpp * 0.55 if s.chunk >= 0 and vpp > 1 else 0.0
+        shade = (s.chunk // pp) / vpp * 0.55 if s.chunk >= 0 and shaded else 0.0
         bars.setdefault((s.rank, s.kind, shade), []).append((s.start_s, s.duration_s))
     edge = 0.5 if narrowest_px >= 4 else 0.0  # white seams between ops, unless they would hide the ops
     for (rank, kind, shade), spans in bars.items():
@@ -138,7 +143,7 @@ def plot_gantt(est: Estimate, path: Path) -> list[tl.Segment]:
     idle = sum(s.duration_s for s in segments if s.kind == "idle") / (pp * step)
     ax.set_title(
         f"{_title(est)}\nstep {step:.3f} s · idle (bubble) {idle:.1%} of rank-time"
-        + (" · lighter bars = later virtual chunk" if vpp > 1 else "")
+        + (" · lighter bars = later virtual chunk" if shaded else "")
         + ("" if ops and ax.texts else " · micro-batch numbers dropped (bars too narrow)"),
         fontsize=9,
     )
