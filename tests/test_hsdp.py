@@ -166,7 +166,7 @@ def test_hsdp_plan_file_rescores_validates_and_runs_the_same_knob(hsdp_plan):
 
 def test_hsdp_exports(hsdp_plan):
     path, _ = hsdp_plan
-    tt = runner.invoke(app, ["export", str(path), "--to", "torchtitan"])
+    tt = runner.invoke(app, ["export", str(path), "--to", "torchtitan", "--torchtitan-version", "0.2"])
     assert tt.exit_code == 0, tt.stderr
     par = tomllib.loads(tt.stdout)["parallelism"]
     assert (par["data_parallel_replicate_degree"], par["data_parallel_shard_degree"]) == (8, 8)
@@ -178,5 +178,6 @@ def test_hsdp_exports(hsdp_plan):
     assert argv[argv.index("--data-parallel-sharding-strategy") + 1] == "optim_grads_params"
     ds = runner.invoke(app, ["export", str(path), "--to", "deepspeed"])
     cfg = json.loads(ds.stdout)
-    assert cfg["zero_optimization"] == {"stage": 3, "mics_shard_size": 8}
-    assert "MiCS" in ds.stderr
+    assert cfg["zero_optimization"]["stage"] == 3
+    assert "mics_shard_size" not in cfg["zero_optimization"]  # DeepSpeed 0.19.8 rejects it
+    assert "no hybrid sharding" in ds.stderr

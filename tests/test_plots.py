@@ -233,3 +233,20 @@ def test_gantt_shows_exposed_tensor_parallel_communication():
     per_rank = [tl.seconds_by_kind(segs, r)["layer_comm"] for r in range(est.par.pp)]
     assert min(per_rank) > 0
     assert max(per_rank) == pytest.approx(est.predicted["time_breakdown_s"]["exposed_comm_in_layers_s"], rel=1e-9)
+
+
+def test_gantt_numbers_micro_batches_even_when_deep_interleaving_narrows_the_bars():
+    """At 16 virtual stages the bars are a few pixels wide: a spaced-out subset keeps its numbers,
+    no two numbers on a rank overlap, and early and late micro-batches are both shown."""
+    est = _est("interleaved", 16, 0, "none", pp=2, gpus=2, batch=32)
+    ops = [s for s in tl.gantt_segments(est) if s.kind in ("forward", "backward")]
+    px_per_s = 13 * plots.DPI * 0.85 / est.predicted.step_time_s
+    chosen, inside = plots.micro_batch_labels(ops, px_per_s, 7)
+    assert not inside and 0 < len(chosen) < len(ops)
+    for rank in (0, 1):
+        row = sorted((s for s in chosen if s.rank == rank), key=lambda s: s.start_s)
+        centres = [(s.start_s + s.duration_s / 2) * px_per_s for s in row]
+        assert len(row) >= 8 and all(b - a >= 7 * 0.75 * 2 + 3 for a, b in zip(centres, centres[1:]))
+        assert min(s.micro_batch for s in row) == 0 and max(s.micro_batch for s in row) >= 8
+    wide, fits = plots.micro_batch_labels(ops, px_per_s * 100, 7)
+    assert fits and wide == ops

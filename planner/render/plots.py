@@ -122,19 +122,19 @@ def plot_gantt(est: Estimate, path: Path) -> list[tl.Segment]:
             linewidth=edge if kind != "idle" else 0.0,
         )
     size = 7 if pp <= 16 else 6
-    # Micro-batch numbers on every F/B bar, or on none: only when the narrowest bar holds the widest number.
-    if ops and narrowest_px >= size * 0.75 * len(str(max(s.micro_batch for s in ops))) + 3:
-        for s in ops:
-            ax.text(
-                s.start_s + s.duration_s / 2,
-                s.rank,
-                str(s.micro_batch),
-                ha="center",
-                va="center",
-                fontsize=size,
-                color="white",
-                clip_on=True,
-            )
+    labelled, inside = micro_batch_labels(ops, px_per_s, size)
+    for s in labelled:
+        ax.text(
+            s.start_s + s.duration_s / 2,
+            s.rank,
+            str(s.micro_batch),
+            ha="center",
+            va="center",
+            fontsize=size if inside else size - 1,
+            color="white" if inside else "black",
+            bbox=None if inside else {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.8, "linewidth": 0},
+            clip_on=True,
+        )
     ax.set_ylim(pp - 0.5, -0.5)  # rank 0 on top
     ax.set_yticks(range(pp), [f"stage {r}" for r in range(pp)], fontsize=8 if pp <= 16 else 6.5)
     ax.set_xlim(0, step)
@@ -144,12 +144,33 @@ def plot_gantt(est: Estimate, path: Path) -> list[tl.Segment]:
     ax.set_title(
         f"{_title(est)}\nstep {step:.3f} s · idle (bubble) {idle:.1%} of rank-time"
         + (" · lighter bars = later virtual chunk" if shaded else "")
-        + ("" if ops and ax.texts else " · micro-batch numbers dropped (bars too narrow)"),
+        + ("" if inside or not ops else " · micro-batch numbers on a spaced-out subset of the bars (bars too narrow)"),
         fontsize=9,
     )
     _kind_legend(ax, fig, {s.kind for s in segments})
     _save(fig, path)
     return segments
+
+
+def micro_batch_labels(ops: list[tl.Segment], px_per_s: float, font_pt: float) -> tuple[list[tl.Segment], bool]:
+    """The F/B bars that get their micro-batch number, and whether the numbers fit inside them.
+
+    Every bar is numbered when the narrowest holds the widest number. Otherwise (deep interleaving
+    makes bars a few pixels wide) each rank's bars are numbered left to right wherever a number
+    clears the previous one, so the numbers stay readable and still show how micro-batches move.
+    """
+    widest_px = font_pt * 0.75 * len(str(max((s.micro_batch for s in ops), default=0))) + 3
+    if ops and min(s.duration_s for s in ops) * px_per_s >= widest_px:
+        return list(ops), True
+    chosen: list[tl.Segment] = []
+    clear_from: dict[int, float] = {}
+    for s in sorted(ops, key=lambda s: (s.rank, s.start_s)):
+        centre_px = (s.start_s + s.duration_s / 2) * px_per_s
+        width_px = font_pt * 0.75 * len(str(s.micro_batch)) + 3
+        if centre_px - width_px / 2 >= clear_from.get(s.rank, float("-inf")) + font_pt:
+            chosen.append(s)
+            clear_from[s.rank] = centre_px + width_px / 2
+    return chosen, False
 
 
 def _time_axis(ax) -> None:
