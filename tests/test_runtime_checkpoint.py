@@ -133,3 +133,15 @@ def test_cli_refuses_another_model_in_one_line(tmp_path) -> None:
     r = CliRunner().invoke(app, ["run", str(plan), "--steps", "6", "--resume", str(tmp_path / "ckpt")])
     assert r.exit_code == 2, r.stdout + r.stderr
     assert "was written for another model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_same_plan_resume_gives_each_rank_its_generator_back(tmp_path) -> None:
+    """Dropout masks come from each rank's torch generator: under the same plan every rank gets
+    its saved generator back, so the resumed step is bitwise the uninterrupted run's (with the
+    generators as initialised, the resumed step would draw step 0's masks again)."""
+    plan = make_plan(LLAMA.model_copy(update={"dropout": 0.2}), dp=2, seq_len=SEQ)
+    ckpt = tmp_path / "ckpt"
+    steps_x, params_x = _train(plan, 3, tmp_path, "x", checkpoint_dir=ckpt, checkpoint_every=2)
+    steps_y, params_y = _train(plan, 3, tmp_path, "y", resume=ckpt / "step-00000002")
+    assert [s["loss"] for s in steps_y] == [steps_x[2]["loss"]]
+    assert all(torch.equal(params_y[k], params_x[k]) for k in params_x)
