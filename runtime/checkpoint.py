@@ -54,7 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.optim import ZeroRedundancyOptimizer
 from torch.distributed.tensor import DTensor
 
-from runtime.checkpoint_files import ResumePoint, step_dir, write_meta
+from runtime.checkpoint_files import META_FILE, ResumePoint, step_dir, write_meta
 from runtime.plan_io import model_spec
 from runtime.step import ParallelModel
 
@@ -183,7 +183,7 @@ def save_checkpoint(root: str, step: int, pm: ParallelModel, optimizer: Any, sch
     directory = step_dir(root, step)
     directory.mkdir(parents=True, exist_ok=True)
     if dist.get_rank() == 0:
-        (directory / "checkpoint.json").unlink(missing_ok=True)  # incomplete until rewritten
+        (directory / META_FILE).unlink(missing_ok=True)  # an older save there: incomplete until rewritten
     state, _, _ = _state(pm, optimizer, scheduler, rng=True)
     dcp.save(state, checkpoint_id=str(directory))
     if dist.get_rank() == 0:
@@ -194,8 +194,9 @@ def save_checkpoint(root: str, step: int, pm: ParallelModel, optimizer: Any, sch
 
 
 def _restore_zero_one(pm: ParallelModel, optimizer: Any, zero: ZeroRedundancyOptimizer, optim: dict) -> None:
-    """Copy loaded ZeRO-1 state into the owned shards' state, and the hyperparameters into both
-    the wrapper's groups and the local optimizer's (ZeRO copies the former into the latter)."""
+    """Copy loaded ZeRO-1 state into the owned shards' state (DCP already wrote most of it in
+    place, through the DTensor views; values it replaced, such as Python numbers, are set here),
+    and the hyperparameters into the wrapper's groups and the local optimizer's."""
     names = _fqns(pm)
     for param, shard in zip(optimizer.params, optimizer.shards):
         fqn, state = names[id(param)], zero.optim.state.get(shard)
