@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 from cli import app  # noqa: E402
 from models.load import load_model  # noqa: E402
 from runtime.checkpoint_files import check_resume, checkpoint_options, step_dir, write_meta  # noqa: E402
-from runtime.launch import run  # noqa: E402
+from runtime.launch import print_torchrun_command, run  # noqa: E402
 from runtime.plan_io import PlanError, make_plan  # noqa: E402
 from runtime.train import run_reference  # noqa: E402
 
@@ -126,6 +126,24 @@ def test_resume_finds_the_latest_complete_checkpoint_and_checks_the_steps(tmp_pa
         check_resume(step_dir(tmp_path, 12), plan, 20)
     with pytest.raises(PlanError, match="--checkpoint-every needs --checkpoint-dir"):
         checkpoint_options(plan, 5, every_steps=2)
+
+
+def test_cli_saves_and_resumes(tmp_path) -> None:
+    """The flags end to end on one rank: saves after steps 1 and 2, resumes from the latest."""
+    plan = tmp_path / "p.json"
+    plan.write_text(json.dumps(make_plan(LLAMA, seq_len=SEQ)))
+    base = ["run", str(plan), "--out", str(tmp_path / "r.json"), "--format", "json"]
+    r = CliRunner().invoke(app, [*base, "--steps", "2", "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "1"])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step-00000001", "step-00000002"]
+    r = CliRunner().invoke(app, [*base, "--steps", "3", "--resume", str(tmp_path / "ck")])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [s["step"] for s in report["steps"]] == [2] and report["resumed_from"]["step"] == 2
+    assert "at step 2 under the same plan" in r.stderr
+    command = print_torchrun_command(make_plan(LLAMA, dp=2, seq_len=SEQ), 2, "h0:29500", checkpoint_dir="ck",
+                                     checkpoint_every=50, resume="ck")
+    assert command.endswith("--checkpoint-dir ck --checkpoint-every 50 --resume ck")
 
 
 def test_cli_refuses_another_model_in_one_line(tmp_path) -> None:
