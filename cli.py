@@ -34,7 +34,7 @@ from planner.commands.validate import VALIDATE_OPTIONS
 from planner.config import plan_warnings
 from planner.inputs import PROBLEM_OPTIONS, build_inputs, parse_sets
 from planner.knobs import cli_parameters
-from runtime.options import RUN_OPTIONS
+from runtime.options import RUN_OPTIONS, launch_options
 from runtime.plan_io import PlanError as RuntimePlanError
 
 app = typer.Typer(
@@ -201,16 +201,12 @@ def run(o: dict = NONE) -> None:
         from runtime import launch
     except ImportError as exc:
         raise SpecError(f"the runtime needs torch: pip install 'autopar[runtime]' ({exc})") from None
-    path, report = str(o["plan_file"]), o["report"]
-    data = str(o["data"]) if o["data"] else None
+    path, report, extra = str(o["plan_file"]), o["report"], launch_options(o)
     if o["nnodes"] > 1:
         err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
-        extra = {"lr": o["lr"], "data": data, "data_dtype": o["data_dtype"]}
         launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
         return
-    rep = launch.run(
-        path, o["steps"], data, report, lr=o["lr"], nprocs=o["nprocs"], device=o["device"], data_dtype=o["data_dtype"]
-    )
+    rep = launch.run(path, o["steps"], out=report, nprocs=o["nprocs"], device=o["device"], **extra)
     err.print(f"wrote {report}", highlight=False)
     if o["fmt"] == "json":
         print(json.dumps(rep, indent=2))

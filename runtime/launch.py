@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from runtime.checkpoint_files import CheckpointOptions, checkpoint_options
 from runtime.defaults import DEFAULT_LR
 from runtime.forkserver import cpu_context
 from runtime.parallelize import check_supported
@@ -75,6 +76,8 @@ def _worker(plan: dict, args: dict) -> None:
         args["device"],
         keep_state=bool(args["save_params"]),
         data_dtype=args.get("data_dtype"),
+        checkpoint=args.get("checkpoint"),
+        optimizer_class=args.get("optimizer_class", torch.optim.SGD),
     )
     records: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(record, records, dst=0)
@@ -83,7 +86,9 @@ def _worker(plan: dict, args: dict) -> None:
         state = {}
         for r in records:
             state.update(r.pop("state", {}))
-        report = build_report(plan, records, args["device"], args.get("plan_path"))
+        ckpt: CheckpointOptions | None = args.get("checkpoint")
+        resumed = ckpt.resume.report_entry() if ckpt is not None and ckpt.resume is not None else None
+        report = build_report(plan, records, args["device"], args.get("plan_path"), resumed)
         Path(args["out"]).write_text(json.dumps(report, indent=2) + "\n")
         if args["save_params"]:
             torch.save(state, args["save_params"])
@@ -143,12 +148,20 @@ def run(
     timeout_s: float = 600,
     start_method: str | None = None,
     data_dtype: str | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: str | Path | None = None,
+    optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD,
 ) -> dict:
-    """Train ``steps`` SGD steps of the plan on this machine and return (and write) the report.
+    """Train the plan up to step ``steps`` on this machine and return (and write) the report.
 
     plan_path: a plan JSON path or dict. nprocs: ranks to launch (default: the plan's world size;
     any other number is refused). device: "cpu" | "cuda" (default: the plan's cluster, else
     whatever this machine has). save_params: also write the final unsharded parameters there.
+    checkpoint_dir / checkpoint_every: save there every N steps and after the last
+    (:mod:`runtime.checkpoint`); resume: a checkpoint (or a directory of them: the latest) to
+    continue from, under this plan or another (``steps`` is the total). optimizer_class: SGD by
+    default; any ``torch.optim`` class taking ``lr``.
     """
     plan = load_plan(plan_path)
     need = world_size(plan)
@@ -162,7 +175,12 @@ def run(
             data_dtype = check_token_file(data, plan, data_dtype)
         except (ValueError, OSError) as exc:
             raise PlanError(str(exc)) from None
+    ckpt = checkpoint_options(plan, steps, checkpoint_dir, checkpoint_every, resume, optimizer_class.__name__)
+    if ckpt.resume is not None:
+        print(ckpt.resume.describe(), file=sys.stderr)
     args = {
+        "checkpoint": ckpt,
+        "optimizer_class": optimizer_class,
         "steps": steps,
         "lr": lr,
         "data": data,
@@ -173,19 +191,24 @@ def run(
         "save_params": str(save_params) if save_params else None,
         "plan_path": None if isinstance(plan_path, dict) else str(plan_path),
     }
+    _start_ranks(plan, args, nprocs, start_method)
+    return json.loads(Path(out).read_text())
+
+
+def _start_ranks(plan: dict, args: dict, nprocs: int, start_method: str | None) -> None:
+    """Start ``nprocs`` ranks of ``_rank_main`` and wait for them (see the module doc)."""
     ctx: _Context
     if start_method is not None:
         # "fork": children inherit the caller's state (tests). get_context(str) is typed BaseContext.
         ctx = cast(_Context, mp.get_context(start_method))
     else:
-        ctx = mp.get_context("spawn") if device == "cuda" else cpu_context()
+        ctx = mp.get_context("spawn") if args["device"] == "cuda" else cpu_context()
     with tempfile.TemporaryDirectory(prefix="autopar-run-") as tmp:
         store_path = os.path.join(tmp, "store")
         procs = [ctx.Process(target=_rank_main, args=(r, nprocs, store_path, plan, args)) for r in range(nprocs)]
         for p in procs:
             p.start()
-        _wait(procs, store_path, timeout_s)
-    return json.loads(Path(out).read_text())
+        _wait(procs, store_path, args["timeout_s"])
 
 
 def print_torchrun_command(
@@ -199,9 +222,12 @@ def print_torchrun_command(
     lr: float = DEFAULT_LR,
     data: str | None = None,
     data_dtype: str | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    resume: str | None = None,
 ) -> str:
     """The torchrun line to start on each of ``nnodes`` nodes for this plan (every run option
-    carried: steps, report, learning rate, token file); printed once and returned."""
+    carried: steps, report, learning rate, token file, checkpoints); printed once and returned."""
     plan = load_plan(plan)
     need = world_size(plan)
     if need % nnodes:
@@ -214,6 +240,9 @@ def print_torchrun_command(
         f"--plan {plan_path} --steps {steps} --out {out} --lr {lr}"
         + (f" --data {data}" if data else "")
         + (f" --data-dtype {data_dtype}" if data_dtype else "")
+        + (f" --checkpoint-dir {checkpoint_dir}" if checkpoint_dir else "")
+        + (f" --checkpoint-every {checkpoint_every}" if checkpoint_every else "")
+        + (f" --resume {resume}" if resume else "")
     )
     print(command)
     return command
@@ -230,10 +259,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dtype", choices=TOKEN_DTYPES, default=None, help="default: what the vocabulary needs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the plan's cluster")
     parser.add_argument("--save-params", default=None, help="also save the final parameters here")
+    parser.add_argument("--checkpoint-dir", default=None, help="save checkpoints there (DCP, one step-* per save)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: after the last only)")
+    parser.add_argument("--resume", default=None, help="continue from this checkpoint (or the latest under it)")
     a = parser.parse_args(argv)
+    ckpt = {"checkpoint_dir": a.checkpoint_dir, "checkpoint_every": a.checkpoint_every, "resume": a.resume}
     if "RANK" not in os.environ:
         run(
-            a.plan, a.steps, a.data, a.out, lr=a.lr, device=a.device, save_params=a.save_params, data_dtype=a.data_dtype
+            a.plan,
+            a.steps,
+            a.data,
+            a.out,
+            lr=a.lr,
+            device=a.device,
+            save_params=a.save_params,
+            data_dtype=a.data_dtype,
+            **ckpt,
         )
         return
     plan = load_plan(a.plan)
@@ -253,6 +294,7 @@ def main(argv: list[str] | None = None) -> None:
                 "out": a.out,
                 "save_params": a.save_params,
                 "plan_path": a.plan,
+                "checkpoint": checkpoint_options(plan, a.steps, *ckpt.values()),
             },
         )
     finally:

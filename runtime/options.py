@@ -4,6 +4,7 @@ runtime's own defaults."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from planner.inputs import Opt
 from runtime.defaults import DEFAULT_LR
@@ -29,6 +30,28 @@ RUN_OPTIONS = (
     Opt("lr", float, DEFAULT_LR, ("--lr",), "SGD learning rate."),
     Opt("nprocs", int | None, None, ("--nprocs",), "Ranks to start (must equal the plan's world size)."),
     Opt("device", str | None, None, ("--device",), "cpu or cuda (default: from the plan's cluster)."),
+    Opt(
+        "checkpoint_dir",
+        Path | None,
+        None,
+        ("--checkpoint-dir",),
+        "Save checkpoints (torch.distributed.checkpoint) there, one step-N directory per save.",
+    ),
+    Opt("checkpoint_every", int, 0, ("--checkpoint-every",), "Save every N steps (0: after the last step only)."),
+    Opt(
+        "resume",
+        Path | None,
+        None,
+        ("--resume",),
+        "Continue from this checkpoint (or the latest under it), under this plan or another; --steps is the total.",
+    ),
     Opt("nnodes", int, 1, ("--nnodes",), "Nodes: >1 prints the torchrun command for each node instead."),
     Opt("rdzv_endpoint", str, "localhost:29500", ("--rdzv-endpoint",), "host:port for multi-node rendezvous."),
 )
+
+
+def launch_options(o: dict) -> dict[str, Any]:
+    """What `autopar run` hands on to ``runtime.launch.run`` and ``print_torchrun_command`` alike
+    (paths as strings, None when not given)."""
+    out = {k: o[k] for k in ("lr", "data_dtype", "checkpoint_every")}
+    return out | {k: str(o[k]) if o[k] else None for k in ("data", "checkpoint_dir", "resume")}

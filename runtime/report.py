@@ -23,15 +23,23 @@ def _relative_error(measured: float, predicted) -> float | None:
     return (measured - predicted) / predicted
 
 
-def build_report(plan: dict, records: list[dict], device_type: str, plan_path: str | None = None) -> dict:
-    """Merge the per-rank records of one run into the report dict (versioned JSON)."""
+def build_report(
+    plan: dict, records: list[dict], device_type: str, plan_path: str | None = None, resumed_from: dict | None = None
+) -> dict:
+    """Merge the per-rank records of one run into the report dict (versioned JSON). A resumed run
+    numbers its steps from the checkpoint's and carries ``resumed_from`` (checkpoint, step, plan changes)."""
     t = plan["inputs"]["training"]
     tokens_per_step = t["global_batch_size"] * t["seq_len"]
-    steps = []
+    steps, first_step = [], records[0].get("first_step", 0)  # > 0 when resumed from a checkpoint
     for i, loss in enumerate(records[0]["losses"]):
         step_time_s = max(r["step_time_s"][i] for r in records)
         steps.append(
-            {"step": i, "loss": loss, "step_time_s": step_time_s, "tokens_per_s": tokens_per_step / step_time_s}
+            {
+                "step": first_step + i,
+                "loss": loss,
+                "step_time_s": step_time_s,
+                "tokens_per_s": tokens_per_step / step_time_s,
+            }
         )
     timed = steps[1:] if len(steps) > 1 else steps
     step_time_s = sum(s["step_time_s"] for s in timed) / len(timed) if timed else 0.0
@@ -51,7 +59,7 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
         # On CPU the meter sees what autograd keeps: compare it with the planner's in-flight activations.
         predicted["activation_bytes"] = max(st["memory"]["activations_bytes"] for st in stages)
         measured["activation_bytes"] = measured["peak_memory_bytes"]
-    return {
+    report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "run_report",
         "plan": plan_path,
@@ -71,3 +79,6 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
             if k in measured and (k != "peak_memory_bytes" or measured["memory_kind"] != "saved_for_backward")
         },
     }
+    if resumed_from is not None:
+        report["resumed_from"] = resumed_from
+    return report

@@ -17,9 +17,9 @@ last). Under pipeline parallelism the schedule drives FSDP itself (see docs/runt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -137,12 +137,14 @@ class ParallelModel:
                 out.append(head.weight)
         return out
 
-    def build_optimizer(self, lr: float):
-        """SGD; under ZeRO-1 each data-parallel rank updates its shard and broadcasts it."""
+    def build_optimizer(self, lr: float, optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD):
+        """SGD (or another ``torch.optim`` class, given ``lr`` only); under ZeRO-1 each
+        data-parallel rank updates its shard and broadcasts it."""
         p = self.plan["parallelism"]
         if p["zero_stage"] == 1 and p["dp"] > 1:
-            return _ZeroOneSGD(self.parameters(), self.dp_group, lr)
-        return torch.optim.SGD(self.parameters(), lr=lr)
+            return _ZeroOneSGD(self.parameters(), self.dp_group, lr, optimizer_class)
+        # torch.optim classes take lr by keyword; the base class's signature does not say so.
+        return cast(Callable[..., torch.optim.Optimizer], optimizer_class)(self.parameters(), lr=lr)
 
     def global_loss(self, local: torch.Tensor | None) -> float:
         """The global-batch mean loss on every rank (only last-stage ranks hold a loss)."""
@@ -171,20 +173,21 @@ class ParallelModel:
 
 
 class _ZeroOneSGD:
-    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD.
+    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD (or the given ``torch.optim`` class).
 
     It broadcasts updated parameters with c10d ops that DTensor does not implement, so it is
     given plain tensors aliasing each parameter's local shard (TP's DTensors): updating and
     broadcasting them writes through to the parameters. Gradients are handed over before a step.
+    runtime.checkpoint reads ``params``, ``shards`` and ``inner`` to save the state by parameter name.
     """
 
-    def __init__(self, params: list[nn.Parameter], dp_group, lr: float):
+    def __init__(self, params: list[nn.Parameter], dp_group, lr: float, optimizer_class: type[torch.optim.Optimizer]):
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         self.params = params
         self.shards = [_local(p).detach() for p in params]  # same storage, plain tensors
         self.inner = ZeroRedundancyOptimizer(
-            self.shards, optimizer_class=torch.optim.SGD, process_group=dp_group, lr=lr
+            self.shards, optimizer_class=optimizer_class, process_group=dp_group, lr=lr
         )
 
     def step(self) -> None:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.checkpoint import load_checkpoint, save_checkpoint
+from runtime.checkpoint_files import CheckpointOptions
 from runtime.defaults import DEFAULT_LR
 from runtime.memory import SavedTensorMeter, state_tensors
 from runtime.model import DTYPES, build_model, next_token_loss
@@ -119,29 +121,33 @@ def train_rank(
     device_type: str,
     keep_state: bool = False,
     data_dtype: str | None = None,
+    checkpoint: CheckpointOptions | None = None,
+    optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD,
 ) -> dict:
-    """Train ``steps`` steps as this rank of the initialised default process group.
-
-    Returns this rank's record: losses (global mean, the same on every rank), step times, peak
-    memory per step and, with keep_state, its chunks' unsharded parameters (collective).
-    """
+    """Train up to step ``steps`` (the total: a resumed run starts at its checkpoint's step) as
+    this rank of the initialised default process group, saving checkpoints as ``checkpoint`` says.
+    Returns this rank's record: the first step, losses (global mean, the same on every rank), step
+    times, peak memory per step and, with keep_state, its chunks' unsharded parameters (collective)."""
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
     cuda = device_type == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     mesh = build_mesh(plan, device_type)
     spec, seed = model_spec(plan), plan["inputs"]["training"]["seed"]
     pm = apply_plan(build_model(spec, seed, _dtype(plan), device="meta"), plan, mesh, device=device, seed=seed)
-    optimizer = pm.build_optimizer(lr)
+    optimizer = pm.build_optimizer(lr, optimizer_class)
+    ckpt = checkpoint or CheckpointOptions()
+    first_step = 0 if ckpt.resume is None else load_checkpoint(ckpt.resume, pm, optimizer)
     source, dp = TokenSource(plan, data, data_dtype), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
     first_row = dp_mesh(mesh).get_local_rank() * rows
     record: dict[str, Any] = {
         "rank": dist.get_rank(),
+        "first_step": first_step,
         "losses": [],
         "step_time_s": [],
         "peak_memory_bytes_per_step": [],
     }
-    for step in range(steps):
+    for step in range(first_step, steps):
         batch = source.batch(step)[first_row : first_row + rows].to(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -159,6 +165,9 @@ def train_rank(
         record["losses"].append(pm.global_loss(local))
         peak = meter.peak_bytes if isinstance(meter, SavedTensorMeter) else torch.cuda.max_memory_allocated(device)
         record["peak_memory_bytes_per_step"].append(peak)
+        if ckpt.due(step + 1, steps):
+            assert ckpt.directory is not None  # due() is False without one
+            save_checkpoint(ckpt.directory, step + 1, pm, optimizer)
     record["memory_kind"] = "cuda_max_memory_allocated" if device.type == "cuda" else "saved_for_backward"
     if keep_state:
         record["state"] = pm.full_state()
