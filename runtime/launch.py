@@ -29,10 +29,12 @@ import torch.multiprocessing as mp
 
 from runtime.defaults import DEFAULT_LR
 from runtime.forkserver import cpu_context
+from runtime.hf_weights import check_checkpoint
 from runtime.parallelize import check_supported
-from runtime.plan_io import PlanError, load_plan, world_size, world_size_arithmetic
+from runtime.plan_io import PlanError, load_plan, model_spec, world_size, world_size_arithmetic
 from runtime.report import build_report
-from runtime.train import TOKEN_DTYPES, check_token_file, train_rank
+from runtime.tokens import TOKEN_DTYPES, check_token_file
+from runtime.train import train_rank
 
 _Context: TypeAlias = ForkContext | ForkServerContext | SpawnContext  # each has .Process
 
@@ -75,6 +77,9 @@ def _worker(plan: dict, args: dict) -> None:
         args["device"],
         keep_state=bool(args["save_params"]),
         data_dtype=args.get("data_dtype"),
+        init_weights=args.get("init_weights"),
+        metrics=args.get("metrics"),
+        progress=bool(args.get("progress")),
     )
     records: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(record, records, dst=0)
@@ -143,12 +148,18 @@ def run(
     timeout_s: float = 600,
     start_method: str | None = None,
     data_dtype: str | None = None,
+    init_weights: str | Path | None = None,
+    metrics: str | Path | None = None,
+    progress: bool = False,
 ) -> dict:
     """Train ``steps`` SGD steps of the plan on this machine and return (and write) the report.
 
     plan_path: a plan JSON path or dict. nprocs: ranks to launch (default: the plan's world size;
     any other number is refused). device: "cpu" | "cuda" (default: the plan's cluster, else
     whatever this machine has). save_params: also write the final unsharded parameters there.
+    init_weights: a Hugging Face checkpoint directory to start from (checked before any rank
+    starts: runtime.hf_weights). metrics: a JSONL file, one line per step (runtime.metrics).
+    progress: print a line per step to stderr.
     """
     plan = load_plan(plan_path)
     need = world_size(plan)
@@ -157,11 +168,13 @@ def run(
         raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; launched world size is {nprocs}")
     check_supported(plan)
     device = resolve_device(plan, device, nprocs)
-    if data is not None:
-        try:  # before any rank starts: one line, not a traceback per rank
-            data_dtype = check_token_file(data, plan, data_dtype)
-        except (ValueError, OSError) as exc:
-            raise PlanError(str(exc)) from None
+    try:  # before any rank starts: one line, not a traceback per rank
+        if data is not None:
+            data_dtype = check_token_file(data, plan, data_dtype).dtype
+        if init_weights is not None:
+            check_checkpoint(init_weights, model_spec(plan))
+    except (ValueError, OSError) as exc:
+        raise PlanError(str(exc)) from None
     args = {
         "steps": steps,
         "lr": lr,
@@ -172,6 +185,9 @@ def run(
         "timeout_s": timeout_s,
         "save_params": str(save_params) if save_params else None,
         "plan_path": None if isinstance(plan_path, dict) else str(plan_path),
+        "init_weights": str(init_weights) if init_weights else None,
+        "metrics": str(metrics) if metrics else None,
+        "progress": progress,
     }
     ctx: _Context
     if start_method is not None:
@@ -199,9 +215,14 @@ def print_torchrun_command(
     lr: float = DEFAULT_LR,
     data: str | None = None,
     data_dtype: str | None = None,
+    init_weights: str | None = None,
+    metrics: str | None = None,
 ) -> str:
     """The torchrun line to start on each of ``nnodes`` nodes for this plan (every run option
-    carried: steps, report, learning rate, token file); printed once and returned."""
+    carried: steps, report, learning rate, token file and its id type, initial weights, metrics
+    file); printed once and returned. Paths must exist on every node (the token file and the
+    checkpoint are read by every rank; the report and the metrics file are written by global
+    rank 0's node)."""
     plan = load_plan(plan)
     need = world_size(plan)
     if need % nnodes:
@@ -214,6 +235,8 @@ def print_torchrun_command(
         f"--plan {plan_path} --steps {steps} --out {out} --lr {lr}"
         + (f" --data {data}" if data else "")
         + (f" --data-dtype {data_dtype}" if data_dtype else "")
+        + (f" --init-weights {init_weights}" if init_weights else "")
+        + (f" --metrics {metrics}" if metrics else "")
     )
     print(command)
     return command
@@ -226,15 +249,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="training steps")
     parser.add_argument("--out", default="report.json", help="run report path (written by rank 0)")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="SGD learning rate")
-    parser.add_argument("--data", default=None, help="token file (uint16 or int32 ids); default: synthetic tokens")
+    parser.add_argument(
+        "--data", default=None, help="token file (raw uint16/uint32/int32 ids or llm.c .bin); default: synthetic tokens"
+    )
     parser.add_argument("--data-dtype", choices=TOKEN_DTYPES, default=None, help="default: what the vocabulary needs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the plan's cluster")
     parser.add_argument("--save-params", default=None, help="also save the final parameters here")
+    parser.add_argument("--init-weights", default=None, help="Hugging Face checkpoint directory to start from")
+    parser.add_argument("--metrics", default=None, help="JSONL file: one line per step (written by rank 0)")
     a = parser.parse_args(argv)
+    extra = {"data_dtype": a.data_dtype, "init_weights": a.init_weights, "metrics": a.metrics}
     if "RANK" not in os.environ:
-        run(
-            a.plan, a.steps, a.data, a.out, lr=a.lr, device=a.device, save_params=a.save_params, data_dtype=a.data_dtype
-        )
+        run(a.plan, a.steps, a.data, a.out, lr=a.lr, device=a.device, save_params=a.save_params, progress=True, **extra)
         return
     plan = load_plan(a.plan)
     device = resolve_device(plan, a.device, int(os.environ["LOCAL_WORLD_SIZE"]))
@@ -248,11 +274,12 @@ def main(argv: list[str] | None = None) -> None:
                 "steps": a.steps,
                 "lr": a.lr,
                 "data": a.data,
-                "data_dtype": a.data_dtype,
                 "device": device,
                 "out": a.out,
                 "save_params": a.save_params,
                 "plan_path": a.plan,
+                "progress": True,
+                **extra,
             },
         )
     finally:
