@@ -203,25 +203,14 @@ def run(o: dict = NONE) -> None:
         raise SpecError(f"the runtime needs torch: pip install 'autopar[runtime]' ({exc})") from None
     path, report = str(o["plan_file"]), o["report"]
     data = str(o["data"]) if o["data"] else None
-    files = {k: str(o[k]) if o[k] else None for k in ("init_weights", "metrics")}
+    files: dict[str, Any] = {k: str(o[k]) if o[k] else None for k in ("init_weights", "metrics")}
     if o["nnodes"] > 1:
         err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
-        extra = {"lr": o["lr"], "data": data, "data_dtype": o["data_dtype"], **files}
+        extra = {"lr": o["lr"], "data": data, "data_dtype": o["data_dtype"], "device": o["device"], **files}
         launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
         return
-    rep = launch.run(
-        path,
-        o["steps"],
-        data,
-        report,
-        lr=o["lr"],
-        nprocs=o["nprocs"],
-        device=o["device"],
-        data_dtype=o["data_dtype"],
-        init_weights=files["init_weights"],
-        metrics=files["metrics"],
-        progress=True,
-    )
+    kw: dict[str, Any] = {k: o[k] for k in ("lr", "nprocs", "device", "data_dtype")}
+    rep = launch.run(path, o["steps"], data, report, progress=True, **kw, **files)
     err.print(f"wrote {report}", highlight=False)
     if o["fmt"] == "json":
         print(json.dumps(rep, indent=2))

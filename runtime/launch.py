@@ -135,6 +135,19 @@ def _wait(procs: list, store_path: str, timeout_s: float) -> None:
         raise RuntimeError(f"ranks {why} (exit codes {codes}); first error:\n{detail}")
 
 
+def _check_inputs(plan: dict, data: str | None, data_dtype: str | None, init_weights) -> str | None:
+    """Vet the token file and the checkpoint before any rank starts (one line, not a traceback
+    per rank); the token file's id type."""
+    try:
+        if data is not None:
+            data_dtype = check_token_file(data, plan, data_dtype).dtype
+        if init_weights is not None:
+            check_checkpoint(init_weights, model_spec(plan))
+    except (ValueError, OSError) as exc:
+        raise PlanError(str(exc)) from None
+    return data_dtype
+
+
 def run(
     plan_path,
     steps: int,
@@ -157,10 +170,8 @@ def run(
     plan_path: a plan JSON path or dict. nprocs: ranks to launch (default: the plan's world size;
     any other number is refused). device: "cpu" | "cuda" (default: the plan's cluster, else
     whatever this machine has). save_params: also write the final unsharded parameters there.
-    init_weights: a Hugging Face checkpoint directory to start from (checked before any rank
-    starts: runtime.hf_weights). metrics: a JSONL file, one line per step (runtime.metrics).
-    progress: print a line per step to stderr.
-    """
+    init_weights: a Hugging Face checkpoint directory to start from (runtime.hf_weights);
+    metrics: a JSONL file, a line per step (runtime.metrics); progress: a line per step on stderr."""
     plan = load_plan(plan_path)
     need = world_size(plan)
     nprocs = need if nprocs is None else nprocs
@@ -168,13 +179,7 @@ def run(
         raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; launched world size is {nprocs}")
     check_supported(plan)
     device = resolve_device(plan, device, nprocs)
-    try:  # before any rank starts: one line, not a traceback per rank
-        if data is not None:
-            data_dtype = check_token_file(data, plan, data_dtype).dtype
-        if init_weights is not None:
-            check_checkpoint(init_weights, model_spec(plan))
-    except (ValueError, OSError) as exc:
-        raise PlanError(str(exc)) from None
+    data_dtype = _check_inputs(plan, data, data_dtype, init_weights)
     args = {
         "steps": steps,
         "lr": lr,
@@ -183,11 +188,12 @@ def run(
         "device": device,
         "out": str(out),
         "timeout_s": timeout_s,
-        "save_params": str(save_params) if save_params else None,
         "plan_path": None if isinstance(plan_path, dict) else str(plan_path),
-        "init_weights": str(init_weights) if init_weights else None,
-        "metrics": str(metrics) if metrics else None,
         "progress": progress,
+        **{
+            k: str(v) if v else None
+            for k, v in (("save_params", save_params), ("init_weights", init_weights), ("metrics", metrics))
+        },
     }
     ctx: _Context
     if start_method is not None:
@@ -217,10 +223,11 @@ def print_torchrun_command(
     data_dtype: str | None = None,
     init_weights: str | None = None,
     metrics: str | None = None,
+    device: str | None = None,
 ) -> str:
     """The torchrun line to start on each of ``nnodes`` nodes for this plan (every run option
     carried: steps, report, learning rate, token file and its id type, initial weights, metrics
-    file); printed once and returned. Paths must exist on every node (the token file and the
+    file, device); printed once and returned. Paths must exist on every node (the token file and the
     checkpoint are read by every rank; the report and the metrics file are written by global
     rank 0's node)."""
     plan = load_plan(plan)
@@ -237,6 +244,7 @@ def print_torchrun_command(
         + (f" --data-dtype {data_dtype}" if data_dtype else "")
         + (f" --init-weights {init_weights}" if init_weights else "")
         + (f" --metrics {metrics}" if metrics else "")
+        + (f" --device {device}" if device else "")
     )
     print(command)
     return command

@@ -5,13 +5,14 @@ Every rank contributes its step time and peak memory (one small all-gather per s
 the timed region); rank 0 writes and prints. A metrics line (``METRICS_SCHEMA_VERSION``):
 
 ``{"schema_version", "step", "loss", "lr", "grad_norm", "step_time_s", "tokens", "tokens_per_s",
-"peak_memory_bytes_per_rank", "memory_kind", "time_unix_s"}``
+"peak_memory_bytes_per_rank", "memory_kind", "profiled", "time_unix_s"}``
 
 ``loss`` is the global-batch mean; ``step_time_s`` the slowest rank's; ``tokens_per_s`` the
 global batch's tokens over it; ``lr`` the optimizer's first parameter group's rate;
 ``grad_norm`` the global gradient norm when the optimizer step computes one (clipping), else
 null; ``peak_memory_bytes_per_rank`` in rank order, of the kind ``memory_kind`` names (see
-:mod:`runtime.report`). The file is flushed after every line, so a dashboard can tail it.
+:mod:`runtime.report`); ``profiled`` marks the step run under the torch profiler (slower:
+:mod:`runtime.profile`). The file is flushed after every line, so a dashboard can tail it.
 
 The progress line rewrites itself in place when stderr is a terminal, and is one plain line per
 step otherwise (a log file, CI).
@@ -63,7 +64,14 @@ class StepLog:
         self.progress, self.tty = progress and self.rank == 0, sys.stderr.isatty()
 
     def step(
-        self, step: int, loss: float, step_time_s: float, peak_bytes: int, lr: float, grad_norm: float | None
+        self,
+        step: int,
+        loss: float,
+        step_time_s: float,
+        peak_bytes: int,
+        lr: float,
+        grad_norm: float | None,
+        profiled: bool = False,
     ) -> None:
         mine = torch.tensor([step_time_s, float(peak_bytes)], dtype=torch.float64, device=self.device)
         if dist.is_initialized():
@@ -85,6 +93,7 @@ class StepLog:
             "tokens_per_s": self.tokens / slowest if slowest > 0 else None,
             "peak_memory_bytes_per_rank": [int(t[1]) for t in every],
             "memory_kind": self.memory_kind,
+            "profiled": profiled,
             "time_unix_s": time.time(),
         }
         if self.file is not None:

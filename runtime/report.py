@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-REPORT_SCHEMA_VERSION = "1.0"
+from runtime.phases import PHASES
+
+REPORT_SCHEMA_VERSION = "1.1"  # 1.1: "phases"; the profiled step left out of the means
 COMPARED = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
 
 
@@ -33,7 +35,8 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
         steps.append(
             {"step": i, "loss": loss, "step_time_s": step_time_s, "tokens_per_s": tokens_per_step / step_time_s}
         )
-    timed = steps[1:] if len(steps) > 1 else steps
+    profiled = records[0].get("profiled_step")
+    timed = [s for s in steps[1:] if s["step"] != profiled] or steps[1:] or steps
     step_time_s = sum(s["step_time_s"] for s in timed) / len(timed) if timed else 0.0
     # The first step of a pipeline also runs the stages' shape-inference forward: skip it too.
     first = 1 if len(steps) > 1 else 0
@@ -51,6 +54,7 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
         # On CPU the meter sees what autograd keeps: compare it with the planner's in-flight activations.
         predicted["activation_bytes"] = max(st["memory"]["activations_bytes"] for st in stages)
         measured["activation_bytes"] = measured["peak_memory_bytes"]
+    phases = phase_report(plan, records, [s["step"] for s in timed])
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "run_report",
@@ -64,10 +68,64 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
         "steps": steps,
         "measured": measured,
         "predicted": predicted,
+        "phases": phases,
         # On CPU the measured peak is activations only: not comparable with a predicted total.
         "relative_error": {
             k: _relative_error(measured[k], v)
             for k, v in predicted.items()
             if k in measured and (k != "peak_memory_bytes" or measured["memory_kind"] != "saved_for_backward")
         },
+    }
+
+
+def _predicted_phases(plan: dict) -> dict[str, float | None]:
+    """The plan's phase times for its slowest stage: forward and backward (recompute included)
+    per micro-batch times the micro-batches, the optimizer, the exposed communication, the bubble."""
+    pred = plan.get("predicted") or {}
+    n = (plan.get("parallelism") or {}).get("num_micro_batches", 1)
+    stages = pred.get("stages") or []
+    chunks = [[c for c in st.get("chunks", [])] for st in stages]
+    breakdown = pred.get("time_breakdown_s") or {}
+
+    def per_stage(key: str) -> float | None:
+        sums = [sum(c[key] for c in cs) * n for cs in chunks if cs and all(key in c for c in cs)]
+        return max(sums) if sums else None
+
+    return {
+        "forward": per_stage("fwd_s_per_microbatch"),
+        "backward": per_stage("bwd_s_per_microbatch"),  # recompute included, as measured
+        "optimizer": breakdown.get("optimizer_s"),
+        "dp_grad_sync_exposed": breakdown.get("dp_sync_exposed_s"),
+        "zero_comm_exposed": breakdown.get("zero_exposed_s"),
+        "tp_cp_ep_comm_exposed": breakdown.get("exposed_comm_in_layers_s"),
+        "pipeline_bubble": pred.get("pipeline_bubble_s"),
+    }
+
+
+def phase_report(plan: dict, records: list[dict], timed_steps: list[int]) -> dict:
+    """Measured phase times (mean over ``timed_steps``, slowest rank per phase; runtime.phases),
+    collective time per kind on the profiled step (slowest rank; runtime.profile), the plan's
+    predicted phases, and what is not measured."""
+    measured: dict[str, float] = {}
+    for phase in PHASES:
+        per_rank = [
+            sum(r["phases_s"][i][phase] for i in timed_steps) / len(timed_steps) for r in records if r.get("phases_s")
+        ]
+        if per_rank and timed_steps:
+            measured[phase] = max(per_rank)
+    if measured:
+        measured["recomputed_blocks"] = max(r["phases_s"][timed_steps[0]]["recomputed_blocks"] for r in records)
+    kinds = sorted({k for r in records for k in r.get("comm_s", {})})
+    comm = {k: max(r.get("comm_s", {}).get(k, 0.0) for r in records) for k in kinds}
+    return {
+        "measured_s": measured,
+        "communication_s": comm,
+        "profiled_step": records[0].get("profiled_step"),
+        "predicted_s": _predicted_phases(plan),
+        "not_measured": [
+            "recompute time: inside measured backward (counted as recomputed_blocks, not timed)",
+            "pipeline bubble and point-to-point waits: inside measured backward (pp > 1)",
+            "exposed communication: collectives are timed whole (in flight), not the part compute did not hide",
+            "communication per parallel dimension: collectives are grouped by kind, not by the group they ran on",
+        ],
     }

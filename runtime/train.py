@@ -26,6 +26,7 @@ from runtime.model import DTYPES, build_model, next_token_loss
 from runtime.parallelize import apply_plan, build_mesh, dp_mesh
 from runtime.phases import PhaseTimer
 from runtime.plan_io import model_spec
+from runtime.profile import profile_comm
 from runtime.tokens import open_token_file
 
 
@@ -134,15 +135,20 @@ def train_rank(
         "step_time_s": [],
         "peak_memory_bytes_per_step": [],
     }
+    profiled = steps - 1 if steps >= 3 else None  # the last step, once two ran unprofiled
     for step in range(steps):
         batch = source.batch(step)[first_row : first_row + rows].to(device)
-        local, step_time_s, peak = _train_step(pm, optimizer, batch, device, phases)
+        with profile_comm(step == profiled) as comm:
+            local, step_time_s, peak = _train_step(pm, optimizer, batch, device, phases)
         record["step_time_s"].append(step_time_s)
         record["losses"].append(pm.global_loss(local))
         record["peak_memory_bytes_per_step"].append(peak)
-        log.step(step, record["losses"][-1], step_time_s, peak, current_lr(optimizer, lr), None)
+        log.step(step, record["losses"][-1], step_time_s, peak, current_lr(optimizer, lr), None, step == profiled)
+        if step == profiled:
+            record["comm_s"] = comm.seconds
     log.close()
-    record["memory_kind"], record["phases_s"] = memory_kind, phases.per_step
+    record.update(memory_kind=memory_kind, phases_s=phases.per_step, profiled_step=profiled)
+    record.setdefault("comm_s", {})
     if keep_state:
         record["state"] = pm.full_state()
     return record
