@@ -106,15 +106,12 @@ def phase_report(plan: dict, records: list[dict], timed_steps: list[int]) -> dic
     """Measured phase times (mean over ``timed_steps``, slowest rank per phase; runtime.phases),
     collective time per kind on the profiled step (slowest rank; runtime.profile), the plan's
     predicted phases, and what is not measured."""
+    timed = [r["phases_s"] for r in records if r.get("phases_s")] if timed_steps else []
     measured: dict[str, float] = {}
-    for phase in PHASES:
-        per_rank = [
-            sum(r["phases_s"][i][phase] for i in timed_steps) / len(timed_steps) for r in records if r.get("phases_s")
-        ]
-        if per_rank and timed_steps:
-            measured[phase] = max(per_rank)
-    if measured:
-        measured["recomputed_blocks"] = max(r["phases_s"][timed_steps[0]]["recomputed_blocks"] for r in records)
+    if timed:
+        for phase in PHASES:
+            measured[phase] = max(sum(p[i][phase] for i in timed_steps) / len(timed_steps) for p in timed)
+        measured["recomputed_blocks"] = max(p[timed_steps[0]]["recomputed_blocks"] for p in timed)
     kinds = sorted({k for r in records for k in r.get("comm_s", {})})
     comm = {k: max(r.get("comm_s", {}).get(k, 0.0) for r in records) for k in kinds}
     return {
