@@ -50,9 +50,11 @@ def test_metrics_lines_and_phases(tmp_path, knobs, kinds, replays):
     assert measured["recomputed_blocks"] == replays
     assert kinds <= set(ph["communication_s"]) and all(v > 0 for v in ph["communication_s"].values())
     assert ph["predicted_s"]["forward"] > 0 and ph["predicted_s"]["backward"] > 0
-    # The phases split the step: they add up to the step's time on the slowest rank.
-    parts = sum(measured[k] for k in ("forward", "backward", "grad_sync", "optimizer"))
-    assert parts == pytest.approx(rep["steps"][1]["step_time_s"], rel=0.1)
+    # The phases cover the step (each is the slowest rank's, so their sum is at least the slowest
+    # rank's step) and none is longer than the step.
+    step_s, phases = rep["steps"][1]["step_time_s"], ("forward", "backward", "grad_sync", "optimizer")
+    assert sum(measured[k] for k in phases) >= 0.95 * step_s
+    assert all(measured[k] <= 1.01 * step_s for k in phases)
 
 
 def test_the_progress_line_is_plain_off_a_terminal_and_rewritten_on_one(tmp_path, capsys, monkeypatch):
