@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         run(a.plan, a.steps, a.data, a.out, lr=a.lr, device=a.device, save_params=a.save_params, progress=True, **extra)
         return
     plan = load_plan(a.plan)
+    # Every rank vets the files it will read before joining the group: a bad one stops all.
+    extra["data_dtype"] = _check_inputs(plan, a.data, a.data_dtype, a.init_weights)
     device = resolve_device(plan, a.device, int(os.environ["LOCAL_WORLD_SIZE"]))
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
