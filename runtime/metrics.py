@@ -2,7 +2,7 @@
 progress line on the terminal.
 
 Every rank contributes its step time and peak memory (one small all-gather per step, outside
-the timed region); rank 0 writes and prints. A metrics line (``METRICS_SCHEMA_VERSION``):
+the timed region, and only when a file or progress is asked for); rank 0 writes and prints. A metrics line (``METRICS_SCHEMA_VERSION``):
 
 ``{"schema_version", "step", "loss", "lr", "grad_norm", "step_time_s", "tokens", "tokens_per_s",
 "peak_memory_bytes_per_rank", "memory_kind", "profiled", "time_unix_s"}``
@@ -61,6 +61,8 @@ class StepLog:
         self.file: TextIO | None = None
         if path is not None and self.rank == 0:
             self.file = Path(path).open("w")
+        # The same on every rank (same arguments): without a file or progress, no gather at all.
+        self.wanted = path is not None or progress
         self.progress, self.tty = progress and self.rank == 0, sys.stderr.isatty()
 
     def step(
@@ -73,13 +75,15 @@ class StepLog:
         grad_norm: float | None,
         profiled: bool = False,
     ) -> None:
+        if not self.wanted:
+            return
         mine = torch.tensor([step_time_s, float(peak_bytes)], dtype=torch.float64, device=self.device)
         if dist.is_initialized():
             every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
             dist.all_gather(every, mine)
         else:
             every = [mine]
-        if self.rank != 0 or (self.file is None and not self.progress):
+        if self.rank != 0:
             return
         slowest = max(float(t[0]) for t in every)
         line = {
