@@ -135,3 +135,25 @@ def test_missing_and_extra_tensors_and_unknown_families_are_refused(tmp_path):
     (path / "config.json").write_text(json.dumps({**cfg, "model_type": "qwen3"}))
     with pytest.raises(ValueError, match="model_type 'qwen3' is not one the runtime loads"):
         check_checkpoint(path, spec)
+
+
+def test_mixtral_experts_fused_as_transformers_5_holds_them(tmp_path):
+    """transformers 5 keeps Mixtral's experts as 3-D ``gate_up_proj`` / ``down_proj`` in memory
+    (save_pretrained converts them back); a checkpoint written from that state dict loads too."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    hf, path = _save(tmp_path, "mixtral")
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    assert "model.layers.0.mlp.experts.gate_up_proj" in state
+    fused = tmp_path / "fused"
+    fused.mkdir()
+    shutil.copy(path / "config.json", fused / "config.json")
+    save_file(state, fused / "model.safetensors")
+    spec = from_hf_config(json.loads((fused / "config.json").read_text()))
+    model = build_model(spec, seed=123)
+    load_part(model, check_checkpoint(fused, spec))
+    ids = torch.randint(0, TINY["vocab_size"], (2, 48), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (model(ids) - hf(ids).logits).abs().max().item() <= 1e-5
