@@ -206,7 +206,7 @@ def run(o: dict = NONE) -> None:
         err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
         launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
         return
-    rep = launch.run(path, o["steps"], out=report, nprocs=o["nprocs"], device=o["device"], **extra)
+    rep = launch.run(path, o["steps"], out=report, nprocs=o["nprocs"], progress=True, **extra)
     err.print(f"wrote {report}", highlight=False)
     if o["fmt"] == "json":
         print(json.dumps(rep, indent=2))

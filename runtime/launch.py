@@ -30,10 +30,12 @@ import torch.multiprocessing as mp
 from runtime.checkpoint_files import CheckpointOptions, checkpoint_options
 from runtime.defaults import DEFAULT_LR
 from runtime.forkserver import cpu_context
+from runtime.hf_weights import check_checkpoint
 from runtime.parallelize import check_supported
-from runtime.plan_io import PlanError, load_plan, world_size, world_size_arithmetic
+from runtime.plan_io import PlanError, load_plan, model_spec, world_size, world_size_arithmetic
 from runtime.report import build_report
-from runtime.train import TOKEN_DTYPES, check_token_file, train_rank
+from runtime.tokens import TOKEN_DTYPES, check_token_file
+from runtime.train import train_rank
 
 _Context: TypeAlias = ForkContext | ForkServerContext | SpawnContext  # each has .Process
 
@@ -78,6 +80,9 @@ def _worker(plan: dict, args: dict) -> None:
         data_dtype=args.get("data_dtype"),
         checkpoint=args.get("checkpoint"),
         optimizer_class=args.get("optimizer_class", torch.optim.SGD),
+        init_weights=args.get("init_weights"),
+        metrics=args.get("metrics"),
+        progress=bool(args.get("progress")),
     )
     records: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(record, records, dst=0)
@@ -135,6 +140,30 @@ def _wait(procs: list, store_path: str, timeout_s: float) -> None:
         raise RuntimeError(f"ranks {why} (exit codes {codes}); first error:\n{detail}")
 
 
+def _check_inputs(plan: dict, data: str | None, data_dtype: str | None, init_weights) -> str | None:
+    """Vet the token file and the checkpoint before any rank starts (one line, not a traceback
+    per rank); the token file's id type."""
+    try:
+        if data is not None:
+            data_dtype = check_token_file(data, plan, data_dtype).dtype
+        if init_weights is not None:
+            check_checkpoint(init_weights, model_spec(plan))
+    except (ValueError, OSError) as exc:
+        raise PlanError(str(exc)) from None
+    return data_dtype
+
+
+def _check_world(plan: dict, nprocs: int | None) -> int:
+    """The number of ranks to start: the plan's world size (any other is refused), after refusing
+    what the runtime does not implement."""
+    need = world_size(plan)
+    nprocs = need if nprocs is None else nprocs
+    if nprocs != need:
+        raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; launched world size is {nprocs}")
+    check_supported(plan)
+    return nprocs
+
+
 def run(
     plan_path,
     steps: int,
@@ -152,6 +181,9 @@ def run(
     checkpoint_every: int = 0,
     resume: str | Path | None = None,
     optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD,
+    init_weights: str | Path | None = None,
+    metrics: str | Path | None = None,
+    progress: bool = False,
 ) -> dict:
     """Train the plan up to step ``steps`` on this machine and return (and write) the report.
 
@@ -162,19 +194,12 @@ def run(
     (:mod:`runtime.checkpoint`); resume: a checkpoint (or a directory of them: the latest) to
     continue from, under this plan or another (``steps`` is the total). optimizer_class: SGD by
     default; any ``torch.optim`` class taking ``lr``.
-    """
+    init_weights: a Hugging Face checkpoint directory to start from (runtime.hf_weights);
+    metrics: a JSONL file, a line per step (runtime.metrics); progress: a line per step on stderr."""
     plan = load_plan(plan_path)
-    need = world_size(plan)
-    nprocs = need if nprocs is None else nprocs
-    if nprocs != need:
-        raise PlanError(f"plan needs {world_size_arithmetic(plan)} ranks; launched world size is {nprocs}")
-    check_supported(plan)
+    nprocs = _check_world(plan, nprocs)
     device = resolve_device(plan, device, nprocs)
-    if data is not None:
-        try:  # before any rank starts: one line, not a traceback per rank
-            data_dtype = check_token_file(data, plan, data_dtype)
-        except (ValueError, OSError) as exc:
-            raise PlanError(str(exc)) from None
+    data_dtype = _check_inputs(plan, data, data_dtype, init_weights)
     ckpt = checkpoint_options(plan, steps, checkpoint_dir, checkpoint_every, resume, optimizer_class.__name__)
     if ckpt.resume is not None:
         print(ckpt.resume.describe(), file=sys.stderr)
@@ -188,8 +213,12 @@ def run(
         "device": device,
         "out": str(out),
         "timeout_s": timeout_s,
-        "save_params": str(save_params) if save_params else None,
         "plan_path": None if isinstance(plan_path, dict) else str(plan_path),
+        "progress": progress,
+        **{
+            k: str(v) if v else None
+            for k, v in (("save_params", save_params), ("init_weights", init_weights), ("metrics", metrics))
+        },
     }
     _start_ranks(plan, args, nprocs, start_method)
     return json.loads(Path(out).read_text())
@@ -225,9 +254,15 @@ def print_torchrun_command(
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 0,
     resume: str | None = None,
+    init_weights: str | None = None,
+    metrics: str | None = None,
+    device: str | None = None,
 ) -> str:
     """The torchrun line to start on each of ``nnodes`` nodes for this plan (every run option
-    carried: steps, report, learning rate, token file, checkpoints); printed once and returned."""
+    carried: steps, report, learning rate, token file and its id type, checkpoints, initial
+    weights, metrics file, device); printed once and returned. Paths must exist on every node (the
+    token file, the checkpoints and the initial weights are read by every rank; the report and the
+    metrics file are written by global rank 0's node)."""
     plan = load_plan(plan)
     need = world_size(plan)
     if need % nnodes:
@@ -243,6 +278,9 @@ def print_torchrun_command(
         + (f" --checkpoint-dir {checkpoint_dir}" if checkpoint_dir else "")
         + (f" --checkpoint-every {checkpoint_every}" if checkpoint_every else "")
         + (f" --resume {resume}" if resume else "")
+        + (f" --init-weights {init_weights}" if init_weights else "")
+        + (f" --metrics {metrics}" if metrics else "")
+        + (f" --device {device}" if device else "")
     )
     print(command)
     return command
@@ -255,15 +293,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="training steps")
     parser.add_argument("--out", default="report.json", help="run report path (written by rank 0)")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="SGD learning rate")
-    parser.add_argument("--data", default=None, help="token file (uint16 or int32 ids); default: synthetic tokens")
+    parser.add_argument(
+        "--data", default=None, help="token file (raw uint16/uint32/int32 ids or llm.c .bin); default: synthetic tokens"
+    )
     parser.add_argument("--data-dtype", choices=TOKEN_DTYPES, default=None, help="default: what the vocabulary needs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the plan's cluster")
     parser.add_argument("--save-params", default=None, help="also save the final parameters here")
     parser.add_argument("--checkpoint-dir", default=None, help="save checkpoints there (DCP, one step-* per save)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps (0: after the last only)")
     parser.add_argument("--resume", default=None, help="continue from this checkpoint (or the latest under it)")
+    parser.add_argument("--init-weights", default=None, help="Hugging Face checkpoint directory to start from")
+    parser.add_argument("--metrics", default=None, help="JSONL file: one line per step (written by rank 0)")
     a = parser.parse_args(argv)
     ckpt = {"checkpoint_dir": a.checkpoint_dir, "checkpoint_every": a.checkpoint_every, "resume": a.resume}
+    extra = {"data_dtype": a.data_dtype, "init_weights": a.init_weights, "metrics": a.metrics}
     if "RANK" not in os.environ:
         run(
             a.plan,
@@ -273,11 +316,14 @@ def main(argv: list[str] | None = None) -> None:
             lr=a.lr,
             device=a.device,
             save_params=a.save_params,
-            data_dtype=a.data_dtype,
+            progress=True,
+            **extra,
             **ckpt,
         )
         return
     plan = load_plan(a.plan)
+    # Every rank vets the files it will read before joining the group: a bad one stops all.
+    extra["data_dtype"] = _check_inputs(plan, a.data, a.data_dtype, a.init_weights)
     device = resolve_device(plan, a.device, int(os.environ["LOCAL_WORLD_SIZE"]))
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -289,12 +335,13 @@ def main(argv: list[str] | None = None) -> None:
                 "steps": a.steps,
                 "lr": a.lr,
                 "data": a.data,
-                "data_dtype": a.data_dtype,
                 "device": device,
                 "out": a.out,
                 "save_params": a.save_params,
                 "plan_path": a.plan,
                 "checkpoint": checkpoint_options(plan, a.steps, *ckpt.values()),
+                "progress": True,
+                **extra,
             },
         )
     finally:

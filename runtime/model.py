@@ -9,7 +9,8 @@ Initialisation is per component, each from its own generator seeded by ``(seed, 
 a stage that owns blocks 4..7 gets exactly the weights the full model has there: parity with a
 single-process reference does not depend on which ranks or stages exist.
 
-Not implemented (refused when the model is built): multi-head latent attention (``spec.mla``).
+Not implemented (refused when the model is built): multi-head latent attention (``spec.mla``),
+rope_scaling other than linear and llama3 (:mod:`runtime.rope`).
 MoE routing is dropless (``capacity_factor`` is ignored) and has no auxiliary balancing loss.
 """
 
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.spec import ModelSpec
+from runtime.rope import inv_frequencies
 
-ROPE_THETA = 10_000.0  # RoFormer (Su et al. 2021) eq. 15; ModelSpec has no theta field yet
+NORM_EPS = 1e-5  # when the spec leaves norm_eps null: torch's LayerNorm default, Llama 2's rms_norm_eps
 INIT_STD = 0.02  # GPT-2 / Llama initialisation
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,7 +45,7 @@ class Norm(nn.Module):
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.kind, self.eps = spec.norm, 1e-5
+        self.kind, self.eps = spec.norm, spec.norm_eps or NORM_EPS
         self.weight = nn.Parameter(torch.ones(spec.hidden_size))
         self.bias = nn.Parameter(torch.zeros(spec.hidden_size)) if spec.norm == "layernorm" and spec.bias else None
 
@@ -65,8 +67,7 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 
 
 def rope_table(spec: ModelSpec, dtype: torch.dtype, device=None) -> torch.Tensor:
-    d = spec.dim_per_head
-    inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+    inv_freq = inv_frequencies(spec, device)  # rope_theta and rope_scaling (runtime.rope)
     angles = torch.outer(torch.arange(spec.max_seq_len, dtype=torch.float32, device=device), inv_freq)
     angles = torch.cat((angles, angles), dim=-1)  # [max_seq_len, d]: each frequency on both halves
     return torch.stack((angles.cos(), angles.sin())).to(dtype)

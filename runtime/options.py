@@ -12,13 +12,34 @@ from runtime.defaults import DEFAULT_LR
 RUN_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
     Opt("steps", int, 5, ("--steps",), "Training steps to run."),
-    Opt("data", Path | None, None, ("--data",), "Token file (uint16 or int32 ids); default synthetic tokens."),
+    Opt(
+        "data",
+        Path | None,
+        None,
+        ("--data",),
+        "Token file: raw ids or llm.c's .bin with its header (docs/runtime.md); default synthetic tokens.",
+    ),
     Opt(
         "data_dtype",
         str | None,
         None,
         ("--data-dtype",),
-        "uint16 or int32: how --data stores ids (default: uint16 up to 65,536 ids, int32 beyond).",
+        "uint16, uint32 or int32: how a raw --data file stores ids (default: uint16 up to 65,536 ids, int32 beyond; an llm.c header says it itself).",
+    ),
+    Opt(
+        "init_weights",
+        Path | None,
+        None,
+        ("--init-weights",),
+        "Hugging Face checkpoint directory (config.json + safetensors) to start from; its config must import "
+        "to the plan's model (Llama, Mistral, Mixtral, Phi-3).",
+    ),
+    Opt(
+        "metrics",
+        Path | None,
+        None,
+        ("--metrics",),
+        "JSONL file: one line per step (loss, lr, grad norm, tokens/s, memory per rank).",
     ),
     Opt(
         "report",
@@ -53,5 +74,6 @@ RUN_OPTIONS = (
 def launch_options(o: dict) -> dict[str, Any]:
     """What `autopar run` hands on to ``runtime.launch.run`` and ``print_torchrun_command`` alike
     (paths as strings, None when not given)."""
-    out = {k: o[k] for k in ("lr", "data_dtype", "checkpoint_every")}
-    return out | {k: str(o[k]) if o[k] else None for k in ("data", "checkpoint_dir", "resume")}
+    out = {k: o[k] for k in ("lr", "data_dtype", "checkpoint_every", "device")}
+    paths = ("data", "checkpoint_dir", "resume", "init_weights", "metrics")
+    return out | {k: str(o[k]) if o[k] else None for k in paths}

@@ -19,12 +19,15 @@ The order is fixed, each technique guarded by the plan (torchtitan's parallelize
 
 Works on any model with the structure of :class:`runtime.model.Transformer`: ``tok_embeddings``,
 ``layers`` (ModuleDict keyed by block index), ``norm``, ``output``; a model on the meta device is
-materialised after the split with its ``init_weights(seed)``.
+materialised after the split with its ``init_weights(seed)``, or by ``load(chunk)`` when given
+(initial weights from a checkpoint: :func:`runtime.hf_weights.load_part`).
 
 Not implemented, refused with a message: context parallel (cp > 1), expert parallel (ep > 1).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -39,6 +42,8 @@ from runtime.tp import apply_tp
 
 # Row-major, tp innermost (a TP group is adjacent ranks: one node), HSDP replicas outermost
 # within dp: global rank = ((pp_rank * dp_replicate + replica) * dp_shard + shard) * tp + tp_rank.
+Loader = Callable[[Transformer], None]  # fills a materialised chunk's parameters in place
+
 MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "tp")
 DP_DIMS = ("dp_replicate", "dp_shard")
 
@@ -74,14 +79,17 @@ def check_supported(plan: dict) -> None:
         raise PlanError(f"parallelism.ep = {p['ep']}: the runtime does not implement expert parallel")
 
 
-def _materialize(part: Transformer, device: torch.device, seed: int | None) -> Transformer:
+def _materialize(part: Transformer, device: torch.device, seed: int | None, load: Loader | None) -> Transformer:
     if any(p.is_meta for p in part.parameters()):
-        if seed is None:
-            raise ValueError("apply_plan: a model on the meta device needs seed= to initialise")
+        if seed is None and load is None:
+            raise ValueError("apply_plan: a model on the meta device needs seed= (or load=) to initialise")
         part = part.to_empty(device=device)
         if hasattr(part, "tie_weights"):
             part.tie_weights()
-        part.init_weights(seed)
+        if load is not None:
+            load(part)
+        elif seed is not None:
+            part.init_weights(seed)
         return part
     return part.to(device)
 
@@ -121,7 +129,13 @@ def _tied_embedding_group(plan: dict, mesh: DeviceMesh):
 
 
 def apply_plan(
-    model: Transformer, plan: dict, mesh: DeviceMesh | None = None, *, device=None, seed: int | None = None
+    model: Transformer,
+    plan: dict,
+    mesh: DeviceMesh | None = None,
+    *,
+    device=None,
+    seed: int | None = None,
+    load: Loader | None = None,
 ) -> ParallelModel:
     """Parallelise ``model`` as ``plan`` says, for this rank of ``mesh`` (see module doc)."""
     validate_plan(plan)
@@ -134,7 +148,7 @@ def apply_plan(
 
     # 1. Pipeline split.
     parts, stage_indices = split_model(model, plan, pp_rank)
-    parts = [_materialize(part, device, seed) for part in parts]
+    parts = [_materialize(part, device, seed, load) for part in parts]
     # 2. Tensor + sequence parallel.
     if p["tp"] > 1:
         assert mesh is not None  # world_size(plan) > 1, checked above

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 
-REPORT_SCHEMA_VERSION = "1.0"
+from runtime.phases import PHASES
+
+REPORT_SCHEMA_VERSION = "1.1"  # 1.1: "phases"; the profiled step left out of the means
 COMPARED = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
 
 
@@ -23,14 +25,9 @@ def _relative_error(measured: float, predicted) -> float | None:
     return (measured - predicted) / predicted
 
 
-def build_report(
-    plan: dict, records: list[dict], device_type: str, plan_path: str | None = None, resumed_from: dict | None = None
-) -> dict:
-    """Merge the per-rank records of one run into the report dict (versioned JSON). A resumed run
-    numbers its steps from the checkpoint's and carries ``resumed_from`` (checkpoint, step, plan changes)."""
-    t = plan["inputs"]["training"]
-    tokens_per_step = t["global_batch_size"] * t["seq_len"]
-    steps, first_step = [], records[0].get("first_step", 0)  # > 0 when resumed from a checkpoint
+def _steps(records: list[dict], first_step: int, tokens_per_step: int) -> list[dict]:
+    """One entry per step: its number, the loss and the slowest rank's time."""
+    steps = []
     for i, loss in enumerate(records[0]["losses"]):
         step_time_s = max(r["step_time_s"][i] for r in records)
         steps.append(
@@ -41,7 +38,20 @@ def build_report(
                 "tokens_per_s": tokens_per_step / step_time_s,
             }
         )
-    timed = steps[1:] if len(steps) > 1 else steps
+    return steps
+
+
+def build_report(
+    plan: dict, records: list[dict], device_type: str, plan_path: str | None = None, resumed_from: dict | None = None
+) -> dict:
+    """Merge the per-rank records of one run into the report dict (versioned JSON). A resumed run
+    numbers its steps from the checkpoint's and carries ``resumed_from`` (checkpoint, step, plan changes)."""
+    t = plan["inputs"]["training"]
+    tokens_per_step = t["global_batch_size"] * t["seq_len"]
+    first_step = records[0].get("first_step", 0)  # > 0 when resumed from a checkpoint
+    steps = _steps(records, first_step, tokens_per_step)
+    profiled = records[0].get("profiled_step")
+    timed = [s for s in steps[1:] if s["step"] != profiled] or steps[1:] or steps
     step_time_s = sum(s["step_time_s"] for s in timed) / len(timed) if timed else 0.0
     # The first step of a pipeline also runs the stages' shape-inference forward: skip it too.
     first = 1 if len(steps) > 1 else 0
@@ -59,6 +69,7 @@ def build_report(
         # On CPU the meter sees what autograd keeps: compare it with the planner's in-flight activations.
         predicted["activation_bytes"] = max(st["memory"]["activations_bytes"] for st in stages)
         measured["activation_bytes"] = measured["peak_memory_bytes"]
+    phases = phase_report(plan, records, [s["step"] - first_step for s in timed])
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "kind": "run_report",
@@ -72,6 +83,7 @@ def build_report(
         "steps": steps,
         "measured": measured,
         "predicted": predicted,
+        "phases": phases,
         # On CPU the measured peak is activations only: not comparable with a predicted total.
         "relative_error": {
             k: _relative_error(measured[k], v)
@@ -82,3 +94,53 @@ def build_report(
     if resumed_from is not None:
         report["resumed_from"] = resumed_from
     return report
+
+
+def _predicted_phases(plan: dict) -> dict[str, float | None]:
+    """The plan's phase times for its slowest stage: forward and backward (recompute included)
+    per micro-batch times the micro-batches, the optimizer, the exposed communication, the bubble."""
+    pred = plan.get("predicted") or {}
+    n = (plan.get("parallelism") or {}).get("num_micro_batches", 1)
+    stages = pred.get("stages") or []
+    chunks = [[c for c in st.get("chunks", [])] for st in stages]
+    breakdown = pred.get("time_breakdown_s") or {}
+
+    def per_stage(key: str) -> float | None:
+        sums = [sum(c[key] for c in cs) * n for cs in chunks if cs and all(key in c for c in cs)]
+        return max(sums) if sums else None
+
+    return {
+        "forward": per_stage("fwd_s_per_microbatch"),
+        "backward": per_stage("bwd_s_per_microbatch"),  # recompute included, as measured
+        "optimizer": breakdown.get("optimizer_s"),
+        "dp_grad_sync_exposed": breakdown.get("dp_sync_exposed_s"),
+        "zero_comm_exposed": breakdown.get("zero_exposed_s"),
+        "tp_cp_ep_comm_exposed": breakdown.get("exposed_comm_in_layers_s"),
+        "pipeline_bubble": pred.get("pipeline_bubble_s"),
+    }
+
+
+def phase_report(plan: dict, records: list[dict], timed_steps: list[int]) -> dict:
+    """Measured phase times (mean over ``timed_steps``, indices into this run's steps; slowest rank per phase; runtime.phases),
+    collective time per kind on the profiled step (slowest rank; runtime.profile), the plan's
+    predicted phases, and what is not measured."""
+    timed = [r["phases_s"] for r in records if r.get("phases_s")] if timed_steps else []
+    measured: dict[str, float] = {}
+    if timed:
+        for phase in PHASES:
+            measured[phase] = max(sum(p[i][phase] for i in timed_steps) / len(timed_steps) for p in timed)
+        measured["recomputed_blocks"] = max(p[timed_steps[0]]["recomputed_blocks"] for p in timed)
+    kinds = sorted({k for r in records for k in r.get("comm_s", {})})
+    comm = {k: max(r.get("comm_s", {}).get(k, 0.0) for r in records) for k in kinds}
+    return {
+        "measured_s": measured,
+        "communication_s": comm,
+        "profiled_step": records[0].get("profiled_step"),
+        "predicted_s": _predicted_phases(plan),
+        "not_measured": [
+            "recompute time: inside measured backward (counted as recomputed_blocks, not timed)",
+            "pipeline bubble and point-to-point waits: inside measured backward (pp > 1)",
+            "exposed communication: collectives are timed whole (in flight), not the part compute did not hide",
+            "communication per parallel dimension: collectives are grouped by kind, not by the group they ran on",
+        ],
+    }

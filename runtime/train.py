@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -21,59 +21,31 @@ import torch.distributed as dist
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.checkpoint_files import CheckpointOptions
 from runtime.defaults import DEFAULT_LR
+from runtime.hf_weights import Checkpoint, load_part
 from runtime.memory import SavedTensorMeter, state_tensors
+from runtime.metrics import StepLog, current_lr
 from runtime.model import DTYPES, build_model, next_token_loss
 from runtime.parallelize import apply_plan, build_mesh, dp_mesh
+from runtime.phases import PhaseTimer
 from runtime.plan_io import model_spec
-
-TOKEN_DTYPES = ("uint16", "int32")
-
-
-def token_dtype(vocab_size: int) -> str:
-    """The narrowest token-id type that holds every id of the vocabulary: uint16 up to 65,536
-    ids (GPT-2's 50,257), int32 beyond (Llama 3's 128,256)."""
-    return "uint16" if vocab_size <= 2**16 else "int32"
-
-
-def check_token_file(path: str, plan: dict, data_dtype: str | None = None) -> str:
-    """The dtype a token file is read with, after checking it can be: the size is a whole number of
-    ids, it holds one sequence, and every id is below the vocabulary (an id beyond it would fail
-    inside every rank's embedding). ValueError with one line otherwise."""
-    vocab, seq = plan["inputs"]["model"]["vocab_size"], plan["inputs"]["training"]["seq_len"]
-    dtype = data_dtype or token_dtype(vocab)
-    if dtype not in TOKEN_DTYPES:
-        raise ValueError(f"--data-dtype must be one of {', '.join(TOKEN_DTYPES)} (got {dtype!r})")
-    size, item = Path(path).stat().st_size, np.dtype(dtype).itemsize
-    if size % item:
-        raise ValueError(f"token file {path}: {size} bytes is not a whole number of {dtype} ids ({item} bytes)")
-    tokens = np.memmap(path, dtype=np.dtype(dtype), mode="r")
-    if len(tokens) < seq + 1:
-        raise ValueError(f"token file {path} holds {len(tokens)} {dtype} ids; one sequence needs {seq + 1}")
-    top = int(tokens.max())
-    if top >= vocab or int(tokens.min()) < 0:
-        other = next(d for d in TOKEN_DTYPES if d != dtype)
-        raise ValueError(
-            f"token file {path} read as {dtype} holds id {top}, outside the model's vocabulary of {vocab}: "
-            f"a file of another tokenizer, or written as {other} (--data-dtype {other})"
-        )
-    return dtype
+from runtime.profile import profile_comm
+from runtime.tokens import open_token_file
 
 
 class TokenSource:
     """Global batches ``[B, seq_len + 1]`` of token ids (inputs = [:, :-1], targets = [:, 1:]).
 
     data: None for synthetic tokens drawn from a generator seeded by (seed, step); or a path to
-    a flat file of token ids (``data_dtype`` uint16 or int32, nanoGPT's .bin format; default: the
-    narrowest that holds the model's vocabulary, ``token_dtype``), read as consecutive windows of
-    seq_len + 1 tokens, wrapping around. ``check_token_file`` vets the file first.
+    a token file (:mod:`runtime.tokens`: raw ids of ``data_dtype``, or llm.c's header format),
+    memory-mapped and read as consecutive windows of seq_len + 1 tokens, wrapping around.
+    ``runtime.tokens.check_token_file`` vets the file first.
     """
 
     def __init__(self, plan: dict, data: str | None = None, data_dtype: str | None = None):
         t = plan["inputs"]["training"]
         self.batch_size, self.seq_len, self.seed = t["global_batch_size"], t["seq_len"], t["seed"]
         self.vocab_size = plan["inputs"]["model"]["vocab_size"]
-        dtype = data_dtype or token_dtype(self.vocab_size)
-        self.tokens = None if data is None else np.memmap(data, dtype=np.dtype(dtype), mode="r")
+        self.tokens = None if data is None else open_token_file(data, self.vocab_size, data_dtype).ids()
 
     def batch(self, step: int) -> torch.Tensor:
         n, width = self.batch_size, self.seq_len + 1
@@ -90,13 +62,24 @@ def _dtype(plan: dict) -> torch.dtype:
     return DTYPES[plan["inputs"]["training"]["dtype"]]
 
 
-def run_reference(plan: dict, steps: int, lr: float = DEFAULT_LR, data: str | None = None) -> dict:
-    """One process, no parallelism: per-step losses and the final parameters by name."""
+def run_reference(
+    plan: dict,
+    steps: int,
+    lr: float = DEFAULT_LR,
+    data: str | None = None,
+    *,
+    data_dtype: str | None = None,
+    init_weights: str | None = None,
+) -> dict:
+    """One process, no parallelism: per-step losses and the final parameters by name.
+    init_weights: a Hugging Face checkpoint directory to start from (:mod:`runtime.hf_weights`)."""
     torch.set_num_threads(1)
     spec = model_spec(plan)
     model = build_model(spec, plan["inputs"]["training"]["seed"], _dtype(plan))
+    if init_weights is not None:
+        load_part(model, Checkpoint(init_weights))
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    source, losses = TokenSource(plan, data), []
+    source, losses = TokenSource(plan, data, data_dtype), []
     for step in range(steps):
         batch = source.batch(step)
         loss = next_token_loss(model(batch[:, :-1]), batch[:, 1:])
@@ -123,23 +106,29 @@ def train_rank(
     data_dtype: str | None = None,
     checkpoint: CheckpointOptions | None = None,
     optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD,
+    *,
+    init_weights: str | None = None,
+    metrics: str | None = None,
+    progress: bool = False,
 ) -> dict:
     """Train up to step ``steps`` (the total: a resumed run starts at its checkpoint's step) as
     this rank of the initialised default process group, saving checkpoints as ``checkpoint`` says.
+
     Returns this rank's record: the first step, losses (global mean, the same on every rank), step
-    times, peak memory per step and, with keep_state, its chunks' unsharded parameters (collective)."""
+    times, peak memory and phase times per step and, with keep_state, its chunks' unsharded
+    parameters (collective). init_weights: a Hugging Face checkpoint directory to start from;
+    metrics: a JSONL file rank 0 writes a line to per step; progress: rank 0 prints a line per step.
+    """
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
-    cuda = device_type == "cuda"
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    mesh = build_mesh(plan, device_type)
-    spec, seed = model_spec(plan), plan["inputs"]["training"]["seed"]
-    pm = apply_plan(build_model(spec, seed, _dtype(plan), device="meta"), plan, mesh, device=device, seed=seed)
+    mesh, pm, device = _build(plan, device_type, init_weights)
     optimizer = pm.build_optimizer(lr, optimizer_class)
     ckpt = checkpoint or CheckpointOptions()
     first_step = 0 if ckpt.resume is None else load_checkpoint(ckpt.resume, pm, optimizer)
     source, dp = TokenSource(plan, data, data_dtype), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
     first_row = dp_mesh(mesh).get_local_rank() * rows
+    memory_kind = "cuda_max_memory_allocated" if device.type == "cuda" else "saved_for_backward"
+    phases, log = PhaseTimer(pm.parts), StepLog(plan, steps, metrics, progress, memory_kind, device)
     record: dict[str, Any] = {
         "rank": dist.get_rank(),
         "first_step": first_step,
@@ -147,28 +136,59 @@ def train_rank(
         "step_time_s": [],
         "peak_memory_bytes_per_step": [],
     }
+    profiled = steps - 1 if steps - first_step >= 3 else None  # the last step, once two ran unprofiled
     for step in range(first_step, steps):
         batch = source.batch(step)[first_row : first_row + rows].to(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        # CUDA has allocator statistics; on CPU count what is held for backward instead.
-        meter = SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
-        _sync(device)
-        start = time.perf_counter()
-        with meter:
-            local = pm.forward_backward(batch[:, :-1], batch[:, 1:])
-        pm.sync_gradients()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        record["step_time_s"].append(time.perf_counter() - start)
+        with profile_comm(step == profiled) as comm:
+            local, step_time_s, peak = _train_step(pm, optimizer, batch, device, phases)
+        record["step_time_s"].append(step_time_s)
         record["losses"].append(pm.global_loss(local))
-        peak = meter.peak_bytes if isinstance(meter, SavedTensorMeter) else torch.cuda.max_memory_allocated(device)
         record["peak_memory_bytes_per_step"].append(peak)
+        log.step(step, record["losses"][-1], step_time_s, peak, current_lr(optimizer, lr), None, step == profiled)
+        if step == profiled:
+            record["comm_s"] = comm.seconds
         if ckpt.due(step + 1, steps):
             assert ckpt.directory is not None  # due() is False without one
             save_checkpoint(ckpt.directory, step + 1, pm, optimizer)
-    record["memory_kind"] = "cuda_max_memory_allocated" if device.type == "cuda" else "saved_for_backward"
+    log.close()
+    record.update(memory_kind=memory_kind, phases_s=phases.per_step, profiled_step=profiled)
+    record.setdefault("comm_s", {})
     if keep_state:
         record["state"] = pm.full_state()
     return record
+
+
+def _build(plan: dict, device_type: str, init_weights: str | None):
+    """This rank's mesh, its share of the model (seeded, or loaded from ``init_weights``) and device."""
+    cuda = device_type == "cuda"
+    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    mesh = build_mesh(plan, device_type)
+    spec, seed = model_spec(plan), plan["inputs"]["training"]["seed"]
+    load = partial(load_part, ckpt=Checkpoint(init_weights)) if init_weights else None
+    model = build_model(spec, seed, _dtype(plan), device="meta")
+    return mesh, apply_plan(model, plan, mesh, device=device, seed=seed, load=load), device
+
+
+def _train_step(pm, optimizer, batch: torch.Tensor, device: torch.device, phases: PhaseTimer):
+    """One timed step: (the local loss, the step's seconds, its peak memory); phase times go to
+    ``phases``."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    # CUDA has allocator statistics; on CPU count what is held for backward instead.
+    meter = SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
+    _sync(device)
+    start = time.perf_counter()
+    with meter:
+        local = pm.forward_backward(batch[:, :-1], batch[:, 1:])
+    _sync(device)
+    backward_end = time.perf_counter()
+    pm.sync_gradients()
+    _sync(device)
+    sync_end = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    end = time.perf_counter()
+    phases.end_step(backward_end - start, sync_end - backward_end, end - sync_end)
+    peak = meter.peak_bytes if isinstance(meter, SavedTensorMeter) else torch.cuda.max_memory_allocated(device)
+    return local, end - start, peak

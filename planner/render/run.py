@@ -32,12 +32,27 @@ def run_report_table(out: Console, rep: dict) -> None:
             f"{rel:+.1%}" if rel is not None else "n/a (CPU counts activations only)",
         )
     out.print(cmp)
+    if rep.get("phases"):
+        _phase_table(out, rep["phases"])
     cores = rep.get("cpu_cores")
     if cores and rep["world_size"] > cores:
         out.print(
             f"[yellow]note:[/yellow] {rep['world_size']} ranks shared {cores} CPU cores: the measured step time "
             "includes waiting for a core, so its error says nothing about the plan (memory still does)."
         )
+
+
+def _phase_table(out: Console, ph: dict) -> None:
+    """Per phase: measured (slowest rank, mean step) beside the plan's prediction; collectives by kind."""
+    table = Table("phase", "measured", "predicted", title="step phases (seconds)", title_justify="left")
+    measured, predicted = ph["measured_s"], ph["predicted_s"]
+    for key in dict.fromkeys([*measured, *predicted]):
+        m, p = measured.get(key), predicted.get(key)
+        label = "recomputed blocks (a count)" if key == "recomputed_blocks" else key
+        table.add_row(label, f"{m:.4g}" if m is not None else "-", f"{p:.4g}" if p is not None else "-")
+    for kind, seconds in ph["communication_s"].items():
+        table.add_row(f"collective {kind} (step {ph['profiled_step']}, in flight)", f"{seconds:.4g}", "-")
+    out.print(table)
 
 
 def _figure(key: str, value: float) -> str:
