@@ -394,3 +394,13 @@ def graph_costs(graph: LayerGraph, cluster: ClusterSpec, train: Training, par: P
             cache[key] = layer_cost(layer, graph, cluster, train, par)
         out.append(cache[key])
     return out
+
+
+def recompute_inputs(
+    layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel
+) -> tuple[dict[str, float], dict[str, float]]:
+    """What the recomputation formulation (planner/search/milp/recompute.py) prices a layer with:
+    each op's forward seconds for one micro-batch (``_op_times``; kernels only, no tp collective)
+    and each saved tensor's bytes (``_saved_bytes``), ``in_none`` or not."""
+    ctx = _Ctx(cluster, train, par, graph.spec)
+    return ({op.name: _op_times(op, ctx)[0] for op in layer.ops}, {x.name: _saved_bytes(x, ctx) for x in layer.saved})
