@@ -74,6 +74,11 @@ def test_chain_program_reproduces_revolve(slots):
         assert sol.objective == revolve_steps(length, slots) == revolve_dp(length, slots), (length, slots)
 
 
+def test_chain_program_cbc_agrees():
+    for length, slots in ((6, 2), (7, 3)):
+        assert solve_chain(length, slots, backend="pulp").objective == revolve_steps(length, slots)
+
+
 def test_revolve_closed_form_equals_recursion():
     for slots in range(1, 7):
         for length in range(1, 61):
