@@ -48,6 +48,10 @@ def random_buffers(n: int, seed: int) -> list[Buffer]:
     return out
 
 
+def size(nbytes: float) -> str:
+    return f"{nbytes / GiB:.3f} GiB" if nbytes >= GiB else f"{nbytes / 2**20:.3f} MiB"
+
+
 def report(label: str, buffers: list[Buffer], limit: float) -> None:
     t0 = time.perf_counter()
     _, bf = best_fit(buffers)
@@ -56,9 +60,9 @@ def report(label: str, buffers: list[Buffer], limit: float) -> None:
     forced = solve_arena(buffers, time_limit_s=limit, shortcut=False)
     check_packing(buffers, forced.offsets)
     print(
-        f"{label}: {len(buffers)} buffers; max-live {res.max_live_bytes / GiB:.3f} GiB, "
-        f"arena {res.arena_bytes / GiB:.3f} GiB (gap {res.gap:.3%}, {res.status}, {res.wall_time_s:.2f} s), "
-        f"best fit {bf / GiB:.3f} GiB ({bf_s:.2f} s); CP-SAT run regardless: {forced.status} "
+        f"{label}: {len(buffers)} buffers; max-live {size(res.max_live_bytes)}, "
+        f"arena {size(res.arena_bytes)} (gap {res.gap:.3%}, {res.status}, {res.wall_time_s:.2f} s), "
+        f"best fit {size(bf)} ({bf_s:.2f} s); CP-SAT run regardless: {forced.status} "
         f"gap {forced.gap:.3%} in {forced.wall_time_s:.2f} s"
     )
 
