@@ -153,6 +153,12 @@ def test_bad_graphs_are_one_line_errors():
     g = RecomputeGraph((Tensor("x", 1, "", True), Tensor("y", 1, "f", True)), (OpNode("f", 1, ("z",)),))
     with pytest.raises(ValueError, match="not tensors"):
         solve(g, 10)
+    cycle = RecomputeGraph(
+        (Tensor("x", 1, "", True), Tensor("y", 1, "f", True), Tensor("z", 1, "h", True)),
+        (OpNode("f", 1, ("x", "z")), OpNode("h", 1, ("y",))),
+    )
+    with pytest.raises(ValueError, match="forward order"):
+        solve(cycle, 10)
     graph = build_graph(load_model("deepseek-v3"), 2048)
     moe = next(x for x in graph.blocks if x.moe)
     with pytest.raises(ValueError, match="MoE"):

@@ -76,10 +76,20 @@ class RecomputeGraph:
                 raise ValueError(f"tensor {t.name}: producer op {t.op!r} is not an op of the graph")
             if t.size < 0:
                 raise ValueError(f"tensor {t.name}: size {t.size} must be >= 0")
+        producer = {t.name: t.op for t in self.tensors}
+        done: set[str] = {""}
         for o in self.ops:
             missing = [u for u in o.inputs if u not in names]
             if missing:
                 raise ValueError(f"op {o.name}: inputs {missing} are not tensors of the graph")
+            # Forward order: an op reads sources and earlier ops' outputs only. A cycle would let
+            # two re-run ops feed each other with no kept tensor under them.
+            later = [u for u in o.inputs if producer[u] not in done]
+            if later:
+                raise ValueError(
+                    f"op {o.name}: inputs {later} come from itself or a later op; list ops in forward order"
+                )
+            done.add(o.name)
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ def add_inputs_constraint(m: IntModel, g: RecomputeGraph) -> None:
     """An op re-runs on kept or recomputed inputs: rerun[o] ≤ keep[u] + rerun[op(u)], u ∈ in(o)."""
     producer = {t.name: t.op for t in g.tensors}
     for o in g.ops:
-        for u in o.inputs:
+        for u in dict.fromkeys(o.inputs):
             terms = {f"rerun[op={o.name}]": 1, f"keep[tensor={u}]": -1}
             if producer[u]:
                 terms[f"rerun[op={producer[u]}]"] = terms.get(f"rerun[op={producer[u]}]", 0) - 1
