@@ -22,9 +22,9 @@ DSA is NP-hard (Garey & Johnson 1979, SR2; Gergov 1999 gives a 3-approximation);
 bound is tight for interval sets whose buffers are freed in LIFO order, which is what a layer's
 saved activations under a pipeline schedule mostly are. The reference heuristic is greedy
 best-fit by decreasing size (Pisarchyk & Lee 2020, "Efficient Memory Management for Deep Neural
-Net Inference", §3.2 "Greedy by Size"; TensorFlow Lite's ``GreedyBySizePlanner``): largest buffer
-first, each placed in the smallest gap between the buffers already placed that overlap it in
-time and fit it, else on top of them.
+Net Inference", greedy by size for offset calculation, used by TensorFlow Lite's GPU delegate):
+largest buffer first, each placed in the smallest gap between the buffers already placed that
+overlap it in time and fit it, else on top of them.
 """
 
 from __future__ import annotations

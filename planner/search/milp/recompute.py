@@ -1,5 +1,5 @@
 """Which activations of one layer to keep for backward and which to recompute: a 0/1 program
-(Checkmate, Jain et al. 2020, MLSys, §4) in its two-phase form, and its (time, memory) Pareto set.
+(Checkmate, Jain et al. 2020, MLSys) in its two-phase form, and its (time, memory) Pareto set.
 
 Data (``RecomputeGraph``): tensors ``t`` with an integer size ``m_t`` (bytes in ``unit_bytes``),
 the op ``op(t)`` that produces them, whether the backward pass reads them (``needed_t``); ops

@@ -1,7 +1,8 @@
-"""Multi-level recomputation on a chain: Checkmate's staged formulation (Jain et al. 2020, MLSys,
-§4.1: ``R[t,i]`` recompute, ``S[t,i]`` checkpoint, one stage per backward step) against Griewank's
-binomial checkpointing optimum (Griewank 1992; Griewank & Walther 2000, ACM TOMS 26(1),
-"Algorithm 799: revolve", Prop. 1).
+"""Multi-level recomputation on a chain: Checkmate's staged formulation (Jain et al. 2020, MLSys:
+``R[t,i]`` recompute, ``S[t,i]`` checkpoint, one stage per backward step) against Griewank's
+binomial checkpointing optimum (Griewank 1992, "Achieving logarithmic growth of temporal and
+spatial complexity in reverse automatic differentiation"; Griewank & Walther 2000, ACM TOMS
+26(1), "Algorithm 799: revolve").
 
 The problem (Griewank's): reverse a chain of ``l`` unit-cost steps ``x_{i−1} → x_i`` with ``c``
 checkpoint slots, the input ``x_0`` in one of them; the adjoint of step ``i`` needs ``x_{i−1}``
@@ -19,9 +20,9 @@ Constraint families, one function each:
   ``i ≥ 1`` (nothing is stored before the forward sweep).
 - **target** (``add_target_constraint``): stage t has its step's input, ``R[t,l−t] + S[t,l−t] ≥ 1``.
 - **compute** (``add_compute_constraint``): a state is computed from its predecessor in hand,
-  ``R[t,i] ≤ R[t,i−1] + S[t,i−1]`` (Checkmate's dependency rule, eq. 1b, on a chain).
+  ``R[t,i] ≤ R[t,i−1] + S[t,i−1]`` (Checkmate's dependency constraint, on a chain).
 - **carry** (``add_carry_constraint``): a checkpoint exists only if it was held or computed in
-  the stage before, ``S[t+1,i] ≤ S[t,i] + R[t,i]`` (Checkmate eq. 1c).
+  the stage before, ``S[t+1,i] ≤ S[t,i] + R[t,i]`` (Checkmate's checkpoint-carry constraint).
 - **slots** (``add_slots_constraint``): what stage t holds or writes for later fits the slots,
   ``H[t,i] ≥ S[t,i]``, ``H[t,i] ≥ S[t+1,i]``, ``Σ_i H[t,i] ≤ c`` (Checkmate's memory family with
   unit tensors, counted in Griewank's slots; the working state is not a slot).
@@ -55,7 +56,7 @@ def revolve_steps(length: int, slots: int) -> int:
 @cache
 def revolve_dp(length: int, slots: int) -> int:
     """The same optimum by Griewank's recursion: advance m steps, checkpoint, reverse the right
-    part with one slot fewer, then the left part with all slots (Griewank 1992, §3)."""
+    part with one slot fewer, then the left part with all slots (Griewank 1992)."""
     if length == 1:
         return 0
     if slots == 1:
