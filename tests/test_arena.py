@@ -81,6 +81,13 @@ def test_transformer_stages_within_one_percent_of_max_live(par):
         assert res.max_live_bytes == pytest.approx(m.total_bytes - m.fragmentation_bytes, abs=len(buffers) * ALIGNMENT_BYTES)
 
 
+def test_stage_buffers_refuse_a_rank_outside_the_pipeline():
+    par = Parallel(dp=2, tp=2, pp=2)
+    est = estimate(load_model("llama3-8b"), load_cluster("h100-sxm-80gb:8"), Training(8, 1024), par)
+    with pytest.raises(ValueError, match="pp = 2"):
+        stage_buffers(est, 2)
+
+
 def test_bad_buffers_are_one_line_errors():
     with pytest.raises(ValueError, match="lifetime"):
         solve_arena([Buffer("x", 3, 3, 8)])
