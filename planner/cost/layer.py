@@ -108,8 +108,8 @@ def _op_policy_dropped(layer: Layer) -> list[Saved]:
     return outputs[1::2]
 
 
-def activation_bytes(layer: Layer, ctx: _Ctx) -> dict[str, float]:
-    """Bytes one micro-batch of this layer keeps for backward, per recompute option.
+def kept_tensors(layer: Layer, ctx: _Ctx) -> dict[str, list[Saved]]:
+    """The tensors one micro-batch of this layer keeps for backward, per recompute option.
 
     none: every tensor the ops save (Korthikanti et al. 2022, §4.1, eq. 1-2 for GPT);
     full: only the layer input (§4.2: 2sbh, /t with sequence parallelism);
@@ -120,18 +120,36 @@ def activation_bytes(layer: Layer, ctx: _Ctx) -> dict[str, float]:
     output but every second one (``_op_policy_dropped``), recompute everything else;
     ``matmul_outputs`` (autopar's runtime): the same without the thinning.
     """
-    none = sum(_saved_bytes(x, ctx) for x in layer.saved if x.in_none)
+    none = [x for x in layer.saved if x.in_none]
     if layer.kind != "block":
         return {o: none for o in RECOMPUTE_OPTIONS}
-    inp = sum(_saved_bytes(x, ctx) for x in layer.saved if x.name == "attn.norm_in")
+    inp = [x for x in layer.saved if x.name == "attn.norm_in"]
     policy = ctx.train.stack.selective_recompute
     if policy == "attention_core":
-        sel = sum(_saved_bytes(x, ctx) for x in layer.saved if x.in_none and not x.attn_core)
+        sel = [x for x in none if not x.attn_core]
     else:
         dropped = {x.name for x in _op_policy_dropped(layer)} if policy == "op_policy" else set()
-        kept = [x for x in layer.saved if x.mm_output and x.name not in dropped]
-        sel = inp + sum(_saved_bytes(x, ctx) for x in kept)
-    return {"none": none, "selective": min(sel, none), "full": inp}
+        sel = inp + [x for x in layer.saved if x.mm_output and x.name not in dropped]
+    return {"none": none, "selective": sel, "full": inp}
+
+
+def activation_bytes(layer: Layer, ctx: _Ctx) -> dict[str, float]:
+    """Bytes one micro-batch of this layer keeps for backward, per recompute option
+    (``kept_tensors``); selective never keeps more than none."""
+    kept = {o: sum(_saved_bytes(x, ctx) for x in xs) for o, xs in kept_tensors(layer, ctx).items()}
+    return {"none": kept["none"], "selective": min(kept["selective"], kept["none"]), "full": kept["full"]}
+
+
+def saved_tensor_bytes(
+    layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel
+) -> dict[str, list[tuple[str, float]]]:
+    """(name, bytes) of every tensor one micro-batch keeps for backward, per recompute option
+    (``kept_tensors``; selective falls back to none's list where it would keep more)."""
+    ctx = _Ctx(cluster, train, par, graph.spec)
+    out = {o: [(x.name, _saved_bytes(x, ctx)) for x in xs] for o, xs in kept_tensors(layer, ctx).items()}
+    if sum(b for _, b in out["selective"]) > sum(b for _, b in out["none"]):
+        out["selective"] = out["none"]
+    return out
 
 
 def _selective_recompute_s(layer: Layer, ctx: _Ctx, times: list[tuple[float, float]]) -> float:
@@ -376,3 +394,13 @@ def graph_costs(graph: LayerGraph, cluster: ClusterSpec, train: Training, par: P
             cache[key] = layer_cost(layer, graph, cluster, train, par)
         out.append(cache[key])
     return out
+
+
+def recompute_inputs(
+    layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Training, par: Parallel
+) -> tuple[dict[str, float], dict[str, float]]:
+    """What the recomputation formulation (planner/search/milp/recompute.py) prices a layer with:
+    each op's forward seconds for one micro-batch (``_op_times``; kernels only, no tp collective)
+    and each saved tensor's bytes (``_saved_bytes``), ``in_none`` or not."""
+    ctx = _Ctx(cluster, train, par, graph.spec)
+    return ({op.name: _op_times(op, ctx)[0] for op in layer.ops}, {x.name: _saved_bytes(x, ctx) for x in layer.saved})
