@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from runtime.experts import is_expert_param, rescale_expert_grads
 from runtime.model import next_token_loss
 
 _WRAPPER_PREFIX = "_checkpoint_wrapped_module."
@@ -59,9 +60,11 @@ class ParallelModel:
     mesh: Any = None  # DeviceMesh ("pp", "dp_replicate", "dp_shard", "tp") or None for one process
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     schedule: Any = None  # pipeline schedule when pp > 1
-    dp_group: Any = None  # set when gradients are all-reduced by hand (ZeRO 0/1 with dp > 1)
+    dp_group: Any = None  # dense gradients all-reduced by hand over dp·cp (ZeRO 0/1 with dp·cp > 1)
+    expert_group: Any = None  # routed experts' gradients by hand over dp·cp/ep (ZeRO 0/1, ep > 1)
     tied_group: Any = None  # first+last pp ranks holding copies of a tied embedding
     hsdp: bool = False  # FSDP2 on a 2-D (replicate, shard) mesh: all-reduce on the last micro-batch only
+    ep: int = 1  # expert-parallel degree: expert gradients are rescaled by 1/ep (runtime.experts)
 
     @property
     def has_first(self) -> bool:
@@ -72,11 +75,21 @@ class ParallelModel:
         return len(self.plan["stages"]) - 1 in self.stage_indices
 
     def parameters(self) -> list[nn.Parameter]:
-        seen: dict[int, nn.Parameter] = {}
+        return [p for _, p in self.named_parameters()]
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        seen: dict[int, tuple[str, nn.Parameter]] = {}
         for part in self.parts:
-            for p in part.parameters():
-                seen.setdefault(id(p), p)
+            for name, p in part.named_parameters():
+                seen.setdefault(id(p), (name, p))
         return list(seen.values())
+
+    def _split_expert_params(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(dense, routed-expert) parameters: they are reduced over different groups."""
+        named = self.named_parameters()
+        experts = [p for name, p in named if self.ep > 1 and is_expert_param(name)]
+        ids = {id(p) for p in experts}
+        return [p for _, p in named if id(p) not in ids], experts
 
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         """Run this rank's micro-batches of ``inputs [B, s]``; the mean loss on the last stage."""
@@ -105,23 +118,18 @@ class ParallelModel:
                 part.set_requires_all_reduce(flag, recurse=True)
 
     def sync_gradients(self) -> None:
-        """Average gradients over data parallel ranks (unless FSDP did) and add the two copies
-        of a tied embedding held by the first and last pipeline stages (Megatron's embedding group)."""
+        """Average gradients over data parallel ranks (unless FSDP did): dense ones over dp·cp,
+        routed experts over the dp·cp/ep ranks holding them, then rescaled by 1/ep
+        (runtime.experts); and add the two copies of a tied embedding held by the first and last
+        pipeline stages (Megatron's embedding group)."""
         _match_grad_placements(self.parameters())
+        dense, experts = self._split_expert_params()
         if self.dp_group is not None:
-            grads = []
-            for p in self.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                grads.append(_local(p.grad))
-            # One flat buffer: a single collective instead of one per tensor (what DDP buckets do).
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat, group=self.dp_group)
-            flat /= dist.get_world_size(self.dp_group)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
+            _all_reduce_mean(dense, self.dp_group)
+        if self.expert_group is not None:
+            _all_reduce_mean(experts, self.expert_group)
+        if self.ep > 1:
+            rescale_expert_grads(self.named_parameters(), self.ep)
         if self.tied_group is not None:
             for weight in self._tied_weights():
                 assert weight.grad is not None  # each copy's stage ran a backward through it
@@ -138,10 +146,13 @@ class ParallelModel:
         return out
 
     def build_optimizer(self, lr: float):
-        """SGD; under ZeRO-1 each data-parallel rank updates its shard and broadcasts it."""
+        """SGD; under ZeRO-1 each data-parallel rank updates its shard and broadcasts it (dense
+        parameters over dp·cp, routed experts over the dp·cp/ep ranks holding them)."""
         p = self.plan["parallelism"]
-        if p["zero_stage"] == 1 and p["dp"] > 1:
-            return _ZeroOneSGD(self.parameters(), self.dp_group, lr)
+        if p["zero_stage"] == 1 and p["dp"] * p["cp"] > 1:
+            dense, experts = self._split_expert_params()
+            groups = [(dense, self.dp_group)] + ([(experts, self.expert_group)] if experts else [])
+            return _ZeroOneSGD(groups, lr)
         return torch.optim.SGD(self.parameters(), lr=lr)
 
     def global_loss(self, local: torch.Tensor | None) -> float:
@@ -170,27 +181,53 @@ class ParallelModel:
         return state
 
 
+def _all_reduce_mean(params: list[nn.Parameter], group) -> None:
+    """Average the gradients of ``params`` over ``group`` in one flat buffer: a single
+    collective instead of one per tensor (what DDP buckets do)."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(_local(p.grad))
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 class _ZeroOneSGD:
-    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD.
+    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD, one per
+    (parameters, data-parallel group) pair: dense parameters over dp·cp, routed experts over the
+    ranks holding the same experts.
 
     It broadcasts updated parameters with c10d ops that DTensor does not implement, so it is
     given plain tensors aliasing each parameter's local shard (TP's DTensors): updating and
     broadcasting them writes through to the parameters. Gradients are handed over before a step.
     """
 
-    def __init__(self, params: list[nn.Parameter], dp_group, lr: float):
+    def __init__(self, groups: list[tuple[list[nn.Parameter], Any]], lr: float):
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
-        self.params = params
-        self.shards = [_local(p).detach() for p in params]  # same storage, plain tensors
-        self.inner = ZeroRedundancyOptimizer(
-            self.shards, optimizer_class=torch.optim.SGD, process_group=dp_group, lr=lr
-        )
+        self.params = [p for params, _ in groups for p in params]
+        self.shards = [_local(p).detach() for p in self.params]  # same storage, plain tensors
+        self.inner, start = [], 0
+        for params, group in groups:
+            mine = self.shards[start : start + len(params)]
+            start += len(params)
+            self.inner.append(
+                ZeroRedundancyOptimizer(mine, optimizer_class=torch.optim.SGD, process_group=group, lr=lr)
+            )
 
     def step(self) -> None:
         for p, shard in zip(self.params, self.shards):
             shard.grad = None if p.grad is None else _local(p.grad)
-        self.inner.step()
+        for inner in self.inner:
+            inner.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop the gradients (always to None, whatever ``set_to_none`` says: the next backward

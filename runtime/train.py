@@ -4,7 +4,9 @@ Both draw the same global batch each step from :class:`TokenSource` (seeded synt
 windows of a token file), build the model from the same seed, and use SGD: SGD, not Adam, so a
 gradient scaled wrongly shows in the parameters (Adam is scale-invariant and would hide it).
 A data-parallel rank takes rows ``[r * B/dp, (r + 1) * B/dp)`` of the global batch, r its index
-in the whole dp group (under HSDP r = replicate_rank * dp_shard + shard_rank).
+in the whole dp group (under HSDP r = replicate_rank * dp_shard + shard_rank); under context
+parallelism each of the cp ranks sharing those rows takes its two chunks of every sequence
+(runtime.context).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.context import shard_sequence
 from runtime.defaults import DEFAULT_LR
 from runtime.memory import SavedTensorMeter, state_tensors
 from runtime.model import DTYPES, build_model, next_token_loss
-from runtime.parallelize import apply_plan, build_mesh, dp_mesh
+from runtime.parallelize import MESH_DIMS, apply_plan, build_mesh, dp_mesh
 from runtime.plan_io import model_spec
 
 TOKEN_DTYPES = ("uint16", "int32")
@@ -135,6 +138,7 @@ def train_rank(
     source, dp = TokenSource(plan, data, data_dtype), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
     first_row = dp_mesh(mesh).get_local_rank() * rows
+    cp, cp_rank = mesh.size(MESH_DIMS.index("cp")), mesh.get_local_rank("cp")
     record: dict[str, Any] = {
         "rank": dist.get_rank(),
         "losses": [],
@@ -143,6 +147,7 @@ def train_rank(
     }
     for step in range(steps):
         batch = source.batch(step)[first_row : first_row + rows].to(device)
+        inputs, targets = shard_sequence(batch[:, :-1], cp, cp_rank), shard_sequence(batch[:, 1:], cp, cp_rank)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         # CUDA has allocator statistics; on CPU count what is held for backward instead.
@@ -150,7 +155,7 @@ def train_rank(
         _sync(device)
         start = time.perf_counter()
         with meter:
-            local = pm.forward_backward(batch[:, :-1], batch[:, 1:])
+            local = pm.forward_backward(inputs, targets)
         pm.sync_gradients()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -78,3 +78,34 @@ def test_validate_refuses_what_the_runtime_refuses(tmp_path):
     assert v.exit_code == 1
     fields = {f["field"] for f in json.loads(v.stdout)["findings"] if f["severity"] == "error"}
     assert any(f.startswith("stages") for f in fields), fields
+
+
+# Context- and expert-parallel plans (issue 20): cp / ep forced on cpu:4 and cpu:8; the runtime
+# accepts every one, and runs each for 2 steps but the 8-rank dense one (the 8-rank MoE plan
+# carries cp and ep at once).
+FORCED = [
+    ("debug", "cpu:4", {"cp": 2}, True),
+    ("debug-moe", "cpu:4", {"ep": 2}, True),
+    ("debug", "cpu:8", {"cp": 4}, False),
+    ("debug-moe", "cpu:8", {"cp": 2, "ep": 2}, True),
+]
+
+
+@pytest.mark.parametrize("i", range(len(FORCED)))
+def test_context_and_expert_parallel_plans_run(tmp_path, i):
+    model, cluster, forced, run = FORCED[i]
+    path = tmp_path / "plan.json"
+    knobs = [a for k, v in forced.items() for a in (f"--{k}", str(v))]
+    args = ["plan", "-m", model, "-c", cluster, *BASE[2:], *knobs, "--out", str(path)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, (args, r.stderr)
+    doc = json.loads(path.read_text())
+    assert {k: doc["parallelism"][k] for k in forced} == forced
+    runtime_accepts(doc)
+    v = runner.invoke(app, ["validate", str(path), "--format", "json"])
+    assert v.exit_code == 0, v.stdout + v.stderr
+    assert not [f for f in json.loads(v.stdout)["findings"] if f["field"].startswith("parallelism.")]
+    if run:
+        r = runner.invoke(app, ["run", str(path), "--steps", "2", "--out", str(tmp_path / "report.json")])
+        assert r.exit_code == 0, r.stdout + r.stderr
+        assert len(json.loads((tmp_path / "report.json").read_text())["steps"]) == 2
