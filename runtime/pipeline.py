@@ -58,7 +58,7 @@ def stage_io(plan: dict, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     which runs on uninitialised tensors: a MoE routes such garbage differently on each tp rank
     and the expert collectives then disagree in size."""
     p, t, m = plan["parallelism"], plan["inputs"]["training"], plan["inputs"]["model"]
-    mb, s, dtype = p["micro_batch_size"], t["seq_len"] // p.get("cp", 1), DTYPES[t["dtype"]]
+    mb, s, dtype = p["micro_batch_size"], t["seq_len"] // p["cp"], DTYPES[t["dtype"]]
     between = s // p["tp"] if p["sequence_parallel"] and p["tp"] > 1 else s
     # requires_grad: the schedule sends/receives gradients only for tensors that have one.
     hidden = torch.empty(mb, between, m["hidden_size"], dtype=dtype, device="meta", requires_grad=True)

@@ -6,7 +6,10 @@ averages its micro-batches (the loop below divides each loss by n; the pipeline 
 the gradients by n), and data-parallel ranks average each other (FSDP's reduce-scatter averages;
 under HSDP its all-reduce across the replicas averages those; otherwise
 :meth:`ParallelModel.sync_gradients` does). The result is the gradient of the mean loss over the
-global batch, which is what the single-process reference computes.
+global batch, which is what the single-process reference computes. Context-parallel ranks count
+as data-parallel ranks here (they hold equal shares of the same rows: dense gradients average
+over dp·cp); routed experts average over the ranks holding them and are rescaled by 1/ep
+(runtime.experts).
 
 HSDP in the gradient-accumulation loop (pp = 1), as the planner prices it: every micro-batch's
 backward reduce-scatters within the shard group, and the all-reduce across replicas runs once per
@@ -57,7 +60,7 @@ class ParallelModel:
     parts: Sequence[nn.Module]  # chunks this rank runs, in model order (one unless interleaved)
     stage_indices: list[int]  # their indices in plan["stages"]
     plan: dict
-    mesh: Any = None  # DeviceMesh ("pp", "dp_replicate", "dp_shard", "tp") or None for one process
+    mesh: Any = None  # DeviceMesh ("pp", "dp_replicate", "dp_shard", "cp", "tp") or None for one process
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     schedule: Any = None  # pipeline schedule when pp > 1
     dp_group: Any = None  # dense gradients all-reduced by hand over dp·cp (ZeRO 0/1 with dp·cp > 1)
