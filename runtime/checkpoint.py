@@ -65,16 +65,25 @@ _TIED = ("tok_embeddings.weight", "output.weight")
 
 
 def optimizer_name(optimizer: Any) -> str:
-    """The optimizer's class name (the one ZeRO-1 wraps for a ZeroRedundancyOptimizer)."""
-    inner = getattr(optimizer, "inner", None)
-    return type(inner.optim if isinstance(inner, ZeroRedundancyOptimizer) else optimizer).__name__
+    """The optimizer's class name (the one ZeRO-1 wraps in ZeroRedundancyOptimizers)."""
+    zeros = _zero_one(optimizer)
+    return type(zeros[0].optim if zeros else optimizer).__name__
 
 
-def _zero_one(optimizer: Any) -> ZeroRedundancyOptimizer | None:
-    """The ZeroRedundancyOptimizer inside runtime.step's ZeRO-1 wrapper, which exposes ``params``
-    (the model's parameters), ``shards`` (plain tensors aliasing their local shards) and ``inner``."""
+def _zero_one(optimizer: Any) -> list[ZeroRedundancyOptimizer]:
+    """The ZeroRedundancyOptimizers inside runtime.step's ZeRO-1 wrapper (one per data-parallel
+    group: dense parameters, routed experts), which exposes ``params`` (the model's parameters),
+    ``shards`` (plain tensors aliasing their local shards) and ``inner``; empty for any other."""
     inner = getattr(optimizer, "inner", None)
-    return inner if isinstance(inner, ZeroRedundancyOptimizer) else None
+    return [z for z in inner if isinstance(z, ZeroRedundancyOptimizer)] if isinstance(inner, list) else []
+
+
+def _owner(zeros: list[ZeroRedundancyOptimizer], shard: torch.Tensor) -> ZeroRedundancyOptimizer | None:
+    """The ZeroRedundancyOptimizer whose local optimizer updates ``shard`` on this rank, if any."""
+    for zero in zeros:
+        if any(s is shard for g in zero.optim.param_groups for s in g["params"]):
+            return zero
+    return None
 
 
 def _unprefix(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -117,17 +126,17 @@ def _like_param(value: Any, param: nn.Parameter, shard: torch.Tensor) -> Any:
     return value
 
 
-def _zero_one_state(pm: ParallelModel, optimizer: Any, zero: ZeroRedundancyOptimizer) -> dict[str, Any]:
+def _zero_one_state(pm: ParallelModel, optimizer: Any, zeros: list[ZeroRedundancyOptimizer]) -> dict[str, Any]:
     """ZeRO-1's optimizer state in torch's flattened per-FQN form: hyperparameters for every
-    parameter, state for the parameters this dp rank owns."""
-    names, owned = _fqns(pm), {id(s) for g in zero.optim.param_groups for s in g["params"]}
-    hypers = {k: v for k, v in zero.param_groups[0].items() if k != "params"}
+    parameter, state for the parameters this rank owns in its data-parallel group."""
+    names = _fqns(pm)
+    hypers = {k: v for k, v in zeros[0].param_groups[0].items() if k != "params"}
     flat: dict[str, Any] = {}
     for param, shard in zip(optimizer.params, optimizer.shards):
-        fqn = names[id(param)]
+        fqn, owner = names[id(param)], _owner(zeros, shard)
         flat.update({f"param_groups.{fqn}.{k}": v for k, v in hypers.items()})
-        if id(shard) in owned:
-            for k, v in zero.optim.state[shard].items():
+        if owner is not None:
+            for k, v in owner.optim.state[shard].items():
                 flat[f"state.{fqn}.{k}"] = _like_param(v, param, shard)
     return flat
 
@@ -153,10 +162,11 @@ def _allocate_state(optim: torch.optim.Optimizer) -> None:
 def _state(pm: ParallelModel, optimizer: Any, scheduler: Any, rng: bool) -> tuple[dict, dict[str, str], dict[str, str]]:
     """This rank's flat state (see the module doc) and the maps back to torch's own keys."""
     box = nn.ModuleList(pm.parts)  # one module over every chunk: keys gain "<i>." (dropped below)
-    zero = _zero_one(optimizer)
-    if zero is not None:
-        _allocate_state(zero.optim)
-        model_sd, optim_sd = get_model_state_dict(box), _zero_one_state(pm, optimizer, zero)
+    zeros = _zero_one(optimizer)
+    if zeros:
+        for zero in zeros:
+            _allocate_state(zero.optim)
+        model_sd, optim_sd = get_model_state_dict(box), _zero_one_state(pm, optimizer, zeros)
     else:
         model_sd, optim_sd = get_state_dict(box, optimizer, options=_OPTIONS)
     model, model_back = _unprefix(model_sd)
@@ -193,14 +203,15 @@ def save_checkpoint(root: str, step: int, pm: ParallelModel, optimizer: Any, sch
     return str(directory)
 
 
-def _restore_zero_one(pm: ParallelModel, optimizer: Any, zero: ZeroRedundancyOptimizer, optim: dict) -> None:
+def _restore_zero_one(pm: ParallelModel, optimizer: Any, zeros: list[ZeroRedundancyOptimizer], optim: dict) -> None:
     """Copy loaded ZeRO-1 state into the owned shards' state (DCP already wrote most of it in
     place, through the DTensor views; values it replaced, such as Python numbers, are set here),
     and the hyperparameters into the wrapper's groups and the local optimizer's."""
     names = _fqns(pm)
     for param, shard in zip(optimizer.params, optimizer.shards):
-        fqn, state = names[id(param)], zero.optim.state.get(shard)
-        for k, current in (state or {}).items():
+        owner = _owner(zeros, shard)
+        fqn, state = names[id(param)], {} if owner is None else owner.optim.state.get(shard, {})
+        for k, current in state.items():
             loaded = optim[f"state.{fqn}.{k}"]
             local = loaded.to_local() if isinstance(loaded, DTensor) else loaded
             if torch.is_tensor(current):
@@ -208,7 +219,7 @@ def _restore_zero_one(pm: ParallelModel, optimizer: Any, zero: ZeroRedundancyOpt
             else:
                 state[k] = local
     first = names[id(optimizer.params[0])]
-    for group in (*zero.param_groups, *zero.optim.param_groups):
+    for group in (g for zero in zeros for g in (*zero.param_groups, *zero.optim.param_groups)):
         for k in group:
             if k != "params":
                 group[k] = optim[f"param_groups.{first}.{k}"]
@@ -225,11 +236,11 @@ def load_checkpoint(point: ResumePoint, pm: ParallelModel, optimizer: Any, sched
         raise ValueError(f"checkpoint {point.path} holds no learning-rate schedule state")
     state, model_back, optim_back = _state(pm, optimizer, scheduler, rng=point.same_layout)
     dcp.load(state, checkpoint_id=point.path)
-    box, zero = nn.ModuleList(pm.parts), _zero_one(optimizer)
+    box, zeros = nn.ModuleList(pm.parts), _zero_one(optimizer)
     model_sd = {model_back[k]: v for k, v in state["model"].items() if k in model_back}
-    if zero is not None:
+    if zeros:
         set_model_state_dict(box, model_sd)
-        _restore_zero_one(pm, optimizer, zero, state["optim"])
+        _restore_zero_one(pm, optimizer, zeros, state["optim"])
     else:
         optim_sd = {optim_back[k]: v for k, v in state["optim"].items() if k in optim_back}
         set_state_dict(box, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=_OPTIONS)

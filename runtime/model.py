@@ -11,19 +11,28 @@ single-process reference does not depend on which ranks or stages exist.
 
 Not implemented (refused when the model is built): multi-head latent attention (``spec.mla``),
 rope_scaling other than linear and llama3 (:mod:`runtime.rope`).
-MoE routing is dropless (``capacity_factor`` is ignored) and has no auxiliary balancing loss.
+MoE routing is dropless unless ``moe.capacity_factor`` is set (runtime.capacity: copies beyond an
+expert's capacity are dropped) and has no auxiliary balancing loss.
+Context and expert parallelism plug in through ``Attention.cp``/``Transformer.cp``
+(runtime.context) and ``MoE.ep`` (runtime.experts); unset, the model is the single-process one.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.spec import ModelSpec
+from runtime.capacity import capacity_keep
 from runtime.rope import inv_frequencies
+
+if TYPE_CHECKING:
+    from runtime.context import ContextShard
+    from runtime.experts import ExpertShard
 
 NORM_EPS = 1e-5  # when the spec leaves norm_eps null: torch's LayerNorm default, Llama 2's rms_norm_eps
 INIT_STD = 0.02  # GPT-2 / Llama initialisation
@@ -87,14 +96,22 @@ class Attention(nn.Module):
         self.wv = nn.Linear(h, spec.kv_heads * d, bias=bias)
         self.wo = nn.Linear(spec.num_heads * d, h, bias=bias)
 
+    # Context parallel (runtime.context): this rank's tokens are two chunks of each sequence;
+    # the shard knows their positions and attends over the K/V of every cp rank.
+    cp: ContextShard | None = None
+
     def forward(self, x: torch.Tensor, rope: torch.Tensor | None) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.wq(x).view(b, s, -1, self.head_dim)  # -1: local heads under tensor parallel
         k = self.wk(x).view(b, s, -1, self.head_dim)
         v = self.wv(x).view(b, s, -1, self.head_dim)
         if rope is not None:
-            q, k = apply_rope(q, rope[:, :s]), apply_rope(k, rope[:, :s])
+            table = rope[:, :s] if self.cp is None else rope[:, self.cp.positions(s, x.device)]
+            q, k = apply_rope(q, table), apply_rope(k, table)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.cp is not None:
+            out = self.cp.attend(q, k, v, self.causal, self.window, self.gqa)
+            return self.wo(out.transpose(1, 2).reshape(b, s, -1))
         mask, causal = None, self.causal
         if self.window is not None:
             # A boolean band mask: SDPA then leaves the flash kernel (more is saved; see docs).
@@ -129,15 +146,23 @@ class MoE(nn.Module):
     Routing: softmax over the top-k router logits (Mixtral). Experts run one after another on
     the tokens routed to them; an expert with no tokens still runs on an empty batch so every
     rank produces a gradient for every parameter (manual data-parallel all-reduce needs that).
+    ``experts`` is keyed by the global expert index: under expert parallelism
+    (runtime.experts) a rank keeps only its own experts, under their original names, and
+    ``ep`` dispatches the routed tokens to the ranks that hold them.
     """
+
+    ep: ExpertShard | None = None
+    cp: ContextShard | None = None  # capacity needs the routing of whole sequences
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         m = spec.moe
         assert m is not None, "MoE needs a spec with a moe block"
-        self.top_k = m.top_k
+        self.top_k, self.num_experts, self.capacity_factor = m.top_k, m.num_experts, m.capacity_factor
         self.router = nn.Linear(spec.hidden_size, m.num_experts, bias=False)
-        self.experts = nn.ModuleList(FeedForward(spec, m.expert_ffn_hidden_size) for _ in range(m.num_experts))
+        self.experts = nn.ModuleDict(
+            {str(j): FeedForward(spec, m.expert_ffn_hidden_size) for j in range(m.num_experts)}
+        )
         shared = m.shared_expert_ffn_hidden_size or m.expert_ffn_hidden_size
         self.shared_experts = FeedForward(spec, shared * m.num_shared_experts) if m.num_shared_experts else None
 
@@ -146,13 +171,26 @@ class MoE(nn.Module):
         t = x.reshape(-1, shape[-1])
         top_logits, top_idx = self.router(t).topk(self.top_k, dim=-1)
         weights = top_logits.softmax(dim=-1)
-        out = torch.zeros_like(t)
-        for j, expert in enumerate(self.experts):
-            tok, slot = (top_idx == j).nonzero(as_tuple=True)
-            out = out.index_add(0, tok, expert(t[tok]) * weights[tok, slot, None])
+        keep = self._keep(top_idx.view(shape[0], shape[1], -1)).reshape(top_idx.shape)
+        if self.ep is not None:
+            out = self.ep.dispatch_combine(t, top_idx, weights, self.experts, keep)
+        else:
+            out = torch.zeros_like(t)
+            for key, expert in self.experts.items():
+                tok, slot = ((top_idx == int(key)) & keep).nonzero(as_tuple=True)
+                out = out.index_add(0, tok, expert(t[tok]) * weights[tok, slot, None])
         if self.shared_experts is not None:
             out = out + self.shared_experts(t)
         return out.view(shape)
+
+    def _keep(self, top_idx: torch.Tensor) -> torch.Tensor:
+        """Routed copies ``[b, s, k]`` within expert capacity (runtime.capacity); all when dropless."""
+        if self.capacity_factor is None:
+            return torch.ones_like(top_idx, dtype=torch.bool)
+        if self.cp is None:
+            return capacity_keep(top_idx, self.num_experts, self.capacity_factor)
+        full = capacity_keep(self.cp.whole_sequences(top_idx), self.num_experts, self.capacity_factor)
+        return full[:, self.cp.positions(top_idx.shape[1], top_idx.device)]
 
 
 class Block(nn.Module):
@@ -189,6 +227,7 @@ class Transformer(nn.Module):
     norm: Norm | None
     output: nn.Linear | None
     rope: torch.Tensor | None  # a non-persistent buffer (register_buffer)
+    cp: ContextShard | None = None  # context parallel: the positions of this rank's tokens
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -213,7 +252,9 @@ class Transformer(nn.Module):
             tokens = x
             x = self.tok_embeddings(tokens)
             if self.pos_embeddings is not None:
-                x = x + self.pos_embeddings(torch.arange(tokens.shape[1], device=tokens.device)[None, :])
+                s = tokens.shape[1]
+                pos = torch.arange(s, device=tokens.device) if self.cp is None else self.cp.positions(s, tokens.device)
+                x = x + self.pos_embeddings(pos[None, :])
         for layer in self.layers.values():
             x = layer(x, self.rope)
         if self.norm is not None:

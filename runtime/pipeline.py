@@ -21,7 +21,7 @@ from torch.distributed import pipelining
 from torch.distributed.pipelining import PipelineStage
 
 from planner.schedules import SCHEDULES
-from runtime.model import Transformer, next_token_loss
+from runtime.model import DTYPES, Transformer, next_token_loss
 
 
 def split_model(model: Transformer, plan: dict, pp_rank: int) -> tuple[list[Transformer], list[int]]:
@@ -50,6 +50,24 @@ def split_model(model: Transformer, plan: dict, pp_rank: int) -> tuple[list[Tran
     return parts, [st["index"] for st in stages]
 
 
+def stage_io(plan: dict, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Meta tensors of the shapes chunk ``index`` takes and returns per micro-batch: token ids
+    ``[mb, s]`` into the first, logits ``[mb, s, V]`` out of the last, hidden states
+    ``[mb, s, h]`` between (s: the tokens of a sequence on one cp rank, split again over tp under
+    sequence parallelism). Given to ``PipelineStage``, they replace its shape-inference forward,
+    which runs on uninitialised tensors: a MoE routes such garbage differently on each tp rank
+    and the expert collectives then disagree in size."""
+    p, t, m = plan["parallelism"], plan["inputs"]["training"], plan["inputs"]["model"]
+    mb, s, dtype = p["micro_batch_size"], t["seq_len"] // p["cp"], DTYPES[t["dtype"]]
+    between = s // p["tp"] if p["sequence_parallel"] and p["tp"] > 1 else s
+    # requires_grad: the schedule sends/receives gradients only for tensors that have one.
+    hidden = torch.empty(mb, between, m["hidden_size"], dtype=dtype, device="meta", requires_grad=True)
+    first, last = index == 0, index == len(plan["stages"]) - 1
+    x = torch.empty(mb, s, dtype=torch.long, device="meta") if first else hidden
+    y = torch.empty(mb, s, m["vocab_size"], dtype=dtype, device="meta", requires_grad=True) if last else hidden
+    return x, y
+
+
 def build_schedule(parts: Sequence[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device):
     """The plan's schedule over this rank's (already parallelised) chunks.
 
@@ -58,7 +76,10 @@ def build_schedule(parts: Sequence[nn.Module], stage_indices: list[int], plan: d
     """
     p = plan["parallelism"]
     num_stages = len(plan["stages"])
-    stages = [PipelineStage(part, i, num_stages, device, group=pp_group) for part, i in zip(parts, stage_indices)]
+    stages = [
+        PipelineStage(part, i, num_stages, device, *stage_io(plan, i), group=pp_group)
+        for part, i in zip(parts, stage_indices)
+    ]
     entry = SCHEDULES[p["schedule"]]
     schedule_cls = getattr(pipelining, entry.torch_class)
     if not entry.torch_multi_stage and len(stages) != 1:

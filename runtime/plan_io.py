@@ -1,7 +1,6 @@
 """Reading the plan JSON the runtime executes (no torch import: cheap for the CLI). The rules a
 plan must meet live in ``planner.planfile.accept`` (one acceptance test for `run` and `validate`);
-the runtime adds what it does not implement (``runtime_limits``: fp8, context and expert
-parallelism). ``make_plan`` writes a valid plan for tests and hand-written runs.
+the runtime adds what it does not implement (``runtime_limits``: fp8). ``make_plan`` writes a valid plan for tests and hand-written runs.
 """
 
 from __future__ import annotations
@@ -78,6 +77,8 @@ def make_plan(
     tp: int = 1,
     pp: int = 1,
     *,
+    cp: int = 1,
+    ep: int = 1,
     zero_stage: int = 0,
     dp_replicate: int = 1,
     micro_batch_size: int = 1,
@@ -92,7 +93,9 @@ def make_plan(
 ) -> dict:
     """A valid plan with blocks split as evenly as possible over pp * virtual_stages chunks
     (earlier chunks get the remainder); for tests and hand-written runs. ``dp_replicate`` > 1:
-    HSDP, dp_replicate replicas of a ZeRO-2/3 shard group of dp / dp_replicate ranks."""
+    HSDP, dp_replicate replicas of a ZeRO-2/3 shard group of dp / dp_replicate ranks. ``cp``
+    ranks share each dp rank's rows (world = dp·tp·pp·cp); ``ep`` splits the experts over ranks
+    carved out of dp·cp."""
     stages = _even_stages(spec.num_layers, pp, virtual_stages, recompute)
     plan = {
         "schema_version": SCHEMA_VERSION,
@@ -110,8 +113,8 @@ def make_plan(
             "dp": dp,
             "tp": tp,
             "pp": pp,
-            "cp": 1,
-            "ep": 1,
+            "cp": cp,
+            "ep": ep,
             "zero_stage": zero_stage,
             "dp_replicate": dp_replicate,
             "micro_batch_size": micro_batch_size,

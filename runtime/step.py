@@ -6,7 +6,10 @@ averages its micro-batches (the loop below divides each loss by n; the pipeline 
 the gradients by n), and data-parallel ranks average each other (FSDP's reduce-scatter averages;
 under HSDP its all-reduce across the replicas averages those; otherwise
 :meth:`ParallelModel.sync_gradients` does). The result is the gradient of the mean loss over the
-global batch, which is what the single-process reference computes.
+global batch, which is what the single-process reference computes. Context-parallel ranks count
+as data-parallel ranks here (they hold equal shares of the same rows: dense gradients average
+over dp·cp); routed experts average over the ranks holding them and are rescaled by 1/ep
+(runtime.experts).
 
 HSDP in the gradient-accumulation loop (pp = 1), as the planner prices it: every micro-batch's
 backward reduce-scatters within the shard group, and the all-reduce across replicas runs once per
@@ -25,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from runtime.experts import is_expert_param, rescale_expert_grads
 from runtime.model import next_token_loss
 
 _WRAPPER_PREFIX = "_checkpoint_wrapped_module."
@@ -56,12 +60,14 @@ class ParallelModel:
     parts: Sequence[nn.Module]  # chunks this rank runs, in model order (one unless interleaved)
     stage_indices: list[int]  # their indices in plan["stages"]
     plan: dict
-    mesh: Any = None  # DeviceMesh ("pp", "dp_replicate", "dp_shard", "tp") or None for one process
+    mesh: Any = None  # DeviceMesh ("pp", "dp_replicate", "dp_shard", "cp", "tp") or None for one process
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     schedule: Any = None  # pipeline schedule when pp > 1
-    dp_group: Any = None  # set when gradients are all-reduced by hand (ZeRO 0/1 with dp > 1)
+    dp_group: Any = None  # dense gradients all-reduced by hand over dp·cp (ZeRO 0/1 with dp·cp > 1)
+    expert_group: Any = None  # routed experts' gradients by hand over dp·cp/ep (ZeRO 0/1, ep > 1)
     tied_group: Any = None  # first+last pp ranks holding copies of a tied embedding
     hsdp: bool = False  # FSDP2 on a 2-D (replicate, shard) mesh: all-reduce on the last micro-batch only
+    ep: int = 1  # expert-parallel degree: expert gradients are rescaled by 1/ep (runtime.experts)
 
     @property
     def has_first(self) -> bool:
@@ -72,11 +78,21 @@ class ParallelModel:
         return len(self.plan["stages"]) - 1 in self.stage_indices
 
     def parameters(self) -> list[nn.Parameter]:
-        seen: dict[int, nn.Parameter] = {}
+        return [p for _, p in self.named_parameters()]
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        seen: dict[int, tuple[str, nn.Parameter]] = {}
         for part in self.parts:
-            for p in part.parameters():
-                seen.setdefault(id(p), p)
+            for name, p in part.named_parameters():
+                seen.setdefault(id(p), (name, p))
         return list(seen.values())
+
+    def _split_expert_params(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(dense, routed-expert) parameters: they are reduced over different groups."""
+        named = self.named_parameters()
+        experts = [p for name, p in named if self.ep > 1 and is_expert_param(name)]
+        ids = {id(p) for p in experts}
+        return [p for _, p in named if id(p) not in ids], experts
 
     def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         """Run this rank's micro-batches of ``inputs [B, s]``; the mean loss on the last stage."""
@@ -105,23 +121,18 @@ class ParallelModel:
                 part.set_requires_all_reduce(flag, recurse=True)
 
     def sync_gradients(self) -> None:
-        """Average gradients over data parallel ranks (unless FSDP did) and add the two copies
-        of a tied embedding held by the first and last pipeline stages (Megatron's embedding group)."""
+        """Average gradients over data parallel ranks (unless FSDP did): dense ones over dp·cp,
+        routed experts over the dp·cp/ep ranks holding them, then rescaled by 1/ep
+        (runtime.experts); and add the two copies of a tied embedding held by the first and last
+        pipeline stages (Megatron's embedding group)."""
         _match_grad_placements(self.parameters())
+        dense, experts = self._split_expert_params()
         if self.dp_group is not None:
-            grads = []
-            for p in self.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                grads.append(_local(p.grad))
-            # One flat buffer: a single collective instead of one per tensor (what DDP buckets do).
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat, group=self.dp_group)
-            flat /= dist.get_world_size(self.dp_group)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
+            _all_reduce_mean(dense, self.dp_group)
+        if self.expert_group is not None:
+            _all_reduce_mean(experts, self.expert_group)
+        if self.ep > 1:
+            rescale_expert_grads(self.named_parameters(), self.ep)
         if self.tied_group is not None:
             for weight in self._tied_weights():
                 assert weight.grad is not None  # each copy's stage ran a backward through it
@@ -139,10 +150,13 @@ class ParallelModel:
 
     def build_optimizer(self, lr: float, optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD):
         """SGD (or another ``torch.optim`` class, given ``lr`` only); under ZeRO-1 each
-        data-parallel rank updates its shard and broadcasts it."""
+        data-parallel rank updates its shard and broadcasts it (dense parameters over dp·cp, routed
+        experts over the dp·cp/ep ranks holding them)."""
         p = self.plan["parallelism"]
-        if p["zero_stage"] == 1 and p["dp"] > 1:
-            return _ZeroOneSGD(self.parameters(), self.dp_group, lr, optimizer_class)
+        if p["zero_stage"] == 1 and p["dp"] * p["cp"] > 1:
+            dense, experts = self._split_expert_params()
+            groups = [(dense, self.dp_group)] + ([(experts, self.expert_group)] if experts else [])
+            return _ZeroOneSGD(groups, lr, optimizer_class)
         # torch.optim classes take lr by keyword; the base class's signature does not say so.
         return cast(Callable[..., torch.optim.Optimizer], optimizer_class)(self.parameters(), lr=lr)
 
@@ -172,8 +186,29 @@ class ParallelModel:
         return state
 
 
+def _all_reduce_mean(params: list[nn.Parameter], group) -> None:
+    """Average the gradients of ``params`` over ``group`` in one flat buffer: a single
+    collective instead of one per tensor (what DDP buckets do)."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(_local(p.grad))
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, group=group)
+    flat /= dist.get_world_size(group)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 class _ZeroOneSGD:
-    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD (or the given ``torch.optim`` class).
+    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD (or the given
+    ``torch.optim`` class), one per (parameters, data-parallel group) pair: dense parameters over
+    dp·cp, routed experts over the ranks holding the same experts.
 
     It broadcasts updated parameters with c10d ops that DTensor does not implement, so it is
     given plain tensors aliasing each parameter's local shard (TP's DTensors): updating and
@@ -181,19 +216,26 @@ class _ZeroOneSGD:
     runtime.checkpoint reads ``params``, ``shards`` and ``inner`` to save the state by parameter name.
     """
 
-    def __init__(self, params: list[nn.Parameter], dp_group, lr: float, optimizer_class: type[torch.optim.Optimizer]):
+    def __init__(
+        self, groups: list[tuple[list[nn.Parameter], Any]], lr: float, optimizer_class: type[torch.optim.Optimizer]
+    ):
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
-        self.params = params
-        self.shards = [_local(p).detach() for p in params]  # same storage, plain tensors
-        self.inner = ZeroRedundancyOptimizer(
-            self.shards, optimizer_class=optimizer_class, process_group=dp_group, lr=lr
-        )
+        self.params = [p for params, _ in groups for p in params]
+        self.shards = [_local(p).detach() for p in self.params]  # same storage, plain tensors
+        self.inner, start = [], 0
+        for params, group in groups:
+            mine = self.shards[start : start + len(params)]
+            start += len(params)
+            self.inner.append(
+                ZeroRedundancyOptimizer(mine, optimizer_class=optimizer_class, process_group=group, lr=lr)
+            )
 
     def step(self) -> None:
         for p, shard in zip(self.params, self.shards):
             shard.grad = None if p.grad is None else _local(p.grad)
-        self.inner.step()
+        for inner in self.inner:
+            inner.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Drop the gradients (always to None, whatever ``set_to_none`` says: the next backward

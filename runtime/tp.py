@@ -53,7 +53,7 @@ def block_plan(block: nn.Module, sp: bool) -> dict[str, ParallelStyle]:
         # Experts see a data-dependent subset of the (gathered) tokens, so each expert's row-
         # parallel output is all-reduced to Replicate; under SP the sum is then split along the
         # sequence again (a local slice; its backward is an all-gather).
-        for j, expert in enumerate(ffn.experts):
+        for j, expert in ffn.experts.items():
             plan.update(_ffn_plan(f"feed_forward.experts.{j}", expert, Replicate()))
         if ffn.shared_experts is not None:
             plan.update(_ffn_plan("feed_forward.shared_experts", ffn.shared_experts, Replicate()))

@@ -4,7 +4,9 @@ Both draw the same global batch each step from :class:`TokenSource` (seeded synt
 windows of a token file), build the model from the same seed, and use SGD: SGD, not Adam, so a
 gradient scaled wrongly shows in the parameters (Adam is scale-invariant and would hide it).
 A data-parallel rank takes rows ``[r * B/dp, (r + 1) * B/dp)`` of the global batch, r its index
-in the whole dp group (under HSDP r = replicate_rank * dp_shard + shard_rank).
+in the whole dp group (under HSDP r = replicate_rank * dp_shard + shard_rank); under context
+parallelism each of the cp ranks sharing those rows takes its two chunks of every sequence
+(runtime.context).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import torch.distributed as dist
 
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.checkpoint_files import CheckpointOptions
+from runtime.context import shard_sequence
 from runtime.defaults import DEFAULT_LR
 from runtime.hf_weights import Checkpoint, load_part
 from runtime.memory import SavedTensorMeter, state_tensors
 from runtime.metrics import StepLog, current_lr
 from runtime.model import DTYPES, build_model, next_token_loss
-from runtime.parallelize import apply_plan, build_mesh, dp_mesh
+from runtime.parallelize import MESH_DIMS, apply_plan, build_mesh, dp_mesh
 from runtime.phases import PhaseTimer
 from runtime.plan_io import model_spec
 from runtime.profile import profile_comm
@@ -124,9 +127,7 @@ def train_rank(
     optimizer = pm.build_optimizer(lr, optimizer_class)
     ckpt = checkpoint or CheckpointOptions()
     first_step = 0 if ckpt.resume is None else load_checkpoint(ckpt.resume, pm, optimizer)
-    source, dp = TokenSource(plan, data, data_dtype), plan["parallelism"]["dp"]
-    rows = source.batch_size // dp
-    first_row = dp_mesh(mesh).get_local_rank() * rows
+    batches = _RankBatches(TokenSource(plan, data, data_dtype), plan, mesh, device)
     memory_kind = "cuda_max_memory_allocated" if device.type == "cuda" else "saved_for_backward"
     phases, log = PhaseTimer(pm.parts), StepLog(plan, steps, metrics, progress, memory_kind, device)
     record: dict[str, Any] = {
@@ -138,9 +139,9 @@ def train_rank(
     }
     profiled = steps - 1 if steps - first_step >= 3 else None  # the last step, once two ran unprofiled
     for step in range(first_step, steps):
-        batch = source.batch(step)[first_row : first_row + rows].to(device)
+        inputs, targets = batches(step)
         with profile_comm(step == profiled) as comm:
-            local, step_time_s, peak = _train_step(pm, optimizer, batch, device, phases)
+            local, step_time_s, peak = _train_step(pm, optimizer, inputs, targets, phases)
         record["step_time_s"].append(step_time_s)
         record["losses"].append(pm.global_loss(local))
         record["peak_memory_bytes_per_step"].append(peak)
@@ -158,6 +159,24 @@ def train_rank(
     return record
 
 
+class _RankBatches:
+    """This rank's inputs and targets of a step: its data-parallel rows of the global batch (r its
+    index in the whole dp group), and of each row its context-parallel chunks (runtime.context)."""
+
+    def __init__(self, source: TokenSource, plan: dict, mesh, device: torch.device):
+        self.source, self.device = source, device
+        self.rows = source.batch_size // plan["parallelism"]["dp"]
+        self.first_row = dp_mesh(mesh).get_local_rank() * self.rows
+        self.cp, self.cp_rank = mesh.size(MESH_DIMS.index("cp")), mesh.get_local_rank("cp")
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.source.batch(step)[self.first_row : self.first_row + self.rows].to(self.device)
+        return (
+            shard_sequence(batch[:, :-1], self.cp, self.cp_rank),
+            shard_sequence(batch[:, 1:], self.cp, self.cp_rank),
+        )
+
+
 def _build(plan: dict, device_type: str, init_weights: str | None):
     """This rank's mesh, its share of the model (seeded, or loaded from ``init_weights``) and device."""
     cuda = device_type == "cuda"
@@ -169,9 +188,10 @@ def _build(plan: dict, device_type: str, init_weights: str | None):
     return mesh, apply_plan(model, plan, mesh, device=device, seed=seed, load=load), device
 
 
-def _train_step(pm, optimizer, batch: torch.Tensor, device: torch.device, phases: PhaseTimer):
+def _train_step(pm, optimizer, inputs: torch.Tensor, targets: torch.Tensor, phases: PhaseTimer):
     """One timed step: (the local loss, the step's seconds, its peak memory); phase times go to
     ``phases``."""
+    device = pm.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # CUDA has allocator statistics; on CPU count what is held for backward instead.
@@ -179,7 +199,7 @@ def _train_step(pm, optimizer, batch: torch.Tensor, device: torch.device, phases
     _sync(device)
     start = time.perf_counter()
     with meter:
-        local = pm.forward_backward(batch[:, :-1], batch[:, 1:])
+        local = pm.forward_backward(inputs, targets)
     _sync(device)
     backward_end = time.perf_counter()
     pm.sync_gradients()

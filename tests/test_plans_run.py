@@ -1,7 +1,8 @@
 """Every plan the planner emits passes `validate` and runs (issue 19, item 2): for the debug
 models on cpu:4, plans across schedules, tensor/pipeline/data degrees, ZeRO stages and recompute
 are checked with the one acceptance test (planner.planfile.accept, which `autopar run` and
-`autopar validate` share), and a covering subset runs 2 steps on gloo."""
+`autopar validate` share), and a covering subset runs 2 steps on gloo; plans with context or
+expert parallelism forced, on cpu:4 and cpu:8, all run (issue 20)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,32 @@ def test_validate_refuses_what_the_runtime_refuses(tmp_path):
     assert v.exit_code == 1
     fields = {f["field"] for f in json.loads(v.stdout)["findings"] if f["severity"] == "error"}
     assert any(f.startswith("stages") for f in fields), fields
+
+
+# Context- and expert-parallel plans (issue 20): cp / ep forced on cpu:4 and cpu:8 (the 8-rank
+# MoE plan carries cp and ep at once); `validate` and the runtime accept each, and it runs 2 steps.
+FORCED = [
+    ("debug", "cpu:4", {"cp": 2}),
+    ("debug-moe", "cpu:4", {"ep": 2}),
+    ("debug", "cpu:8", {"cp": 4}),
+    ("debug-moe", "cpu:8", {"cp": 2, "ep": 2}),
+]
+
+
+@pytest.mark.parametrize("i", range(len(FORCED)))
+def test_context_and_expert_parallel_plans_run(tmp_path, i):
+    model, cluster, forced = FORCED[i]
+    path = tmp_path / "plan.json"
+    knobs = [a for k, v in forced.items() for a in (f"--{k}", str(v))]
+    args = ["plan", "-m", model, "-c", cluster, *BASE[2:], *knobs, "--out", str(path)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, (args, r.stderr)
+    doc = json.loads(path.read_text())
+    assert {k: doc["parallelism"][k] for k in forced} == forced
+    runtime_accepts(doc)
+    v = runner.invoke(app, ["validate", str(path), "--format", "json"])
+    assert v.exit_code == 0, v.stdout + v.stderr
+    assert not [f for f in json.loads(v.stdout)["findings"] if f["field"].startswith("parallelism.")]
+    r = runner.invoke(app, ["run", str(path), "--steps", "2", "--out", str(tmp_path / "report.json")])
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert len(json.loads((tmp_path / "report.json").read_text())["steps"]) == 2

@@ -40,10 +40,14 @@ def test_a_cuda_plan_is_refused_where_cuda_is_missing(tmp_path, monkeypatch) -> 
         run(make_plan(LLAMA), 1, out=tmp_path / "r.json", device="cuda")
 
 
-def test_unimplemented_parallelism_is_refused_before_launch(tmp_path) -> None:
-    plan = make_plan(LLAMA)
-    plan["parallelism"]["ep"] = 2
-    with pytest.raises(PlanError, match="expert parallel"):
+def test_a_plan_the_runtime_cannot_run_is_refused_before_launch(tmp_path) -> None:
+    plan = make_plan(LLAMA, dp=2)
+    plan["parallelism"]["ep"] = 2  # expert parallel on a dense model
+    with pytest.raises(PlanError, match="mixture-of-experts"):
+        run(plan, 1, out=tmp_path / "r.json")
+    plan = make_plan(LLAMA, seq_len=6)
+    plan["parallelism"]["cp"] = 2  # 6 tokens do not split into 2*cp equal chunks
+    with pytest.raises(PlanError, match=r"seq_len \(6\) % 2\*cp \(4\) = 2"):
         run(plan, 1, out=tmp_path / "r.json")
 
 

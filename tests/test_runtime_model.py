@@ -69,7 +69,7 @@ def test_moe_layers_route_and_every_expert_gets_a_gradient() -> None:
     next_token_loss(model(tokens[:, :-1]), tokens[:, 1:]).backward()
     moe = model.layers["1"].feed_forward
     assert len(moe.experts) == MOE.moe.num_experts and not hasattr(model.layers["0"].feed_forward, "experts")
-    assert all(p.grad is not None for e in moe.experts for p in e.parameters())
+    assert all(p.grad is not None for e in moe.experts.values() for p in e.parameters())
 
 
 def test_unimplemented_architectures_are_refused_by_name() -> None:

@@ -17,8 +17,8 @@ Every error names the offending field and shows the arithmetic of a broken invar
                               blocks), has_embedding (first only), has_head (last only),
                               recompute (one per block)
 
-``runtime_limits`` lists what the bundled runtime does not implement (fp8, context and expert
-parallelism): a valid plan it cannot run, which `validate` reports as warnings.
+``runtime_limits`` lists what the bundled runtime does not implement (fp8): a valid plan it
+cannot run, which `validate` reports as warnings.
 """
 
 from __future__ import annotations
@@ -139,8 +139,33 @@ def _check_parallelism(plan: dict) -> None:
         )
     _check_schedule(p)
     _check_hsdp(p)
-    if p["sequence_parallel"] and p["tp"] > 1 and t["seq_len"] % p["tp"]:
-        raise PlanRejected(f"sequence parallel: seq_len ({t['seq_len']}) % tp ({p['tp']}) = {t['seq_len'] % p['tp']}")
+    _check_context_expert(p, t["seq_len"], model_spec(plan))
+    local = t["seq_len"] // p["cp"]  # tokens of a sequence on one cp rank, split again by SP
+    if p["sequence_parallel"] and p["tp"] > 1 and local % p["tp"]:
+        raise PlanRejected(
+            f"sequence parallel: seq_len/cp ({t['seq_len']}/{p['cp']} = {local}) % tp ({p['tp']}) = {local % p['tp']}"
+        )
+
+
+def _check_context_expert(p: dict, seq_len: int, spec: ModelSpec) -> None:
+    """cp: the sequence splits into 2·cp equal chunks (load-balanced causal chunking). ep: the
+    experts split evenly over ep ranks carved out of one HSDP replica's dp·cp ranks."""
+    cp, ep = p["cp"], p["ep"]
+    if seq_len % (2 * cp) and cp > 1:
+        raise PlanRejected(
+            f"plan field 'parallelism.cp' ({cp}): seq_len ({seq_len}) % 2*cp ({2 * cp}) = {seq_len % (2 * cp)}; "
+            "each cp rank holds two equal chunks of every sequence"
+        )
+    if ep == 1:
+        return
+    if spec.moe is None:
+        raise PlanRejected(f"plan field 'parallelism.ep' ({ep}) > 1 needs a mixture-of-experts model")
+    shard = p["dp"] * cp // p["dp_replicate"]
+    if spec.moe.num_experts % ep or shard % ep:
+        raise PlanRejected(
+            f"plan field 'parallelism.ep' ({ep}) must divide num_experts ({spec.moe.num_experts}) and "
+            f"dp*cp/dp_replicate ({p['dp']}*{cp}/{p['dp_replicate']} = {shard})"
+        )
 
 
 def _check_stages(plan: dict, num_layers: int) -> None:
@@ -199,11 +224,8 @@ def accept_plan(plan: dict) -> dict:
 
 def runtime_limits(plan: dict) -> list[tuple[str, str]]:
     """(field, message) for each setting of an accepted plan the bundled runtime does not run."""
-    p, out = read_parallelism(plan), []
+    out = []
     dtype = plan["inputs"]["training"]["dtype"]
     if dtype not in DTYPE_NAMES:
         out.append(("inputs.training.dtype", f"autopar run executes {', '.join(DTYPE_NAMES)}, not {dtype}"))
-    for key, what in (("cp", "context"), ("ep", "expert")):
-        if p[key] > 1:
-            out.append((f"parallelism.{key}", f"autopar run does not implement {what} parallelism ({key} {p[key]})"))
     return out
