@@ -1,7 +1,7 @@
 """Checkpoints (torch.distributed.checkpoint) that resume under another plan (issue 20, item 2).
 
 Plan A (dp 4) trains 6 steps and saves after step 3; resumed under plan B (tp 2 x pp 2) and plan C
-(dp 2 x ZeRO-3 x tp 2), steps 4-6 reproduce A's losses and final parameters within 1e-5 (fp32
+(dp 2 x ZeRO-3 x tp 2, and dp 2 x ZeRO-3 x cp 2; a MoE model under ep 2 in its own test), steps 4-6 reproduce A's losses and final parameters within 1e-5 (fp32
 reductions in another order: ~1e-7). The model has tied embeddings, so B's head copy must come
 from a checkpoint written with one shared tensor. AdamW state round-trips through ZeRO-1's
 per-FQN form; a checkpoint of another model or batch is refused before any rank starts."""
@@ -30,6 +30,8 @@ SEQ = 16
 PLAN_A = make_plan(GPT, dp=4, num_micro_batches=2, seq_len=SEQ)  # global batch 8 everywhere
 PLAN_B = make_plan(GPT, tp=2, pp=2, num_micro_batches=8, schedule="1f1b", seq_len=SEQ)
 PLAN_C = make_plan(GPT, dp=2, zero_stage=3, tp=2, num_micro_batches=4, seq_len=SEQ)
+PLAN_C_CP = make_plan(GPT, dp=2, zero_stage=3, cp=2, num_micro_batches=4, seq_len=SEQ)
+MOE = load_model("debug-moe")  # routed experts in layers 1-3
 
 
 def _train(plan, steps, tmp, name, **kwargs) -> tuple[list[dict], dict]:
@@ -64,7 +66,7 @@ def test_resume_under_another_plan_continues_the_losses(tmp_path, capsys) -> Non
     assert saved["parallelism"] == PLAN_A["parallelism"]
 
     gathered = {}
-    for name, plan in (("b", PLAN_B), ("c", PLAN_C)):
+    for name, plan in (("b", PLAN_B), ("c", PLAN_C), ("c-cp", PLAN_C_CP)):
         steps, params = gathered[name] = _train(plan, 6, tmp_path, name, resume=ckpt / "step-00000003")
         assert [s["step"] for s in steps] == [3, 4, 5]
         assert _loss_err(steps, steps_a) <= 1e-5, (name, steps, steps_a)
@@ -80,6 +82,23 @@ def test_resume_under_another_plan_continues_the_losses(tmp_path, capsys) -> Non
     with pytest.raises(PlanError, match="global_batch_size 8 != 4"):
         run(make_plan(GPT, dp=4, seq_len=SEQ), 6, out=tmp_path / "x.json", resume=ckpt)
     assert not (tmp_path / "x.json").exists()
+
+
+def test_resume_into_and_out_of_expert_parallelism(tmp_path) -> None:
+    """Under ep each rank holds only its experts, under their global names: a dp 4 checkpoint
+    resumes under dp 2 x ZeRO-3 x ep 2 (AdamW state included), and that plan's own checkpoint
+    resumes under plain dp 4 again, every expert gathered from the ranks that saved it."""
+    a = make_plan(MOE, dp=4, num_micro_batches=2, seq_len=SEQ)
+    ep = make_plan(MOE, dp=4, ep=2, zero_stage=3, num_micro_batches=2, seq_len=SEQ)
+    adamw = {"optimizer_class": torch.optim.AdamW, "lr": 1e-2}
+    ckpt, ckpt_ep = tmp_path / "ckpt", tmp_path / "ckpt-ep"
+    steps_a, params_a = _train(a, 5, tmp_path, "a", checkpoint_dir=ckpt, checkpoint_every=2, **adamw)
+    steps_e, params_e = _train(ep, 5, tmp_path, "e", resume=ckpt / "step-00000002", checkpoint_dir=ckpt_ep,
+                               checkpoint_every=3, **adamw)
+    assert _loss_err(steps_e, steps_a) <= 1e-5 and _param_err(params_e, params_a) <= 1e-5
+    steps_b, params_b = _train(a, 5, tmp_path, "b", resume=ckpt_ep / "step-00000003", **adamw)
+    assert [s["step"] for s in steps_b] == [3, 4]
+    assert _loss_err(steps_b, steps_a) <= 1e-5 and _param_err(params_b, params_a) <= 1e-5
 
 
 def test_adamw_state_resumes_exactly_and_leaves_zero_one(tmp_path) -> None:
