@@ -20,7 +20,7 @@ from planner.search.milp import sharding
 from planner.search.milp.sbp import ShardingMesh, conversion_s, op_strategies
 from planner.search.milp.sharding import build_model, build_problem, solve
 from planner.search.milp.sharding_baselines import best_fixed_pattern, brute_force, fixed_pattern
-from planner.search.milp.sharding_graph import OpGraph, OpSpec, block_op_graph, conv_net, mlp_stack
+from planner.search.milp.sharding_graph import OpGraph, OpSpec, block_op_graph, conv_net, embedding_lm, mlp_stack
 
 CLUSTER = load_cluster("h100-sxm-80gb:8")
 
@@ -190,3 +190,18 @@ def test_infeasible_budget_says_what_binds() -> None:
         solve(g, ShardingMesh(2, CLUSTER), budget_bytes=1000)
     with pytest.raises(PlanError, match="not among"):
         solve(g, ShardingMesh(2, CLUSTER), fixed={"fc0": "tok"})
+
+
+@pytest.mark.parametrize("tp", [2, 8])
+def test_embedding_splits_under_a_budget(tp: int) -> None:
+    """Unconstrained, the lookup is cheapest replicated; with a budget below the replicated
+    table's training state the ILP splits the table (vocab → P, or hidden → S1), as brute force does."""
+    g = embedding_lm(50304, 2048, 4096)
+    mesh = ShardingMesh(tp, CLUSTER, token_split="sequence")
+    free = solve(g, mesh)
+    assert free.strategy("embed") == "rep" and free.strategy("logits") == "col"
+    table_state = 50304 * 2048 * 16
+    budget = int(free.memory_bytes - table_state * (1 - 1 / tp) / 2)
+    plan, truth = solve(g, mesh, budget), brute_force(g, mesh, budget)
+    assert plan.strategy("embed") in ("vocab", "hidden") and plan.memory_bytes <= budget
+    assert round(plan.time_s * 1e9) == round(truth.time_s * 1e9)

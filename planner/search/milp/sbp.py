@@ -145,7 +145,8 @@ def _make(op: OpSpec, name: str, ins: tuple[Layout, ...], out: Layout, weight: s
         grad_ar = all_reduce_s(mesh.cluster, op.params * mesh.act_bytes, mesh.group)
     w_split = weight in ("S0", "S1")
     state = op.params * mesh.state_bytes_per_param / (mesh.tp if w_split else 1)
-    act = op.rows * op.width * mesh.act_bytes / (mesh.tp if out in ("S0", "S1") else 1)
+    # The output sink holds nothing: its tensor is the last op's output, counted there.
+    act = 0.0 if op.kind == "output" else op.rows * op.width * mesh.act_bytes / (mesh.tp if out in ("S0", "S1") else 1)
     partial: Layout = "P" if split else "B"
     grads = tuple(partial if x == "B" else x for x in ins)
     return Strategy(name, ins, out, weight, compute_s(op, split, mesh), grad_ar, state + act, grads)

@@ -9,7 +9,7 @@ row dim ``S(0)`` splits whole samples (``batch`` must divide by the mesh size fo
 of one sample: attention, pooling); splitting the feature dim ``S(1)`` splits channels, heads or
 hidden units.
 
-Three builders: ``block_op_graph`` (a transformer block of ``models/graph.py``: its FLOPs, traffic
+Builders: ``embedding_lm`` (token embedding, norm, vocabulary projection), ``block_op_graph`` (a transformer block of ``models/graph.py``: its FLOPs, traffic
 and parameters per token times the micro-batch's tokens), ``mlp_stack`` (Linear + activation
 layers, the graph ``runtime/op_sharding.py`` executes) and ``conv_net`` (convolutions as matmuls,
 pooling, a classifier).
@@ -50,8 +50,8 @@ class OpSpec:
     def __post_init__(self) -> None:
         if self.rows < 1 or self.width < 1:
             raise ValueError(f"op {self.name}: rows ({self.rows}) and width ({self.width}) must be >= 1")
-        if self.kind == "matmul" and self.in_width < 1:
-            raise ValueError(f"op {self.name}: a matmul needs in_width >= 1 (got {self.in_width})")
+        if self.kind in ("matmul", "embedding") and self.in_width < 1:
+            raise ValueError(f"op {self.name}: a {self.kind} needs in_width >= 1 (got {self.in_width})")
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,18 @@ def mlp_stack(widths: list[int], rows: int, name: str = "mlp") -> OpGraph:
             ops.append(_elementwise(f"act{2 * i + 1}", (ops[-1].name,), rows, n, 2.0))
     ops.append(_io("y", rows, widths[-1], (ops[-1].name,)))
     return OpGraph(f"{name}{widths}x{rows}", tuple(ops))
+
+
+def embedding_lm(vocab: int, hidden: int, rows: int) -> OpGraph:
+    """Token ids → embedding (``in_width`` = vocab: a table lookup, traffic of one row per token,
+    backward a scatter-add) → norm → vocabulary projection: the ends of a language model."""
+    ops = [_io("ids", rows, 1)]
+    table = float(vocab * hidden)
+    ops.append(OpSpec("embed", "embedding", ("ids",), rows, hidden, vocab, table, 0.0, 2.0 * rows * hidden, 1.0))
+    ops.append(OpSpec("norm", "norm", ("embed",), rows, hidden, params=float(hidden), io_elems=2.0 * rows * hidden))
+    ops.append(_matmul("logits", "norm", rows, hidden, vocab))
+    ops.append(_io("y", rows, vocab, ("logits",)))
+    return OpGraph(f"embedding_lm[v={vocab},h={hidden}]x{rows}", tuple(ops))
 
 
 def conv_net(batch: int, image: int, channels: list[int], fc: list[int], kernel: int = 3) -> OpGraph:
