@@ -20,6 +20,7 @@ from hardware.cluster import load_cluster
 from models.graph import build_graph
 from models.load import load_model
 from planner.search.milp.sbp import ShardingMesh, TokenSplit
+from planner.search.milp.sbp_2d import ShardingMesh2D
 from planner.search.milp.sharding import solve
 from planner.search.milp.sharding_baselines import best_fixed_pattern, fixed_pattern
 from planner.search.milp.sharding_graph import OpGraph, block_op_graph, conv_net, mlp_stack
@@ -79,6 +80,20 @@ def others() -> None:
         _versus_fixed(f"widening tp={tp}", mlp_stack([64, 512, 512, 16384, 16384, 64], 4096), tp)
 
 
+def meshes_2d() -> None:
+    print("\n2-D meshes: llama3-8b block, seq 4096, micro-batch 1, token_split=sequence, h100-sxm-80gb:16 (2 nodes)")
+    cluster = load_cluster("h100-sxm-80gb:16")
+    graph = build_graph(load_model("llama3-8b"), 4096)
+    og = block_op_graph(graph.layers[1], graph, 1)
+    mats = ("attn.qkv", "attn.out", "ffn.gate_up", "ffn.down")
+    for tp in (8, 16):
+        print(_line(f"1-D tp={tp}", solve(og, ShardingMesh(tp, cluster, token_split="sequence")), mats))
+    for shape in ((1, 8), (2, 4), (4, 2), (2, 8)):
+        plan = solve(og, ShardingMesh2D(*shape, cluster, token_split="sequence"))
+        print(_line(f"2-D {shape[0]}x{shape[1]}", plan, mats))
+
+
 if __name__ == "__main__":
     blocks()
     others()
+    meshes_2d()

@@ -64,6 +64,7 @@ class ShardingMesh:
     token_split: TokenSplit = "none"
     act_bytes: int = 2  # bf16 activations and gradients
     state_bytes_per_param: float = 16.0  # fp16 param + grad, fp32 master + Adam moments (ZeRO §3.1)
+    stride: int = 1  # ranks between members: an outer axis of a 2-D mesh (sbp_2d.py) has stride > 1
 
     def __post_init__(self) -> None:
         if self.token_split not in ("none", "sequence", "all"):
@@ -73,7 +74,25 @@ class ShardingMesh:
 
     @property
     def group(self) -> Group:
-        return group_span(self.cluster, self.tp)
+        return group_span(self.cluster, self.tp, self.stride)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.tp,)
+
+    def key(self) -> tuple:
+        """What a cached plan depends on (the cluster spec is not hashable: its JSON is)."""
+        fields = (self.tp, self.token_split, self.act_bytes, self.state_bytes_per_param, self.stride)
+        return ("1d", *fields, self.cluster.model_dump_json())
+
+    def strategies(self, op: OpSpec, graph: OpGraph) -> list[Strategy]:
+        return op_strategies(op, graph, self)
+
+    def conversion_s(self, src: str, dst: str, nbytes: float) -> float:
+        return conversion_s(src, dst, nbytes, self)  # type: ignore[arg-type]
+
+    def collective(self, src: str, dst: str) -> str:
+        return collective(src, dst)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -91,8 +110,8 @@ class Strategy:
 
     @property
     def out_grad(self) -> Layout:
-        """The layout it needs its output gradient in: a P output's gradient is B."""
-        return "B" if self.output == "P" else self.output
+        """The layout it needs its output gradient in: a P output's gradient is B (per mesh axis)."""
+        return ",".join("B" if axis == "P" else axis for axis in self.output.split(","))  # type: ignore[return-value]
 
 
 def collective(src: Layout, dst: Layout) -> str:
@@ -126,9 +145,9 @@ def conversion_s(src: Layout, dst: Layout, nbytes: float, mesh: ShardingMesh) ->
     return 0.0
 
 
-def compute_s(op: OpSpec, split: bool, mesh: ShardingMesh) -> float:
-    """Roofline forward + backward seconds (module docstring), work divided by tp when split."""
-    gpu, d = mesh.cluster.gpu, (mesh.tp if split else 1)
+def compute_s(op: OpSpec, ways: int, mesh: ShardingMesh) -> float:
+    """Roofline forward + backward seconds (module docstring), work divided ``ways`` ways."""
+    gpu, d = mesh.cluster.gpu, ways
     if op.kind in ("input", "output"):
         return 0.0
     rate = {"matmul": gpu.matmul_flops("bf16"), "attention": gpu.attention_flops("bf16")}.get(op.kind, INF)
@@ -149,7 +168,7 @@ def _make(op: OpSpec, name: str, ins: tuple[Layout, ...], out: Layout, weight: s
     act = 0.0 if op.kind == "output" else op.rows * op.width * mesh.act_bytes / (mesh.tp if out in ("S0", "S1") else 1)
     partial: Layout = "P" if split else "B"
     grads = tuple(partial if x == "B" else x for x in ins)
-    return Strategy(name, ins, out, weight, compute_s(op, split, mesh), grad_ar, state + act, grads)
+    return Strategy(name, ins, out, weight, compute_s(op, mesh.tp if split else 1, mesh), grad_ar, state + act, grads)
 
 
 def _divides(p: int, *sizes: int) -> bool:

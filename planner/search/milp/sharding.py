@@ -35,11 +35,13 @@ from dataclasses import dataclass, replace
 from planner.config import PlanError
 from planner.search.milp.intmodel import IntModel
 from planner.search.milp.model import SolveStatus
-from planner.search.milp.sbp import INF, ShardingMesh, Strategy, collective, conversion_s, op_strategies
+from planner.search.milp.sbp import INF, ShardingMesh, Strategy
+from planner.search.milp.sbp_2d import ShardingMesh2D
 from planner.search.milp.sharding_graph import OpGraph
 from planner.search.milp.sharding_plan import OpSharding, Reshard, ShardingPlan
 
 NS = 1e-9
+Mesh = ShardingMesh | ShardingMesh2D
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class ShardingProblem:
     """Strategies per op and priced edges: the ILP's data."""
 
     graph: OpGraph
-    mesh: ShardingMesh
+    mesh: Mesh
     strategies: tuple[tuple[Strategy, ...], ...]
     edges: tuple[Edge, ...]
 
@@ -82,9 +84,7 @@ class ShardingProblem:
         return sum(self.strategies[i][k].memory_bytes for i, k in enumerate(choice))
 
 
-def _edge_cost(
-    problem_ops: list[list[Strategy]], graph: OpGraph, mesh: ShardingMesh, src: int, dst: int, slot: int
-) -> Edge:
+def _edge_cost(problem_ops: list[list[Strategy]], graph: OpGraph, mesh: Mesh, src: int, dst: int, slot: int) -> Edge:
     """Forward conversion of the tensor plus backward conversion of its gradient, per (a, b)."""
     u = graph.ops[src]
     nbytes = u.rows * u.width * mesh.act_bytes
@@ -93,16 +93,16 @@ def _edge_cost(
     for a in problem_ops[src]:
         row: list[int | None] = []
         for b in problem_ops[dst]:
-            s = conversion_s(a.output, b.inputs[slot], nbytes, mesh)
-            s += conversion_s(b.in_grads[slot], a.out_grad, nbytes, mesh) if grads else 0.0
+            s = mesh.conversion_s(a.output, b.inputs[slot], nbytes)
+            s += mesh.conversion_s(b.in_grads[slot], a.out_grad, nbytes) if grads else 0.0
             row.append(None if s == INF else round(s / NS))
         rows.append(tuple(row))
     return Edge(src, dst, slot, tuple(rows))
 
 
-def build_problem(graph: OpGraph, mesh: ShardingMesh) -> ShardingProblem:
+def build_problem(graph: OpGraph, mesh: Mesh) -> ShardingProblem:
     """Enumerate every op's strategies and price every edge (module docstring)."""
-    strategies = [op_strategies(op, graph, mesh) for op in graph.ops]
+    strategies = [mesh.strategies(op, graph) for op in graph.ops]
     index = {op.name: i for i, op in enumerate(graph.ops)}
     edges = [
         _edge_cost(strategies, graph, mesh, index[src], dst, slot)
@@ -220,12 +220,12 @@ def plan_from_choice(p: ShardingProblem, choice: tuple[int, ...], backend: str, 
     edges = []
     for e in p.edges:
         a, b = p.strategies[e.src][choice[e.src]], p.strategies[e.dst][choice[e.dst]]
-        fwd = collective(a.output, b.inputs[e.slot])
-        bwd = collective(b.in_grads[e.slot], a.out_grad) if g.ops[e.dst].kind != "embedding" else ""
+        fwd = p.mesh.collective(a.output, b.inputs[e.slot])
+        bwd = p.mesh.collective(b.in_grads[e.slot], a.out_grad) if g.ops[e.dst].kind != "embedding" else ""
         cost = (e.cost_ns[choice[e.src]][choice[e.dst]] or 0) * NS
         edges.append(Reshard(g.ops[e.src].name, g.ops[e.dst].name, e.slot, fwd, bwd, cost))
     total = (p.cost_ns(choice) or 0) * NS
-    return ShardingPlan(g.name, p.mesh.tp, "optimal", backend, total, tuple(ops), tuple(edges), solve_s)
+    return ShardingPlan(g.name, p.mesh.tp, "optimal", backend, total, tuple(ops), tuple(edges), solve_s, p.mesh.shape)
 
 
 _CACHE: dict[tuple, ShardingPlan] = {}
@@ -234,15 +234,14 @@ SOLVES = {"count": 0}  # ILP solves actually run (a cache hit does not count): r
 
 def solve(
     graph: OpGraph,
-    mesh: ShardingMesh,
+    mesh: Mesh,
     budget_bytes: int | None = None,
     fixed: dict[str, str] | None = None,
     backend: str = "cp-sat",
 ) -> ShardingPlan:
     """The optimal sharding of ``graph`` on ``mesh``; identical graphs (by signature) are solved once."""
     fixed = fixed or {}
-    key = (graph.signature(), mesh.tp, mesh.token_split, mesh.act_bytes, mesh.state_bytes_per_param,
-           mesh.cluster.model_dump_json(), budget_bytes, tuple(sorted(fixed.items())), backend)  # fmt: skip
+    key = (graph.signature(), mesh.key(), budget_bytes, tuple(sorted(fixed.items())), backend)
     if key in _CACHE:
         return replace(_CACHE[key], graph=graph.name)
     p = build_problem(graph, mesh)

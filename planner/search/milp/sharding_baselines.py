@@ -10,8 +10,7 @@ from __future__ import annotations
 import itertools
 
 from planner.config import PlanError
-from planner.search.milp.sbp import ShardingMesh
-from planner.search.milp.sharding import build_problem, plan_from_choice, solve
+from planner.search.milp.sharding import Mesh, build_problem, plan_from_choice, solve
 from planner.search.milp.sharding_graph import OpGraph
 from planner.search.milp.sharding_plan import ShardingPlan
 
@@ -19,7 +18,7 @@ PATTERNS = ("megatron", "megatron-row-first", "column", "replicated", "data")
 MAX_BRUTE_FORCE = 200_000
 
 
-def brute_force(graph: OpGraph, mesh: ShardingMesh, budget_bytes: int | None = None) -> ShardingPlan:
+def brute_force(graph: OpGraph, mesh: Mesh, budget_bytes: int | None = None) -> ShardingPlan:
     """The cheapest assignment by enumerating all ``Π_i |K_i|`` of them (boundary and budget checked)."""
     p = build_problem(graph, mesh)
     sizes = [len(s) for s in p.strategies]
@@ -56,7 +55,7 @@ def pattern_strategies(graph: OpGraph, pattern: str) -> dict[str, str]:
 
 
 def fixed_pattern(
-    graph: OpGraph, mesh: ShardingMesh, pattern: str, budget_bytes: int | None = None, backend: str = "cp-sat"
+    graph: OpGraph, mesh: Mesh, pattern: str, budget_bytes: int | None = None, backend: str = "cp-sat"
 ) -> ShardingPlan | None:
     """The best plan whose matmuls follow ``pattern``; None if the pattern is illegal here
     (a dimension tp does not divide, 'data' without token splitting, over the memory budget)."""
@@ -72,7 +71,7 @@ def fixed_pattern(
     return plan
 
 
-def best_fixed_pattern(graph: OpGraph, mesh: ShardingMesh, budget_bytes: int | None = None) -> tuple[str, ShardingPlan]:
+def best_fixed_pattern(graph: OpGraph, mesh: Mesh, budget_bytes: int | None = None) -> tuple[str, ShardingPlan]:
     """The cheapest of the legal fixed patterns (within the budget) and its name."""
     plans = [(name, fixed_pattern(graph, mesh, name, budget_bytes)) for name in PATTERNS]
     legal = [(name, plan) for name, plan in plans if plan is not None]

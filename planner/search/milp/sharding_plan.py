@@ -48,6 +48,7 @@ class ShardingPlan:
     ops: tuple[OpSharding, ...]
     edges: tuple[Reshard, ...]
     solve_time_s: float = 0.0
+    mesh_shape: tuple[int, ...] = ()  # (tp,) or (outer, inner) of a 2-D mesh
 
     @property
     def compute_s(self) -> float:
@@ -84,6 +85,7 @@ class ShardingPlan:
             "version": VERSION,
             "graph": self.graph,
             "tp": self.tp,
+            "mesh_shape": list(self.mesh_shape),
             "status": self.status,
             "backend": self.backend,
             "time_s": self.time_s,
