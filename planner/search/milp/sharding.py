@@ -203,9 +203,14 @@ def _infeasible(p: ShardingProblem, budget_bytes: int | None, fixed: dict[str, s
             f"sharding {p.graph.name} at tp={p.mesh.tp}: memory budget {budget_bytes / 2**30:.3f} GiB is below the "
             f"{least / 2**30:.3f} GiB every op's smallest strategy needs together; raise the budget or tp"
         )
+    if budget_bytes is None:
+        return PlanError(
+            f"sharding {p.graph.name} at tp={p.mesh.tp}: the fixed strategies {fixed} leave no plan whose output "
+            "layout matches its input layout (boundary); fix fewer ops"
+        )
     return PlanError(
-        f"sharding {p.graph.name} at tp={p.mesh.tp}: no plan meets the memory budget ({budget_bytes}) "
-        f"with the fixed strategies {fixed}; relax the budget or the fixed ops"
+        f"sharding {p.graph.name} at tp={p.mesh.tp}: no plan fits the memory budget of {budget_bytes / 2**30:.3f} GiB "
+        f"with the fixed strategies {fixed}; raise the budget or fix fewer ops"
     )
 
 
