@@ -3,7 +3,10 @@
 ``fc{i}`` / ``act{i}`` of the plan (``ShardingPlan.to_json()``; ``mlp_stack`` names them so).
 
 Layouts map to DTensor placements (torch.distributed.tensor): ``B`` → ``Replicate()``,
-``S0`` → ``Shard(0)`` (rows), ``S1`` → ``Shard(1)`` (features), ``P`` → ``Partial()``. A plan's
+``S0`` → ``Shard(0)`` (rows), ``S1`` → ``Shard(1)`` (features), ``P`` → ``Partial()``; a 2-D
+plan's ``"L0,L1"`` is one placement per mesh dim on a ``plan["mesh_shape"]`` device mesh
+(DTensor splits a dim sharded on both mesh dims outer-first, as planner/search/milp/sbp_2d.py
+assumes). A plan's
 weight layout is for ``W[k, n]`` (``Y = X·W``); ``nn.Linear`` stores ``W^T`` as ``[n, k]``, so
 ``S0`` (split k) is ``Shard(1)`` of the stored weight and ``S1`` is ``Shard(0)``.
 
@@ -35,6 +38,15 @@ def placement(layout: str) -> Placement:
     if layout not in table:
         raise ValueError(f"unknown layout {layout!r}; expected B, P, S0 or S1")
     return table[layout]
+
+
+def placements(layout: str) -> tuple[Placement, ...]:
+    """One placement per mesh dim of a (possibly 2-D, comma-separated) activation layout."""
+    return tuple(placement(x) for x in layout.split(","))
+
+
+def weight_placements(layout: str) -> tuple[Placement, ...]:
+    return tuple(weight_placement(x) for x in layout.split(","))
 
 
 def weight_placement(layout: str) -> Placement:
@@ -73,20 +85,20 @@ class ShardedSequential(nn.Module):
         self.net, self.mesh, self.ops = net, mesh, ops
         for name, m in zip(self.names, net):
             if isinstance(m, nn.Linear):
-                p = distribute_tensor(m.weight.detach(), mesh, [weight_placement(ops[name]["weight"])])
+                p = distribute_tensor(m.weight.detach(), mesh, weight_placements(ops[name]["weight"]))
                 m.weight = nn.Parameter(p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: the whole input (identical on every rank); returns the whole output."""
-        h = distribute_tensor(x, self.mesh, [placement(self.ops["x"]["output"])])
+        h = distribute_tensor(x, self.mesh, placements(self.ops["x"]["output"]))
         for name, m in zip(self.names, self.net):
             op = self.ops[name]
-            h = h.redistribute(self.mesh, [placement(op["inputs"][0])])
+            h = h.redistribute(self.mesh, placements(op["inputs"][0]))
             h = m(h)
             assert isinstance(h, DTensor)
-            if h.placements[0] != placement(op["output"]):
-                raise RuntimeError(f"{name}: {op['strategy']} produced {h.placements[0]}, the plan says {op['output']}")
-        h = h.redistribute(self.mesh, [placement(self.ops["y"]["inputs"][0])])
+            if tuple(h.placements) != placements(op["output"]):
+                raise RuntimeError(f"{name}: {op['strategy']} produced {h.placements}, the plan says {op['output']}")
+        h = h.redistribute(self.mesh, placements(self.ops["y"]["inputs"][0]))
         return h.full_tensor()
 
     @torch.no_grad()
@@ -135,7 +147,8 @@ def rank_parity(rank: int, world: int, store_path: str, build: Any, plan: dict, 
     store = dist.FileStore(store_path, world)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     try:
-        mesh = init_device_mesh("cpu", (world,))
+        shape = tuple(plan.get("mesh_shape") or (world,))
+        mesh = init_device_mesh("cpu", shape, mesh_dim_names=tuple(f"axis{i}" for i in range(len(shape))))
         ref, x, target = build()
         net, _, _ = build()
         sharded = ShardedSequential(net, plan, mesh)

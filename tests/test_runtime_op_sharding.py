@@ -1,4 +1,5 @@
-"""runtime/op_sharding.py runs plans the sharding ILP makes: on 2 and 4 gloo ranks, forward +
+"""runtime/op_sharding.py runs plans the sharding ILP makes: on 2 and 4 gloo ranks (1-D meshes,
+and a 2 × 2 mesh), forward +
 backward + SGD of the sharded nn.Sequential gives the single-process losses and final weights
 within 1e-5. The plans are the ILP's for full-size graphs (not fixed patterns); they run on nets
 with the same layers at 1/16 of the widths, so each rank's work stays tiny."""
@@ -13,6 +14,7 @@ from torch import nn
 from conftest import run_python
 from hardware.cluster import load_cluster
 from planner.search.milp.sbp import ShardingMesh
+from planner.search.milp.sbp_2d import ShardingMesh2D
 from planner.search.milp.sharding import solve
 from planner.search.milp.sharding_baselines import fixed_pattern
 from planner.search.milp.sharding_graph import mlp_stack
@@ -36,6 +38,12 @@ def widening_plan(tp: int) -> dict:
     """rep, rep, col, row, row: the last row linear reads the previous one's partial sum through
     a reduce-scatter (P→S1), a pattern no alternation has."""
     return solve(mlp_stack(WIDENING, 4096), ShardingMesh(tp, CLUSTER, token_split="all")).to_json()
+
+
+def widening_plan_2d() -> dict:
+    """On a 2 × 2 mesh: rows split on the inner axis for the narrow layers, then a weight split
+    on both axes (colxcol), colxrow (or rowxcol), and rowxrow whose output is partial on both axes."""
+    return solve(mlp_stack(WIDENING, 4096), ShardingMesh2D(2, 2, CLUSTER, token_split="all")).to_json()
 
 
 RANKS = """
@@ -75,13 +83,16 @@ def test_ilp_plans_keep_parity_on_2_and_4_ranks() -> None:
         for name, widths, plan in (("bottleneck", BOTTLENECK, bottleneck_plan(tp)), ("widening", WIDENING, widening_plan(tp))):
             small = [max(w // 16, tp) for w in widths]
             configs.append((name, small, tp, plan))
+    configs.append(("widening-2x2", [max(w // 16, 4) for w in WIDENING], 4, widening_plan_2d()))
     strategies = {(c[0], c[2]): [o["strategy"] for o in c[3]["ops"] if o["op"].startswith("fc")] for c in configs}
     assert strategies[("bottleneck", 2)] == strategies[("bottleneck", 4)] == ["col", "row", "tok", "tok"]
     assert strategies[("widening", 4)] == ["rep", "rep", "col", "row", "row"]
+    two = strategies[("widening-2x2", 4)]  # colxrow and rowxcol tie (the mesh is square)
+    assert two[:3] == ["repxtok", "repxtok", "colxcol"] and two[3] in ("colxrow", "rowxcol") and two[4] == "rowxrow"
     out = run_python(f"CONFIGS = {json.dumps(json.dumps(configs))}\n" + RANKS, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     results = [line.split() for line in out.stdout.splitlines() if line.startswith("RESULT")]
-    assert len(results) == 4, out.stdout
+    assert len(results) == 5, out.stdout
     for _, name, world, loss_err, w_err in results:
         assert float(loss_err) <= 1e-5 and float(w_err) <= 1e-5, (name, world, loss_err, w_err)
 
