@@ -1,5 +1,5 @@
 """Intra-op sharding ILP (OneFlow's SBP strategies, Alpa's intra-op pass) over one layer's op graph
-on a 1-D tensor-parallel mesh (DESIGN §5.3).
+on a 1-D tensor-parallel mesh (sbp.py) or a 2-D one (sbp_2d.py) (DESIGN §5.3).
 
 Data: ops ``i`` with strategies ``k ∈ K_i`` (planner/search/milp/sbp.py), each with a node cost
 ``c[i,k]`` = forward + backward compute + in-op collectives (seconds → integer ns) and a per-rank
