@@ -27,10 +27,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from runtime.defaults import DEFAULT_LR
 from runtime.forkserver import cpu_context
 from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, world_size, world_size_arithmetic
+from runtime.recipe import RECIPE_FLAGS, Recipe, recipe_argv, recipe_from
 from runtime.report import build_report
 from runtime.train import TOKEN_DTYPES, check_token_file, train_rank
 
@@ -70,7 +70,7 @@ def _worker(plan: dict, args: dict) -> None:
     record = train_rank(
         plan,
         args["steps"],
-        args["lr"],
+        args["recipe"],
         args["data"],
         args["device"],
         keep_state=bool(args["save_params"]),
@@ -136,7 +136,7 @@ def run(
     data: str | None = None,
     out: str | Path = "report.json",
     *,
-    lr: float = DEFAULT_LR,
+    recipe: Recipe | None = None,
     nprocs: int | None = None,
     device: str | None = None,
     save_params: str | Path | None = None,
@@ -144,8 +144,10 @@ def run(
     start_method: str | None = None,
     data_dtype: str | None = None,
 ) -> dict:
-    """Train ``steps`` SGD steps of the plan on this machine and return (and write) the report.
+    """Train ``steps`` steps of the plan on this machine and return (and write) the report.
 
+    recipe: optimizer, precision, clipping, schedule (default ``Recipe()``: AdamW, mixed precision
+    as the plan's dtype says, runtime.recipe).
     plan_path: a plan JSON path or dict. nprocs: ranks to launch (default: the plan's world size;
     any other number is refused). device: "cpu" | "cuda" (default: the plan's cluster, else
     whatever this machine has). save_params: also write the final unsharded parameters there.
@@ -164,7 +166,7 @@ def run(
             raise PlanError(str(exc)) from None
     args = {
         "steps": steps,
-        "lr": lr,
+        "recipe": recipe or Recipe(),
         "data": data,
         "data_dtype": data_dtype,
         "device": device,
@@ -196,12 +198,12 @@ def print_torchrun_command(
     steps: int = 10,
     out: str = "report.json",
     *,
-    lr: float = DEFAULT_LR,
+    recipe: Recipe | None = None,
     data: str | None = None,
     data_dtype: str | None = None,
 ) -> str:
     """The torchrun line to start on each of ``nnodes`` nodes for this plan (every run option
-    carried: steps, report, learning rate, token file); printed once and returned."""
+    carried: steps, report, recipe flags, token file); printed once and returned."""
     plan = load_plan(plan)
     need = world_size(plan)
     if need % nnodes:
@@ -211,7 +213,8 @@ def print_torchrun_command(
     command = (
         f"torchrun --nnodes={nnodes} --nproc-per-node={need // nnodes} --rdzv-backend=c10d "
         f"--rdzv-endpoint={rdzv_endpoint} --rdzv-id=autopar -m runtime.launch "
-        f"--plan {plan_path} --steps {steps} --out {out} --lr {lr}"
+        f"--plan {plan_path} --steps {steps} --out {out}"
+        + (f" {recipe_argv(recipe)}" if recipe and recipe_argv(recipe) else "")
         + (f" --data {data}" if data else "")
         + (f" --data-dtype {data_dtype}" if data_dtype else "")
     )
@@ -225,16 +228,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", required=True, help="plan JSON written by the planner")
     parser.add_argument("--steps", type=int, default=10, help="training steps")
     parser.add_argument("--out", default="report.json", help="run report path (written by rank 0)")
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="SGD learning rate")
+    for _, flag, kind, text in RECIPE_FLAGS:
+        parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument("--data", default=None, help="token file (uint16 or int32 ids); default: synthetic tokens")
     parser.add_argument("--data-dtype", choices=TOKEN_DTYPES, default=None, help="default: what the vocabulary needs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the plan's cluster")
     parser.add_argument("--save-params", default=None, help="also save the final parameters here")
     a = parser.parse_args(argv)
+    recipe = recipe_from(vars(a))
     if "RANK" not in os.environ:
-        run(
-            a.plan, a.steps, a.data, a.out, lr=a.lr, device=a.device, save_params=a.save_params, data_dtype=a.data_dtype
-        )
+        run(a.plan, a.steps, a.data, a.out, recipe=recipe, device=a.device, save_params=a.save_params,
+            data_dtype=a.data_dtype)
         return
     plan = load_plan(a.plan)
     device = resolve_device(plan, a.device, int(os.environ["LOCAL_WORLD_SIZE"]))
@@ -246,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
             plan,
             {
                 "steps": a.steps,
-                "lr": a.lr,
+                "recipe": recipe,
                 "data": a.data,
                 "data_dtype": a.data_dtype,
                 "device": device,

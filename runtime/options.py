@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.inputs import Opt
-from runtime.defaults import DEFAULT_LR
+from runtime.recipe import RECIPE_FLAGS
 
 RUN_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
@@ -26,7 +26,7 @@ RUN_OPTIONS = (
         ("--out", "-o", "--report"),
         "Where to write the run report JSON (--report: its former name).",
     ),
-    Opt("lr", float, DEFAULT_LR, ("--lr",), "SGD learning rate."),
+    *(Opt(name, kind | None, None, (flag,), text) for name, flag, kind, text in RECIPE_FLAGS),
     Opt("nprocs", int | None, None, ("--nprocs",), "Ranks to start (must equal the plan's world size)."),
     Opt("device", str | None, None, ("--device",), "cpu or cuda (default: from the plan's cluster)."),
     Opt("nnodes", int, 1, ("--nnodes",), "Nodes: >1 prints the torchrun command for each node instead."),

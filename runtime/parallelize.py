@@ -7,7 +7,8 @@ The order is fixed, each technique guarded by the plan (torchtitan's parallelize
    wrapper changes module names or parameter types;
 3. activation checkpointing, per block — wraps the TP-parallelised block so recompute replays its
    collectives too;
-4. ZeRO-2/3 as FSDP2 ``fully_shard`` (per block, then the chunk) — last of the module wrappers:
+4. ZeRO-2/3 as FSDP2 ``fully_shard`` (per block, then the chunk; 16-bit runs with FSDP2's
+   mixed-precision policy, others under ``torch.autocast``: runtime.precision) — last of the module wrappers:
    it shards the final parameters (TP's DTensors become 2-D). On the 1-D ``dp_shard`` mesh
    dimension, or, with ``dp_replicate`` > 1 (HSDP), on the 2-D ``("dp_replicate", "dp_shard")``
    mesh: FSDP2 then shards within each group of dp_shard ranks and all-reduces gradients across
@@ -33,6 +34,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from runtime.model import Transformer
 from runtime.pipeline import build_schedule, split_model
 from runtime.plan_io import PlanError, read_parallelism, validate_plan, world_size, world_size_arithmetic
+from runtime.precision import FP32, Precision, autocast_forward, cast_buffers, mp_policy
 from runtime.recompute import checkpoint_block
 from runtime.step import ParallelModel
 from runtime.tp import apply_tp
@@ -93,16 +95,18 @@ def apply_activation_checkpointing(part: Transformer, stage: dict) -> None:
         part.layers[key] = checkpoint_block(part.layers[key], stage["recompute"][int(key) - lo])
 
 
-def apply_fsdp(part: Transformer, fsdp_mesh: DeviceMesh, reshard_after_forward: bool) -> None:
+def apply_fsdp(part: Transformer, fsdp_mesh: DeviceMesh, reshard_after_forward: bool, mp_policy=None) -> None:
     """ZeRO-3 (reshard after forward: parameters gathered again in backward) or ZeRO-2 (kept
     unsharded until backward ends); gradients are reduce-scattered either way. ``fsdp_mesh``: 1-D
     (shard over it) or 2-D (HSDP: replicate over dim 0, shard over dim 1, gradients all-reduced
-    across dim 0 after the reduce-scatter)."""
-    from torch.distributed.fsdp import fully_shard
+    across dim 0 after the reduce-scatter). ``mp_policy``: FSDP2's MixedPrecisionPolicy (16-bit
+    gathers and compute over fp32 shards: runtime.precision), None for fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    kwargs = dict(mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp_policy or MixedPrecisionPolicy())
     for block in part.layers.values():
-        fully_shard(block, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(part, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, **kwargs)
+    fully_shard(part, **kwargs)
 
 
 def _tied_embedding_group(plan: dict, mesh: DeviceMesh):
@@ -121,9 +125,16 @@ def _tied_embedding_group(plan: dict, mesh: DeviceMesh):
 
 
 def apply_plan(
-    model: Transformer, plan: dict, mesh: DeviceMesh | None = None, *, device=None, seed: int | None = None
+    model: Transformer,
+    plan: dict,
+    mesh: DeviceMesh | None = None,
+    *,
+    device=None,
+    seed: int | None = None,
+    precision: Precision = FP32,
 ) -> ParallelModel:
-    """Parallelise ``model`` as ``plan`` says, for this rank of ``mesh`` (see module doc)."""
+    """Parallelise ``model`` as ``plan`` says, for this rank of ``mesh`` (see module doc).
+    ``precision``: compute and reduce dtypes over the model's fp32 parameters (runtime.precision)."""
     validate_plan(plan)
     check_supported(plan)
     if mesh is None and world_size(plan) > 1:
@@ -135,6 +146,9 @@ def apply_plan(
     # 1. Pipeline split.
     parts, stage_indices = split_model(model, plan, pp_rank)
     parts = [_materialize(part, device, seed) for part in parts]
+    if precision.mixed:
+        for part in parts:
+            cast_buffers(part, precision.compute)
     # 2. Tensor + sequence parallel.
     if p["tp"] > 1:
         assert mesh is not None  # world_size(plan) > 1, checked above
@@ -150,9 +164,12 @@ def apply_plan(
         assert mesh is not None
         fsdp_mesh = mesh[DP_DIMS] if hsdp else mesh["dp_shard"]
         for part in parts:
-            apply_fsdp(part, fsdp_mesh, reshard_after_forward=p["zero_stage"] == 3)
+            apply_fsdp(part, fsdp_mesh, reshard_after_forward=p["zero_stage"] == 3, mp_policy=mp_policy(precision))
+    elif precision.mixed:
+        for part in parts:
+            autocast_forward(part, precision.compute)
     # 5. Data parallel by hand for ZeRO 0/1 (the whole dp group); tied embeddings over stages.
-    pm = ParallelModel(parts, stage_indices, plan, mesh, device, hsdp=hsdp)
+    pm = ParallelModel(parts, stage_indices, plan, mesh, device, hsdp=hsdp, reduce_dtype=precision.reduce)
     if p["dp"] > 1 and not fsdp:
         assert mesh is not None
         pm.dp_group = dp_mesh(mesh).get_group()
@@ -162,5 +179,5 @@ def apply_plan(
     # 6. Pipeline schedule over the finished chunks.
     if p["pp"] > 1:
         assert mesh is not None
-        pm.schedule = build_schedule(parts, stage_indices, plan, mesh["pp"].get_group(), device)
+        pm.schedule = build_schedule(parts, stage_indices, plan, mesh["pp"].get_group(), device, pm.scaled_loss)
     return pm

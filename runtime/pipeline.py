@@ -50,8 +50,11 @@ def split_model(model: Transformer, plan: dict, pp_rank: int) -> tuple[list[Tran
     return parts, [st["index"] for st in stages]
 
 
-def build_schedule(parts: Sequence[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device):
-    """The plan's schedule over this rank's (already parallelised) chunks.
+def build_schedule(
+    parts: Sequence[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device, loss_fn=None
+):
+    """The plan's schedule over this rank's (already parallelised) chunks; ``loss_fn`` default
+    ``next_token_loss`` (fp16 runs pass the loss times the loss scale).
 
     Each micro-batch loss is a mean; the schedule divides the accumulated gradients by the
     number of micro-batches (``scale_grads``), so they equal the gradient of the batch mean.
@@ -66,4 +69,4 @@ def build_schedule(parts: Sequence[nn.Module], stage_indices: list[int], plan: d
             f"schedule {entry.name!r} ({entry.torch_class}) takes one chunk per pp rank, not {len(stages)}"
         )
     local = stages if entry.torch_multi_stage else stages[0]
-    return schedule_cls(local, p["num_micro_batches"], loss_fn=next_token_loss)
+    return schedule_cls(local, p["num_micro_batches"], loss_fn=loss_fn or next_token_loss)

@@ -15,12 +15,31 @@ import os
 
 REPORT_SCHEMA_VERSION = "1.0"
 COMPARED = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
+MODEL_STATE = ("weights_bytes", "gradients_bytes", "optimizer_bytes")
 
 
 def _relative_error(measured: float, predicted) -> float | None:
     if not isinstance(predicted, (int, float)) or predicted <= 0:
         return None
     return (measured - predicted) / predicted
+
+
+def model_state_comparison(plan: dict, records: list[dict]) -> list[dict]:
+    """Per pipeline rank: model-state bytes measured on its ranks (runtime.model_state), their mean
+    and the largest, beside the planner's ``predicted.stages[pp_rank].memory`` figures. The mean
+    is what equals the planner's even split: ZeRO-1 partitions whole tensors, so one dp rank may
+    hold a few more optimizer bytes than another while their sum is the planner's."""
+    stages = (plan.get("predicted") or {}).get("stages") or []
+    out = []
+    for pp_rank in sorted({r["pp_rank"] for r in records}):
+        mine = [r["model_state_bytes"] for r in records if r["pp_rank"] == pp_rank]
+        entry: dict = {"pp_rank": pp_rank}
+        entry["measured_mean"] = {k: sum(m[k] for m in mine) / len(mine) for k in MODEL_STATE}
+        entry["measured_max"] = {k: max(m[k] for m in mine) for k in MODEL_STATE}
+        memory = stages[pp_rank].get("memory") if pp_rank < len(stages) else None
+        entry["predicted"] = {k: memory[k] for k in MODEL_STATE} if memory else None
+        out.append(entry)
+    return out
 
 
 def build_report(plan: dict, records: list[dict], device_type: str, plan_path: str | None = None) -> dict:
@@ -30,8 +49,16 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
     steps = []
     for i, loss in enumerate(records[0]["losses"]):
         step_time_s = max(r["step_time_s"][i] for r in records)
+        r0 = records[0]
         steps.append(
-            {"step": i, "loss": loss, "step_time_s": step_time_s, "tokens_per_s": tokens_per_step / step_time_s}
+            {
+                "step": i,
+                "loss": loss,
+                "grad_norm": r0["grad_norms"][i],
+                "lr": r0["lrs"][i],
+                "step_time_s": step_time_s,
+                "tokens_per_s": tokens_per_step / step_time_s,
+            }
         )
     timed = steps[1:] if len(steps) > 1 else steps
     step_time_s = sum(s["step_time_s"] for s in timed) / len(timed) if timed else 0.0
@@ -53,6 +80,7 @@ def build_report(plan: dict, records: list[dict], device_type: str, plan_path: s
         measured["activation_bytes"] = measured["peak_memory_bytes"]
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
+        "model_state": model_state_comparison(plan, records),
         "kind": "run_report",
         "plan": plan_path,
         "device_type": device_type,

@@ -62,6 +62,8 @@ class ParallelModel:
     dp_group: Any = None  # set when gradients are all-reduced by hand (ZeRO 0/1 with dp > 1)
     tied_group: Any = None  # first+last pp ranks holding copies of a tied embedding
     hsdp: bool = False  # FSDP2 on a 2-D (replicate, shard) mesh: all-reduce on the last micro-batch only
+    reduce_dtype: torch.dtype = torch.float32  # of the by-hand dp all-reduce (runtime.precision)
+    loss_scale: float = 1.0  # fp16 loss scaling (runtime.precision.LossScaler), 1 otherwise
 
     @property
     def has_first(self) -> bool:
@@ -85,15 +87,21 @@ class ParallelModel:
             losses: list[torch.Tensor] | None = [] if self.has_last else None
             args = (inputs,) if self.has_first else ()
             self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
-            return torch.stack([loss.detach() for loss in losses]).mean() if losses is not None else None
+            if losses is None:
+                return None
+            return torch.stack([loss.detach() for loss in losses]).mean() / self.loss_scale
         model, total = self.parts[0], torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(zip(inputs.chunk(n), targets.chunk(n))):
             if self.hsdp:
                 self._set_requires_all_reduce(i == n - 1)
             loss = next_token_loss(model(x), y)
-            (loss / n).backward()
+            (loss * self.loss_scale / n).backward()
             total += loss.detach()
         return total / n
+
+    def scaled_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The pipeline schedule's loss: the token mean times the fp16 loss scale."""
+        return next_token_loss(logits, targets) * self.loss_scale
 
     def _set_requires_all_reduce(self, flag: bool) -> None:
         """HSDP: whether the next backward all-reduces across replicas (FSDP2; every FSDP module
@@ -115,12 +123,13 @@ class ParallelModel:
                     p.grad = torch.zeros_like(p)
                 grads.append(_local(p.grad))
             # One flat buffer: a single collective instead of one per tensor (what DDP buckets do).
-            flat = torch.cat([g.reshape(-1) for g in grads])
+            # On the wire in the reduce dtype (fp32, or the 16-bit type the plan's stack reduces in).
+            flat = torch.cat([g.reshape(-1) for g in grads]).to(self.reduce_dtype)
             dist.all_reduce(flat, group=self.dp_group)
             flat /= dist.get_world_size(self.dp_group)
             offset = 0
             for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))  # back to the gradient's dtype
                 offset += g.numel()
         if self.tied_group is not None:
             for weight in self._tied_weights():
@@ -137,12 +146,14 @@ class ParallelModel:
                 out.append(head.weight)
         return out
 
-    def build_optimizer(self, lr: float):
-        """SGD; under ZeRO-1 each data-parallel rank updates its shard and broadcasts it."""
+    def build_optimizer(self, recipe):
+        """The recipe's optimizer (``runtime.optim``); under ZeRO-1 with dp > 1 its states are
+        sharded over the dp group."""
+        from runtime.optim import build_optimizer
+
         p = self.plan["parallelism"]
-        if p["zero_stage"] == 1 and p["dp"] > 1:
-            return _ZeroOneSGD(self.parameters(), self.dp_group, lr)
-        return torch.optim.SGD(self.parameters(), lr=lr)
+        zero1 = self.dp_group if p["zero_stage"] == 1 and p["dp"] > 1 else None
+        return build_optimizer(self.parameters(), recipe, zero1)
 
     def global_loss(self, local: torch.Tensor | None) -> float:
         """The global-batch mean loss on every rank (only last-stage ranks hold a loss)."""
@@ -169,31 +180,3 @@ class ParallelModel:
                 state[name.replace(_WRAPPER_PREFIX, "")] = full.detach().cpu().clone()
         return state
 
-
-class _ZeroOneSGD:
-    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD.
-
-    It broadcasts updated parameters with c10d ops that DTensor does not implement, so it is
-    given plain tensors aliasing each parameter's local shard (TP's DTensors): updating and
-    broadcasting them writes through to the parameters. Gradients are handed over before a step.
-    """
-
-    def __init__(self, params: list[nn.Parameter], dp_group, lr: float):
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        self.params = params
-        self.shards = [_local(p).detach() for p in params]  # same storage, plain tensors
-        self.inner = ZeroRedundancyOptimizer(
-            self.shards, optimizer_class=torch.optim.SGD, process_group=dp_group, lr=lr
-        )
-
-    def step(self) -> None:
-        for p, shard in zip(self.params, self.shards):
-            shard.grad = None if p.grad is None else _local(p.grad)
-        self.inner.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop the gradients (always to None, whatever ``set_to_none`` says: the next backward
-        allocates them again)."""
-        for p, shard in zip(self.params, self.shards):
-            p.grad = shard.grad = None

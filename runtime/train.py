@@ -1,8 +1,10 @@
 """The training loop one rank runs, and the single-process reference it must reproduce.
 
 Both draw the same global batch each step from :class:`TokenSource` (seeded synthetic tokens, or
-windows of a token file), build the model from the same seed, and use SGD: SGD, not Adam, so a
-gradient scaled wrongly shows in the parameters (Adam is scale-invariant and would hide it).
+windows of a token file), build the model from the same seed in fp32 (the master copy) and follow
+the same :class:`runtime.recipe.Recipe`: optimizer, precision policy (runtime.precision), clipping
+by global norm and schedule (runtime.optim). The parity tests use SGD as well as AdamW: Adam is
+scale-invariant and would hide a wrongly scaled gradient.
 A data-parallel rank takes rows ``[r * B/dp, (r + 1) * B/dp)`` of the global batch, r its index
 in the whole dp group (under HSDP r = replicate_rank * dp_shard + shard_rank).
 """
@@ -18,11 +20,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from runtime.defaults import DEFAULT_LR
 from runtime.memory import SavedTensorMeter, state_tensors
-from runtime.model import DTYPES, build_model, next_token_loss
+from runtime.model import build_model, next_token_loss
+from runtime.model_state import ModelStateMeter
+from runtime.optim import build_optimizer, build_scheduler, tied_copies, update
 from runtime.parallelize import apply_plan, build_mesh, dp_mesh
 from runtime.plan_io import model_spec
+from runtime.precision import LossScaler, Precision, autocast_forward, cast_buffers, casts_parameters, precision_for
+from runtime.recipe import Recipe
 
 TOKEN_DTYPES = ("uint16", "int32")
 
@@ -84,26 +89,45 @@ class TokenSource:
         return torch.from_numpy(rows)
 
 
-def _dtype(plan: dict) -> torch.dtype:
-    return DTYPES[plan["inputs"]["training"]["dtype"]]
+def _reference_forward(model: torch.nn.Module, plan: dict, precision: Precision):
+    """The model's forward under the precision policy the plan's run uses (runtime.precision):
+    FSDP2's parameter casts (a functional call on 16-bit casts of the fp32 parameters, through
+    which gradients reach them in fp32) or torch.autocast."""
+    if not precision.mixed:
+        return model
+    if casts_parameters(plan):
+        from torch.func import functional_call
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            casts = {name: p.to(precision.compute) for name, p in model.named_parameters()}
+            return functional_call(model, casts, (x,))
+
+        return forward
+    autocast_forward(model, precision.compute)
+    return model
 
 
-def run_reference(plan: dict, steps: int, lr: float = DEFAULT_LR, data: str | None = None) -> dict:
-    """One process, no parallelism: per-step losses and the final parameters by name."""
+def run_reference(plan: dict, steps: int, recipe: Recipe | None = None, data: str | None = None) -> dict:
+    """One process, no parallelism, the same recipe (optimizer, precision policy, clipping,
+    schedule): per-step losses and gradient norms (before clipping), the final parameters by name."""
     torch.set_num_threads(1)
-    spec = model_spec(plan)
-    model = build_model(spec, plan["inputs"]["training"]["seed"], _dtype(plan))
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    source, losses = TokenSource(plan, data), []
+    recipe = recipe or Recipe()
+    precision = precision_for(plan, recipe)
+    model = build_model(model_spec(plan), plan["inputs"]["training"]["seed"], torch.float32)
+    if precision.mixed:
+        cast_buffers(model, precision.compute)
+    forward, params = _reference_forward(model, plan, precision), list(model.parameters())
+    optimizer = build_optimizer(params, recipe)
+    scheduler, scaler = build_scheduler(optimizer, recipe, steps), LossScaler(precision.compute == torch.float16)
+    source, losses, norms = TokenSource(plan, data), [], []
     for step in range(steps):
         batch = source.batch(step)
-        loss = next_token_loss(model(batch[:, :-1]), batch[:, 1:])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = next_token_loss(forward(batch[:, :-1]), batch[:, 1:])
+        (loss * scaler.scale).backward()
+        norms.append(update(params, optimizer, scheduler, scaler, recipe.max_norm))
         losses.append(loss.item())
-    params = {name: p.detach().clone() for name, p in model.named_parameters()}
-    return {"losses": losses, "params": params}
+    state = {name: p.detach().clone() for name, p in model.named_parameters()}
+    return {"losses": losses, "grad_norms": norms, "params": state}
 
 
 def _sync(device: torch.device) -> None:
@@ -114,7 +138,7 @@ def _sync(device: torch.device) -> None:
 def train_rank(
     plan: dict,
     steps: int,
-    lr: float,
+    recipe: Recipe,
     data: str | None,
     device_type: str,
     keep_state: bool = False,
@@ -122,25 +146,26 @@ def train_rank(
 ) -> dict:
     """Train ``steps`` steps as this rank of the initialised default process group.
 
-    Returns this rank's record: losses (global mean, the same on every rank), step times, peak
-    memory per step and, with keep_state, its chunks' unsharded parameters (collective).
+    Returns this rank's record: losses (global mean, the same on every rank), gradient norms,
+    learning rates, step times, peak memory per step, model-state bytes and, with keep_state, its
+    chunks' unsharded parameters (collective).
     """
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
     cuda = device_type == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     mesh = build_mesh(plan, device_type)
-    spec, seed = model_spec(plan), plan["inputs"]["training"]["seed"]
-    pm = apply_plan(build_model(spec, seed, _dtype(plan), device="meta"), plan, mesh, device=device, seed=seed)
-    optimizer = pm.build_optimizer(lr)
+    spec, seed, precision = model_spec(plan), plan["inputs"]["training"]["seed"], precision_for(plan, recipe)
+    model = build_model(spec, seed, torch.float32, device="meta")  # fp32 parameters: the master copy
+    pm = apply_plan(model, plan, mesh, device=device, seed=seed, precision=precision)
+    params = pm.parameters()
+    optimizer, states = pm.build_optimizer(recipe), ModelStateMeter(list(pm.parts), params)
+    scheduler, scaler = build_scheduler(optimizer, recipe, steps), LossScaler(precision.compute == torch.float16)
+    norm_kw = dict(skip=tied_copies(list(pm.parts)), dp_rank=dp_mesh(mesh).get_local_rank(), fsdp=casts_parameters(plan))
     source, dp = TokenSource(plan, data, data_dtype), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
-    first_row = dp_mesh(mesh).get_local_rank() * rows
-    record: dict[str, Any] = {
-        "rank": dist.get_rank(),
-        "losses": [],
-        "step_time_s": [],
-        "peak_memory_bytes_per_step": [],
-    }
+    first_row = norm_kw["dp_rank"] * rows
+    record: dict[str, Any] = {"rank": dist.get_rank(), "pp_rank": mesh.get_local_rank("pp"), "losses": [],
+                              "grad_norms": [], "lrs": [], "step_time_s": [], "peak_memory_bytes_per_step": []}
     for step in range(steps):
         batch = source.batch(step)[first_row : first_row + rows].to(device)
         if device.type == "cuda":
@@ -149,17 +174,21 @@ def train_rank(
         meter = SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
         _sync(device)
         start = time.perf_counter()
+        pm.loss_scale = scaler.scale
         with meter:
             local = pm.forward_backward(batch[:, :-1], batch[:, 1:])
         pm.sync_gradients()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        states.gradients(params)
+        record["lrs"].append(scheduler.get_last_lr()[0])
+        record["grad_norms"].append(update(params, optimizer, scheduler, scaler, recipe.max_norm, **norm_kw))
+        states.optimizer(optimizer)
         _sync(device)
         record["step_time_s"].append(time.perf_counter() - start)
         record["losses"].append(pm.global_loss(local))
         peak = meter.peak_bytes if isinstance(meter, SavedTensorMeter) else torch.cuda.max_memory_allocated(device)
         record["peak_memory_bytes_per_step"].append(peak)
     record["memory_kind"] = "cuda_max_memory_allocated" if device.type == "cuda" else "saved_for_backward"
+    record["model_state_bytes"] = states.record()
     if keep_state:
         record["state"] = pm.full_state()
     return record

@@ -1,0 +1,145 @@
+"""The optimizer a recipe names, its learning-rate schedule, and gradient clipping by global norm.
+
+* ``build_optimizer``: ``torch.optim.AdamW`` or ``SGD`` over the parameters as they are after
+  ``apply_plan`` (fp32: the master copy; TP/FSDP DTensors), or, under ZeRO-1 with dp > 1,
+  :class:`ZeroOne`: ``ZeroRedundancyOptimizer`` over the same optimizer class, each dp rank
+  keeping the states of its share of the parameters (Rajbhandari et al. 2020, P_os).
+* ``build_scheduler``: ``LambdaLR`` with :func:`runtime.recipe.lr_factor`.
+* ``clip_gradients``: the global norm over every parallel dimension. Each gradient element is
+  counted once in the world: a rank sums the squares of its local shards, except copies another
+  rank also holds: a DTensor replicated over a mesh dimension counts only at coordinate 0 of it
+  (TP-replicated norms, HSDP replicas), a parameter that FSDP does not shard counts only on dp
+  rank 0 (ZeRO 0/1 replicas after the all-reduce), and a tied embedding's head copy on the last
+  pipeline stage is left to the first stage's. One all-reduce (sum) over the whole world then
+  adds tp shards, FSDP shards and pipeline stages. ``torch.nn.utils.clip_grad_norm_`` reduces
+  DTensors over their mesh but not over pipeline stages, nor plain replicas: hence this.
+  Scale ``min(1, max_norm / (norm + 1e-6))`` as clip_grad_norm_ computes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from runtime.recipe import Recipe, lr_factor
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor (same storage), else ``t``."""
+    from torch.distributed.tensor import DTensor
+
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def optimizer_class(recipe: Recipe) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """The torch class and its keyword arguments (foreach off: one code path on CPU and CUDA,
+    and the same per-tensor arithmetic as the single-process reference)."""
+    if recipe.optimizer == "adamw":
+        kwargs = dict(lr=recipe.peak_lr, betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.decay)
+        return torch.optim.AdamW, {**kwargs, "foreach": False}
+    return torch.optim.SGD, dict(lr=recipe.peak_lr, weight_decay=recipe.decay, foreach=False)
+
+
+def build_optimizer(params: list[nn.Parameter], recipe: Recipe, zero1_group=None):
+    """The recipe's optimizer; ``zero1_group``: the dp group to shard its states over (ZeRO-1)."""
+    cls, kwargs = optimizer_class(recipe)
+    if zero1_group is not None:
+        return ZeroOne(params, zero1_group, cls, kwargs)
+    return cls(params, **kwargs)
+
+
+class ZeroOne:
+    """ZeRO-1: ``ZeroRedundancyOptimizer`` (``.inner``) over ``optimizer_class``.
+
+    It broadcasts updated parameters with c10d ops that DTensor does not implement, so it is
+    given plain tensors aliasing each parameter's local shard (TP's DTensors): updating and
+    broadcasting them writes through to the parameters. Gradients are handed over before a step.
+    """
+
+    def __init__(self, params: list[nn.Parameter], dp_group, cls: type[torch.optim.Optimizer], kwargs: dict):
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        self.params = params
+        self.shards = [_local(p).detach() for p in params]  # same storage, plain tensors
+        self.inner = ZeroRedundancyOptimizer(self.shards, optimizer_class=cls, process_group=dp_group, **kwargs)
+
+    def step(self) -> None:
+        for p, shard in zip(self.params, self.shards):
+            shard.grad = None if p.grad is None else _local(p.grad)
+        self.inner.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Drop the gradients (always to None, whatever ``set_to_none`` says: the next backward
+        allocates them again)."""
+        for p, shard in zip(self.params, self.shards):
+            p.grad = shard.grad = None
+
+
+def torch_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer a scheduler drives (ZeRO-1's inner one)."""
+    return optimizer.inner if isinstance(optimizer, ZeroOne) else optimizer
+
+
+def build_scheduler(optimizer, recipe: Recipe, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(torch_optimizer(optimizer), lambda step: lr_factor(recipe, steps, step))
+
+
+def _counted_here(p: torch.Tensor, dp_rank: int, fsdp: bool) -> bool:
+    """Whether this rank adds ``p``'s local gradient to the global norm (module doc)."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    if isinstance(p, DTensor):
+        coordinate = p.device_mesh.get_coordinate() or []
+        if any(isinstance(pl, Replicate) and c != 0 for pl, c in zip(p.placements, coordinate)):
+            return False
+    return fsdp or dp_rank == 0
+
+
+def global_grad_norm(params: list[nn.Parameter], skip: frozenset[int] | set[int] = frozenset(), dp_rank: int = 0, fsdp: bool = False) -> torch.Tensor:
+    """sqrt of the sum of squared gradient elements over the world (module doc); ``skip``: ids
+    of parameters whose gradients another rank counts (a tied head copy)."""
+    total = torch.zeros((), dtype=torch.float32, device=params[0].device if params else "cpu")
+    for p in params:
+        if p.grad is not None and id(p) not in skip and _counted_here(p, dp_rank, fsdp):
+            total += _local(p.grad).float().pow(2).sum()
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return total.sqrt()
+
+
+def clip_gradients(params: list[nn.Parameter], norm: torch.Tensor, max_norm: float) -> None:
+    """Scale every local gradient by ``min(1, max_norm / (norm + 1e-6))`` (clip_grad_norm_'s)."""
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            _local(p.grad).mul_(coef.to(p.grad.dtype))
+
+
+def tied_copies(parts: list[nn.Module]) -> set[int]:
+    """Ids of the head copies of a tied embedding on a chunk without the embedding (pp > 1):
+    the first stage's embedding counts for both in the norm."""
+    out = set()
+    for part in parts:
+        spec = getattr(part, "spec", None)
+        if getattr(spec, "tie_embeddings", False) and part.tok_embeddings is None and part.output is not None:
+            out.add(id(part.output.weight))
+    return out
+
+
+def update(params: list[nn.Parameter], optimizer, scheduler, scaler, max_norm: float | None, **norm_kw) -> float:
+    """One optimizer step after the gradients are complete (reduced, tied copies summed):
+    unscale (fp16), global norm, clip, step (skipped everywhere on an inf/NaN gradient), advance
+    the schedule. Returns the gradient norm before clipping. ``norm_kw``: see global_grad_norm."""
+    found_inf = scaler.unscale([_local(p.grad) for p in params if p.grad is not None])
+    norm = global_grad_norm(params, **norm_kw)
+    if max_norm is not None:
+        clip_gradients(params, norm, max_norm)
+    if not found_inf:
+        optimizer.step()
+    scaler.update(found_inf)
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
