@@ -35,8 +35,8 @@ from planner.config import plan_warnings
 from planner.inputs import PROBLEM_OPTIONS, build_inputs, parse_sets
 from planner.knobs import cli_parameters
 from runtime.options import RUN_OPTIONS
-from runtime.recipe import recipe_from
 from runtime.plan_io import PlanError as RuntimePlanError
+from runtime.recipe import recipe_from
 
 app = typer.Typer(
     add_completion=False,
@@ -204,18 +204,14 @@ def run(o: dict = NONE) -> None:
         raise SpecError(f"the runtime needs torch: pip install 'autopar[runtime]' ({exc})") from None
     path, report = str(o["plan_file"]), o["report"]
     data = str(o["data"]) if o["data"] else None
-    try:
-        recipe = recipe_from(o)
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
+    recipe = recipe_from(o)  # a bad value: PlanError, one line and exit 2
     if o["nnodes"] > 1:
         err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
         extra = {"recipe": recipe, "data": data, "data_dtype": o["data_dtype"]}
         launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
         return
-    rep = launch.run(
-        path, o["steps"], data, report, recipe=recipe, nprocs=o["nprocs"], device=o["device"], data_dtype=o["data_dtype"]
-    )
+    kw = {"recipe": recipe, "nprocs": o["nprocs"], "device": o["device"], "data_dtype": o["data_dtype"]}
+    rep = launch.run(path, o["steps"], data, report, **kw)
     err.print(f"wrote {report}", highlight=False)
     if o["fmt"] == "json":
         print(json.dumps(rep, indent=2))

@@ -237,8 +237,16 @@ def main(argv: list[str] | None = None) -> None:
     a = parser.parse_args(argv)
     recipe = recipe_from(vars(a))
     if "RANK" not in os.environ:
-        run(a.plan, a.steps, a.data, a.out, recipe=recipe, device=a.device, save_params=a.save_params,
-            data_dtype=a.data_dtype)
+        run(
+            a.plan,
+            a.steps,
+            a.data,
+            a.out,
+            recipe=recipe,
+            device=a.device,
+            save_params=a.save_params,
+            data_dtype=a.data_dtype,
+        )
         return
     plan = load_plan(a.plan)
     device = resolve_device(plan, a.device, int(os.environ["LOCAL_WORLD_SIZE"]))

@@ -92,13 +92,15 @@ def _counted_here(p: torch.Tensor, dp_rank: int, fsdp: bool) -> bool:
     from torch.distributed.tensor import DTensor, Replicate
 
     if isinstance(p, DTensor):
-        coordinate = p.device_mesh.get_coordinate() or []
+        coordinate = list(p.device_mesh.get_coordinate() or ())
         if any(isinstance(pl, Replicate) and c != 0 for pl, c in zip(p.placements, coordinate)):
             return False
     return fsdp or dp_rank == 0
 
 
-def global_grad_norm(params: list[nn.Parameter], skip: frozenset[int] | set[int] = frozenset(), dp_rank: int = 0, fsdp: bool = False) -> torch.Tensor:
+def global_grad_norm(
+    params: list[nn.Parameter], skip: frozenset[int] | set[int] = frozenset(), dp_rank: int = 0, fsdp: bool = False
+) -> torch.Tensor:
     """sqrt of the sum of squared gradient elements over the world (module doc); ``skip``: ids
     of parameters whose gradients another rank counts (a tied head copy)."""
     total = torch.zeros((), dtype=torch.float32, device=params[0].device if params else "cpu")
@@ -121,7 +123,7 @@ def clip_gradients(params: list[nn.Parameter], norm: torch.Tensor, max_norm: flo
 def tied_copies(parts: list[nn.Module]) -> set[int]:
     """Ids of the head copies of a tied embedding on a chunk without the embedding (pp > 1):
     the first stage's embedding counts for both in the norm."""
-    out = set()
+    out: set[int] = set()
     for part in parts:
         spec = getattr(part, "spec", None)
         if getattr(spec, "tie_embeddings", False) and part.tok_embeddings is None and part.output is not None:

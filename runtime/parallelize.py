@@ -103,10 +103,10 @@ def apply_fsdp(part: Transformer, fsdp_mesh: DeviceMesh, reshard_after_forward: 
     gathers and compute over fp32 shards: runtime.precision), None for fp32."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    kwargs = dict(mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp_policy or MixedPrecisionPolicy())
+    policy = mp_policy or MixedPrecisionPolicy()
     for block in part.layers.values():
-        fully_shard(block, **kwargs)
-    fully_shard(part, **kwargs)
+        fully_shard(block, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(part, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
 
 
 def _tied_embedding_group(plan: dict, mesh: DeviceMesh):

@@ -37,17 +37,19 @@ class ParityResult:
 
 
 def check_parity(
-    plan: dict,
-    steps: int = 3,
-    recipe: Recipe = SGD_PARITY,
-    data: str | None = None,
-    start_method: str | None = None,
+    plan: dict, steps: int = 3, recipe: Recipe = SGD_PARITY, data: str | None = None, start_method: str | None = None
 ) -> ParityResult:
     """Run ``plan`` on this machine, then the reference, both with ``recipe``, and compare them."""
     with tempfile.TemporaryDirectory(prefix="autopar-parity-") as tmp:
         params_path = Path(tmp, "params.pt")
         report = run(
-            plan, steps, data, Path(tmp, "report.json"), recipe=recipe, save_params=params_path, start_method=start_method
+            plan,
+            steps,
+            data,
+            Path(tmp, "report.json"),
+            recipe=recipe,
+            save_params=params_path,
+            start_method=start_method,
         )
         gathered = torch.load(params_path, weights_only=True)
     ref = run_reference(plan, steps, recipe, data)

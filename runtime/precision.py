@@ -77,7 +77,7 @@ def autocast_forward(module: nn.Module, dtype: torch.dtype) -> None:
         with torch.autocast(device_type, dtype=dtype):
             return forward(*args, **kwargs)
 
-    module.forward = wrapped  # type: ignore[method-assign]
+    module.forward = wrapped
 
 
 def mp_policy(precision: Precision):

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, replace
 
 from runtime.defaults import DEFAULT_LR
+from runtime.plan_io import PlanError
 
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -56,13 +57,22 @@ class Recipe:
 
     def __post_init__(self) -> None:
         checks = (
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})"),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})",
+            ),
+            (
+                self.precision in PRECISIONS,
+                f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})",
+            ),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})"),
             (self.lr is None or self.lr > 0, f"--lr must be > 0 (got {self.lr})"),
             (self.warmup_steps >= 0, f"--warmup-steps must be >= 0 (got {self.warmup_steps})"),
             (0.0 <= self.min_lr_ratio <= 1.0, f"--min-lr-ratio must be in [0, 1] (got {self.min_lr_ratio})"),
-            (self.clip_grad_norm is None or self.clip_grad_norm >= 0, f"--clip-grad-norm must be >= 0 (got {self.clip_grad_norm})"),
+            (
+                self.clip_grad_norm is None or self.clip_grad_norm >= 0,
+                f"--clip-grad-norm must be >= 0 (got {self.clip_grad_norm})",
+            ),
         )
         for ok, message in checks:
             if not ok:
@@ -128,17 +138,36 @@ def lr_factor(recipe: Recipe, steps: int, step: int) -> float:
 RECIPE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("optimizer", "--optimizer", str, "adamw or sgd (sgd: the parity tests' optimizer)."),
     ("lr", "--lr", float, f"Peak learning rate (default: AdamW {ADAMW_LR:g}, SGD {DEFAULT_LR:g})."),
-    ("weight_decay", "--weight-decay", float, f"Decoupled weight decay (default: AdamW {ADAMW_WEIGHT_DECAY:g}, SGD 0)."),
+    (
+        "weight_decay",
+        "--weight-decay",
+        float,
+        f"Decoupled weight decay (default: AdamW {ADAMW_WEIGHT_DECAY:g}, SGD 0).",
+    ),
     ("warmup_steps", "--warmup-steps", int, f"Linear warm-up steps, clamped to --steps (default {WARMUP_STEPS})."),
     ("min_lr_ratio", "--min-lr-ratio", float, "Cosine decay floor as a fraction of the peak rate (default 0)."),
-    ("clip_grad_norm", "--clip-grad-norm", float, f"Clip gradients to this global norm; 0 = off (default {CLIP_GRAD_NORM:g})."),
-    ("precision", "--precision", str, "auto, fp32, bf16 or fp16 compute over fp32 parameters (auto: the plan's dtype)."),
+    (
+        "clip_grad_norm",
+        "--clip-grad-norm",
+        float,
+        f"Clip gradients to this global norm; 0 = off (default {CLIP_GRAD_NORM:g}).",
+    ),
+    (
+        "precision",
+        "--precision",
+        str,
+        "auto, fp32, bf16 or fp16 compute over fp32 parameters (auto: the plan's dtype).",
+    ),
 )
 
 
 def recipe_from(values: dict) -> Recipe:
-    """A recipe from flag values by field name; None (a flag not given) keeps the default."""
-    return Recipe(**{name: values[name] for name, *_ in RECIPE_FLAGS if values.get(name) is not None})
+    """A recipe from flag values by field name; None (a flag not given) keeps the default.
+    A bad value raises PlanError (the CLI's bad input: one line, exit 2)."""
+    try:
+        return Recipe(**{name: values[name] for name, *_ in RECIPE_FLAGS if values.get(name) is not None})
+    except ValueError as exc:
+        raise PlanError(str(exc)) from None
 
 
 def recipe_argv(recipe: Recipe) -> str:

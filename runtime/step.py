@@ -179,4 +179,3 @@ class ParallelModel:
                 full = p.full_tensor() if isinstance(p, DTensor) else p
                 state[name.replace(_WRAPPER_PREFIX, "")] = full.detach().cpu().clone()
         return state
-

@@ -151,8 +151,7 @@ def train_rank(
     chunks' unsharded parameters (collective).
     """
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
-    cuda = device_type == "cuda"
-    device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
     mesh = build_mesh(plan, device_type)
     spec, seed, precision = model_spec(plan), plan["inputs"]["training"]["seed"], precision_for(plan, recipe)
     model = build_model(spec, seed, torch.float32, device="meta")  # fp32 parameters: the master copy
@@ -160,12 +159,14 @@ def train_rank(
     params = pm.parameters()
     optimizer, states = pm.build_optimizer(recipe), ModelStateMeter(list(pm.parts), params)
     scheduler, scaler = build_scheduler(optimizer, recipe, steps), LossScaler(precision.compute == torch.float16)
-    norm_kw = dict(skip=tied_copies(list(pm.parts)), dp_rank=dp_mesh(mesh).get_local_rank(), fsdp=casts_parameters(plan))
+    norm_kw = dict(
+        skip=tied_copies(list(pm.parts)), dp_rank=dp_mesh(mesh).get_local_rank(), fsdp=casts_parameters(plan)
+    )
     source, dp = TokenSource(plan, data, data_dtype), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
     first_row = norm_kw["dp_rank"] * rows
-    record: dict[str, Any] = {"rank": dist.get_rank(), "pp_rank": mesh.get_local_rank("pp"), "losses": [],
-                              "grad_norms": [], "lrs": [], "step_time_s": [], "peak_memory_bytes_per_step": []}
+    record: dict[str, Any] = {"rank": dist.get_rank(), "pp_rank": mesh.get_local_rank("pp")}
+    record |= {key: [] for key in ("losses", "grad_norms", "lrs", "step_time_s", "peak_memory_bytes_per_step")}
     for step in range(steps):
         batch = source.batch(step)[first_row : first_row + rows].to(device)
         if device.type == "cuda":
