@@ -107,9 +107,14 @@ def global_grad_norm(
     for p in params:
         if p.grad is not None and id(p) not in skip and _counted_here(p, dp_rank, fsdp):
             total += _local(p.grad).float().pow(2).sum()
+    return _world_sum(total).sqrt()
+
+
+def _world_sum(total: torch.Tensor) -> torch.Tensor:
+    """Sum over every rank: tp shards, FSDP shards, pipeline stages (one all-reduce)."""
     if dist.is_initialized():
         dist.all_reduce(total)
-    return total.sqrt()
+    return total
 
 
 def clip_gradients(params: list[nn.Parameter], norm: torch.Tensor, max_norm: float) -> None:

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 
 from cli import app  # noqa: E402
+from conftest import run_python  # noqa: E402
 from models.load import load_model  # noqa: E402
 from runtime.parity import check_parity  # noqa: E402
 from runtime.plan_io import make_plan  # noqa: E402
@@ -64,6 +65,32 @@ def test_adamw_fp32_compute_parity(name: str) -> None:
     assert r.max_norm_rel_err <= 1e-5, [s["grad_norm"] for s in r.report["steps"]]
     assert r.max_param_err <= 1e-5, r.worst_param
     assert all(s["grad_norm"] > 0.5 for s in r.report["steps"])  # clipping acted on every step
+
+
+@pytest.mark.parametrize(
+    ("name", "patch"),
+    [("pp-gpipe", "O._world_sum = lambda t: t"), ("tp-sp", "O._counted_here = lambda p, dp_rank, fsdp: True")],
+)
+def test_norm_check_catches_a_missing_reduction_or_a_double_count(name: str, patch: str) -> None:
+    """The norm comparison is sharp: a norm not summed over pipeline stages, or TP-replicated
+    norms counted on both ranks, differ from the reference by far more than 1e-5. The patch must
+    reach forked ranks: a fresh interpreter (see test_runtime_parity)."""
+    spec, kwargs = FP32_CONFIGS[name]
+    code = (
+        "import runtime.optim as O\n"
+        f"{patch}\n"
+        "from models.load import load_model\n"
+        "from runtime.parity import check_parity\n"
+        "from runtime.plan_io import make_plan\n"
+        "from runtime.recipe import Recipe\n"
+        f"spec = load_model({spec.name!r}, {{'dropout': 0.0}} if {spec.name!r} == 'debug-gpt' else None)\n"
+        f"plan = make_plan(spec, seq_len={SEQ}, **{kwargs!r})\n"
+        "r = check_parity(plan, steps=2, recipe=Recipe(precision='fp32', warmup_steps=1), start_method='fork')\n"
+        "print(r.max_norm_rel_err)\n"
+    )
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip().splitlines()[-1]) > 1e-3
 
 
 def _cli_plan(tmp_path, zero: int) -> dict:

@@ -119,12 +119,11 @@ class StackProfile(_Strict):
         "(else it starts after the last backward)."
     )
     master_weights: Literal["optimizer", "parameters"] = Field(
-        "optimizer",
         description="Where the fp32 master weights of a 16-bit run live: 'optimizer' = 16-bit parameters "
         "with fp32 copies in the optimizer (Megatron, DeepSpeed: 2 + grads + 12 bytes per parameter); "
         "'parameters' = the parameters themselves are fp32 and compute casts them (FSDP2 "
         "MixedPrecisionPolicy, torch.autocast: 4 + 4 + 8 bytes, weights sharded from ZeRO-2 on, plus the "
-        "16-bit copies ZeRO-2 keeps gathered from forward to backward).",
+        "16-bit copies ZeRO-2 keeps gathered from forward to backward)."
     )
     zero3: Zero3Spec
     memory: MemorySpec
