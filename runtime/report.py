@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-REPORT_SCHEMA_VERSION = "1.0"
+REPORT_SCHEMA_VERSION = "1.1"  # 1.1: per-step grad_norm and lr, model_state
 COMPARED = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
 MODEL_STATE = ("weights_bytes", "gradients_bytes", "optimizer_bytes")
 
