@@ -5,8 +5,9 @@ The planner (planner/cost/memory.py ``model_state_bytes``, the plan's
 here, per rank, on any device:
 
 * ``weights_bytes``: the parameters at rest (fp32 masters; FSDP's shards) plus the 16-bit
-  compute copies a chunk still holds when its forward returns (FSDP2 under ZeRO-2 keeps every
-  gathered weight from forward to backward: ``compute_copy_bytes``);
+  compute copies held from forward to backward (``compute_copy_bytes``): those a chunk still
+  holds when its forward returns (FSDP2 under ZeRO-2 keeps every gathered weight), or the
+  step's :class:`runtime.precision.CastCache` without FSDP;
 * ``gradients_bytes``: every ``.grad`` once the step's gradients are complete (reduced);
 * ``optimizer_bytes``: the optimizer's per-element states after a step (AdamW's exp_avg and
   exp_avg_sq; ZeRO-1: this rank's share). AdamW's one-element ``step`` counter per tensor is
@@ -34,8 +35,8 @@ class ModelStateMeter:
     """Counts a rank's model states (module doc): construct after apply_plan, then call
     :meth:`gradients` before the optimizer step and :meth:`optimizer` after it."""
 
-    def __init__(self, parts: list[nn.Module], params: list[nn.Parameter]):
-        self._at_rest = {id(p) for p in params}
+    def __init__(self, parts: list[nn.Module], params: list[nn.Parameter], cast_cache=None):
+        self._at_rest, self._cast_cache, self._cast_bytes = {id(p) for p in params}, cast_cache, 0
         self.params_bytes = sum(tensor_bytes(p) for p in params)
         self._copies: dict[int, int] = {}  # chunk -> compute-copy bytes after its forward (max)
         self.gradients_bytes = 0
@@ -51,6 +52,9 @@ class ModelStateMeter:
         return hook
 
     def gradients(self, params: list[nn.Parameter]) -> None:
+        """Call once the gradients are complete (the cast copies are still held then)."""
+        if self._cast_cache is not None:
+            self._cast_bytes = max(self._cast_bytes, self._cast_cache.nbytes())
         held = sum(tensor_bytes(p.grad) for p in params if p.grad is not None)
         self.gradients_bytes = max(self.gradients_bytes, held)
 
@@ -65,7 +69,7 @@ class ModelStateMeter:
         self.optimizer_bytes = max(self.optimizer_bytes, held)
 
     def record(self) -> dict[str, int]:
-        copies = sum(self._copies.values())
+        copies = sum(self._copies.values()) + self._cast_bytes
         return {
             "weights_bytes": self.params_bytes + copies,
             "gradients_bytes": self.gradients_bytes,

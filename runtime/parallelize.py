@@ -8,7 +8,7 @@ The order is fixed, each technique guarded by the plan (torchtitan's parallelize
 3. activation checkpointing, per block — wraps the TP-parallelised block so recompute replays its
    collectives too;
 4. ZeRO-2/3 as FSDP2 ``fully_shard`` (per block, then the chunk; 16-bit runs with FSDP2's
-   mixed-precision policy, others under ``torch.autocast``: runtime.precision) — last of the module wrappers:
+   mixed-precision policy, others on cached 16-bit casts: runtime.precision) — last of the module wrappers:
    it shards the final parameters (TP's DTensors become 2-D). On the 1-D ``dp_shard`` mesh
    dimension, or, with ``dp_replicate`` > 1 (HSDP), on the 2-D ``("dp_replicate", "dp_shard")``
    mesh: FSDP2 then shards within each group of dp_shard ranks and all-reduces gradients across
@@ -34,7 +34,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from runtime.model import Transformer
 from runtime.pipeline import build_schedule, split_model
 from runtime.plan_io import PlanError, read_parallelism, validate_plan, world_size, world_size_arithmetic
-from runtime.precision import FP32, Precision, autocast_forward, cast_buffers, mp_policy
+from runtime.precision import FP32, CastCache, Precision, cast_buffers, cast_parameters, mp_policy
 from runtime.recompute import checkpoint_block
 from runtime.step import ParallelModel
 from runtime.tp import apply_tp
@@ -165,11 +165,13 @@ def apply_plan(
         fsdp_mesh = mesh[DP_DIMS] if hsdp else mesh["dp_shard"]
         for part in parts:
             apply_fsdp(part, fsdp_mesh, reshard_after_forward=p["zero_stage"] == 3, mp_policy=mp_policy(precision))
-    elif precision.mixed:
+    cache = CastCache(precision.compute) if precision.mixed and not fsdp else None
+    if cache is not None:
         for part in parts:
-            autocast_forward(part, precision.compute)
+            cast_parameters(part, cache)
     # 5. Data parallel by hand for ZeRO 0/1 (the whole dp group); tied embeddings over stages.
     pm = ParallelModel(parts, stage_indices, plan, mesh, device, hsdp=hsdp, reduce_dtype=precision.reduce)
+    pm.cast_cache = cache
     if p["dp"] > 1 and not fsdp:
         assert mesh is not None
         pm.dp_group = dp_mesh(mesh).get_group()

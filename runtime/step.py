@@ -64,6 +64,7 @@ class ParallelModel:
     hsdp: bool = False  # FSDP2 on a 2-D (replicate, shard) mesh: all-reduce on the last micro-batch only
     reduce_dtype: torch.dtype = torch.float32  # of the by-hand dp all-reduce (runtime.precision)
     loss_scale: float = 1.0  # fp16 loss scaling (runtime.precision.LossScaler), 1 otherwise
+    cast_cache: Any = None  # 16-bit copies of the parameters when not FSDP (runtime.precision.CastCache)
 
     @property
     def has_first(self) -> bool:

@@ -26,7 +26,7 @@ from runtime.model_state import ModelStateMeter
 from runtime.optim import build_optimizer, build_scheduler, tied_copies, update
 from runtime.parallelize import apply_plan, build_mesh, dp_mesh
 from runtime.plan_io import model_spec
-from runtime.precision import LossScaler, Precision, autocast_forward, cast_buffers, casts_parameters, precision_for
+from runtime.precision import CastCache, LossScaler, cast_buffers, cast_parameters, fsdp_shards, precision_for
 from runtime.recipe import Recipe
 
 TOKEN_DTYPES = ("uint16", "int32")
@@ -89,24 +89,6 @@ class TokenSource:
         return torch.from_numpy(rows)
 
 
-def _reference_forward(model: torch.nn.Module, plan: dict, precision: Precision):
-    """The model's forward under the precision policy the plan's run uses (runtime.precision):
-    FSDP2's parameter casts (a functional call on 16-bit casts of the fp32 parameters, through
-    which gradients reach them in fp32) or torch.autocast."""
-    if not precision.mixed:
-        return model
-    if casts_parameters(plan):
-        from torch.func import functional_call
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            casts = {name: p.to(precision.compute) for name, p in model.named_parameters()}
-            return functional_call(model, casts, (x,))
-
-        return forward
-    autocast_forward(model, precision.compute)
-    return model
-
-
 def run_reference(plan: dict, steps: int, recipe: Recipe | None = None, data: str | None = None) -> dict:
     """One process, no parallelism, the same recipe (optimizer, precision policy, clipping,
     schedule): per-step losses and gradient norms (before clipping), the final parameters by name."""
@@ -114,17 +96,21 @@ def run_reference(plan: dict, steps: int, recipe: Recipe | None = None, data: st
     recipe = recipe or Recipe()
     precision = precision_for(plan, recipe)
     model = build_model(model_spec(plan), plan["inputs"]["training"]["seed"], torch.float32)
-    if precision.mixed:
+    cache = CastCache(precision.compute) if precision.mixed else None
+    if cache is not None:  # the policy of every plan (FSDP2's casts are the same arithmetic)
         cast_buffers(model, precision.compute)
-    forward, params = _reference_forward(model, plan, precision), list(model.parameters())
+        cast_parameters(model, cache)
+    params = list(model.parameters())
     optimizer = build_optimizer(params, recipe)
     scheduler, scaler = build_scheduler(optimizer, recipe, steps), LossScaler(precision.compute == torch.float16)
     source, losses, norms = TokenSource(plan, data), [], []
     for step in range(steps):
         batch = source.batch(step)
-        loss = next_token_loss(forward(batch[:, :-1]), batch[:, 1:])
+        loss = next_token_loss(model(batch[:, :-1]), batch[:, 1:])
         (loss * scaler.scale).backward()
         norms.append(update(params, optimizer, scheduler, scaler, recipe.max_norm))
+        if cache is not None:
+            cache.clear()
         losses.append(loss.item())
     state = {name: p.detach().clone() for name, p in model.named_parameters()}
     return {"losses": losses, "grad_norms": norms, "params": state}
@@ -157,11 +143,9 @@ def train_rank(
     model = build_model(spec, seed, torch.float32, device="meta")  # fp32 parameters: the master copy
     pm = apply_plan(model, plan, mesh, device=device, seed=seed, precision=precision)
     params = pm.parameters()
-    optimizer, states = pm.build_optimizer(recipe), ModelStateMeter(list(pm.parts), params)
+    optimizer, states = pm.build_optimizer(recipe), ModelStateMeter(list(pm.parts), params, pm.cast_cache)
     scheduler, scaler = build_scheduler(optimizer, recipe, steps), LossScaler(precision.compute == torch.float16)
-    norm_kw = dict(
-        skip=tied_copies(list(pm.parts)), dp_rank=dp_mesh(mesh).get_local_rank(), fsdp=casts_parameters(plan)
-    )
+    norm_kw = dict(skip=tied_copies(list(pm.parts)), dp_rank=dp_mesh(mesh).get_local_rank(), fsdp=fsdp_shards(plan))
     source, dp = TokenSource(plan, data, data_dtype), plan["parallelism"]["dp"]
     rows = source.batch_size // dp
     first_row = norm_kw["dp_rank"] * rows
@@ -182,6 +166,8 @@ def train_rank(
         states.gradients(params)
         record["lrs"].append(scheduler.get_last_lr()[0])
         record["grad_norms"].append(update(params, optimizer, scheduler, scaler, recipe.max_norm, **norm_kw))
+        if pm.cast_cache is not None:
+            pm.cast_cache.clear()
         states.optimizer(optimizer)
         _sync(device)
         record["step_time_s"].append(time.perf_counter() - start)

@@ -37,8 +37,9 @@ def bytes_per_param(train: Training, zero: int) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
 
     A stack whose parameters are the fp32 masters (``stack.master_weights = parameters``: FSDP2's
-    MixedPrecisionPolicy, torch.autocast): 4/4/8 whatever the compute dtype (fp32 weights and
-    gradients, Adam's two moments); the reduce dtype changes only the wire.
+    MixedPrecisionPolicy and its like): 4/4/8 whatever the compute dtype (fp32 weights and
+    gradients, Adam's two moments), plus the compute copies of ``unsharded_bytes_per_param``;
+    the reduce dtype changes only the wire.
 
     fp32: 4/4/8. 16-bit below ZeRO-3: 2 / grad_reduce_bytes / 12, so 2/4/12 = 18 for bf16 (Megatron)
     and 2/2/12 = 16 for fp16 (ZeRO). ZeRO-3 (FSDP2): 2/2/12 = 16 whatever the reduce dtype, because
@@ -73,13 +74,17 @@ def weight_shard_stage(train: Training) -> int:
 def unsharded_bytes_per_param(train: Training, par: Parallel) -> float:
     """Bytes per local parameter held unsharded beyond the model states: under ``holds_unsharded``
     the unsharded 16-bit weights and the unsharded fp32 gradients accumulated over the
-    micro-batches (FSDP2 ``to_accumulated_grad_if_needed``); under ZeRO-2 with the fp32 parameters
-    as masters, the compute-dtype copies FSDP2 keeps gathered from forward to backward
-    (``reshard_after_forward=False``); else 0."""
+    micro-batches (FSDP2 ``to_accumulated_grad_if_needed``). Where the fp32 parameters are the
+    masters, also the compute-dtype copies held from forward to backward: FSDP2's gathered
+    weights under ZeRO-2 (``reshard_after_forward=False``), or, without FSDP (ZeRO 0/1, or dp 1),
+    the 16-bit casts of a 16-bit run (runtime/precision.py ``CastCache``); ZeRO-3 gathers per
+    block (``zero3_gather_bytes``)."""
     w = 4 if train.dtype == "fp32" else 2
     held = (w + 4) if holds_unsharded(train, par) else 0.0
-    if train.stack.master_weights == "parameters" and par.zero == 2 and par.dense_shard > 1:
-        held += w
+    if train.stack.master_weights == "parameters":
+        fsdp = par.zero >= 2 and par.dp > 1
+        if (fsdp and par.zero == 2) or (not fsdp and train.dtype != "fp32"):
+            held += w
     return held
 
 
