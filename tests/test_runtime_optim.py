@@ -10,9 +10,9 @@ reference following the same recipe (runtime.parity, runtime.train.run_reference
   one that catches a missing tp or pp reduction in clipping (AdamW, scale-invariant, would
   otherwise hide it; the SGD parity tests in test_runtime_parity*.py stay for gradient scales).
 * bf16 compute (one policy for every plan: FSDP2's mixed precision, or the same casts without
-  FSDP: runtime.precision): 1e-5 is not reachable. Each rank rounds the 16-bit gradient of its half of the
-  batch before the fp32 average, where the reference rounds the whole batch's once, so gradients
-  differ by bf16 rounding: unit roundoff u = 2**-9. Asserted: losses and gradient norms within u
+  FSDP: runtime.precision): 1e-5 is not reachable. Each rank rounds the 16-bit gradient of its
+  half of the batch before the fp32 average, where the reference rounds the whole batch's once,
+  so gradients differ by bf16 rounding: unit roundoff u = 2**-9. Asserted: losses and gradient norms within u
   relative. Parameters are compared elementwise against 2 * sum(lr_t): an element whose gradient
   is a rounding error away from zero can flip sign, and AdamW then moves it by up to the step's
   rate the other way, so no tighter elementwise bound holds. Measured errors are in docs/runtime.md.
