@@ -76,13 +76,13 @@ def unsharded_bytes_per_param(train: Training, par: Parallel) -> float:
     the unsharded 16-bit weights and the unsharded fp32 gradients accumulated over the
     micro-batches (FSDP2 ``to_accumulated_grad_if_needed``). Where the fp32 parameters are the
     masters, also the compute-dtype copies held from forward to backward: FSDP2's gathered
-    weights under ZeRO-2 (``reshard_after_forward=False``), or, without FSDP (ZeRO 0/1, or dp 1),
+    weights under ZeRO-2 (``reshard_after_forward=False``), or, without FSDP (ZeRO 0/1, or dp·cp 1),
     the 16-bit casts of a 16-bit run (runtime/precision.py ``CastCache``); ZeRO-3 gathers per
     block (``zero3_gather_bytes``)."""
     w = 4 if train.dtype == "fp32" else 2
     held = (w + 4) if holds_unsharded(train, par) else 0.0
     if train.stack.master_weights == "parameters":
-        fsdp = par.zero >= 2 and par.dp > 1
+        fsdp = par.zero >= 2 and par.dp * par.cp > 1  # FSDP shards over dp x cp (torchtitan's dp_shard x cp)
         if (fsdp and par.zero == 2) or (not fsdp and train.dtype != "fp32"):
             held += w
     return held
