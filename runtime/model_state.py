@@ -23,11 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runtime.optim import _local, torch_optimizer
+from runtime.optim import local_shard, torch_optimizer
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
-    local = _local(t)
+    local = local_shard(t)
     return local.numel() * local.element_size()
 
 
@@ -64,7 +64,7 @@ class ModelStateMeter:
         held = 0
         for param, state in inner.state.items():
             for value in state.values():
-                if isinstance(value, torch.Tensor) and _local(value).numel() == _local(param).numel():
+                if isinstance(value, torch.Tensor) and local_shard(value).numel() == local_shard(param).numel():
                     held += tensor_bytes(value)
         self.optimizer_bytes = max(self.optimizer_bytes, held)
 

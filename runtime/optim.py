@@ -27,7 +27,7 @@ from torch import nn
 from runtime.recipe import Recipe, lr_factor
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_shard(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (same storage), else ``t``."""
     from torch.distributed.tensor import DTensor
 
@@ -63,12 +63,12 @@ class ZeroOne:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         self.params = params
-        self.shards = [_local(p).detach() for p in params]  # same storage, plain tensors
+        self.shards = [local_shard(p).detach() for p in params]  # same storage, plain tensors
         self.inner = ZeroRedundancyOptimizer(self.shards, optimizer_class=cls, process_group=dp_group, **kwargs)
 
     def step(self) -> None:
         for p, shard in zip(self.params, self.shards):
-            shard.grad = None if p.grad is None else _local(p.grad)
+            shard.grad = None if p.grad is None else local_shard(p.grad)
         self.inner.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -106,7 +106,7 @@ def global_grad_norm(
     total = torch.zeros((), dtype=torch.float32, device=params[0].device if params else "cpu")
     for p in params:
         if p.grad is not None and id(p) not in skip and _counted_here(p, dp_rank, fsdp):
-            total += _local(p.grad).float().pow(2).sum()
+            total += local_shard(p.grad).float().pow(2).sum()
     return _world_sum(total).sqrt()
 
 
@@ -122,7 +122,7 @@ def clip_gradients(params: list[nn.Parameter], norm: torch.Tensor, max_norm: flo
     coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     for p in params:
         if p.grad is not None:
-            _local(p.grad).mul_(coef.to(p.grad.dtype))
+            local_shard(p.grad).mul_(coef.to(p.grad.dtype))
 
 
 def tied_copies(parts: list[nn.Module]) -> set[int]:
@@ -140,7 +140,7 @@ def update(params: list[nn.Parameter], optimizer, scheduler, scaler, max_norm: f
     """One optimizer step after the gradients are complete (reduced, tied copies summed):
     unscale (fp16), global norm, clip, step (skipped everywhere on an inf/NaN gradient), advance
     the schedule. Returns the gradient norm before clipping. ``norm_kw``: see global_grad_norm."""
-    found_inf = scaler.unscale([_local(p.grad) for p in params if p.grad is not None])
+    found_inf = scaler.unscale([local_shard(p.grad) for p in params if p.grad is not None])
     norm = global_grad_norm(params, **norm_kw)
     if max_norm is not None:
         clip_gradients(params, norm, max_norm)
