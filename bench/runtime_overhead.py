@@ -35,6 +35,7 @@ from runtime.memory import SavedTensorMeter, state_tensors
 from runtime.model import build_model, next_token_loss
 from runtime.parallelize import apply_plan
 from runtime.plan_io import make_plan
+from runtime.recipe import SGD_PARITY
 from runtime.train import TokenSource
 
 WARMUP = 2
@@ -69,7 +70,7 @@ def plain_step(plan: dict, spec):
 
 def apply_plan_step(plan: dict, spec, meter: bool):
     pm = apply_plan(build_model(spec, seed=0), plan)
-    opt = pm.build_optimizer(0.1)
+    opt = pm.build_optimizer(SGD_PARITY)  # SGD at 0.1, as the plain loop
     source = TokenSource(plan)
 
     def step(i: int) -> None:
@@ -86,7 +87,7 @@ def apply_plan_step(plan: dict, spec, meter: bool):
 def time_run_dp2(spec, args) -> float:
     plan = make_plan(spec, dp=2, num_micro_batches=args.micro_batches // 2, seq_len=args.seq_len)
     with tempfile.TemporaryDirectory() as tmp:
-        report = run(plan, args.steps + WARMUP, out=Path(tmp, "report.json"))
+        report = run(plan, args.steps + WARMUP, out=Path(tmp, "report.json"), recipe=SGD_PARITY)
     times = [s["step_time_s"] for s in report["steps"][WARMUP:]]
     return statistics.median(times)
 

@@ -10,6 +10,7 @@ Public API (documented in docs/runtime.md):
 * ``runtime.measure``: ``measure_saved_bytes_per_layer``
 * ``runtime.plan_io``: ``load_plan``, ``validate_plan``, ``make_plan``, ``read_parallelism``, ``PlanError``
 * ``runtime.defaults``: ``DEFAULT_LR``
+* ``runtime.recipe``: ``Recipe`` (optimizer, precision, clipping, schedule)
 
 Names are resolved lazily so that ``import runtime.plan_io`` or ``runtime.defaults`` (the CLI,
 the planner's tests) does not pay for importing torch.
@@ -35,11 +36,13 @@ _EXPORTS = {
     "read_parallelism": "runtime.plan_io",
     "PlanError": "runtime.plan_io",
     "DEFAULT_LR": "runtime.defaults",
+    "Recipe": "runtime.recipe",
 }
 __all__ = [  # every name of _EXPORTS
     "DEFAULT_LR",
     "ParallelModel",
     "PlanError",
+    "Recipe",
     "SavedTensorMeter",
     "apply_plan",
     "build_mesh",

@@ -1,8 +1,8 @@
 """Defaults shared by the runtime's entry points and the CLI; no torch import (cheap for ``cli.py``).
 
-``DEFAULT_LR``: the SGD learning rate of ``autopar run``, ``python -m runtime.launch``,
-:func:`runtime.launch.run`, :func:`runtime.train.run_reference` and
-:func:`runtime.parity.check_parity`. 0.1 moves the debug models' losses visibly within a few
+``DEFAULT_LR``: SGD's learning rate when none is given (``--optimizer sgd`` of ``autopar run`` and
+``python -m runtime.launch``, :data:`runtime.recipe.SGD_PARITY` of
+:func:`runtime.parity.check_parity`; AdamW's default is ``runtime.recipe.ADAMW_LR``). 0.1 moves the debug models' losses visibly within a few
 steps; the parity tests rely on that, as SGD at a tiny rate would hide a wrongly scaled gradient.
 """
 

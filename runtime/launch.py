@@ -28,11 +28,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from runtime.checkpoint_files import CheckpointOptions, checkpoint_options
-from runtime.defaults import DEFAULT_LR
 from runtime.forkserver import cpu_context
 from runtime.hf_weights import check_checkpoint
+from runtime.optim import optimizer_class
 from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, model_spec, world_size, world_size_arithmetic
+from runtime.recipe import RECIPE_FLAGS, Recipe, recipe_argv, recipe_from
 from runtime.report import build_report
 from runtime.tokens import TOKEN_DTYPES, check_token_file
 from runtime.train import train_rank
@@ -73,13 +74,12 @@ def _worker(plan: dict, args: dict) -> None:
     record = train_rank(
         plan,
         args["steps"],
-        args["lr"],
+        args["recipe"],
         args["data"],
         args["device"],
         keep_state=bool(args["save_params"]),
         data_dtype=args.get("data_dtype"),
         checkpoint=args.get("checkpoint"),
-        optimizer_class=args.get("optimizer_class", torch.optim.SGD),
         init_weights=args.get("init_weights"),
         metrics=args.get("metrics"),
         progress=bool(args.get("progress")),
@@ -170,7 +170,7 @@ def run(
     data: str | None = None,
     out: str | Path = "report.json",
     *,
-    lr: float = DEFAULT_LR,
+    recipe: Recipe | None = None,
     nprocs: int | None = None,
     device: str | None = None,
     save_params: str | Path | None = None,
@@ -180,34 +180,35 @@ def run(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
     resume: str | Path | None = None,
-    optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD,
     init_weights: str | Path | None = None,
     metrics: str | Path | None = None,
     progress: bool = False,
 ) -> dict:
     """Train the plan up to step ``steps`` on this machine and return (and write) the report.
 
+    recipe: optimizer, precision, clipping, schedule (default ``Recipe()``: AdamW, mixed precision
+    as the plan's dtype says, runtime.recipe).
     plan_path: a plan JSON path or dict. nprocs: ranks to launch (default: the plan's world size;
     any other number is refused). device: "cpu" | "cuda" (default: the plan's cluster, else
     whatever this machine has). save_params: also write the final unsharded parameters there.
     checkpoint_dir / checkpoint_every: save there every N steps and after the last
     (:mod:`runtime.checkpoint`); resume: a checkpoint (or a directory of them: the latest) to
-    continue from, under this plan or another (``steps`` is the total). optimizer_class: SGD by
-    default; any ``torch.optim`` class taking ``lr``.
+    continue from, under this plan or another (``steps`` is the total).
     init_weights: a Hugging Face checkpoint directory to start from (runtime.hf_weights);
     metrics: a JSONL file, a line per step (runtime.metrics); progress: a line per step on stderr."""
     plan = load_plan(plan_path)
     nprocs = _check_world(plan, nprocs)
     device = resolve_device(plan, device, nprocs)
     data_dtype = _check_inputs(plan, data, data_dtype, init_weights)
-    ckpt = checkpoint_options(plan, steps, checkpoint_dir, checkpoint_every, resume, optimizer_class.__name__)
+    recipe = recipe or Recipe()
+    optimizer_name = optimizer_class(recipe)[0].__name__
+    ckpt = checkpoint_options(plan, steps, checkpoint_dir, checkpoint_every, resume, optimizer_name)
     if ckpt.resume is not None:
         print(ckpt.resume.describe(), file=sys.stderr)
     args = {
         "checkpoint": ckpt,
-        "optimizer_class": optimizer_class,
         "steps": steps,
-        "lr": lr,
+        "recipe": recipe,
         "data": data,
         "data_dtype": data_dtype,
         "device": device,
@@ -248,7 +249,7 @@ def print_torchrun_command(
     steps: int = 10,
     out: str = "report.json",
     *,
-    lr: float = DEFAULT_LR,
+    recipe: Recipe | None = None,
     data: str | None = None,
     data_dtype: str | None = None,
     checkpoint_dir: str | None = None,
@@ -259,7 +260,7 @@ def print_torchrun_command(
     device: str | None = None,
 ) -> str:
     """The torchrun line to start on each of ``nnodes`` nodes for this plan (every run option
-    carried: steps, report, learning rate, token file and its id type, checkpoints, initial
+    carried: steps, report, recipe flags, token file and its id type, checkpoints, initial
     weights, metrics file, device); printed once and returned. Paths must exist on every node (the
     token file, the checkpoints and the initial weights are read by every rank; the report and the
     metrics file are written by global rank 0's node)."""
@@ -272,7 +273,8 @@ def print_torchrun_command(
     command = (
         f"torchrun --nnodes={nnodes} --nproc-per-node={need // nnodes} --rdzv-backend=c10d "
         f"--rdzv-endpoint={rdzv_endpoint} --rdzv-id=autopar -m runtime.launch "
-        f"--plan {plan_path} --steps {steps} --out {out} --lr {lr}"
+        f"--plan {plan_path} --steps {steps} --out {out}"
+        + (f" {recipe_argv(recipe)}" if recipe and recipe_argv(recipe) else "")
         + (f" --data {data}" if data else "")
         + (f" --data-dtype {data_dtype}" if data_dtype else "")
         + (f" --checkpoint-dir {checkpoint_dir}" if checkpoint_dir else "")
@@ -286,13 +288,13 @@ def print_torchrun_command(
     return command
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: under torchrun (RANK set) run this rank; otherwise launch all ranks here."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime.launch", description=__doc__.splitlines()[0])
     parser.add_argument("--plan", required=True, help="plan JSON written by the planner")
     parser.add_argument("--steps", type=int, default=10, help="training steps")
     parser.add_argument("--out", default="report.json", help="run report path (written by rank 0)")
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="SGD learning rate")
+    for _, flag, kind, text in RECIPE_FLAGS:
+        parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument(
         "--data", default=None, help="token file (raw uint16/uint32/int32 ids or llm.c .bin); default: synthetic tokens"
     )
@@ -304,46 +306,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", default=None, help="continue from this checkpoint (or the latest under it)")
     parser.add_argument("--init-weights", default=None, help="Hugging Face checkpoint directory to start from")
     parser.add_argument("--metrics", default=None, help="JSONL file: one line per step (written by rank 0)")
-    a = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: under torchrun (RANK set) run this rank; otherwise launch all ranks here."""
+    a = _parser().parse_args(argv)
     ckpt = {"checkpoint_dir": a.checkpoint_dir, "checkpoint_every": a.checkpoint_every, "resume": a.resume}
     extra = {"data_dtype": a.data_dtype, "init_weights": a.init_weights, "metrics": a.metrics}
+    recipe = recipe_from(vars(a))
     if "RANK" not in os.environ:
-        run(
-            a.plan,
-            a.steps,
-            a.data,
-            a.out,
-            lr=a.lr,
-            device=a.device,
-            save_params=a.save_params,
-            progress=True,
-            **extra,
-            **ckpt,
-        )
+        run(a.plan, a.steps, a.data, a.out, recipe=recipe, device=a.device, save_params=a.save_params, progress=True,
+            **extra, **ckpt)  # fmt: skip
         return
     plan = load_plan(a.plan)
     # Every rank vets the files it will read before joining the group: a bad one stops all.
     extra["data_dtype"] = _check_inputs(plan, a.data, a.data_dtype, a.init_weights)
+    checkpoint = checkpoint_options(
+        plan, a.steps, a.checkpoint_dir, a.checkpoint_every, a.resume, optimizer_class(recipe)[0].__name__
+    )
     device = resolve_device(plan, a.device, int(os.environ["LOCAL_WORLD_SIZE"]))
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    args = {"steps": a.steps, "recipe": recipe, "data": a.data, "device": device, "out": a.out}
+    args |= {"save_params": a.save_params, "plan_path": a.plan, "checkpoint": checkpoint, "progress": True}
     try:
-        _worker(
-            plan,
-            {
-                "steps": a.steps,
-                "lr": a.lr,
-                "data": a.data,
-                "device": device,
-                "out": a.out,
-                "save_params": a.save_params,
-                "plan_path": a.plan,
-                "checkpoint": checkpoint_options(plan, a.steps, *ckpt.values()),
-                "progress": True,
-                **extra,
-            },
-        )
+        _worker(plan, args | extra)
     finally:
         dist.destroy_process_group()
 

@@ -44,9 +44,11 @@ def _plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
 
 
 def _is_parameter_like(t: torch.Tensor | None) -> bool:
-    """A leaf that requires grad (a parameter, FSDP's unsharded copy too) or a view of one."""
+    """A leaf that requires grad (a parameter, FSDP's unsharded copy too), a 16-bit copy of a
+    parameter (runtime.precision.CastCache marks them: model state, not activations), or a view
+    of one of these."""
     while t is not None:
-        if t.is_leaf and t.requires_grad:
+        if (t.is_leaf and t.requires_grad) or getattr(t, "_autopar_parameter_copy", False):
             return True
         t = t._base
     return False

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.inputs import Opt
-from runtime.defaults import DEFAULT_LR
+from runtime.recipe import RECIPE_FLAGS, recipe_from
 
 RUN_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
@@ -48,7 +48,7 @@ RUN_OPTIONS = (
         ("--out", "-o", "--report"),
         "Where to write the run report JSON (--report: its former name).",
     ),
-    Opt("lr", float, DEFAULT_LR, ("--lr",), "SGD learning rate."),
+    *(Opt(name, kind | None, None, (flag,), text) for name, flag, kind, text in RECIPE_FLAGS),
     Opt("nprocs", int | None, None, ("--nprocs",), "Ranks to start (must equal the plan's world size)."),
     Opt("device", str | None, None, ("--device",), "cpu or cuda (default: from the plan's cluster)."),
     Opt(
@@ -73,7 +73,8 @@ RUN_OPTIONS = (
 
 def launch_options(o: dict) -> dict[str, Any]:
     """What `autopar run` hands on to ``runtime.launch.run`` and ``print_torchrun_command`` alike
-    (paths as strings, None when not given)."""
-    out = {k: o[k] for k in ("lr", "data_dtype", "checkpoint_every", "device")}
+    (paths as strings, None when not given; the recipe flags as a Recipe: a bad value is a
+    PlanError, one line and exit 2)."""
+    out = {k: o[k] for k in ("data_dtype", "checkpoint_every", "device")} | {"recipe": recipe_from(o)}
     paths = ("data", "checkpoint_dir", "resume", "init_weights", "metrics")
     return out | {k: str(o[k]) if o[k] else None for k in paths}

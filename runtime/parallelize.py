@@ -12,7 +12,8 @@ The order is fixed, each technique guarded by the plan (torchtitan's parallelize
    wrapper changes module names or parameter types;
 4. activation checkpointing, per block — wraps the TP-parallelised block so recompute replays its
    collectives too;
-5. ZeRO-2/3 as FSDP2 ``fully_shard`` (local experts, then the block, then the chunk) — last of
+5. ZeRO-2/3 as FSDP2 ``fully_shard`` (local experts, then the block, then the chunk; 16-bit runs
+   with FSDP2's mixed-precision policy, others on cached 16-bit casts: runtime.precision) — last of
    the module wrappers: it shards the final parameters (TP's DTensors become 2-D). Dense weights
    on the flattened ``dp_shard_cp`` mesh (dp·cp ranks), or, with ``dp_replicate`` > 1 (HSDP),
    on the 2-D ``("dp_replicate", "dp_shard_cp")`` mesh: FSDP2 then shards within each group of
@@ -49,6 +50,7 @@ from runtime.plan_io import (
     world_size,
     world_size_arithmetic,
 )
+from runtime.precision import FP32, CastCache, Precision, cast_buffers, cast_parameters, mp_policy
 from runtime.recompute import checkpoint_block
 from runtime.step import ParallelModel
 from runtime.tp import apply_tp
@@ -123,23 +125,29 @@ def apply_activation_checkpointing(part: Transformer, stage: dict) -> None:
 
 
 def apply_fsdp(
-    part: Transformer, fsdp_mesh: DeviceMesh, reshard_after_forward: bool, expert_mesh: DeviceMesh | None = None
+    part: Transformer,
+    fsdp_mesh: DeviceMesh,
+    reshard_after_forward: bool,
+    expert_mesh: DeviceMesh | None = None,
+    mp_policy=None,
 ) -> None:
     """ZeRO-3 (reshard after forward: parameters gathered again in backward) or ZeRO-2 (kept
     unsharded until backward ends); gradients are reduce-scattered either way. ``fsdp_mesh``: 1-D
     (shard over it) or 2-D (HSDP: replicate over dim 0, shard over dim 1, gradients all-reduced
     across dim 0 after the reduce-scatter). Under expert parallelism each local expert is its own
     FSDP unit on ``expert_mesh`` (the expert-data-parallel ranks), wrapped first so the block's
-    unit leaves its parameters alone (torchtitan's order)."""
-    from torch.distributed.fsdp import fully_shard
+    unit leaves its parameters alone (torchtitan's order). ``mp_policy``: FSDP2's
+    MixedPrecisionPolicy (16-bit gathers and compute over fp32 shards: runtime.precision), None for fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    policy = mp_policy or MixedPrecisionPolicy()
     for block in part.layers.values():
         if expert_mesh is not None:
             for moe in (m for m in block.modules() if getattr(m, "ep", None) is not None):
                 for expert in moe.get_submodule("experts").children():
-                    fully_shard(expert, mesh=expert_mesh, reshard_after_forward=reshard_after_forward)
-        fully_shard(block, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(part, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward)
+                    fully_shard(expert, mesh=expert_mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+        fully_shard(block, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    fully_shard(part, mesh=fsdp_mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
 
 
 def _fsdp_meshes(mesh: DeviceMesh, expert_mesh: DeviceMesh | None, hsdp: bool) -> tuple[DeviceMesh, DeviceMesh | None]:
@@ -158,6 +166,23 @@ def _fsdp_meshes(mesh: DeviceMesh, expert_mesh: DeviceMesh | None, hsdp: bool) -
     ranks = mesh.mesh.reshape(pp, r, shard * cp, tp)
     dense = DeviceMesh(mesh.device_type, ranks, mesh_dim_names=("pp", "dp_replicate", "dp_shard_cp", "tp"))
     return dense[("dp_replicate", "dp_shard_cp")], experts
+
+
+def _apply_zero(parts: list[Transformer], p: dict, mesh: DeviceMesh | None, expert_mesh, precision: Precision):
+    """ZeRO-2/3 as FSDP2 (with its mixed-precision policy) when dp·cp > 1, else the 16-bit casts
+    of a mixed-precision run (runtime.precision). Returns (fsdp, hsdp, the cast cache or None)."""
+    fsdp = p["zero_stage"] >= 2 and p["dp"] * p["cp"] > 1
+    hsdp = fsdp and p["dp_replicate"] > 1
+    if fsdp:
+        assert mesh is not None
+        dense, experts = _fsdp_meshes(mesh, expert_mesh, hsdp)
+        for part in parts:
+            apply_fsdp(part, dense, p["zero_stage"] == 3, experts, mp_policy=mp_policy(precision))
+    cache = CastCache(precision.compute) if precision.mixed and not fsdp else None
+    if cache is not None:
+        for part in parts:
+            cast_parameters(part, cache)
+    return fsdp, hsdp, cache
 
 
 def _apply_cp_ep(parts: list[Transformer], p: dict, mesh: DeviceMesh | None) -> DeviceMesh | None:
@@ -204,8 +229,10 @@ def apply_plan(
     device=None,
     seed: int | None = None,
     load: Loader | None = None,
+    precision: Precision = FP32,
 ) -> ParallelModel:
-    """Parallelise ``model`` as ``plan`` says, for this rank of ``mesh`` (see module doc)."""
+    """Parallelise ``model`` as ``plan`` says, for this rank of ``mesh`` (see module doc).
+    ``precision``: compute and reduce dtypes over the model's fp32 parameters (runtime.precision)."""
     validate_plan(plan)
     check_supported(plan)
     if mesh is None and world_size(plan) > 1:
@@ -217,6 +244,9 @@ def apply_plan(
     # 1. Pipeline split, then materialise (a rank's experts get the reference's weights).
     parts, stage_indices = split_model(model, plan, pp_rank)
     parts = [_materialize(part, device, seed, load) for part in parts]
+    if precision.mixed:
+        for part in parts:
+            cast_buffers(part, precision.compute)
     # 2. Context parallel (token positions, K/V all-gather) and expert parallel (local experts).
     expert_mesh = _apply_cp_ep(parts, p, mesh)
     # 3. Tensor + sequence parallel.
@@ -228,15 +258,10 @@ def apply_plan(
     for part, i in zip(parts, stage_indices):
         apply_activation_checkpointing(part, plan["stages"][i])
     # 5. ZeRO-2/3 as FSDP2 over dp·cp (experts: dp·cp/ep); HSDP on the 2-D (replicate, shard) mesh.
-    fsdp = p["zero_stage"] >= 2 and p["dp"] * p["cp"] > 1
-    hsdp = fsdp and p["dp_replicate"] > 1
-    if fsdp:
-        assert mesh is not None
-        dense, experts = _fsdp_meshes(mesh, expert_mesh, hsdp)
-        for part in parts:
-            apply_fsdp(part, dense, p["zero_stage"] == 3, experts)
+    fsdp, hsdp, cache = _apply_zero(parts, p, mesh, expert_mesh, precision)
     # 6. Data parallel by hand for ZeRO 0/1 (dense: dp·cp; experts: dp·cp/ep); tied embeddings.
-    pm = ParallelModel(parts, stage_indices, plan, mesh, device, hsdp=hsdp, ep=p["ep"])
+    pm = ParallelModel(parts, stage_indices, plan, mesh, device, hsdp=hsdp, ep=p["ep"], reduce_dtype=precision.reduce)
+    pm.cast_cache = cache
     if p["dp"] * p["cp"] > 1 and not fsdp:
         assert mesh is not None
         pm.dp_group = dense_mesh(mesh).get_group()
@@ -247,5 +272,7 @@ def apply_plan(
     # 7. Pipeline schedule over the finished chunks.
     if p["pp"] > 1:
         assert mesh is not None
-        pm.schedule = build_schedule(parts, stage_indices, plan, mesh["pp"].get_group(), device)
+        pm.schedule = build_schedule(
+            parts, stage_indices, plan, mesh["pp"].get_group(), device, pm.scaled_loss, precision.compute
+        )
     return pm

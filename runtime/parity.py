@@ -1,7 +1,8 @@
 """Check a parallel run against the single-process reference (the oracle of the parity tests).
 
-Both train the same model on the same batches with SGD; every step's loss and every final
-parameter must agree. fp32 reductions in another order leave about 1e-7 relative differences
+Both train the same model on the same batches with the same recipe (default: SGD at
+``DEFAULT_LR``, no clipping, constant rate, :data:`runtime.recipe.SGD_PARITY`, as Adam would hide
+a wrongly scaled gradient); every step's loss, gradient norm and every final parameter must agree. fp32 reductions in another order leave about 1e-7 relative differences
 (measured: losses within 1.4e-6, gradients within 2e-8), so 1e-5 separates rounding from a wrong
 gradient scale, a missed all-reduce or a stale tied copy by orders of magnitude.
 """
@@ -14,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from runtime.defaults import DEFAULT_LR
 from runtime.launch import run
 from runtime.plan_io import model_spec
+from runtime.recipe import SGD_PARITY, Recipe
 from runtime.train import run_reference
 
 
@@ -29,24 +30,33 @@ class ParityResult:
     worst_param: str
     missing_params: tuple[str, ...]  # in the reference but not gathered from the run
     report: dict
+    max_norm_rel_err: float = 0.0  # gradient norm before clipping, per step, relative
 
     def ok(self, tol: float = 1e-5) -> bool:
         return self.max_loss_rel_err <= tol and self.max_param_err <= tol and not self.missing_params
 
 
 def check_parity(
-    plan: dict, steps: int = 3, lr: float = DEFAULT_LR, data: str | None = None, start_method: str | None = None
+    plan: dict, steps: int = 3, recipe: Recipe = SGD_PARITY, data: str | None = None, start_method: str | None = None
 ) -> ParityResult:
-    """Run ``plan`` on this machine, then the reference, and compare them."""
+    """Run ``plan`` on this machine, then the reference, both with ``recipe``, and compare them."""
     with tempfile.TemporaryDirectory(prefix="autopar-parity-") as tmp:
         params_path = Path(tmp, "params.pt")
         report = run(
-            plan, steps, data, Path(tmp, "report.json"), lr=lr, save_params=params_path, start_method=start_method
+            plan,
+            steps,
+            data,
+            Path(tmp, "report.json"),
+            recipe=recipe,
+            save_params=params_path,
+            start_method=start_method,
         )
         gathered = torch.load(params_path, weights_only=True)
-    ref = run_reference(plan, steps, lr, data)
+    ref = run_reference(plan, steps, recipe, data)
     losses = [s["loss"] for s in report["steps"]]
     loss_err = max(abs(a - b) / abs(b) for a, b in zip(losses, ref["losses"]))
+    norms = [s["grad_norm"] for s in report["steps"]]
+    norm_err = max(abs(a - b) / abs(b) for a, b in zip(norms, ref["grad_norms"]))
     if model_spec(plan).tie_embeddings and "output.weight" in gathered:
         # Split over pipeline stages, the head holds its own copy of the tied embedding.
         ref["params"]["output.weight"] = ref["params"]["tok_embeddings.weight"]
@@ -57,4 +67,4 @@ def check_parity(
             if err >= worst:
                 worst, worst_name = err, name
     missing = tuple(sorted(set(ref["params"]) - set(gathered)))
-    return ParityResult(losses, ref["losses"], loss_err, worst, worst_name, missing, report)
+    return ParityResult(losses, ref["losses"], loss_err, worst, worst_name, missing, report, norm_err)

@@ -50,15 +50,16 @@ def split_model(model: Transformer, plan: dict, pp_rank: int) -> tuple[list[Tran
     return parts, [st["index"] for st in stages]
 
 
-def stage_io(plan: dict, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stage_io(plan: dict, index: int, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Meta tensors of the shapes chunk ``index`` takes and returns per micro-batch: token ids
     ``[mb, s]`` into the first, logits ``[mb, s, V]`` out of the last, hidden states
     ``[mb, s, h]`` between (s: the tokens of a sequence on one cp rank, split again over tp under
     sequence parallelism). Given to ``PipelineStage``, they replace its shape-inference forward,
     which runs on uninitialised tensors: a MoE routes such garbage differently on each tp rank
-    and the expert collectives then disagree in size."""
+    and the expert collectives then disagree in size. ``dtype``: of the activations (the compute
+    dtype of the run's precision; default the plan's)."""
     p, t, m = plan["parallelism"], plan["inputs"]["training"], plan["inputs"]["model"]
-    mb, s, dtype = p["micro_batch_size"], t["seq_len"] // p["cp"], DTYPES[t["dtype"]]
+    mb, s, dtype = p["micro_batch_size"], t["seq_len"] // p["cp"], dtype or DTYPES[t["dtype"]]
     between = s // p["tp"] if p["sequence_parallel"] and p["tp"] > 1 else s
     # requires_grad: the schedule sends/receives gradients only for tensors that have one.
     hidden = torch.empty(mb, between, m["hidden_size"], dtype=dtype, device="meta", requires_grad=True)
@@ -68,8 +69,18 @@ def stage_io(plan: dict, index: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def build_schedule(parts: Sequence[nn.Module], stage_indices: list[int], plan: dict, pp_group, device: torch.device):
-    """The plan's schedule over this rank's (already parallelised) chunks.
+def build_schedule(
+    parts: Sequence[nn.Module],
+    stage_indices: list[int],
+    plan: dict,
+    pp_group,
+    device: torch.device,
+    loss_fn=None,
+    dtype: torch.dtype | None = None,
+):
+    """The plan's schedule over this rank's (already parallelised) chunks; ``loss_fn`` default
+    ``next_token_loss`` (fp16 runs pass the loss times the loss scale); ``dtype``: of the
+    activations sent between stages (see :func:`stage_io`).
 
     Each micro-batch loss is a mean; the schedule divides the accumulated gradients by the
     number of micro-batches (``scale_grads``), so they equal the gradient of the batch mean.
@@ -77,7 +88,7 @@ def build_schedule(parts: Sequence[nn.Module], stage_indices: list[int], plan: d
     p = plan["parallelism"]
     num_stages = len(plan["stages"])
     stages = [
-        PipelineStage(part, i, num_stages, device, *stage_io(plan, i), group=pp_group)
+        PipelineStage(part, i, num_stages, device, *stage_io(plan, i, dtype), group=pp_group)
         for part, i in zip(parts, stage_indices)
     ]
     entry = SCHEDULES[p["schedule"]]
@@ -87,4 +98,4 @@ def build_schedule(parts: Sequence[nn.Module], stage_indices: list[int], plan: d
             f"schedule {entry.name!r} ({entry.torch_class}) takes one chunk per pp rank, not {len(stages)}"
         )
     local = stages if entry.torch_multi_stage else stages[0]
-    return schedule_cls(local, p["num_micro_batches"], loss_fn=next_token_loss)
+    return schedule_cls(local, p["num_micro_batches"], loss_fn=loss_fn or next_token_loss)

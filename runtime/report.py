@@ -15,8 +15,11 @@ import os
 
 from runtime.phases import PHASES
 
-REPORT_SCHEMA_VERSION = "1.1"  # 1.1: "phases"; the profiled step left out of the means
+REPORT_SCHEMA_VERSION = (
+    "1.2"  # 1.1: "phases", the profiled step left out of the means; 1.2: per-step grad_norm and lr, model_state
+)
 COMPARED = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
+MODEL_STATE = ("weights_bytes", "gradients_bytes", "optimizer_bytes")
 
 
 def _relative_error(measured: float, predicted) -> float | None:
@@ -25,15 +28,36 @@ def _relative_error(measured: float, predicted) -> float | None:
     return (measured - predicted) / predicted
 
 
+def model_state_comparison(plan: dict, records: list[dict]) -> list[dict]:
+    """Per pipeline rank: model-state bytes measured on its ranks (runtime.model_state), their mean
+    and the largest, beside the planner's ``predicted.stages[pp_rank].memory`` figures. The mean
+    is what equals the planner's even split: ZeRO-1 partitions whole tensors, so one dp rank may
+    hold a few more optimizer bytes than another while their sum is the planner's."""
+    stages = (plan.get("predicted") or {}).get("stages") or []
+    out = []
+    for pp_rank in sorted({r["pp_rank"] for r in records}):
+        mine = [r["model_state_bytes"] for r in records if r["pp_rank"] == pp_rank]
+        entry: dict = {"pp_rank": pp_rank}
+        entry["measured_mean"] = {k: sum(m[k] for m in mine) / len(mine) for k in MODEL_STATE}
+        entry["measured_max"] = {k: max(m[k] for m in mine) for k in MODEL_STATE}
+        memory = stages[pp_rank].get("memory") if pp_rank < len(stages) else None
+        entry["predicted"] = {k: memory[k] for k in MODEL_STATE} if memory else None
+        out.append(entry)
+    return out
+
+
 def _steps(records: list[dict], first_step: int, tokens_per_step: int) -> list[dict]:
     """One entry per step: its number, the loss and the slowest rank's time."""
     steps = []
     for i, loss in enumerate(records[0]["losses"]):
         step_time_s = max(r["step_time_s"][i] for r in records)
+        r0 = records[0]
         steps.append(
             {
                 "step": first_step + i,
                 "loss": loss,
+                "grad_norm": r0["grad_norms"][i],
+                "lr": r0["lrs"][i],
                 "step_time_s": step_time_s,
                 "tokens_per_s": tokens_per_step / step_time_s,
             }
@@ -72,6 +96,7 @@ def build_report(
     phases = phase_report(plan, records, [s["step"] - first_step for s in timed])
     report = {
         "schema_version": REPORT_SCHEMA_VERSION,
+        "model_state": model_state_comparison(plan, records),
         "kind": "run_report",
         "plan": plan_path,
         "device_type": device_type,

@@ -20,9 +20,9 @@ last). Under pipeline parallelism the schedule drives FSDP itself (see docs/runt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -68,6 +68,9 @@ class ParallelModel:
     tied_group: Any = None  # first+last pp ranks holding copies of a tied embedding
     hsdp: bool = False  # FSDP2 on a 2-D (replicate, shard) mesh: all-reduce on the last micro-batch only
     ep: int = 1  # expert-parallel degree: expert gradients are rescaled by 1/ep (runtime.experts)
+    reduce_dtype: torch.dtype = torch.float32  # of the by-hand dp all-reduce (runtime.precision)
+    loss_scale: float = 1.0  # fp16 loss scaling (runtime.precision.LossScaler), 1 otherwise
+    cast_cache: Any = None  # 16-bit copies of the parameters when not FSDP (runtime.precision.CastCache)
 
     @property
     def has_first(self) -> bool:
@@ -87,7 +90,7 @@ class ParallelModel:
                 seen.setdefault(id(p), (name, p))
         return list(seen.values())
 
-    def _split_expert_params(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    def split_expert_params(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(dense, routed-expert) parameters: they are reduced over different groups."""
         named = self.named_parameters()
         experts = [p for name, p in named if self.ep > 1 and is_expert_param(name)]
@@ -101,15 +104,21 @@ class ParallelModel:
             losses: list[torch.Tensor] | None = [] if self.has_last else None
             args = (inputs,) if self.has_first else ()
             self.schedule.step(*args, target=targets if self.has_last else None, losses=losses)
-            return torch.stack([loss.detach() for loss in losses]).mean() if losses is not None else None
+            if losses is None:
+                return None
+            return torch.stack([loss.detach() for loss in losses]).mean() / self.loss_scale
         model, total = self.parts[0], torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(zip(inputs.chunk(n), targets.chunk(n))):
             if self.hsdp:
                 self._set_requires_all_reduce(i == n - 1)
             loss = next_token_loss(model(x), y)
-            (loss / n).backward()
+            (loss * self.loss_scale / n).backward()
             total += loss.detach()
         return total / n
+
+    def scaled_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The pipeline schedule's loss: the token mean times the fp16 loss scale."""
+        return next_token_loss(logits, targets) * self.loss_scale
 
     def _set_requires_all_reduce(self, flag: bool) -> None:
         """HSDP: whether the next backward all-reduces across replicas (FSDP2; every FSDP module
@@ -126,11 +135,11 @@ class ParallelModel:
         (runtime.experts); and add the two copies of a tied embedding held by the first and last
         pipeline stages (Megatron's embedding group)."""
         _match_grad_placements(self.parameters())
-        dense, experts = self._split_expert_params()
+        dense, experts = self.split_expert_params()
         if self.dp_group is not None:
-            _all_reduce_mean(dense, self.dp_group)
+            _all_reduce_mean(dense, self.dp_group, self.reduce_dtype)
         if self.expert_group is not None:
-            _all_reduce_mean(experts, self.expert_group)
+            _all_reduce_mean(experts, self.expert_group, self.reduce_dtype)
         if self.ep > 1:
             rescale_expert_grads(self.named_parameters(), self.ep)
         if self.tied_group is not None:
@@ -148,17 +157,17 @@ class ParallelModel:
                 out.append(head.weight)
         return out
 
-    def build_optimizer(self, lr: float, optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD):
-        """SGD (or another ``torch.optim`` class, given ``lr`` only); under ZeRO-1 each
-        data-parallel rank updates its shard and broadcasts it (dense parameters over dp·cp, routed
-        experts over the dp·cp/ep ranks holding them)."""
+    def build_optimizer(self, recipe):
+        """The recipe's optimizer (``runtime.optim``); under ZeRO-1 with dp·cp > 1 its states are
+        sharded: dense parameters over dp·cp, routed experts over the dp·cp/ep ranks holding them."""
+        from runtime.optim import build_optimizer
+
         p = self.plan["parallelism"]
+        groups = None
         if p["zero_stage"] == 1 and p["dp"] * p["cp"] > 1:
-            dense, experts = self._split_expert_params()
+            dense, experts = self.split_expert_params()
             groups = [(dense, self.dp_group)] + ([(experts, self.expert_group)] if experts else [])
-            return _ZeroOneSGD(groups, lr, optimizer_class)
-        # torch.optim classes take lr by keyword; the base class's signature does not say so.
-        return cast(Callable[..., torch.optim.Optimizer], optimizer_class)(self.parameters(), lr=lr)
+        return build_optimizer(self.parameters(), recipe, groups)
 
     def global_loss(self, local: torch.Tensor | None) -> float:
         """The global-batch mean loss on every rank (only last-stage ranks hold a loss)."""
@@ -186,9 +195,10 @@ class ParallelModel:
         return state
 
 
-def _all_reduce_mean(params: list[nn.Parameter], group) -> None:
+def _all_reduce_mean(params: list[nn.Parameter], group, dtype: torch.dtype) -> None:
     """Average the gradients of ``params`` over ``group`` in one flat buffer: a single
-    collective instead of one per tensor (what DDP buckets do)."""
+    collective instead of one per tensor (what DDP buckets do), on the wire in ``dtype`` (fp32,
+    or the 16-bit type the plan's stack reduces in)."""
     grads = []
     for p in params:
         if p.grad is None:
@@ -196,49 +206,10 @@ def _all_reduce_mean(params: list[nn.Parameter], group) -> None:
         grads.append(_local(p.grad))
     if not grads:
         return
-    flat = torch.cat([g.reshape(-1) for g in grads])
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(dtype)
     dist.all_reduce(flat, group=group)
     flat /= dist.get_world_size(group)
     offset = 0
     for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))  # back to the gradient's dtype
         offset += g.numel()
-
-
-class _ZeroOneSGD:
-    """ZeRO-1 (Rajbhandari et al. 2020, P_os): ``ZeroRedundancyOptimizer`` over SGD (or the given
-    ``torch.optim`` class), one per (parameters, data-parallel group) pair: dense parameters over
-    dp·cp, routed experts over the ranks holding the same experts.
-
-    It broadcasts updated parameters with c10d ops that DTensor does not implement, so it is
-    given plain tensors aliasing each parameter's local shard (TP's DTensors): updating and
-    broadcasting them writes through to the parameters. Gradients are handed over before a step.
-    runtime.checkpoint reads ``params``, ``shards`` and ``inner`` to save the state by parameter name.
-    """
-
-    def __init__(
-        self, groups: list[tuple[list[nn.Parameter], Any]], lr: float, optimizer_class: type[torch.optim.Optimizer]
-    ):
-        from torch.distributed.optim import ZeroRedundancyOptimizer
-
-        self.params = [p for params, _ in groups for p in params]
-        self.shards = [_local(p).detach() for p in self.params]  # same storage, plain tensors
-        self.inner, start = [], 0
-        for params, group in groups:
-            mine = self.shards[start : start + len(params)]
-            start += len(params)
-            self.inner.append(
-                ZeroRedundancyOptimizer(mine, optimizer_class=optimizer_class, process_group=group, lr=lr)
-            )
-
-    def step(self) -> None:
-        for p, shard in zip(self.params, self.shards):
-            shard.grad = None if p.grad is None else _local(p.grad)
-        for inner in self.inner:
-            inner.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Drop the gradients (always to None, whatever ``set_to_none`` says: the next backward
-        allocates them again)."""
-        for p, shard in zip(self.params, self.shards):
-            p.grad = shard.grad = None

@@ -1,8 +1,10 @@
 """The training loop one rank runs, and the single-process reference it must reproduce.
 
 Both draw the same global batch each step from :class:`TokenSource` (seeded synthetic tokens, or
-windows of a token file), build the model from the same seed, and use SGD: SGD, not Adam, so a
-gradient scaled wrongly shows in the parameters (Adam is scale-invariant and would hide it).
+windows of a token file), build the model from the same seed in fp32 (the master copy) and follow
+the same :class:`runtime.recipe.Recipe`: optimizer, precision policy (runtime.precision), clipping
+by global norm and schedule (runtime.optim). The parity tests use SGD as well as AdamW: Adam is
+scale-invariant and would hide a wrongly scaled gradient.
 A data-parallel rank takes rows ``[r * B/dp, (r + 1) * B/dp)`` of the global batch, r its index
 in the whole dp group (under HSDP r = replicate_rank * dp_shard + shard_rank); under context
 parallelism each of the cp ranks sharing those rows takes its two chunks of every sequence
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -23,15 +26,19 @@ import torch.distributed as dist
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.checkpoint_files import CheckpointOptions
 from runtime.context import shard_sequence
-from runtime.defaults import DEFAULT_LR
 from runtime.hf_weights import Checkpoint, load_part
 from runtime.memory import SavedTensorMeter, state_tensors
-from runtime.metrics import StepLog, current_lr
-from runtime.model import DTYPES, build_model, next_token_loss
-from runtime.parallelize import MESH_DIMS, apply_plan, build_mesh, dp_mesh
+from runtime.metrics import StepLog
+from runtime.model import build_model, next_token_loss
+from runtime.model_state import ModelStateMeter
+from runtime.optim import build_optimizer, build_scheduler, tied_copies, update
+from runtime.parallelize import MESH_DIMS, apply_plan, build_mesh, dense_mesh, dp_mesh
 from runtime.phases import PhaseTimer
 from runtime.plan_io import model_spec
+from runtime.precision import CastCache, LossScaler, cast_buffers, cast_parameters, fsdp_shards, precision_for
 from runtime.profile import profile_comm
+from runtime.recipe import Recipe
+from runtime.step import ParallelModel
 from runtime.tokens import open_token_file
 
 
@@ -61,37 +68,42 @@ class TokenSource:
         return torch.from_numpy(rows)
 
 
-def _dtype(plan: dict) -> torch.dtype:
-    return DTYPES[plan["inputs"]["training"]["dtype"]]
-
-
 def run_reference(
     plan: dict,
     steps: int,
-    lr: float = DEFAULT_LR,
+    recipe: Recipe | None = None,
     data: str | None = None,
     *,
     data_dtype: str | None = None,
     init_weights: str | None = None,
 ) -> dict:
-    """One process, no parallelism: per-step losses and the final parameters by name.
+    """One process, no parallelism, the same recipe (optimizer, precision policy, clipping,
+    schedule): per-step losses and gradient norms (before clipping), the final parameters by name.
     init_weights: a Hugging Face checkpoint directory to start from (:mod:`runtime.hf_weights`)."""
     torch.set_num_threads(1)
-    spec = model_spec(plan)
-    model = build_model(spec, plan["inputs"]["training"]["seed"], _dtype(plan))
+    recipe = recipe or Recipe()
+    precision = precision_for(plan, recipe)
+    model = build_model(model_spec(plan), plan["inputs"]["training"]["seed"], torch.float32)
     if init_weights is not None:
         load_part(model, Checkpoint(init_weights))
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    source, losses = TokenSource(plan, data, data_dtype), []
+    cache = CastCache(precision.compute) if precision.mixed else None
+    if cache is not None:  # the policy of every plan (FSDP2's casts are the same arithmetic)
+        cast_buffers(model, precision.compute)
+        cast_parameters(model, cache)
+    params = list(model.parameters())
+    optimizer = build_optimizer(params, recipe)
+    scheduler, scaler = build_scheduler(optimizer, recipe, steps), LossScaler(precision.compute == torch.float16)
+    source, losses, norms = TokenSource(plan, data, data_dtype), [], []
     for step in range(steps):
         batch = source.batch(step)
         loss = next_token_loss(model(batch[:, :-1]), batch[:, 1:])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        (loss * scaler.scale).backward()
+        norms.append(update(params, optimizer, scheduler, scaler, recipe.max_norm))
+        if cache is not None:
+            cache.clear()
         losses.append(loss.item())
-    params = {name: p.detach().clone() for name, p in model.named_parameters()}
-    return {"losses": losses, "params": params}
+    state = {name: p.detach().clone() for name, p in model.named_parameters()}
+    return {"losses": losses, "grad_norms": norms, "params": state}
 
 
 def _sync(device: torch.device) -> None:
@@ -99,16 +111,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class _Rank:
+    """What one rank trains with once the plan is applied."""
+
+    pm: ParallelModel
+    recipe: Recipe
+    params: list
+    optimizer: Any
+    scheduler: Any
+    scaler: LossScaler
+    states: ModelStateMeter
+    norm_kw: dict
+
+
 def train_rank(
     plan: dict,
     steps: int,
-    lr: float,
+    recipe: Recipe,
     data: str | None,
     device_type: str,
     keep_state: bool = False,
     data_dtype: str | None = None,
     checkpoint: CheckpointOptions | None = None,
-    optimizer_class: type[torch.optim.Optimizer] = torch.optim.SGD,
     *,
     init_weights: str | None = None,
     metrics: str | None = None,
@@ -117,45 +142,42 @@ def train_rank(
     """Train up to step ``steps`` (the total: a resumed run starts at its checkpoint's step) as
     this rank of the initialised default process group, saving checkpoints as ``checkpoint`` says.
 
-    Returns this rank's record: the first step, losses (global mean, the same on every rank), step
-    times, peak memory and phase times per step and, with keep_state, its chunks' unsharded
-    parameters (collective). init_weights: a Hugging Face checkpoint directory to start from;
-    metrics: a JSONL file rank 0 writes a line to per step; progress: rank 0 prints a line per step.
+    Returns this rank's record: the first step, losses (global mean, the same on every rank),
+    gradient norms, learning rates, step times, peak memory and phase times per step, model-state
+    bytes and, with keep_state, its chunks' unsharded parameters (collective). init_weights: a
+    Hugging Face checkpoint directory to start from; metrics: a JSONL file rank 0 writes a line to
+    per step; progress: rank 0 prints a line per step.
     """
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
-    mesh, pm, device = _build(plan, device_type, init_weights)
-    optimizer = pm.build_optimizer(lr, optimizer_class)
+    mesh, r = _setup(plan, recipe, device_type, init_weights, steps)
     ckpt = checkpoint or CheckpointOptions()
-    first_step = 0 if ckpt.resume is None else load_checkpoint(ckpt.resume, pm, optimizer)
-    batches = _RankBatches(TokenSource(plan, data, data_dtype), plan, mesh, device)
-    memory_kind = "cuda_max_memory_allocated" if device.type == "cuda" else "saved_for_backward"
-    phases, log = PhaseTimer(pm.parts), StepLog(plan, steps, metrics, progress, memory_kind, device)
-    record: dict[str, Any] = {
-        "rank": dist.get_rank(),
-        "first_step": first_step,
-        "losses": [],
-        "step_time_s": [],
-        "peak_memory_bytes_per_step": [],
-    }
+    first_step = 0 if ckpt.resume is None else load_checkpoint(ckpt.resume, r.pm, r.optimizer, r.scheduler)
+    batches = _RankBatches(TokenSource(plan, data, data_dtype), plan, mesh, r.pm.device)
+    memory_kind = "cuda_max_memory_allocated" if r.pm.device.type == "cuda" else "saved_for_backward"
+    phases, log = PhaseTimer(r.pm.parts), StepLog(plan, steps, metrics, progress, memory_kind, r.pm.device)
+    record: dict[str, Any] = {"rank": dist.get_rank(), "pp_rank": mesh.get_local_rank("pp"), "first_step": first_step}
+    record |= {key: [] for key in ("losses", "grad_norms", "lrs", "step_time_s", "peak_memory_bytes_per_step")}
     profiled = steps - 1 if steps - first_step >= 3 else None  # the last step, once two ran unprofiled
     for step in range(first_step, steps):
         inputs, targets = batches(step)
         with profile_comm(step == profiled) as comm:
-            local, step_time_s, peak = _train_step(pm, optimizer, inputs, targets, phases)
-        record["step_time_s"].append(step_time_s)
-        record["losses"].append(pm.global_loss(local))
-        record["peak_memory_bytes_per_step"].append(peak)
-        log.step(step, record["losses"][-1], step_time_s, peak, current_lr(optimizer, lr), None, step == profiled)
+            local, step_time_s, peak, lr, norm = _train_step(r, inputs, targets, phases)
+        record["losses"].append(r.pm.global_loss(local))
+        for key, value in (("step_time_s", step_time_s), ("peak_memory_bytes_per_step", peak), ("lrs", lr)):
+            record[key].append(value)
+        record["grad_norms"].append(norm)
+        log.step(step, record["losses"][-1], step_time_s, peak, lr, norm, step == profiled)
         if step == profiled:
             record["comm_s"] = comm.seconds
         if ckpt.due(step + 1, steps):
             assert ckpt.directory is not None  # due() is False without one
-            save_checkpoint(ckpt.directory, step + 1, pm, optimizer)
+            save_checkpoint(ckpt.directory, step + 1, r.pm, r.optimizer, r.scheduler)
     log.close()
     record.update(memory_kind=memory_kind, phases_s=phases.per_step, profiled_step=profiled)
+    record.update(model_state_bytes=r.states.record())
     record.setdefault("comm_s", {})
     if keep_state:
-        record["state"] = pm.full_state()
+        record["state"] = r.pm.full_state()
     return record
 
 
@@ -177,38 +199,65 @@ class _RankBatches:
         )
 
 
-def _build(plan: dict, device_type: str, init_weights: str | None):
-    """This rank's mesh, its share of the model (seeded, or loaded from ``init_weights``) and device."""
+def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | None, steps: int):
+    """This rank's mesh and what it trains with: its share of the fp32 master model (seeded, or
+    loaded from ``init_weights``), the recipe's optimizer, schedule and loss scaler, the
+    model-state meter, and how the gradient norm counts replicated gradients (runtime.optim)."""
     cuda = device_type == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     mesh = build_mesh(plan, device_type)
-    spec, seed = model_spec(plan), plan["inputs"]["training"]["seed"]
+    spec, seed, precision = model_spec(plan), plan["inputs"]["training"]["seed"], precision_for(plan, recipe)
     load = partial(load_part, ckpt=Checkpoint(init_weights)) if init_weights else None
-    model = build_model(spec, seed, _dtype(plan), device="meta")
-    return mesh, apply_plan(model, plan, mesh, device=device, seed=seed, load=load), device
+    model = build_model(spec, seed, torch.float32, device="meta")  # fp32 parameters: the master copy
+    pm = apply_plan(model, plan, mesh, device=device, seed=seed, load=load, precision=precision)
+    params = pm.parameters()
+    optimizer = pm.build_optimizer(recipe)
+    experts = pm.split_expert_params()[1]
+    norm_kw = {
+        "skip": tied_copies(list(pm.parts)),
+        "dp_rank": dense_mesh(mesh).get_local_rank(),
+        "fsdp": fsdp_shards(plan),
+        "experts": {id(p) for p in experts},
+        "expert_rank": dist.get_rank(pm.expert_group) if pm.expert_group is not None else 0,
+    }
+    return mesh, _Rank(
+        pm,
+        recipe,
+        params,
+        optimizer,
+        build_scheduler(optimizer, recipe, steps),
+        LossScaler(precision.compute == torch.float16),
+        ModelStateMeter(list(pm.parts), params, pm.cast_cache),
+        norm_kw,
+    )
 
 
-def _train_step(pm, optimizer, inputs: torch.Tensor, targets: torch.Tensor, phases: PhaseTimer):
-    """One timed step: (the local loss, the step's seconds, its peak memory); phase times go to
-    ``phases``."""
-    device = pm.device
+def _train_step(r: _Rank, inputs: torch.Tensor, targets: torch.Tensor, phases: PhaseTimer):
+    """One timed step: (the local loss, the step's seconds, its peak memory, the learning rate it
+    used, the gradient norm before clipping); phase times go to ``phases``."""
+    pm, device = r.pm, r.pm.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     # CUDA has allocator statistics; on CPU count what is held for backward instead.
     meter = SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
     _sync(device)
     start = time.perf_counter()
+    pm.loss_scale = r.scaler.scale
     with meter:
         local = pm.forward_backward(inputs, targets)
     _sync(device)
     backward_end = time.perf_counter()
     pm.sync_gradients()
+    r.states.gradients(r.params)
     _sync(device)
     sync_end = time.perf_counter()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    lr = r.scheduler.get_last_lr()[0]
+    norm = update(r.params, r.optimizer, r.scheduler, r.scaler, r.recipe.max_norm, **r.norm_kw)
+    if pm.cast_cache is not None:
+        pm.cast_cache.clear()
+    r.states.optimizer(r.optimizer)
     _sync(device)
     end = time.perf_counter()
     phases.end_step(backward_end - start, sync_end - backward_end, end - sync_end)
     peak = meter.peak_bytes if isinstance(meter, SavedTensorMeter) else torch.cuda.max_memory_allocated(device)
-    return local, end - start, peak
+    return local, end - start, peak, lr, norm

@@ -40,8 +40,10 @@ def test_metrics_lines_and_phases(tmp_path, knobs, kinds, replays):
     rep = run(_plan(tmp_path, *knobs), steps=3, out=tmp_path / "r.json", metrics=metrics)
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [m["step"] for m in lines] == [0, 1, 2] and [m["profiled"] for m in lines] == [False, False, True]
+    assert lines[0]["lr"] < lines[1]["lr"]  # AdamW's warm-up (the default recipe)
     for m, s in zip(lines, rep["steps"]):
-        assert m["loss"] == s["loss"] and m["step_time_s"] == s["step_time_s"] and m["lr"] == 0.1
+        assert m["loss"] == s["loss"] and m["step_time_s"] == s["step_time_s"]
+        assert m["lr"] == s["lr"] and m["grad_norm"] == s["grad_norm"] > 0
         assert len(m["peak_memory_bytes_per_rank"]) == 2 and m["memory_kind"] == "saved_for_backward"
     ph = rep["phases"]
     assert ph["profiled_step"] == 2 and rep["measured"]["step_time_s"] == rep["steps"][1]["step_time_s"]

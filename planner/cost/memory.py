@@ -36,11 +36,16 @@ class StateBytes:
 def bytes_per_param(train: Training, zero: int) -> tuple[int, int, int]:
     """(weights, gradients, optimizer) bytes per parameter before sharding.
 
+    A stack whose parameters are the fp32 masters (``stack.master_weights = parameters``: FSDP2's
+    MixedPrecisionPolicy and its like): 4/4/8 whatever the compute dtype (fp32 weights and
+    gradients, Adam's two moments), plus the compute copies of ``unsharded_bytes_per_param``;
+    the reduce dtype changes only the wire.
+
     fp32: 4/4/8. 16-bit below ZeRO-3: 2 / grad_reduce_bytes / 12, so 2/4/12 = 18 for bf16 (Megatron)
     and 2/2/12 = 16 for fp16 (ZeRO). ZeRO-3 (FSDP2): 2/2/12 = 16 whatever the reduce dtype, because
     FSDP2 keeps no 16-bit shard: its sharded fp32 parameter is the master copy and its sharded
     gradient is fp32, 4 + 4 + 8 = 16 bytes in all (the 16-bit weights exist only gathered)."""
-    if train.dtype == "fp32":
+    if train.dtype == "fp32" or train.stack.master_weights == "parameters":
         return 4, 4, 8
     if zero >= 3:
         return 2, 2, 12
@@ -60,11 +65,27 @@ def holds_unsharded(train: Training, par: Parallel) -> bool:
     return par.zero == 3 and par.pp > 1 and not train.stack.zero3.reshard_after_forward_with_pp
 
 
+def weight_shard_stage(train: Training) -> int:
+    """The ZeRO stage from which weights are sharded: 3, or 2 where the parameters are the fp32
+    masters (FSDP2 shards them at ZeRO-2 too, and holds gathered copies: ``unsharded_bytes_per_param``)."""
+    return 2 if train.stack.master_weights == "parameters" else 3
+
+
 def unsharded_bytes_per_param(train: Training, par: Parallel) -> float:
-    """Bytes per local parameter ``holds_unsharded`` adds: the unsharded 16-bit weights and the
-    unsharded fp32 gradients accumulated over the micro-batches (FSDP2
-    ``to_accumulated_grad_if_needed``); else 0."""
-    return ((4 if train.dtype == "fp32" else 2) + 4) if holds_unsharded(train, par) else 0.0
+    """Bytes per local parameter held unsharded beyond the model states: under ``holds_unsharded``
+    the unsharded 16-bit weights and the unsharded fp32 gradients accumulated over the
+    micro-batches (FSDP2 ``to_accumulated_grad_if_needed``). Where the fp32 parameters are the
+    masters, also the compute-dtype copies held from forward to backward: FSDP2's gathered
+    weights under ZeRO-2 (``reshard_after_forward=False``), or, without FSDP (ZeRO 0/1, or dp·cp 1),
+    the 16-bit casts of a 16-bit run (runtime/precision.py ``CastCache``); ZeRO-3 gathers per
+    block (``zero3_gather_bytes``)."""
+    w = 4 if train.dtype == "fp32" else 2
+    held = (w + 4) if holds_unsharded(train, par) else 0.0
+    if train.stack.master_weights == "parameters":
+        fsdp = par.zero >= 2 and par.dp * par.cp > 1  # FSDP shards over dp x cp (torchtitan's dp_shard x cp)
+        if (fsdp and par.zero == 2) or (not fsdp and train.dtype != "fp32"):
+            held += w
+    return held
 
 
 def loss_transient_bytes(tokens: float, vocab: int, tp: int, train: Training) -> float:
@@ -93,7 +114,7 @@ def model_state_bytes(
             return nbytes_per_param * (dense / dp_dense + expert / dp_expert)
         return nbytes_per_param * (dense + expert)
 
-    weights = shard(w, 3) + unsharded_per_param * (dense + expert)
+    weights = shard(w, weight_shard_stage(train)) + unsharded_per_param * (dense + expert)
     return StateBytes(weights=weights, gradients=shard(g, 2), optimizer=shard(o, 1))
 
 

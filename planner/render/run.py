@@ -8,16 +8,18 @@ from rich.table import Table
 
 def run_report_table(out: Console, rep: dict) -> None:
     """Per-step losses and times, then measured vs predicted with relative errors."""
-    steps = Table(
-        "step",
-        "loss",
-        "step s",
-        "tokens/s",
-        title=f"run on {rep['world_size']} {rep['device_type']} ranks",
-        title_justify="left",
-    )
+    title = f"run on {rep['world_size']} {rep['device_type']} ranks"
+    steps = Table("step", "loss", "grad norm", "lr", "step s", "tokens/s", title=title, title_justify="left")
     for s in rep["steps"]:
-        steps.add_row(str(s["step"]), f"{s['loss']:.5f}", f"{s['step_time_s']:.4f}", f"{s['tokens_per_s']:,.0f}")
+        norm, lr = s.get("grad_norm"), s.get("lr")
+        steps.add_row(
+            str(s["step"]),
+            f"{s['loss']:.5f}",
+            f"{norm:.4g}" if norm is not None else "-",
+            f"{lr:.3g}" if lr is not None else "-",
+            f"{s['step_time_s']:.4f}",
+            f"{s['tokens_per_s']:,.0f}",
+        )
     out.print(steps)
     cmp = Table(
         "figure", "measured", "predicted", "relative error", title="measured vs predicted", title_justify="left"
@@ -31,6 +33,12 @@ def run_report_table(out: Console, rep: dict) -> None:
             _figure(key, pred),
             f"{rel:+.1%}" if rel is not None else "n/a (CPU counts activations only)",
         )
+    for state in rep.get("model_state") or []:
+        pred = state["predicted"] or {}
+        for key, meas in state["measured_mean"].items():
+            exact = "equal" if pred.get(key) == meas else "differs"
+            row = _figure(key, pred[key]) if key in pred else "-"
+            cmp.add_row(f"pp {state['pp_rank']} {key} (model state)", _figure(key, meas), row, exact if pred else "-")
     out.print(cmp)
     if rep.get("phases"):
         _phase_table(out, rep["phases"])

@@ -118,6 +118,13 @@ class StackProfile(_Strict):
         description="Gradient all-reduce/reduce-scatter in buckets under the remaining backward "
         "(else it starts after the last backward)."
     )
+    master_weights: Literal["optimizer", "parameters"] = Field(
+        description="Where the fp32 master weights of a 16-bit run live: 'optimizer' = 16-bit parameters "
+        "with fp32 copies in the optimizer (Megatron, DeepSpeed: 2 + grads + 12 bytes per parameter); "
+        "'parameters' = the parameters themselves are fp32 and compute casts them (FSDP2 "
+        "MixedPrecisionPolicy, torch.autocast: 4 + 4 + 8 bytes, weights sharded from ZeRO-2 on, plus the "
+        "16-bit copies ZeRO-2 keeps gathered from forward to backward)."
+    )
     zero3: Zero3Spec
     memory: MemorySpec
     sources: dict[str, str] = Field(description="Where each field's value comes from, by field path.")

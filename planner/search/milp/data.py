@@ -118,8 +118,9 @@ def build_data(
         return per_param / group if par.zero >= stage else per_param
 
     held = mem.unsharded_bytes_per_param(train, par)
-    per_dense = shard(w, 3, n_dense) + shard(g, 2, n_dense) + shard(o, 1, n_dense) + held
-    per_exp = shard(w, 3, n_exp) + shard(g, 2, n_exp) + shard(o, 1, n_exp) + held
+    ws = mem.weight_shard_stage(train)
+    per_dense = shard(w, ws, n_dense) + shard(g, 2, n_dense) + shard(o, 1, n_dense) + held
+    per_exp = shard(w, ws, n_exp) + shard(g, 2, n_exp) + shard(o, 1, n_exp) + held
     bw = cluster.gpu.hbm_effective_Bps
     opt_d = OPTIMIZER_BYTES_PER_PARAM / bw / (n_dense if par.zero >= 1 else 1)
     opt_e = OPTIMIZER_BYTES_PER_PARAM / bw / (n_exp if par.zero >= 1 else 1)
