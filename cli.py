@@ -1,11 +1,10 @@
 """autopar command line: parse, call a command (planner/commands), render its result
 (planner/render), map the outcome to an exit code (``_guard``: 0 success; 1 negative verdict,
-``Verdict``; 2 bad input, ``SpecError``; 3 internal error, with the traceback under ``--debug``).
-Data goes to stdout, everything else to stderr.
+``Verdict``; 2 bad input, ``SpecError``; 3 internal error, with the traceback under ``--debug``;
+130 interrupted). Data goes to stdout, everything else to stderr.
 
 Options are declared as data next to what they configure (``Opt`` records in planner/commands and
-planner/inputs.py; the knobs in the knob registry, planner/knobs.py) and become typer options
-here (``_with``): each command receives them grouped in dicts."""
+planner/inputs.py; the knob registry, planner/knobs.py) and become typer options here (``_with``)."""
 
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from models.errors import SpecError
+from planner.commands import common as cmd
 from planner.commands.common import FMT_OPTION, PLOT_OPTIONS, SETS_OPTION, Opt, check_format, with_options, write_output
 from planner.commands.estimate import PLAN_FILE_OPTION
 from planner.commands.explain import EXPLAIN_OPTIONS
@@ -167,6 +167,7 @@ def plan(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict 
     check_format(o["fmt"])
     _check_plot(plots)
     settings = SearchSettings(search["solver"], search["gap"], search["time_limit"], o["top_k"]).check()
+    cmd.check_writable(o["out_path"])
     inputs = build_inputs(**problem, sets=parse_sets(o["sets"] or []), knobs=None)
     with err.status("planning") as status:
 
@@ -197,6 +198,7 @@ def run(o: dict = NONE) -> None:
     check_format(o["fmt"])
     if o["steps"] < 1:
         raise SpecError(f"--steps must be >= 1 (got {o['steps']})")
+    cmd.check_writable(o["report"])
     try:
         from runtime import launch
     except ImportError as exc:
@@ -358,6 +360,7 @@ def export_cmd(o: dict = NONE) -> None:
     from planner.render.export import export_document
 
     check_format(o["fmt"], ("text", "json"))
+    cmd.check_writable(o["out_path"])
     exp = export_plan(o["plan_file"], o["to"], o["torchtitan_version"])
     for note in exp.notes:
         err.print(f"note: {note}", markup=False, highlight=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -208,12 +209,15 @@ def print_torchrun_command(
         raise PlanError(
             f"{world_size_arithmetic(plan)} ranks do not split evenly over {nnodes} nodes: {need} % {nnodes} = {need % nnodes}"
         )
+    # Every value is quoted: an endpoint or path with a shell metacharacter ('x;rm -rf /') must
+    # stay one argument when the printed line is pasted into a shell.
+    q = shlex.quote
     command = (
         f"torchrun --nnodes={nnodes} --nproc-per-node={need // nnodes} --rdzv-backend=c10d "
-        f"--rdzv-endpoint={rdzv_endpoint} --rdzv-id=autopar -m runtime.launch "
-        f"--plan {plan_path} --steps {steps} --out {out} --lr {lr}"
-        + (f" --data {data}" if data else "")
-        + (f" --data-dtype {data_dtype}" if data_dtype else "")
+        f"--rdzv-endpoint={q(rdzv_endpoint)} --rdzv-id=autopar -m runtime.launch "
+        f"--plan {q(plan_path)} --steps {steps} --out {q(out)} --lr {lr}"
+        + (f" --data {q(data)}" if data else "")
+        + (f" --data-dtype {q(data_dtype)}" if data_dtype else "")
     )
     print(command)
     return command

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,21 @@ def write_output(path: Path, text: str) -> None:
         Path(path).write_text(text)
     except OSError as exc:
         raise SpecError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_writable(path: Path | None, flag: str = "--out") -> None:
+    """Refuse an output path that cannot be written before any work is done (exit 2): its folder
+    must exist and be writable, and the path must not be a folder."""
+    if path is None:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise SpecError(f"{flag} {path}: is a directory")
+    if not parent.is_dir():
+        raise SpecError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise SpecError(f"{flag} {path}: not writable")
 
 
 def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
