@@ -84,7 +84,8 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except (SpecError, RuntimePlanError) as exc:  # the runtime's plan reader refusing a plan is bad input too
-            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
+            one_line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))  # a key may hold \n
+            err.print(f"[red]error:[/red] {escape(one_line)}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except Verdict as exc:
             if str(exc):
@@ -206,6 +207,7 @@ def run(o: dict = NONE) -> None:
     path, report = str(o["plan_file"]), o["report"]
     data = str(o["data"]) if o["data"] else None
     if o["nnodes"] > 1:
+        launch.load_plan(path)  # a bad plan is refused before the instructions are printed
         err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
         extra = {"lr": o["lr"], "data": data, "data_dtype": o["data_dtype"]}
         launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
