@@ -51,10 +51,7 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 DEBUG = {"traceback": False}
 NONE: dict = {}  # the default of a grouped parameter, which ``_with`` replaces by its options
-
-
-# Replace each grouped parameter of a command by its declared options (planner.commands.common).
-_with = functools.partial(with_options, typer.Option, typer.Argument)
+_with = functools.partial(with_options, typer.Option, typer.Argument)  # planner.commands.common
 
 
 class Verdict(Exception):
@@ -178,7 +175,7 @@ def plan(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict 
 
         result = run_plan(inputs, knobs, settings, progress)
     if result.doc is None or result.best is None:
-        raise Verdict(f"no plan fits: {result.advice}")
+        raise Verdict(result.advice if result.timed_out else f"no plan fits: {result.advice}")
     b = result.best
     _warn(plan_warnings(b.par, b.train, b.model, b.cluster.gpus_per_node))
     if o["out_path"]:

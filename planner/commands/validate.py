@@ -160,7 +160,7 @@ def check_schema(doc: dict) -> tuple[list[Finding], bool]:
             got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e.get("input"), dict) else ""
             out.append(Finding(json_path(e["loc"]), "error", f"{json_path(e['loc'])}: {e['msg']}{got}"))
     bad_tops = {f.field.split(".")[0].split("[")[0] for f in out if f.severity == "error"}
-    return out, not bad_tops & {"inputs", "parallelism", "stages"}
+    return out, not bad_tops & {"inputs", "parallelism", "stages", "predicted"}
 
 
 def _reproduced_inputs(doc: dict) -> dict | None:
@@ -387,7 +387,7 @@ def validate_plan(
         _, _, train, par = plan_inputs(
             {**doc, "inputs": {**doc["inputs"], "model": model.model_dump(), "cluster": cluster.model_dump()}}
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         rep.findings.append(Finding("inputs.training", "error", f"cannot be read: {type(exc).__name__} {exc}"))
         return rep
     try:

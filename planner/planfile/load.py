@@ -98,7 +98,11 @@ def plan_inputs(doc: dict) -> tuple[ModelSpec, ClusterSpec, Training, Parallel]:
         cluster = ClusterSpec.model_validate(doc["inputs"]["cluster"])
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, "plan inputs")) from None
-    return model, cluster, plan_training(doc["inputs"]["training"]), plan_parallel(doc)
+    try:
+        train = plan_training(doc["inputs"]["training"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # SpecError (a ValueError) included
+        raise SpecError(f"plan field 'inputs.training' cannot be read: {' '.join(str(exc).split())}") from None
+    return model, cluster, train, plan_parallel(doc)
 
 
 __all__ = ["SCHEMA_VERSION", "load_plan", "plan_inputs", "read_json"]

@@ -81,7 +81,7 @@ def search(
     deadline = t0 + time_limit_s
     ctx = SearchContext.build(spec, cluster, train, knobs.options(), backend, gap)
     pool = Pool(ctx, knobs)
-    cands = pool.candidates()
+    cands = pool.candidates(deadline=deadline)
     if not cands:
         raise SpecError(
             "no valid parallel configuration for these knobs (every combination fails the "
@@ -101,7 +101,9 @@ def search(
         alts = alternatives(ctx, results, incumbent, top_k, tried, deadline)
     t_alt = time.perf_counter()
     polished: dict[str, DeeperRecord] = {}
-    if incumbent:  # neither step makes the plan slower, so the certificate stays true
+    if (
+        incumbent and time.perf_counter() < deadline
+    ):  # neither step makes the plan slower, so the certificate stays true
         incumbent, alts, polished = _polish(ctx, knobs, incumbent, alts, top_k)
     outside = probe_outside(incumbent, ctx.options) if incumbent and knobs.given("cp") is None else ()
     t_pol = time.perf_counter()
