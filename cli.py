@@ -29,6 +29,7 @@ from planner.commands.explain import EXPLAIN_OPTIONS
 from planner.commands.export import EXPORT_OPTIONS
 from planner.commands.import_hf import IMPORT_OPTIONS
 from planner.commands.plan import PLAN_OPTIONS, SEARCH_OPTIONS
+from planner.commands.presets import SHOW_OPTIONS
 from planner.commands.sweep import SWEEP_OPTIONS
 from planner.commands.validate import VALIDATE_OPTIONS
 from planner.config import plan_warnings
@@ -88,7 +89,10 @@ def _guard(fn):
             if str(exc):
                 err.print(str(exc), highlight=False, markup=False)
             raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (KeyboardInterrupt, cmd.Interrupted) as exc:  # Ctrl-C: one line, never a traceback
+            err.print(f"interrupted{': ' + str(exc) if str(exc) else ''}", highlight=False, markup=False)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
             err.print(
@@ -186,6 +190,8 @@ def plan(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict 
         print(json.dumps(result.doc, indent=2))
     else:
         render_plan(out, result.doc, result.best)
+    if result.doc["solver"]["status"] == "interrupted":
+        raise cmd.Interrupted("the plan above is the best found before Ctrl-C (solver.status interrupted)")
 
 
 @app.command()
@@ -257,12 +263,7 @@ def presets_list(o: dict = NONE) -> None:
 
 @presets_app.command("show")
 @_guard
-@_with(
-    o=(
-        Opt("name", str, ..., (), "A model or GPU preset, or a model spec file or config.json.", argument=True),
-        FMT_OPTION,
-    )
-)
+@_with(o=SHOW_OPTIONS)
 def presets_show(o: dict = NONE) -> None:
     """Show one preset's fields (model spec or GPU spec) with derived sizes; a model spec file or a
     Hugging Face config.json shows the same way."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -49,3 +50,40 @@ def test_no_plan_within_the_limit_is_not_a_verdict_on_the_problem(monkeypatch):
     )
     assert r.exit_code == 1
     assert "no plan found within the time limit (1e-09 s)" in r.stderr and "fit" not in r.stderr, r.stderr
+
+
+def test_ctrl_c_returns_the_best_plan_so_far(tmp_path):
+    """SIGINT after 3 s (of CPU) of a 60 s search: exit 130, the plan found so far on stdout with
+    solver.status "interrupted" and a valid gap, one line on stderr, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = ["plan", "-m", "llama3-405b", "-c", "h100-sxm-80gb:1024", "-b", "1024", "-s", "4096"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args, "--time-limit", "60", "--format", "json"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # 3 s of CPU time, not of wall time: on a busy CI machine the imports alone may take 3 s.
+    tick, deadline = os.sysconf("SC_CLK_TCK"), time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / tick >= 3.0:  # utime + stime
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.perf_counter()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert time.perf_counter() - t0 < 15  # a few estimates at most after the signal
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted: the plan above")
+    doc = json.loads(stdout)
+    assert doc["solver"]["status"] == "interrupted" and 0 <= doc["solver"]["gap"] <= 1, doc["solver"]
+    assert doc["parallelism"]["dp"] * doc["parallelism"]["tp"] * doc["parallelism"]["pp"] == 1024

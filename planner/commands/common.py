@@ -14,6 +14,10 @@ from models.errors import SpecError
 from planner.inputs import Opt
 
 
+class Interrupted(Exception):
+    """Ctrl-C after a partial result was printed (plan, sweep): the CLI exits 130 with the message."""
+
+
 def write_output(path: Path, text: str) -> None:
     """Write ``text`` to ``path``; an unwritable path is bad input (SpecError, exit 2) for every command."""
     try:

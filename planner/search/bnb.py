@@ -70,6 +70,7 @@ class Pool:
         self.milps = 0
         self.rejected = 0  # of the last enumeration
         self.enumerate_s = self.bound_s = 0.0  # seconds the last ``candidates`` call spent on each
+        self.interrupted = False  # Ctrl-C arrived while bounding (``candidates``)
 
     def candidates(
         self, fixed: dict[str, tuple] | None = None, where: dict[str, object] | None = None, deadline: float = math.inf
@@ -81,11 +82,14 @@ class Pool:
         knobs = Knobs({**self.knobs.values, **(fixed or {})})
         pars, self.rejected = enumerate_candidates(ctx.spec, ctx.cluster, ctx.train, knobs)
         t1 = time.perf_counter()
-        out = [
-            self.cand(par) if time.perf_counter() <= deadline else self.unbounded(par)
-            for par in pars
-            if not where or all(getattr(par, k) == v for k, v in where.items())
-        ]
+        pars = [par for par in pars if not where or all(getattr(par, k) == v for k, v in where.items())]
+        out: list[Candidate] = []
+        try:
+            for par in pars:
+                out.append(self.cand(par) if time.perf_counter() <= deadline else self.unbounded(par))
+        except KeyboardInterrupt:  # Ctrl-C while bounding: the rest unbounded, the search told
+            self.interrupted = True
+            out += [self.unbounded(par) for par in pars[len(out) :]]
         self.enumerate_s, self.bound_s = t1 - t0, time.perf_counter() - t1
         # Deterministic order: ties in bound go to less sharding, narrower tp, shorter pipelines.
         return sorted(out, key=lambda c: (c.bound_s, c.par.zero, c.par.tp, c.par.pp, c.par.micro_batch))

@@ -60,10 +60,10 @@ def heuristic_incumbent(
             e = tried[c.par] = least_recompute_that_fits(ctx.spec, ctx.cluster, ctx.train, c.par, ctx.options)
             if e is not None and (best is None or step_s(e) < step_s(best)):
                 best = e
-    return best or _late_plan(ctx, cands, tried)
+    return best or late_plan(ctx, cands, tried)
 
 
-def _late_plan(ctx: SearchContext, cands: list[Candidate], tried: dict[Parallel, Estimate | None]) -> Estimate | None:
+def late_plan(ctx: SearchContext, cands: list[Candidate], tried: dict[Parallel, Estimate | None]) -> Estimate | None:
     """Past the deadline with no plan: the first that fits of the ``LATE_TRIES`` most sharded
     candidates (highest ZeRO stage, then most model-parallel ranks: the least memory per GPU), so
     that a limit too short for the search still answers when some plan fits."""
