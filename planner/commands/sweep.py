@@ -302,7 +302,7 @@ def run_sweep(spec: SweepSpec, jobs: int | None = None, cache_dir: Path | None =
     processes (default: CPU count; 1 runs them in this process)."""
     points = expand_points(parse_vary(spec.vary))
     _check_settings(spec)
-    open_cache(cache_dir)
+    cache_dir = open_cache(cache_dir)
     fingerprint = code_fingerprint() if cache_dir is not None else ""
     rows, todo = [], []  # todo: (row index, cache key, task)
     for point in points:
@@ -335,7 +335,7 @@ def run_sweep(spec: SweepSpec, jobs: int | None = None, cache_dir: Path | None =
     if progress:
         progress(done, len(points))
     for i, key, result in _execute(todo, jobs):
-        cache_write(cache_dir, key, result)
+        cache_dir = cache_write(cache_dir, key, result)  # None from here when the write failed
         rows[i].update(result, cached=False)
         done += 1
         if progress:
