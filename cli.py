@@ -215,9 +215,8 @@ def run(o: dict = NONE) -> None:
         extra = {"lr": o["lr"], "data": data, "data_dtype": o["data_dtype"]}
         launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
         return
-    rep = launch.run(
-        path, o["steps"], data, report, lr=o["lr"], nprocs=o["nprocs"], device=o["device"], data_dtype=o["data_dtype"]
-    )
+    opts = {k: o[k] for k in ("lr", "nprocs", "device", "data_dtype")}
+    rep = launch.run(path, o["steps"], data, report, **opts, rank_timeout_s=cmd.positive_seconds(o, "rank_timeout"))
     err.print(f"wrote {report}", highlight=False)
     if o["fmt"] == "json":
         print(json.dumps(rep, indent=2))

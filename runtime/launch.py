@@ -17,7 +17,6 @@ import os
 import shlex
 import sys
 import tempfile
-import time
 import traceback
 from datetime import timedelta
 from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
@@ -28,11 +27,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from runtime.defaults import DEFAULT_LR
+from runtime.defaults import DEFAULT_LR, DEFAULT_RANK_TIMEOUT_S
 from runtime.forkserver import cpu_context
 from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, world_size, world_size_arithmetic
 from runtime.report import build_report
+from runtime.supervise import launcher_signals, quiet_rank, stop_all, watch
 from runtime.train import TOKEN_DTYPES, check_token_file, train_rank
 
 _Context: TypeAlias = ForkContext | ForkServerContext | SpawnContext  # each has .Process
@@ -92,12 +92,13 @@ def _worker(plan: dict, args: dict) -> None:
 
 
 def _rank_main(rank: int, world: int, store_path: str, plan: dict, args: dict) -> None:
+    quiet_rank()  # Ctrl-C is the launcher's to handle: one line, not a traceback per rank
     backend = "nccl" if args["device"] == "cuda" else "gloo"
     if args["device"] == "cuda":
         torch.cuda.set_device(rank)
     store = dist.FileStore(store_path, world)
     dist.init_process_group(
-        backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=args["timeout_s"])
+        backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=args["rank_timeout_s"])
     )
     try:
         _worker(plan, args)
@@ -108,27 +109,18 @@ def _rank_main(rank: int, world: int, store_path: str, plan: dict, args: dict) -
         dist.destroy_process_group()
 
 
-def _wait(procs: list, store_path: str, timeout_s: float) -> None:
-    """Wait for all ranks; on the first failure (or the timeout) stop the others and raise."""
-    deadline = time.monotonic() + timeout_s
-    timed_out = False
-    while any(p.exitcode is None for p in procs):
-        failed = any(p.exitcode not in (None, 0) for p in procs)
-        timed_out = time.monotonic() > deadline
-        if failed or timed_out:
+def _start_and_watch(ctx: _Context, nprocs: int, plan: dict, args: dict) -> None:
+    """Start the ranks and wait for them (runtime.supervise: failures, stopped ranks, signals)."""
+    with tempfile.TemporaryDirectory(prefix="autopar-run-") as tmp, launcher_signals():
+        store_path = os.path.join(tmp, "store")
+        procs = [ctx.Process(target=_rank_main, args=(r, nprocs, store_path, plan, args)) for r in range(nprocs)]
+        try:
             for p in procs:
-                if p.exitcode is None:
-                    p.terminate()
-            for p in procs:
-                p.join()
-            break
-        time.sleep(0.01)
-    codes = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode != 0}
-    if codes:
-        errors = sorted(Path(store_path).parent.glob("store.error*"), key=lambda f: f.stat().st_mtime)
-        detail = errors[0].read_text() if errors else "no Python traceback: a rank aborted in C++ (see stderr)"
-        why = f"timed out after {timeout_s:.0f} s" if timed_out else "failed"
-        raise RuntimeError(f"ranks {why} (exit codes {codes}); first error:\n{detail}")
+                p.start()
+        except KeyboardInterrupt:  # a signal while starting: stop the ranks already started
+            stop_all([p for p in procs if p.pid is not None])
+            raise
+        watch(procs, store_path, args["timeout_s"], args["rank_timeout_s"])
 
 
 def run(
@@ -144,12 +136,15 @@ def run(
     timeout_s: float = 600,
     start_method: str | None = None,
     data_dtype: str | None = None,
+    rank_timeout_s: float = DEFAULT_RANK_TIMEOUT_S,
 ) -> dict:
     """Train ``steps`` SGD steps of the plan on this machine and return (and write) the report.
 
     plan_path: a plan JSON path or dict. nprocs: ranks to launch (default: the plan's world size;
     any other number is refused). device: "cpu" | "cuda" (default: the plan's cluster, else
     whatever this machine has). save_params: also write the final unsharded parameters there.
+    rank_timeout_s: a rank stopped, or silent in a collective, this long ends the run with an
+    error naming it (runtime.supervise); timeout_s bounds the whole run.
     """
     plan = load_plan(plan_path)
     need = world_size(plan)
@@ -171,6 +166,7 @@ def run(
         "device": device,
         "out": str(out),
         "timeout_s": timeout_s,
+        "rank_timeout_s": rank_timeout_s,
         "save_params": str(save_params) if save_params else None,
         "plan_path": None if isinstance(plan_path, dict) else str(plan_path),
     }
@@ -180,12 +176,7 @@ def run(
         ctx = cast(_Context, mp.get_context(start_method))
     else:
         ctx = mp.get_context("spawn") if device == "cuda" else cpu_context()
-    with tempfile.TemporaryDirectory(prefix="autopar-run-") as tmp:
-        store_path = os.path.join(tmp, "store")
-        procs = [ctx.Process(target=_rank_main, args=(r, nprocs, store_path, plan, args)) for r in range(nprocs)]
-        for p in procs:
-            p.start()
-        _wait(procs, store_path, timeout_s)
+    _start_and_watch(ctx, nprocs, plan, args)
     return json.loads(Path(out).read_text())
 
 

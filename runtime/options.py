@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.inputs import Opt
-from runtime.defaults import DEFAULT_LR
+from runtime.defaults import DEFAULT_LR, DEFAULT_RANK_TIMEOUT_S
 
 RUN_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
@@ -31,4 +31,11 @@ RUN_OPTIONS = (
     Opt("device", str | None, None, ("--device",), "cpu or cuda (default: from the plan's cluster)."),
     Opt("nnodes", int, 1, ("--nnodes",), "Nodes: >1 prints the torchrun command for each node instead."),
     Opt("rdzv_endpoint", str, "localhost:29500", ("--rdzv-endpoint",), "host:port for multi-node rendezvous."),
+    Opt(
+        "rank_timeout",
+        float,
+        DEFAULT_RANK_TIMEOUT_S,
+        ("--rank-timeout",),
+        "Seconds a rank may be stopped or silent in a collective before the run ends naming it.",
+    ),
 )

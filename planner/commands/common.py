@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +40,14 @@ def check_writable(path: Path | None, flag: str = "--out") -> None:
         raise SpecError(f"{flag} {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise SpecError(f"{flag} {path}: not writable")
+
+
+def positive_seconds(opts: dict, name: str) -> float:
+    """``opts[name]`` as a finite number of seconds > 0 (``--rank-timeout nan`` is bad input)."""
+    value = opts[name]
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise SpecError(f"--{name.replace('_', '-')} must be a finite number of seconds > 0 (got {value})")
+    return float(value)
 
 
 def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:
