@@ -264,8 +264,7 @@ def presets_list(o: dict = NONE) -> None:
 @_guard
 @_with(o=SHOW_OPTIONS)
 def presets_show(o: dict = NONE) -> None:
-    """Show one preset's fields (model spec or GPU spec) with derived sizes; a model spec file or a
-    Hugging Face config.json shows the same way."""
+    """Show one preset's fields with derived sizes (a model spec file or an HF config.json as well)."""
     from planner.commands.presets import preset_fields
     from planner.render import presets
 
@@ -315,6 +314,8 @@ def sweep(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict
         err.print(line, highlight=False)
     if o["plot"]:
         view.plot_rows(rows, spec, o["plot"], err)
+    if any(r["reason"] == sw.INTERRUPTED for r in rows):
+        raise cmd.Interrupted("the rows above were planned before Ctrl-C; the others say so")
     if not any(r["feasible"] for r in rows):
         raise Verdict()
 
