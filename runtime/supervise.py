@@ -108,6 +108,8 @@ def watch(procs: list, store_path: str, timeout_s: float, rank_timeout_s: float)
         stop_all(procs)
         why = str(exc) or "stopped by SIGINT"
         raise RunInterrupted(f"{why}: {len(procs)} ranks stopped") from None
+    if any(p.exitcode != 0 for p in procs):  # every rank ended before a poll saw one fail
+        raise RankFailure(_failure(procs, store_path, [], rank_timeout_s))
 
 
 def _failure(procs: list, store_path: str, alive: list[int], rank_timeout_s: float) -> str:
