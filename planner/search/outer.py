@@ -140,7 +140,8 @@ def search(
     polished: dict[str, DeeperRecord] = {}
     if incumbent and t_alt < deadline and not interrupted:  # never slower: the certificate stays true
         incumbent, alts, polished = _polish(ctx, knobs, incumbent, alts, top_k)
-    outside = probe_outside(incumbent, ctx.options) if incumbent and knobs.given("cp") is None else ()
+    probe = knobs.given("cp") is None and time.perf_counter() < deadline and not interrupted
+    outside = probe_outside(incumbent, ctx.options) if incumbent and probe else ()
     t_pol = time.perf_counter()
     cert = certify(results, incumbent, pool.rejected, gap, polished.get("deeper_interleaving"), outside)
     if interrupted:
