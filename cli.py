@@ -1,11 +1,10 @@
 """autopar command line: parse, call a command (planner/commands), render its result
 (planner/render), map the outcome to an exit code (``_guard``: 0 success; 1 negative verdict,
-``Verdict``; 2 bad input, ``SpecError``; 3 internal error, with the traceback under ``--debug``).
-Data goes to stdout, everything else to stderr.
+``Verdict``; 2 bad input, ``SpecError``; 3 internal error, with the traceback under ``--debug``;
+130 interrupted). Data goes to stdout, everything else to stderr.
 
 Options are declared as data next to what they configure (``Opt`` records in planner/commands and
-planner/inputs.py; the knobs in the knob registry, planner/knobs.py) and become typer options
-here (``_with``): each command receives them grouped in dicts."""
+planner/inputs.py; the knob registry, planner/knobs.py) and become typer options here (``_with``)."""
 
 from __future__ import annotations
 
@@ -23,12 +22,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from models.errors import SpecError
+from planner.commands import common as cmd
 from planner.commands.common import FMT_OPTION, PLOT_OPTIONS, SETS_OPTION, Opt, check_format, with_options, write_output
 from planner.commands.estimate import PLAN_FILE_OPTION
 from planner.commands.explain import EXPLAIN_OPTIONS
 from planner.commands.export import EXPORT_OPTIONS
 from planner.commands.import_hf import IMPORT_OPTIONS
 from planner.commands.plan import PLAN_OPTIONS, SEARCH_OPTIONS
+from planner.commands.presets import SHOW_OPTIONS
 from planner.commands.sweep import SWEEP_OPTIONS
 from planner.commands.validate import VALIDATE_OPTIONS
 from planner.config import plan_warnings
@@ -51,10 +52,7 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 DEBUG = {"traceback": False}
 NONE: dict = {}  # the default of a grouped parameter, which ``_with`` replaces by its options
-
-
-# Replace each grouped parameter of a command by its declared options (planner.commands.common).
-_with = functools.partial(with_options, typer.Option, typer.Argument)
+_with = functools.partial(with_options, typer.Option, typer.Argument)  # planner.commands.common
 
 
 class Verdict(Exception):
@@ -84,13 +82,17 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except (SpecError, RuntimePlanError) as exc:  # the runtime's plan reader refusing a plan is bad input too
-            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
+            one_line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))  # a key may hold \n
+            err.print(f"[red]error:[/red] {escape(one_line)}", markup=True, highlight=False)
             raise typer.Exit(2) from None
         except Verdict as exc:
             if str(exc):
                 err.print(str(exc), highlight=False, markup=False)
             raise typer.Exit(1) from None
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (KeyboardInterrupt, cmd.Interrupted) as exc:  # Ctrl-C: one line, never a traceback
+            err.print(f"interrupted{': ' + str(exc) if str(exc) else ''}", highlight=False, markup=False)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
             raise
         except Exception as exc:
             err.print(
@@ -167,6 +169,7 @@ def plan(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict 
     check_format(o["fmt"])
     _check_plot(plots)
     settings = SearchSettings(search["solver"], search["gap"], search["time_limit"], o["top_k"]).check()
+    cmd.check_writable(o["out_path"])
     inputs = build_inputs(**problem, sets=parse_sets(o["sets"] or []), knobs=None)
     with err.status("planning") as status:
 
@@ -176,7 +179,7 @@ def plan(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict 
 
         result = run_plan(inputs, knobs, settings, progress)
     if result.doc is None or result.best is None:
-        raise Verdict(f"no plan fits: {result.advice}")
+        raise Verdict(result.advice if result.timed_out else f"no plan fits: {result.advice}")
     b = result.best
     _warn(plan_warnings(b.par, b.train, b.model, b.cluster.gpus_per_node))
     if o["out_path"]:
@@ -187,6 +190,8 @@ def plan(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict 
         print(json.dumps(result.doc, indent=2))
     else:
         render_plan(out, result.doc, result.best)
+    if result.doc["solver"]["status"] == "interrupted":
+        raise cmd.Interrupted("the plan above is the best found before Ctrl-C (solver.status interrupted)")
 
 
 @app.command()
@@ -197,16 +202,21 @@ def run(o: dict = NONE) -> None:
     check_format(o["fmt"])
     if o["steps"] < 1:
         raise SpecError(f"--steps must be >= 1 (got {o['steps']})")
+    cmd.check_writable(o["report"])
     try:
         from runtime import launch
     except ImportError as exc:
         raise SpecError(f"the runtime needs torch: pip install 'autopar[runtime]' ({exc})") from None
     path, report, extra = str(o["plan_file"]), o["report"], launch_options(o)
     if o["nnodes"] > 1:
+        launch.load_plan(path)  # a bad plan is refused before the instructions are printed
         err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
         launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
         return
-    rep = launch.run(path, o["steps"], out=report, nprocs=o["nprocs"], progress=True, **extra)
+    rep = launch.run(
+        path, o["steps"], out=report, nprocs=o["nprocs"], progress=True,
+        rank_timeout_s=cmd.positive_seconds(o, "rank_timeout"), **extra,
+    )  # fmt: skip
     err.print(f"wrote {report}", highlight=False)
     if o["fmt"] == "json":
         print(json.dumps(rep, indent=2))
@@ -252,15 +262,9 @@ def presets_list(o: dict = NONE) -> None:
 
 @presets_app.command("show")
 @_guard
-@_with(
-    o=(
-        Opt("name", str, ..., (), "A model or GPU preset, or a model spec file or config.json.", argument=True),
-        FMT_OPTION,
-    )
-)
+@_with(o=SHOW_OPTIONS)
 def presets_show(o: dict = NONE) -> None:
-    """Show one preset's fields (model spec or GPU spec) with derived sizes; a model spec file or a
-    Hugging Face config.json shows the same way."""
+    """Show one preset's fields with derived sizes (a model spec file or an HF config.json as well)."""
     from planner.commands.presets import preset_fields
     from planner.render import presets
 
@@ -310,6 +314,8 @@ def sweep(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict
         err.print(line, highlight=False)
     if o["plot"]:
         view.plot_rows(rows, spec, o["plot"], err)
+    if any(r["reason"] == sw.INTERRUPTED for r in rows):
+        raise cmd.Interrupted("the rows above were planned before Ctrl-C; the others say so")
     if not any(r["feasible"] for r in rows):
         raise Verdict()
 
@@ -354,6 +360,7 @@ def export_cmd(o: dict = NONE) -> None:
     from planner.render.export import export_document
 
     check_format(o["fmt"], ("text", "json"))
+    cmd.check_writable(o["out_path"])
     exp = export_plan(o["plan_file"], o["to"], o["torchtitan_version"])
     for note in exp.notes:
         err.print(f"note: {note}", markup=False, highlight=False)

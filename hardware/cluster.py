@@ -28,12 +28,9 @@ CLI > file > preset. Its values must already be typed (e.g. parsed with ``yaml.s
 
 from __future__ import annotations
 
-import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -47,12 +44,18 @@ from pydantic import (
 
 from hardware.gpu import GPUSpec, list_gpus, load_gpu, preset_data, unknown_name_error
 from models.errors import SpecError, format_validation_error
+from models.files import read_spec_mapping
 
 CLUSTER_FILE_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+# Bounds (issue 21): 2**20 nodes of up to 4,096 GPUs is far beyond any cluster built, and keeps
+# the planner's divisor enumeration and float arithmetic bounded.
+MAX_NODES = 2**20
+MAX_GPUS_PER_NODE = 4096
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: an `.inf` latency or a NaN size is an error, never a step time of inf s.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class ClusterSpec(_Strict):
@@ -60,8 +63,8 @@ class ClusterSpec(_Strict):
 
     name: str = Field(description="Label shown in plans, e.g. h100-sxm-80gb:64.")
     gpu: GPUSpec = Field(description="The accelerator every rank runs on.")
-    num_nodes: PositiveInt = Field(description="Nodes (NVLink domains).")
-    gpus_per_node: PositiveInt = Field(description="Ranks per node.")
+    num_nodes: PositiveInt = Field(le=MAX_NODES, description=f"Nodes (NVLink domains), at most {MAX_NODES:,}.")
+    gpus_per_node: PositiveInt = Field(le=MAX_GPUS_PER_NODE, description="Ranks per node.")
     intra_node_bw_GBps: PositiveFloat = Field(description="Per-GPU, one-direction bandwidth inside a node, GB/s.")
     inter_node_bw_GBps: PositiveFloat = Field(description="Per-GPU, one-direction NIC bandwidth between nodes, GB/s.")
     intra_node_latency_us: NonNegativeFloat = Field(description="Per-step latency inside a node, us.")
@@ -76,8 +79,8 @@ class ClusterFile(_Strict):
     """The on-disk cluster format before defaults are filled in from the GPU preset."""
 
     gpu: Any = Field(description="GPU preset name, or an inline GPU object (may use extends: <preset>).")
-    num_nodes: PositiveInt
-    gpus_per_node: PositiveInt | None = None
+    num_nodes: PositiveInt = Field(le=MAX_NODES)
+    gpus_per_node: PositiveInt | None = Field(None, le=MAX_GPUS_PER_NODE)
     intra_node_bw_GBps: PositiveFloat | None = None
     inter_node_bw_GBps: PositiveFloat | None = None
     intra_node_latency_us: NonNegativeFloat | None = None
@@ -130,28 +133,7 @@ def _parse_shorthand(arg: str) -> dict[str, Any]:
 
 
 def _read_cluster_file(path: Path) -> dict[str, Any]:
-    what = f"cluster file {path}"
-    if not path.is_file():
-        raise SpecError(f"{what}: no such file")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{what}: cannot parse YAML: {err.problem}{where}") from None
-    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        detail = " ".join(str(err).split())  # parsers print multi-line messages; keep one line
-        raise SpecError(f"{what}: cannot parse: {detail}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{what}: expected a mapping of keys at top level (got {type(data).__name__})")
-    return data
+    return read_spec_mapping(path, f"cluster file {path}")  # bounded and safe: models/files.py
 
 
 def _build(raw: dict[str, Any], what: str) -> ClusterSpec:

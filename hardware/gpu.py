@@ -30,7 +30,8 @@ Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: an `.inf` latency or a NaN size is an error, never a step time of inf s.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class EfficiencySpec(_Strict):
@@ -86,7 +87,7 @@ class GPUSpec(_Strict):
     peak_fp32_tflops: PositiveFloat = Field(description="fp32 peak (non-tensor SIMT/vector unless noted).")
     peak_tf32_tflops: PositiveFloat | None = Field(description="Dense tf32 tensor peak; null = no tf32 mode.")
     peak_fp8_tflops: PositiveFloat | None = Field(description="Dense fp8 tensor peak; null = no fp8 units.")
-    hbm_bytes: PositiveInt = Field(description="Device memory capacity in bytes (80 GB taken as 80 * 2**30).")
+    hbm_bytes: PositiveInt = Field(le=2**50, description="Device memory capacity in bytes (80 GB taken as 80 * 2**30).")
     hbm_TBps: PositiveFloat = Field(description="Peak device-memory bandwidth, TB/s (1e12 B/s).")
     intra_node_bw_GBps: PositiveFloat = Field(
         description="Per-GPU, one-direction bandwidth to the other GPUs of its node (NVLink/xGMI), GB/s."
@@ -94,7 +95,7 @@ class GPUSpec(_Strict):
     inter_node_bw_GBps: PositiveFloat = Field(
         description="Per-GPU, one-direction NIC bandwidth of the default node (400 Gb/s = 50 GB/s)."
     )
-    gpus_per_node: PositiveInt = Field(description="GPUs in the default node / NVLink domain (GB200: 72).")
+    gpus_per_node: PositiveInt = Field(le=4096, description="GPUs in the default node / NVLink domain (GB200: 72).")
     intra_node_latency_us: float = Field(ge=0.0, description="Per-step latency of an intra-node ring, us.")
     inter_node_latency_us: float = Field(ge=0.0, description="Per-step latency of a ring step over the NIC, us.")
     efficiency: EfficiencySpec = Field(description="Achievable fractions of the peaks above.")

@@ -61,8 +61,20 @@ def text_model_config(cfg: Mapping[str, Any], family: Family, origin: str) -> di
 def from_hf_config(cfg: Mapping[str, Any], name: str | None = None, *, origin: str = "config.json") -> ModelSpec:
     """Map a Hugging Face config dict to a validated :class:`ModelSpec`.
 
-    ``origin`` names the file in error messages and in ``source``.
+    ``origin`` names the file in error messages and in ``source``. A value of a type the mapping
+    does not expect (a dict where a name belongs, a string where a size does) is a SpecError too.
     """
+    try:
+        return _map_config(cfg, name, origin)
+    except SpecError:
+        raise
+    except (TypeError, KeyError, AttributeError, ValueError, OverflowError) as exc:
+        raise SpecError(
+            f"{origin}: a field has a value of the wrong type or size ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _map_config(cfg: Mapping[str, Any], name: str | None, origin: str) -> ModelSpec:
     outer_type, family = family_of(cfg, origin)
     model_type, text = outer_type, cfg
     if family.text_config is not None:

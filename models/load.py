@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from models.errors import SpecError, format_validation_error
+from models.files import SPEC_SUFFIXES, read_spec_mapping
 from models.hf_import import from_hf_config
 from models.spec import ModelSpec
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-SPEC_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 # Keys every transformers config.json has one of and a ModelSpec never has.
 HF_MARKERS = ("model_type", "architectures", "num_hidden_layers", "n_layer", "transformers_version")
 
@@ -153,20 +150,8 @@ def apply_overrides(data: dict[str, Any], overrides: Mapping[str, object]) -> di
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    """Parse a YAML, JSON or TOML file into a dict (one-line SpecError otherwise)."""
+    """Parse a YAML, JSON or TOML file into a dict (bounded and safe: models/files.py)."""
     suffix = path.suffix.lower()
     if suffix not in SPEC_SUFFIXES:
         raise SpecError(f"{path}: unsupported spec file type '{suffix}'; use {', '.join(SPEC_SUFFIXES)}")
-    try:
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise SpecError(f"{path}: cannot read: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: expected a mapping of spec fields, got {type(data).__name__}")
-    return data
+    return read_spec_mapping(path, str(path))

@@ -22,26 +22,38 @@ RouterScore = Literal["softmax", "sigmoid"]
 RopeScalingType = Literal["linear", "dynamic", "yarn", "longrope", "llama3"]
 
 GATED_ACTIVATIONS = ("swiglu", "geglu")
+# Upper bounds of the sizes (issue 21): far above any model built, low enough that the planner's
+# per-block work (O(num_layers) lists) and float arithmetic (h**2 * L) stay bounded and finite.
+MAX_LAYERS = 10_000  # the largest published models have ~200 blocks
+MAX_WIDTH = 2**24  # hidden, FFN, vocabulary, heads, head dims, sequence length: 16,777,216
+MAX_EXPERTS = 2**16
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: an `.inf` latency or a NaN size is an error, never a step time of inf s.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class MoESpec(_Strict):
     """Mixture-of-experts feed-forward layers (Switch/GShard style top-k routing)."""
 
-    num_experts: PositiveInt = Field(description="Routed experts per MoE layer.")
-    top_k: PositiveInt = Field(description="Experts each token is routed to.")
-    expert_ffn_hidden_size: PositiveInt = Field(description="Hidden size of one routed expert's FFN.")
-    num_shared_experts: int = Field(0, ge=0, description="Always-active shared experts (DeepSeek/Qwen2-MoE).")
-    shared_expert_ffn_hidden_size: int | None = Field(
-        None, ge=1, description="Hidden size of one shared expert; defaults to expert_ffn_hidden_size."
+    num_experts: PositiveInt = Field(le=MAX_EXPERTS, description="Routed experts per MoE layer.")
+    top_k: PositiveInt = Field(le=MAX_EXPERTS, description="Experts each token is routed to.")
+    expert_ffn_hidden_size: PositiveInt = Field(le=MAX_WIDTH, description="Hidden size of one routed expert's FFN.")
+    num_shared_experts: int = Field(
+        0, ge=0, le=MAX_WIDTH, description="Always-active shared experts (DeepSeek/Qwen2-MoE)."
     )
-    first_k_dense: int = Field(0, ge=0, description="The first k layers keep a dense FFN (DeepSeek-V3: 3).")
-    layer_freq: PositiveInt = Field(1, description="After first_k_dense, every layer_freq-th layer is MoE (1 = all).")
+    shared_expert_ffn_hidden_size: int | None = Field(
+        None, ge=1, le=MAX_WIDTH, description="Hidden size of one shared expert; defaults to expert_ffn_hidden_size."
+    )
+    first_k_dense: int = Field(
+        0, ge=0, le=MAX_WIDTH, description="The first k layers keep a dense FFN (DeepSeek-V3: 3)."
+    )
+    layer_freq: PositiveInt = Field(
+        1, le=MAX_LAYERS, description="After first_k_dense, every layer_freq-th layer is MoE (1 = all)."
+    )
     dense_ffn_hidden_size: int | None = Field(
-        None, ge=1, description="FFN size of the dense layers; defaults to the model's ffn_hidden_size."
+        None, ge=1, le=MAX_WIDTH, description="FFN size of the dense layers; defaults to the model's ffn_hidden_size."
     )
     capacity_factor: float | None = Field(
         None, gt=0, description="Expert capacity factor; null means dropless (no padding, no drops)."
@@ -56,21 +68,31 @@ class MoESpec(_Strict):
         None, gt=0, description="Factor on the routed experts' weights (DeepSeek routed_scaling_factor); null = 1."
     )
     router_num_groups: int | None = Field(
-        None, ge=1, description="Group-limited routing: experts split into groups (DeepSeek n_group); null = none."
+        None,
+        ge=1,
+        le=MAX_WIDTH,
+        description="Group-limited routing: experts split into groups (DeepSeek n_group); null = none.",
     )
     router_group_topk: int | None = Field(
-        None, ge=1, description="Groups each token may route into (DeepSeek topk_group); set with router_num_groups."
+        None,
+        ge=1,
+        le=MAX_WIDTH,
+        description="Groups each token may route into (DeepSeek topk_group); set with router_num_groups.",
     )
 
 
 class MLASpec(_Strict):
     """Multi-head latent attention (DeepSeek-V2/V3): low-rank Q and joint low-rank KV projections."""
 
-    q_lora_rank: int | None = Field(None, ge=1, description="Rank of the Q down-projection; null = full-rank Q.")
-    kv_lora_rank: PositiveInt = Field(description="Rank of the joint KV compression.")
-    qk_nope_head_dim: PositiveInt = Field(description="Per-head Q/K dims without rotary.")
-    qk_rope_head_dim: PositiveInt = Field(description="Per-head Q/K rotary dims (K's rope part is shared by heads).")
-    v_head_dim: PositiveInt = Field(description="Per-head V dims.")
+    q_lora_rank: int | None = Field(
+        None, ge=1, le=MAX_WIDTH, description="Rank of the Q down-projection; null = full-rank Q."
+    )
+    kv_lora_rank: PositiveInt = Field(le=MAX_WIDTH, description="Rank of the joint KV compression.")
+    qk_nope_head_dim: PositiveInt = Field(le=MAX_WIDTH, description="Per-head Q/K dims without rotary.")
+    qk_rope_head_dim: PositiveInt = Field(
+        le=MAX_WIDTH, description="Per-head Q/K rotary dims (K's rope part is shared by heads)."
+    )
+    v_head_dim: PositiveInt = Field(le=MAX_WIDTH, description="Per-head V dims.")
 
 
 class RopeScalingSpec(_Strict):
@@ -80,7 +102,7 @@ class RopeScalingSpec(_Strict):
     type: RopeScalingType = Field(description="linear, dynamic (NTK), yarn, longrope or llama3.")
     factor: float | None = Field(None, gt=0, description="Context extension factor.")
     original_max_seq_len: int | None = Field(
-        None, ge=1, description="Context length before extension (original_max_position_embeddings)."
+        None, ge=1, le=MAX_WIDTH, description="Context length before extension (original_max_position_embeddings)."
     )
     low_freq_factor: float | None = Field(None, gt=0, description="llama3: low-frequency wavelength factor.")
     high_freq_factor: float | None = Field(None, gt=0, description="llama3: high-frequency wavelength factor.")
@@ -94,14 +116,16 @@ class ModelSpec(_Strict):
     """A decoder (GPT/Llama family) or encoder (BERT) transformer, dense or MoE."""
 
     name: str = Field(description="Canonical lowercase name, e.g. llama3-70b.")
-    num_layers: PositiveInt = Field(description="Transformer blocks.")
-    hidden_size: PositiveInt = Field(description="Model width h.")
-    num_heads: PositiveInt = Field(description="Attention (query) heads a.")
-    num_kv_heads: int | None = Field(None, ge=1, description="Key/value heads (GQA); null = num_heads (MHA).")
-    head_dim: int | None = Field(None, ge=1, description="Per-head dims; null = hidden_size / num_heads.")
-    ffn_hidden_size: PositiveInt = Field(description="FFN inner size (per branch for gated activations).")
-    vocab_size: PositiveInt = Field(description="Vocabulary size V.")
-    max_seq_len: PositiveInt = Field(4096, description="Longest sequence the positions support.")
+    num_layers: PositiveInt = Field(le=MAX_LAYERS, description="Transformer blocks.")
+    hidden_size: PositiveInt = Field(le=MAX_WIDTH, description="Model width h.")
+    num_heads: PositiveInt = Field(le=MAX_WIDTH, description="Attention (query) heads a.")
+    num_kv_heads: int | None = Field(
+        None, ge=1, le=MAX_WIDTH, description="Key/value heads (GQA); null = num_heads (MHA)."
+    )
+    head_dim: int | None = Field(None, ge=1, le=MAX_WIDTH, description="Per-head dims; null = hidden_size / num_heads.")
+    ffn_hidden_size: PositiveInt = Field(le=MAX_WIDTH, description="FFN inner size (per branch for gated activations).")
+    vocab_size: PositiveInt = Field(le=MAX_WIDTH, description="Vocabulary size V.")
+    max_seq_len: PositiveInt = Field(4096, le=MAX_WIDTH, description="Longest sequence the positions support.")
     norm: Norm = Field("rmsnorm", description="layernorm (GPT/BERT) or rmsnorm (Llama).")
     activation: Activation = Field("swiglu", description="FFN activation; swiglu/geglu are gated (3 matrices).")
     position: Position = Field("rope", description="learned (absolute table), rope, alibi or none.")
@@ -110,7 +134,7 @@ class ModelSpec(_Strict):
     bias: bool = Field(False, description="Linear layers carry biases (GPT-2/3, BERT).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout probability (masks are saved for backward).")
     parallel_residual: bool = Field(False, description="Attention and FFN read the same input (GPT-J/NeoX).")
-    sliding_window: int | None = Field(None, ge=1, description="Sliding-window attention span in tokens.")
+    sliding_window: int | None = Field(None, ge=1, le=MAX_WIDTH, description="Sliding-window attention span in tokens.")
     full_attention_every: int | None = Field(
         None,
         ge=1,

@@ -11,6 +11,7 @@ replicas (PyTorch FSDP ``HYBRID_SHARD``; torchtitan ``data_parallel_replicate_de
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -71,8 +72,8 @@ def parse_headroom(text: str) -> tuple[float, str]:
             value, unit = float(t[:-3] if t.lower().endswith("gib") else t), "GiB"
     except ValueError:
         raise SpecError(f"--memory-headroom {text!r}: expected a percentage (5%) or GiB (4GiB)") from None
-    if value < 0 or (unit == "%" and value >= 1):
-        raise SpecError(f"--memory-headroom {text!r}: must be >= 0 (and below 100%)")
+    if not math.isfinite(value) or value < 0 or (unit == "%" and value >= 1):
+        raise SpecError(f"--memory-headroom {text!r}: must be a finite value >= 0 (and below 100%)")
     return value, unit
 
 

@@ -105,11 +105,18 @@ def parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
     return out
 
 
-def _positive(name: str, value: int | None) -> int:
+# Upper bounds (issue 21): 2**20 sequences of up to 2**24 tokens is far beyond any run; an
+# unbounded batch made the micro-batch enumeration run for minutes and divide by zero at 10**18.
+MAX_GLOBAL_BATCH = 2**20
+MAX_SEQ_LEN = 2**24
+
+
+def _positive(name: str, value: int | None, most: int) -> int:
+    flag = f"--{name.replace('_', '-')}"
     if value is None:
-        raise SpecError(f"missing option --{name.replace('_', '-')}")
-    if value <= 0:
-        raise SpecError(f"--{name.replace('_', '-')} must be > 0 (got {value})")
+        raise SpecError(f"missing option {flag}")
+    if not 0 < value <= most:
+        raise SpecError(f"{flag} must be in 1..{most:,} (got {value})")
     return value
 
 
@@ -132,8 +139,8 @@ def build_training(
         raise SpecError(f"--attention must be flash or eager (got {attention!r})")
     impl = cast(Literal["flash", "eager"], attention)  # checked just above
     train = Training(
-        _positive("global_batch", global_batch),
-        _positive("seq_len", seq_len),
+        _positive("global_batch", global_batch, MAX_GLOBAL_BATCH),
+        _positive("seq_len", seq_len, MAX_SEQ_LEN),
         dtype,
         impl,
         prof.grad_reduce_dtype,

@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
-import time
 import traceback
 from datetime import timedelta
 from multiprocessing.context import ForkContext, ForkServerContext, SpawnContext
@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from runtime.checkpoint_files import CheckpointOptions, checkpoint_options
+from runtime.defaults import DEFAULT_RANK_TIMEOUT_S
 from runtime.forkserver import cpu_context
 from runtime.hf_weights import check_checkpoint
 from runtime.optim import optimizer_class
@@ -35,6 +36,7 @@ from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, model_spec, world_size, world_size_arithmetic
 from runtime.recipe import RECIPE_FLAGS, Recipe, recipe_argv, recipe_from
 from runtime.report import build_report
+from runtime.supervise import launcher_signals, quiet_rank, stop_all, watch
 from runtime.tokens import TOKEN_DTYPES, check_token_file
 from runtime.train import train_rank
 
@@ -101,12 +103,13 @@ def _worker(plan: dict, args: dict) -> None:
 
 
 def _rank_main(rank: int, world: int, store_path: str, plan: dict, args: dict) -> None:
+    quiet_rank()  # Ctrl-C is the launcher's to handle: one line, not a traceback per rank
     backend = "nccl" if args["device"] == "cuda" else "gloo"
     if args["device"] == "cuda":
         torch.cuda.set_device(rank)
     store = dist.FileStore(store_path, world)
     dist.init_process_group(
-        backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=args["timeout_s"])
+        backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=args["rank_timeout_s"])
     )
     try:
         _worker(plan, args)
@@ -117,27 +120,18 @@ def _rank_main(rank: int, world: int, store_path: str, plan: dict, args: dict) -
         dist.destroy_process_group()
 
 
-def _wait(procs: list, store_path: str, timeout_s: float) -> None:
-    """Wait for all ranks; on the first failure (or the timeout) stop the others and raise."""
-    deadline = time.monotonic() + timeout_s
-    timed_out = False
-    while any(p.exitcode is None for p in procs):
-        failed = any(p.exitcode not in (None, 0) for p in procs)
-        timed_out = time.monotonic() > deadline
-        if failed or timed_out:
+def _start_and_watch(ctx: _Context, nprocs: int, plan: dict, args: dict) -> None:
+    """Start the ranks and wait for them (runtime.supervise: failures, stopped ranks, signals)."""
+    with tempfile.TemporaryDirectory(prefix="autopar-run-") as tmp, launcher_signals():
+        store_path = os.path.join(tmp, "store")
+        procs = [ctx.Process(target=_rank_main, args=(r, nprocs, store_path, plan, args)) for r in range(nprocs)]
+        try:
             for p in procs:
-                if p.exitcode is None:
-                    p.terminate()
-            for p in procs:
-                p.join()
-            break
-        time.sleep(0.01)
-    codes = {r: p.exitcode for r, p in enumerate(procs) if p.exitcode != 0}
-    if codes:
-        errors = sorted(Path(store_path).parent.glob("store.error*"), key=lambda f: f.stat().st_mtime)
-        detail = errors[0].read_text() if errors else "no Python traceback: a rank aborted in C++ (see stderr)"
-        why = f"timed out after {timeout_s:.0f} s" if timed_out else "failed"
-        raise RuntimeError(f"ranks {why} (exit codes {codes}); first error:\n{detail}")
+                p.start()
+        except KeyboardInterrupt:  # a signal while starting: stop the ranks already started
+            stop_all([p for p in procs if p.pid is not None])
+            raise
+        watch(procs, store_path, args["timeout_s"], args["rank_timeout_s"])
 
 
 def _check_inputs(plan: dict, data: str | None, data_dtype: str | None, init_weights) -> str | None:
@@ -183,6 +177,7 @@ def run(
     init_weights: str | Path | None = None,
     metrics: str | Path | None = None,
     progress: bool = False,
+    rank_timeout_s: float = DEFAULT_RANK_TIMEOUT_S,
 ) -> dict:
     """Train the plan up to step ``steps`` on this machine and return (and write) the report.
 
@@ -195,7 +190,9 @@ def run(
     (:mod:`runtime.checkpoint`); resume: a checkpoint (or a directory of them: the latest) to
     continue from, under this plan or another (``steps`` is the total).
     init_weights: a Hugging Face checkpoint directory to start from (runtime.hf_weights);
-    metrics: a JSONL file, a line per step (runtime.metrics); progress: a line per step on stderr."""
+    metrics: a JSONL file, a line per step (runtime.metrics); progress: a line per step on stderr.
+    rank_timeout_s: a rank stopped, or silent in a collective, this long ends the run with an
+    error naming it (runtime.supervise); timeout_s bounds the whole run."""
     plan = load_plan(plan_path)
     nprocs = _check_world(plan, nprocs)
     device = resolve_device(plan, device, nprocs)
@@ -205,22 +202,11 @@ def run(
     ckpt = checkpoint_options(plan, steps, checkpoint_dir, checkpoint_every, resume, optimizer_name)
     if ckpt.resume is not None:
         print(ckpt.resume.describe(), file=sys.stderr)
-    args = {
-        "checkpoint": ckpt,
-        "steps": steps,
-        "recipe": recipe,
-        "data": data,
-        "data_dtype": data_dtype,
-        "device": device,
-        "out": str(out),
-        "timeout_s": timeout_s,
-        "plan_path": None if isinstance(plan_path, dict) else str(plan_path),
-        "progress": progress,
-        **{
-            k: str(v) if v else None
-            for k, v in (("save_params", save_params), ("init_weights", init_weights), ("metrics", metrics))
-        },
-    }
+    args = {"checkpoint": ckpt, "steps": steps, "recipe": recipe, "data": data, "data_dtype": data_dtype}
+    args |= {"device": device, "out": str(out), "timeout_s": timeout_s, "rank_timeout_s": rank_timeout_s}
+    args |= {"plan_path": None if isinstance(plan_path, dict) else str(plan_path), "progress": progress}
+    paths = (("save_params", save_params), ("init_weights", init_weights), ("metrics", metrics))
+    args |= {k: str(v) if v else None for k, v in paths}
     _start_ranks(plan, args, nprocs, start_method)
     return json.loads(Path(out).read_text())
 
@@ -233,12 +219,7 @@ def _start_ranks(plan: dict, args: dict, nprocs: int, start_method: str | None) 
         ctx = cast(_Context, mp.get_context(start_method))
     else:
         ctx = mp.get_context("spawn") if args["device"] == "cuda" else cpu_context()
-    with tempfile.TemporaryDirectory(prefix="autopar-run-") as tmp:
-        store_path = os.path.join(tmp, "store")
-        procs = [ctx.Process(target=_rank_main, args=(r, nprocs, store_path, plan, args)) for r in range(nprocs)]
-        for p in procs:
-            p.start()
-        _wait(procs, store_path, args["timeout_s"])
+    _start_and_watch(ctx, nprocs, plan, args)
 
 
 def print_torchrun_command(
@@ -270,19 +251,22 @@ def print_torchrun_command(
         raise PlanError(
             f"{world_size_arithmetic(plan)} ranks do not split evenly over {nnodes} nodes: {need} % {nnodes} = {need % nnodes}"
         )
+    # Every value is quoted: an endpoint or path with a shell metacharacter ('x;rm -rf /') must
+    # stay one argument when the printed line is pasted into a shell.
+    q = shlex.quote
     command = (
         f"torchrun --nnodes={nnodes} --nproc-per-node={need // nnodes} --rdzv-backend=c10d "
-        f"--rdzv-endpoint={rdzv_endpoint} --rdzv-id=autopar -m runtime.launch "
-        f"--plan {plan_path} --steps {steps} --out {out}"
+        f"--rdzv-endpoint={q(rdzv_endpoint)} --rdzv-id=autopar -m runtime.launch "
+        f"--plan {q(plan_path)} --steps {steps} --out {q(out)}"
         + (f" {recipe_argv(recipe)}" if recipe and recipe_argv(recipe) else "")
-        + (f" --data {data}" if data else "")
-        + (f" --data-dtype {data_dtype}" if data_dtype else "")
-        + (f" --checkpoint-dir {checkpoint_dir}" if checkpoint_dir else "")
+        + (f" --data {q(data)}" if data else "")
+        + (f" --data-dtype {q(data_dtype)}" if data_dtype else "")
+        + (f" --checkpoint-dir {q(checkpoint_dir)}" if checkpoint_dir else "")
         + (f" --checkpoint-every {checkpoint_every}" if checkpoint_every else "")
-        + (f" --resume {resume}" if resume else "")
-        + (f" --init-weights {init_weights}" if init_weights else "")
-        + (f" --metrics {metrics}" if metrics else "")
-        + (f" --device {device}" if device else "")
+        + (f" --resume {q(resume)}" if resume else "")
+        + (f" --init-weights {q(init_weights)}" if init_weights else "")
+        + (f" --metrics {q(metrics)}" if metrics else "")
+        + (f" --device {q(device)}" if device else "")
     )
     print(command)
     return command

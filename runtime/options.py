@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.inputs import Opt
+from runtime.defaults import DEFAULT_RANK_TIMEOUT_S
 from runtime.recipe import RECIPE_FLAGS, recipe_from
 
 RUN_OPTIONS = (
@@ -68,6 +69,13 @@ RUN_OPTIONS = (
     ),
     Opt("nnodes", int, 1, ("--nnodes",), "Nodes: >1 prints the torchrun command for each node instead."),
     Opt("rdzv_endpoint", str, "localhost:29500", ("--rdzv-endpoint",), "host:port for multi-node rendezvous."),
+    Opt(
+        "rank_timeout",
+        float,
+        DEFAULT_RANK_TIMEOUT_S,
+        ("--rank-timeout",),
+        "Seconds a rank may be stopped or silent in a collective before the run ends naming it.",
+    ),
 )
 
 

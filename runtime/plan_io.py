@@ -5,9 +5,9 @@ the runtime adds what it does not implement (``runtime_limits``: fp8). ``make_pl
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from models.errors import SpecError
 from models.spec import ModelSpec
 from planner.planfile.accept import (
     DTYPE_NAMES,
@@ -20,6 +20,9 @@ from planner.planfile.accept import (
     world_size,
     world_size_arithmetic,
 )
+from planner.planfile.build import input_sha256
+from planner.planfile.integrity import INPUT_BLOCKS, check_integrity
+from planner.planfile.load import read_json
 from planner.planfile.schema import SCHEMA_VERSION
 
 PlanError = PlanRejected  # a plan the runtime cannot execute; the message names the field
@@ -48,8 +51,15 @@ def validate_plan(plan: dict) -> dict:
 
 
 def load_plan(source: str | Path | dict) -> dict:
-    """A validated plan from a JSON file path or an already-parsed dict."""
-    plan = source if isinstance(source, dict) else json.loads(Path(source).read_text())
+    """A validated plan from a JSON file path or an already-parsed dict. A file must also pass the
+    integrity check every command applies (``planner.planfile.integrity``: schema version, input
+    hashes, world size against its cluster); a dict built in-process is checked by the rules alone."""
+    if isinstance(source, dict):
+        return validate_plan(source)
+    try:
+        plan = check_integrity(read_json(Path(source), "plan"), source)
+    except SpecError as exc:
+        raise PlanError(str(exc)) from None
     return validate_plan(plan)
 
 
@@ -97,18 +107,21 @@ def make_plan(
     ranks share each dp rank's rows (world = dp·tp·pp·cp); ``ep`` splits the experts over ranks
     carved out of dp·cp."""
     stages = _even_stages(spec.num_layers, pp, virtual_stages, recompute)
+    inputs: dict[str, dict] = {
+        "model": spec.model_dump(mode="json"),
+        "cluster": {},
+        "training": {
+            "global_batch_size": dp * micro_batch_size * num_micro_batches,
+            "seq_len": seq_len,
+            "dtype": dtype,
+            "seed": seed,
+        },
+    }
+    # The hashes every plan file carries, so a file of this plan passes the integrity check.
+    inputs["sha256"] = {k: input_sha256(inputs[k]) for k in INPUT_BLOCKS}
     plan = {
         "schema_version": SCHEMA_VERSION,
-        "inputs": {
-            "model": spec.model_dump(mode="json"),
-            "cluster": {},
-            "training": {
-                "global_batch_size": dp * micro_batch_size * num_micro_batches,
-                "seq_len": seq_len,
-                "dtype": dtype,
-                "seed": seed,
-            },
-        },
+        "inputs": inputs,
         "parallelism": {
             "dp": dp,
             "tp": tp,

@@ -85,7 +85,6 @@ def _set(doc: dict, dotted: str, value) -> dict:
     ("stages.1.layers", [16, 32], "stages[1].layers", "block 16 is in two stages"),
     ("stages.0.has_head", True, "stages[0].has_head", "expected False"),
     ("stages.1.ranks", list(range(16)), "stages[1].ranks", "should be 8..15"),
-    ("schema_version", "2.0", "schema_version", "major version 2 is not supported"),
 ])
 def test_a_hand_edited_plan_is_caught_at_the_field(tmp_path, plan_doc, dotted, value, field, needle):
     r = validate(write(tmp_path, _set(plan_doc, dotted, value)), "--format", "json")
@@ -120,6 +119,21 @@ def test_truncated_json_is_bad_input(tmp_path, plan_doc, fmt):
         assert r.stdout.startswith(f"::error file={path},title=autopar validate%3A bad input::")
     else:
         assert r.stdout == ""
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ({}, "plan field 'schema_version' is None"),
+    ({"schema_version": "999"}, "expected MAJOR.MINOR"),
+    ({"schema_version": "2.0"}, "'2.0' is not supported (this autopar reads 1.x)"),
+])
+def test_a_file_of_unknown_layout_is_bad_input_as_for_every_command(tmp_path, doc, needle):
+    """One contract across commands: `{}` or an unknown schema version is exit 2 with one line."""
+    path = write(tmp_path, doc)
+    for args in (["validate", path], ["export", path, "--to", "megatron"], ["estimate", "--plan", path],
+                 ["diff", path, path], ["explain", path], ["run", path]):
+        r = runner.invoke(app, [str(a) for a in args])
+        assert r.exit_code == 2, (args, r.stdout + r.stderr)
+        assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,39 @@ from models.errors import SpecError
 from planner.inputs import Opt
 
 
+class Interrupted(Exception):
+    """Ctrl-C after a partial result was printed (plan, sweep): the CLI exits 130 with the message."""
+
+
 def write_output(path: Path, text: str) -> None:
     """Write ``text`` to ``path``; an unwritable path is bad input (SpecError, exit 2) for every command."""
     try:
         Path(path).write_text(text)
     except OSError as exc:
         raise SpecError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_writable(path: Path | None, flag: str = "--out") -> None:
+    """Refuse an output path that cannot be written before any work is done (exit 2): its folder
+    must exist and be writable, and the path must not be a folder."""
+    if path is None:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise SpecError(f"{flag} {path}: is a directory")
+    if not parent.is_dir():
+        raise SpecError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise SpecError(f"{flag} {path}: not writable")
+
+
+def positive_seconds(opts: dict, name: str) -> float:
+    """``opts[name]`` as a finite number of seconds > 0 (``--rank-timeout nan`` is bad input)."""
+    value = opts[name]
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise SpecError(f"--{name.replace('_', '-')} must be a finite number of seconds > 0 (got {value})")
+    return float(value)
 
 
 def check_format(fmt: str, allowed: tuple[str, ...] = ("table", "json")) -> None:

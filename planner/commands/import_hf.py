@@ -58,7 +58,7 @@ def import_hf(source: str, name: str | None = None, overrides: Mapping[str, obje
     default_name = hf_default_name(path)  # as models.load names it, for the directory or the file
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SpecError(f"{path}: cannot read a JSON config: {' '.join(str(exc).split())}") from None
     if not isinstance(cfg, dict):
         raise SpecError(f"{path}: expected a JSON object of config keys, got {type(cfg).__name__}")

@@ -60,6 +60,9 @@ class SearchSettings:
         return self
 
 
+TIMED_OUT = "no plan found within the time limit ({:g} s); raise --time-limit"
+
+
 @dataclass
 class PlanResult:
     """The search, and either the plan document or why nothing fits."""
@@ -67,6 +70,7 @@ class PlanResult:
     search: SearchResult
     doc: dict | None  # the plan file (None: nothing fits)
     advice: str | None  # quantified advice when nothing fits
+    timed_out: bool = False  # the time limit ran out before any plan was found (advice says so)
 
     @property
     def best(self) -> Estimate | None:
@@ -89,6 +93,9 @@ def run_plan(
         settings.top_k,
         progress,
     )
+    if res.best is None and res.phases_s["total_s"] >= settings.time_limit_s:
+        # The limit stopped the search before any plan: not a verdict on the problem.
+        return PlanResult(res, None, TIMED_OUT.format(settings.time_limit_s), timed_out=True)
     if res.best is None:
         advice = infeasible_advice(inputs.model, inputs.cluster, inputs.training, res, knobs.options())
         return PlanResult(res, None, advice)

@@ -9,6 +9,12 @@ from models.errors import SpecError
 from models.graph import build_graph
 from models.load import list_presets, load_model
 from models.spec import ModelSpec
+from planner.commands.common import FMT_OPTION, Opt
+
+SHOW_OPTIONS = (
+    Opt("name", str, ..., (), "A model or GPU preset, or a model spec file or config.json.", argument=True),
+    FMT_OPTION,
+)
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,7 @@ serves stale rows). Token budget and price are applied after the cache.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import itertools
-import multiprocessing
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +36,11 @@ from planner.commands.plan import SearchSettings, infeasible_advice
 from planner.commands.sweep_cache import CODE_FILES as CODE_FILES  # what the cache key fingerprints
 from planner.commands.sweep_cache import cache_key, cache_read, cache_write, code_fingerprint, open_cache
 from planner.commands.sweep_cache import default_cache_dir as default_cache_dir
+from planner.commands.sweep_pool import INTERRUPTED, execute
 from planner.config import DTYPES
 from planner.inputs import Inputs, build_inputs, parse_sets
 from planner.knobs import BY_NAME, SHOWN, SPACE_KNOBS, Knobs
+from planner.search.context import SearchStatus
 from planner.search.outer import search
 
 SWEEP_OPTIONS = (
@@ -251,6 +250,8 @@ def solve_point(task: tuple) -> dict:
     model, cluster, train, knobs, solver, gap, time_limit_s = task
     try:
         res = search(model, cluster, train, knobs, solver, gap, time_limit_s, top_k=0)
+        if res.certificate.status == SearchStatus.INTERRUPTED:
+            raise KeyboardInterrupt  # the whole sweep stops, not just this point
     except SpecError as exc:  # e.g. no valid configuration for these knobs at this point
         return {"feasible": False, "reason": str(exc)}
     c = res.certificate
@@ -302,7 +303,7 @@ def run_sweep(spec: SweepSpec, jobs: int | None = None, cache_dir: Path | None =
     processes (default: CPU count; 1 runs them in this process)."""
     points = expand_points(parse_vary(spec.vary))
     _check_settings(spec)
-    open_cache(cache_dir)
+    cache_dir = open_cache(cache_dir)
     fingerprint = code_fingerprint() if cache_dir is not None else ""
     rows, todo = [], []  # todo: (row index, cache key, task)
     for point in points:
@@ -334,32 +335,19 @@ def run_sweep(spec: SweepSpec, jobs: int | None = None, cache_dir: Path | None =
     done = len(points) - len(todo)
     if progress:
         progress(done, len(points))
-    for i, key, result in _execute(todo, jobs):
-        cache_write(cache_dir, key, result)
-        rows[i].update(result, cached=False)
-        done += 1
-        if progress:
-            progress(done, len(points))
+    try:
+        for i, key, result in execute(todo, jobs, solve_point):
+            cache_dir = cache_write(cache_dir, key, result)  # None from here when the write failed
+            rows[i].update(result, cached=False)
+            done += 1
+            if progress:
+                progress(done, len(points))
+    except KeyboardInterrupt:  # Ctrl-C: the rows planned so far; the others say why they are empty
+        for i, _, _ in todo:
+            if rows[i].get("feasible") is None:
+                rows[i].update(feasible=False, reason=INTERRUPTED)
     finish_rows(rows, spec.tokens, spec.price_per_gpu_hour)
     return rows
-
-
-def _execute(todo: list[tuple], jobs: int | None):
-    """Yield (row index, key, result) as points finish, in worker processes when there are several."""
-    workers = min(jobs or os.cpu_count() or 1, len(todo))
-    if workers <= 1:
-        for i, key, task in todo:
-            yield i, key, solve_point(task)
-        return
-    # fork where available: workers inherit the imported planner (spawn would re-import it per
-    # worker). All workers are forked at the first submit, before the caller's progress thread.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {pool.submit(solve_point, task): (i, key) for i, key, task in todo}
-        for fut in cf.as_completed(futures):
-            i, key = futures[fut]
-            yield i, key, fut.result()
 
 
 def parse_prices(text: str | float | None) -> dict[str, float] | None:

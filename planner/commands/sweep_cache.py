@@ -7,11 +7,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from models.errors import SpecError
 from planner.commands.plan import SearchSettings
 from planner.inputs import Inputs
 from planner.planfile.build import input_block
@@ -83,22 +83,44 @@ def cache_read(cache_dir: Path | None, key: str) -> dict | None:
     return doc.get("result") if isinstance(doc, dict) and doc.get("key") == key else None
 
 
-def cache_write(cache_dir: Path | None, key: str, result: dict) -> None:
-    if cache_dir is None:
-        return
-    # Write a temporary file and rename it: a reader never sees half a file, even from another sweep.
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"key": key, "cache_version": CACHE_VERSION, "result": result}, f)
-    os.replace(tmp, cache_dir / f"{key}.json")
+def _degrade(cache_dir: Path, why: str) -> None:
+    """One warning line on stderr: the sweep goes on without its cache (issue 21: a read-only or
+    full cache directory must not fail a sweep whose answers it only speeds up)."""
+    sys.stderr.write(f"warning: cache directory {cache_dir} {why}; continuing without the cache\n")
 
 
-def open_cache(cache_dir: Path | None) -> None:
+def cache_write(cache_dir: Path | None, key: str, result: dict) -> Path | None:
+    """Store one point's result; returns ``cache_dir``, or None (with a warning) when it cannot be
+    written, so the caller stops trying."""
     if cache_dir is None:
-        return
+        return None
+    # Write a temporary file and rename it: a reader never sees half a file, even from another
+    # sweep, and two writers of one key both rename a whole file (the last one wins; same content).
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"key": key, "cache_version": CACHE_VERSION, "result": result}, f)
+        os.replace(tmp, cache_dir / f"{key}.json")
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        _degrade(cache_dir, f"cannot be written ({exc.strerror or exc})")
+        return None
+    return cache_dir
+
+
+def open_cache(cache_dir: Path | None) -> Path | None:
+    """The cache directory to use: ``cache_dir`` created if needed, or None (with a warning) when
+    it cannot be created or written."""
+    if cache_dir is None:
+        return None
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SpecError(f"cannot use cache directory {cache_dir}: {exc.strerror}") from None
+        _degrade(cache_dir, f"cannot be created ({exc.strerror or exc})")
+        return None
     if not os.access(cache_dir, os.W_OK):
-        raise SpecError(f"cannot use cache directory {cache_dir}: not writable (use --cache DIR or --no-cache)")
+        _degrade(cache_dir, "is not writable")
+        return None
+    return cache_dir

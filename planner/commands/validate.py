@@ -3,9 +3,9 @@
 Checks, in order; each finding names a JSON path of the plan, a severity and the numbers (the
 checks of the plan's own records, 4 and 5, are in planner/planfile/checks.py):
 
-1. schema: ``schema_version`` must be MAJOR.MINOR with this autopar's major (another major stops
-   here: its layout is unknown); the structure must match ``autopar schema plan`` (one finding per
-   pydantic error, at its path).
+1. schema: ``schema_version`` must be MAJOR.MINOR with this autopar's major (else bad input,
+   exit 2, as for every command: ``planner.planfile.integrity.check_version``); the structure must
+   match ``autopar schema plan`` (one finding per pydantic error, at its path).
 2. hashes: sha256 of the canonical JSON of ``inputs.{model,cluster,training}`` must equal
    ``inputs.sha256.*``. When the plan's ``reproduce`` command still resolves to inputs with the
    recorded hashes, the edited keys themselves are named (``inputs.model.num_layers``).
@@ -58,6 +58,7 @@ from planner.planfile.checks import (
     check_training,
     short_repr,
 )
+from planner.planfile.integrity import check_version
 from planner.planfile.load import plan_inputs, read_json
 from planner.planfile.schema import SCHEMA_VERSION, PlanFile
 
@@ -139,26 +140,10 @@ def json_path(loc: tuple) -> str:
 
 
 def check_schema(doc: dict) -> tuple[list[Finding], bool]:
-    """Version and structure findings, and whether the blocks the re-derivation reads are sound."""
-    version, ours = doc.get("schema_version"), SCHEMA_VERSION.split(".")
-    if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
-        return [
-            Finding(
-                "schema_version",
-                "error",
-                f"schema_version is {version!r}: expected MAJOR.MINOR such as {SCHEMA_VERSION!r}; other checks skipped",
-            )
-        ], False
-    major, minor = version.split(".")
-    if major != ours[0]:
-        return [
-            Finding(
-                "schema_version",
-                "error",
-                f"schema_version {version!r}: major version {major} is not "
-                f"supported (this autopar reads {ours[0]}.x); other checks skipped",
-            )
-        ], False
+    """Version and structure findings, and whether the blocks the re-derivation reads are sound
+    (a missing or unknown ``schema_version`` was refused before: ``check_version``, exit 2)."""
+    version, ours = doc["schema_version"], SCHEMA_VERSION.split(".")
+    minor = version.split(".")[1]
     out = []
     if int(minor) > int(ours[1]):
         out.append(
@@ -175,7 +160,7 @@ def check_schema(doc: dict) -> tuple[list[Finding], bool]:
             got = f" (got {e['input']!r})" if e["type"] != "missing" and not isinstance(e.get("input"), dict) else ""
             out.append(Finding(json_path(e["loc"]), "error", f"{json_path(e['loc'])}: {e['msg']}{got}"))
     bad_tops = {f.field.split(".")[0].split("[")[0] for f in out if f.severity == "error"}
-    return out, not bad_tops & {"inputs", "parallelism", "stages"}
+    return out, not bad_tops & {"inputs", "parallelism", "stages", "predicted"}
 
 
 def _reproduced_inputs(doc: dict) -> dict | None:
@@ -386,6 +371,7 @@ def validate_plan(
 ) -> Report:
     """Run every check (module docstring); SpecError only for bad input (unreadable, not JSON)."""
     doc = read_json(path, "plan")
+    check_version(doc, path)  # a file of an unknown layout is bad input (exit 2) for every command
     rep = Report(str(path), tol)
     found, sound = check_schema(doc)
     rep.findings += found
@@ -401,7 +387,7 @@ def validate_plan(
         _, _, train, par = plan_inputs(
             {**doc, "inputs": {**doc["inputs"], "model": model.model_dump(), "cluster": cluster.model_dump()}}
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         rep.findings.append(Finding("inputs.training", "error", f"cannot be read: {type(exc).__name__} {exc}"))
         return rep
     try:

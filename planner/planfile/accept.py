@@ -217,9 +217,15 @@ def accept_plan(plan: dict) -> dict:
         raise PlanRejected(
             f"plan field 'inputs.training.seq_len' ({seq_len}) must be in [1, max_seq_len={spec.max_seq_len}]"
         )
-    _check_parallelism(plan)
-    _check_stages(plan, spec.num_layers)
+    accept_layout(plan, spec.num_layers)
     return plan
+
+
+def accept_layout(plan: dict, num_layers: int) -> None:
+    """The parallelism and stage rules alone (every command reading a plan applies them: a plan
+    with 10**9 micro-batches or a float degree is refused by `export` as by `run`)."""
+    _check_parallelism(plan)
+    _check_stages(plan, num_layers)
 
 
 def runtime_limits(plan: dict) -> list[tuple[str, str]]:

@@ -14,8 +14,9 @@ from models.errors import SpecError, format_validation_error
 from models.spec import ModelSpec
 from planner.config import Parallel, Training
 from planner.knobs import KNOBS
-from planner.planfile.build import input_sha256
-from planner.planfile.schema import MAJOR, SCHEMA_VERSION, PlanFile
+from planner.planfile.accept import PlanRejected, accept_layout, model_spec
+from planner.planfile.integrity import check_integrity
+from planner.planfile.schema import SCHEMA_VERSION, PlanFile
 from planner.stacks import DEFAULT_STACK, load_stack
 
 
@@ -25,34 +26,38 @@ def read_json(path: Path, what: str) -> dict:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise SpecError(f"{what} file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: cannot read the {what} ({exc})") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a directory, expected a {what} file") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: the {what} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SpecError(
             f"{path}: not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}; truncated?)"
         ) from None
+    except RecursionError:
+        raise SpecError(f"{path}: the {what} nests JSON deeper than Python's recursion limit") from None
     if not isinstance(doc, dict):
-        raise SpecError(f"{path}: expected a JSON object (a {what}), got a JSON {type(doc).__name__}")
+        kind = {type(None): "null", list: "array", str: "string", bool: "boolean"}.get(type(doc), "number")
+        raise SpecError(f"{path}: expected a JSON object (a {what}), got a JSON {kind}")
     return doc
 
 
 def load_plan(path: Path) -> dict:
-    """Read and check a plan file: JSON, schema, major version, input hashes."""
-    doc = read_json(path, "plan")
-    major = str(doc.get("schema_version", "")).split(".")[0]
-    if major != MAJOR:
-        raise SpecError(
-            f"{path}: schema_version {doc.get('schema_version')!r} is not supported (this autopar reads {MAJOR}.x)"
-        )
+    """Read and check a plan file: JSON, integrity (version, input hashes, world size:
+    ``planner.planfile.integrity``), schema, and the parallelism and stage rules the runtime applies (``accept_layout``)."""
+    doc = check_integrity(read_json(path, "plan"), path)
     try:
         PlanFile.model_validate(doc)
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, f"plan {path}")) from None
-    for key in ("model", "cluster", "training"):
-        if input_sha256(doc["inputs"][key]) != doc["inputs"]["sha256"][key]:
-            raise SpecError(f"{path}: inputs.{key} does not match inputs.sha256.{key} (edited by hand?)")
+    try:
+        accept_layout(doc, model_spec(doc).num_layers)
+    except PlanRejected as exc:
+        raise SpecError(f"{path}: {exc}") from None
     return doc
 
 
@@ -93,7 +98,11 @@ def plan_inputs(doc: dict) -> tuple[ModelSpec, ClusterSpec, Training, Parallel]:
         cluster = ClusterSpec.model_validate(doc["inputs"]["cluster"])
     except ValidationError as exc:
         raise SpecError(format_validation_error(exc, "plan inputs")) from None
-    return model, cluster, plan_training(doc["inputs"]["training"]), plan_parallel(doc)
+    try:
+        train = plan_training(doc["inputs"]["training"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # SpecError (a ValueError) included
+        raise SpecError(f"plan field 'inputs.training' cannot be read: {' '.join(str(exc).split())}") from None
+    return model, cluster, train, plan_parallel(doc)
 
 
 __all__ = ["SCHEMA_VERSION", "load_plan", "plan_inputs", "read_json"]

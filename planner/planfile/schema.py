@@ -25,6 +25,13 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class _OpenStrict(_Open):
+    """Blocks read as typed values: ``"dp": "4"`` or ``4.0`` is an error, not coerced (the
+    commands read the raw JSON after validation, so coercion would hide the wrong type)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
 def _field(k: Knob) -> tuple[Any, Any]:
     """(type, Field) of a knob's key in ``parallelism``: required since 1.0, else its default."""
     default = ... if k.since == "1.0" and k.searched else k.default
@@ -42,13 +49,13 @@ def _field(k: Knob) -> tuple[Any, Any]:
 
 ParallelismBlock = create_model(  # type: ignore[call-overload]
     "ParallelismBlock",
-    __base__=_Open,
+    __base__=_OpenStrict,
     num_micro_batches=(int, Field(ge=1, description="Micro-batches per step (gradient accumulation).")),
     **{k.json_key: _field(k) for k in KNOBS},
 )
 
 
-class StageBlock(_Open):
+class StageBlock(_OpenStrict):
     index: int = Field(ge=0, description="Model chunk index in model order.")
     pp_rank: int = Field(ge=0, description="Pipeline rank holding this chunk (index % pp).")
     virtual_index: int = Field(ge=0, description="Chunk index on its pipeline rank.")

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from models.errors import SpecError
+from planner.commands.common import check_writable
 from planner.commands.sweep import COLUMNS, SweepSpec, parse_vary
 from planner.knobs import describe
 from planner.render import plots
@@ -31,6 +32,7 @@ def check_options(fmt: str, out_path: Path | None, jobs: int | None) -> None:
         raise SpecError(f"--out {out_path}: use a .csv, .json, .jsonl or .ndjson file name")
     if jobs is not None and jobs < 1:
         raise SpecError(f"--jobs must be >= 1 (got {jobs})")
+    check_writable(out_path)  # before the sweep, not after every point is planned
 
 
 @contextlib.contextmanager

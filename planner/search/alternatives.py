@@ -51,4 +51,13 @@ def alternatives(
             e = tried[r.par] = least_recompute_that_fits(ctx.spec, ctx.cluster, ctx.train, r.par, ctx.options)
         if e is not None:
             alts.append(CandidateResult(r.par, r.bound_s, CandStatus.HEURISTIC, e))
-    return sorted(alts, key=lambda r: step_s(r.best))[:top_k]
+    return sorted(alts, key=tie_order)[:top_k]
+
+
+def tie_order(r: CandidateResult) -> tuple:
+    """Runner-ups by step time; equal times (one plan reached through two backends' MILPs, or two
+    candidates whose costs tie exactly) go to less sharding, narrower tp, shorter pipelines, then
+    the candidate's knobs as text: a fixed rule, so the list is the same bytes on every run and
+    with either --solver backend."""
+    p = r.par
+    return (step_s(r.best), p.zero, p.tp, p.pp, p.micro_batch, repr(p))

@@ -22,6 +22,7 @@ One question (``branch_and_bound``), with ``gap`` the relative optimality target
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,18 +70,26 @@ class Pool:
         self.milps = 0
         self.rejected = 0  # of the last enumeration
         self.enumerate_s = self.bound_s = 0.0  # seconds the last ``candidates`` call spent on each
+        self.interrupted = False  # Ctrl-C arrived while bounding (``candidates``)
 
     def candidates(
-        self, fixed: dict[str, tuple] | None = None, where: dict[str, object] | None = None
+        self, fixed: dict[str, tuple] | None = None, where: dict[str, object] | None = None, deadline: float = math.inf
     ) -> list[Candidate]:
         """Candidates of the base knob space with ``fixed`` knobs replaced, in bound order;
         ``where`` filters by the candidate's resulting attribute (enumeration normalises e.g.
-        pp 1 to 1f1b)."""
+        pp 1 to 1f1b). Past ``deadline`` the rest are not bounded (``unbounded``)."""
         ctx, t0 = self.ctx, time.perf_counter()
         knobs = Knobs({**self.knobs.values, **(fixed or {})})
         pars, self.rejected = enumerate_candidates(ctx.spec, ctx.cluster, ctx.train, knobs)
         t1 = time.perf_counter()
-        out = [self.cand(par) for par in pars if not where or all(getattr(par, k) == v for k, v in where.items())]
+        pars = [par for par in pars if not where or all(getattr(par, k) == v for k, v in where.items())]
+        out: list[Candidate] = []
+        try:
+            for par in pars:
+                out.append(self.cand(par) if time.perf_counter() <= deadline else self.unbounded(par))
+        except KeyboardInterrupt:  # Ctrl-C while bounding: the rest unbounded, the search told
+            self.interrupted = True
+            out += [self.unbounded(par) for par in pars[len(out) :]]
         self.enumerate_s, self.bound_s = t1 - t0, time.perf_counter() - t1
         # Deterministic order: ties in bound go to less sharding, narrower tp, shorter pipelines.
         return sorted(out, key=lambda c: (c.bound_s, c.par.zero, c.par.tp, c.par.pp, c.par.micro_batch))
@@ -94,6 +103,13 @@ class Pool:
             lb, mem_lb = candidate_bound(ctx.graph, costs, ctx.cluster, ctx.train, par)
             self.cands[par] = Candidate(par, costs, lb, mem_lb, lb)
         return self.cands[par]
+
+    @staticmethod
+    def unbounded(par: Parallel) -> Candidate:
+        """A candidate the time limit left unbounded: 0 s and 0 bytes are valid lower bounds, so
+        the certificate stays true (its gap just shows how little was proven); never solved,
+        since the search is past its deadline, and not cached."""
+        return Candidate(par.with_(recompute="none", stage_layers=None), [], 0.0, 0.0, 0.0)
 
     def seed(self, est: Estimate) -> Candidate:
         """Record a known plan (the chosen one) as its candidate's best."""

@@ -36,6 +36,7 @@ class SearchStatus(StrEnum):
     OPTIMAL = "optimal"
     WITHIN_GAP = "within_gap"
     TIME_LIMIT = "time_limit"
+    INTERRUPTED = "interrupted"  # Ctrl-C: the best plan so far, with a valid (weaker) bound
     INFEASIBLE = "infeasible"
     NO_CANDIDATES = "no_candidates"
 

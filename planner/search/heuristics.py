@@ -34,6 +34,11 @@ def least_recompute_that_fits(spec, cluster, train, par: Parallel, options) -> E
     return None
 
 
+# Candidates tried after the deadline while no plan has been found (``_late_plan``): a time limit
+# shorter than the search still returns a plan when one of them fits (issue 21: --time-limit 1e-9).
+LATE_TRIES = 8
+
+
 def heuristic_incumbent(
     ctx: SearchContext, cands: list[Candidate], deadline: float, tried: dict[Parallel, Estimate | None]
 ) -> Estimate | None:
@@ -55,7 +60,24 @@ def heuristic_incumbent(
             e = tried[c.par] = least_recompute_that_fits(ctx.spec, ctx.cluster, ctx.train, c.par, ctx.options)
             if e is not None and (best is None or step_s(e) < step_s(best)):
                 best = e
-    return best
+    return best or late_plan(ctx, cands, tried)
+
+
+def late_plan(ctx: SearchContext, cands: list[Candidate], tried: dict[Parallel, Estimate | None]) -> Estimate | None:
+    """Past the deadline with no plan: the first that fits of the ``LATE_TRIES`` most sharded
+    candidates (highest ZeRO stage, then most model-parallel ranks: the least memory per GPU), so
+    that a limit too short for the search still answers when some plan fits."""
+
+    def most_sharded(c: Candidate) -> tuple:
+        p = c.par
+        return (-p.zero, -(p.tp * p.pp * p.ep * p.cp), p.micro_batch, p.pp)
+
+    for c in sorted(cands, key=most_sharded)[:LATE_TRIES]:
+        if c.par not in tried and c.mem_lb_bytes <= ctx.cap_bytes:
+            tried[c.par] = least_recompute_that_fits(ctx.spec, ctx.cluster, ctx.train, c.par, ctx.options)
+            if tried[c.par] is not None:
+                return tried[c.par]
+    return None
 
 
 def least_memory_proxy_bytes(c: Candidate, global_batch: int) -> float:

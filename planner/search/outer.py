@@ -15,10 +15,14 @@
 6. Among equally fast placements of the incumbent, keep the one with less recompute, then
    re-score the plan and its runner-ups with more virtual stages (``polish``; neither is ever
    slower, so the certificate holds).
+
+Ctrl-C (KeyboardInterrupt) during steps 3-5 ends the search with the best plan recorded so far and
+status ``interrupted`` (``interrupted_state``); the CLI prints it and exits 130.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -32,8 +36,8 @@ from planner.schedules import SCHEDULES
 from planner.search.alternatives import alternatives
 from planner.search.bnb import Pool, Progress, branch_and_bound
 from planner.search.certificate import Certificate, DeeperRecord, certify
-from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
-from planner.search.heuristics import heuristic_incumbent
+from planner.search.context import Candidate, CandidateResult, CandStatus, SearchContext, SearchStatus, step_s
+from planner.search.heuristics import heuristic_incumbent, late_plan
 from planner.search.polish import deepen_all, deeper_record, least_recompute, probe_outside
 
 
@@ -65,6 +69,50 @@ def _polish(
     return ranked[0][2], alts, polished
 
 
+def interrupted_state(cands: list[Candidate], heuristic: Estimate | None) -> tuple[Estimate | None, list]:
+    """The best plan recorded when the search was interrupted (the heuristic's or a candidate's
+    best) and one result per candidate with the bound its record holds: closed-form, raised by a
+    solve, or 0 when unbounded, each valid, so the certificate's gap stays true."""
+    plans = [e for e in [heuristic, *(c.best for c in cands)] if e is not None]
+    best = min(plans, key=step_s) if plans else None
+    return best, [CandidateResult(c.par, c.bound_s, CandStatus.TIME_LIMIT, c.best) for c in cands]
+
+
+def _explore(
+    ctx: SearchContext,
+    pool: Pool,
+    cands: list[Candidate],
+    top_k: int,
+    deadlines: tuple[float, float],
+    progress: Progress | None,
+) -> tuple[Estimate | None, list[CandidateResult], list[CandidateResult], tuple[float, float]]:
+    """Steps 3-5: heuristic incumbent (until the first deadline), branch and bound and the
+    runner-ups (until the second). Returns (plan, runner-ups, results, (end of heuristic, end of
+    solve)). Ctrl-C here, or while bounding (``pool.interrupted``), ends with ``interrupted_state``."""
+    tried: dict[Parallel, Estimate | None] = {}
+    incumbent, gap, deadline = None, ctx.gap, deadlines[1]
+    try:
+        if pool.interrupted:
+            raise KeyboardInterrupt
+        incumbent = heuristic_incumbent(ctx, cands, deadlines[0], tried)
+        t_heur = time.perf_counter()
+        outcome = branch_and_bound(pool, cands, incumbent, gap, deadline, progress)
+        incumbent, results = outcome.best, outcome.results
+        t_solve = time.perf_counter()
+        alts = alternatives(ctx, results, incumbent, top_k, tried, deadline)
+        while incumbent and alts and step_s(alts[0].best) < step_s(incumbent):
+            # With a loose --gap a bound may prune a candidate whose even split beats the incumbent
+            # by up to the gap; found while listing alternatives, it becomes the plan.
+            incumbent = alts[0].best
+            alts = alternatives(ctx, results, incumbent, top_k, tried, deadline)
+    except KeyboardInterrupt:  # Ctrl-C: the best plan so far, its bound over every candidate
+        pool.interrupted = True
+        incumbent = incumbent or late_plan(ctx, cands, tried)  # a few tries when none was found yet
+        (incumbent, results), alts = interrupted_state(cands, incumbent), []
+        t_heur = t_solve = time.perf_counter()
+    return incumbent, alts, results, (t_heur, t_solve)
+
+
 def search(
     spec: ModelSpec,
     cluster: ClusterSpec,
@@ -81,31 +129,24 @@ def search(
     deadline = t0 + time_limit_s
     ctx = SearchContext.build(spec, cluster, train, knobs.options(), backend, gap)
     pool = Pool(ctx, knobs)
-    cands = pool.candidates()
+    cands = pool.candidates(deadline=deadline)
     if not cands:
         raise SpecError(
             "no valid parallel configuration for these knobs (every combination fails the "
             "divisibility checks); widen --tp/--pp/--micro-batch/--zero/--dp-replicate or check the global batch"
         )
-    tried: dict[Parallel, Estimate | None] = {}
-    incumbent = heuristic_incumbent(ctx, cands, t0 + time_limit_s / 2, tried)
-    t_bound, t_heur = t0 + pool.enumerate_s + pool.bound_s, time.perf_counter()
-    outcome = branch_and_bound(pool, cands, incumbent, gap, deadline, progress)
-    incumbent, results = outcome.best, outcome.results
-    t_solve = time.perf_counter()
-    alts = alternatives(ctx, results, incumbent, top_k, tried, deadline)
-    while incumbent and alts and step_s(alts[0].best) < step_s(incumbent):
-        # With a loose --gap a bound may prune a candidate whose even split beats the incumbent
-        # by up to the gap; found while listing alternatives, it becomes the plan.
-        incumbent = alts[0].best
-        alts = alternatives(ctx, results, incumbent, top_k, tried, deadline)
-    t_alt = time.perf_counter()
+    incumbent, alts, results, times = _explore(ctx, pool, cands, top_k, (t0 + time_limit_s / 2, deadline), progress)
+    interrupted, t_alt = pool.interrupted, time.perf_counter()
     polished: dict[str, DeeperRecord] = {}
-    if incumbent:  # neither step makes the plan slower, so the certificate stays true
+    if incumbent and t_alt < deadline and not interrupted:  # never slower: the certificate stays true
         incumbent, alts, polished = _polish(ctx, knobs, incumbent, alts, top_k)
-    outside = probe_outside(incumbent, ctx.options) if incumbent and knobs.given("cp") is None else ()
+    probe = knobs.given("cp") is None and time.perf_counter() < deadline and not interrupted
+    outside = probe_outside(incumbent, ctx.options) if incumbent and probe else ()
     t_pol = time.perf_counter()
     cert = certify(results, incumbent, pool.rejected, gap, polished.get("deeper_interleaving"), outside)
+    if interrupted:
+        cert = dataclasses.replace(cert, status=SearchStatus.INTERRUPTED)
+    t_bound, t_heur, t_solve = t0 + pool.enumerate_s + pool.bound_s, *times
     phases = {
         "enumerate_s": pool.enumerate_s,
         "bound_s": pool.bound_s,

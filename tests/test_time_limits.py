@@ -1,0 +1,89 @@
+"""Limits (issue 21, item 2 and finding 2): a time-limited search returns a valid plan with its
+status and gap, never a false "does not fit"; a limit shorter than one estimate still answers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def test_a_hard_problem_returns_a_valid_plan_within_the_limit(tmp_path):
+    """deepseek-v3 on 2,048 H100s: thousands of candidates, where a 1 s limit used to run 13 s
+    and exit 1 with "no plan fits ... 0.00 GiB over"."""
+    out = tmp_path / "p.json"
+    args = ["plan", "-m", "deepseek-v3", "-c", "h100-sxm-80gb:2048", "-b", "2048", "-s", "4096"]
+    t0 = time.perf_counter()
+    r = runner.invoke(app, [*args, "--time-limit", "1", "--out", str(out), "--format", "json"])
+    wall = time.perf_counter() - t0
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(out.read_text())
+    solver = doc["solver"]
+    assert solver["phases_s"]["total_s"] <= 1.0 + 1.0, solver["phases_s"]  # the search itself
+    assert wall <= 1.0 + 4.0, wall  # loading deepseek-v3 and writing the plan included
+    assert solver["status"] == "time_limit" and 0 <= solver["gap"] <= 1 and solver["best_bound"] is not None
+    v = runner.invoke(app, ["validate", str(out), "--format", "json"])
+    assert v.exit_code == 0, v.stdout + v.stderr  # the plan the limit stopped at is a valid one
+
+
+def test_a_limit_shorter_than_one_estimate_still_answers(tmp_path):
+    r = runner.invoke(
+        app, ["plan", "-m", "llama3-8b", "-c", "h100-sxm-80gb:8", "-b", "64", "-s", "4096", "--time-limit", "1e-9"]
+    )
+    assert r.exit_code == 0, r.stderr
+    assert "does not fit" not in r.stderr and "no plan fits" not in r.stderr
+
+
+def test_no_plan_within_the_limit_is_not_a_verdict_on_the_problem(monkeypatch):
+    """When the limit stops the search before any plan, the message says so (never "does not fit")."""
+    import planner.search.heuristics as heuristics
+
+    monkeypatch.setattr(heuristics, "LATE_TRIES", 0)  # no try after the deadline: no plan at all
+    r = runner.invoke(
+        app, ["plan", "-m", "llama3-8b", "-c", "h100-sxm-80gb:8", "-b", "64", "-s", "4096", "--time-limit", "1e-9"]
+    )
+    assert r.exit_code == 1
+    assert "no plan found within the time limit (1e-09 s)" in r.stderr and "fit" not in r.stderr, r.stderr
+
+
+def test_ctrl_c_returns_the_best_plan_so_far(tmp_path):
+    """SIGINT after 3 s (of CPU) of a 60 s search: exit 130, the plan found so far on stdout with
+    solver.status "interrupted" and a valid gap, one line on stderr, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    args = ["plan", "-m", "llama3-405b", "-c", "h100-sxm-80gb:1024", "-b", "1024", "-s", "4096"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args, "--time-limit", "60", "--format", "json"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # 3 s of CPU time, not of wall time: on a busy CI machine the imports alone may take 3 s.
+    tick, deadline = os.sysconf("SC_CLK_TCK"), time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / tick >= 3.0:  # utime + stime
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.perf_counter()
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert time.perf_counter() - t0 < 15  # a few estimates at most after the signal
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted: the plan above")
+    doc = json.loads(stdout)
+    assert doc["solver"]["status"] == "interrupted" and 0 <= doc["solver"]["gap"] <= 1, doc["solver"]
+    assert doc["parallelism"]["dp"] * doc["parallelism"]["tp"] * doc["parallelism"]["pp"] == 1024
