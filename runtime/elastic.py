@@ -40,6 +40,9 @@ from runtime.supervise import RankFailure
 REPLAN_TIME_LIMIT_S = 30.0
 
 
+ELASTIC_NOT_APPLIED = "--elastic re-plans only for a rank lost after the first step, with a rank left"
+
+
 class RankLost(RankFailure):
     """A rank was lost and the run was not elastic: the message says where to resume from."""
 
@@ -76,19 +79,21 @@ def describe_lost(exc: RankFailure) -> str:
 
 
 def lost_rank_error(
-    exc: RankFailure, plan_path: str | None, steps: int, saved: Saved | None, recipe: Recipe
+    exc: RankFailure, plan_path: str | None, steps: int, saved: Saved | None, recipe: Recipe, elastic: bool = False
 ) -> RankLost:
-    """The one-line error of a lost rank without ``--elastic``: the checkpoint and how to resume."""
+    """The one-line error of a lost rank the run does not re-plan for: the checkpoint and how to
+    resume. ``elastic``: the run was elastic, but the rank was lost before the first step or no
+    rank is left."""
     if saved is None:
         where = "no checkpoint to resume from (run with --checkpoint-dir DIR --checkpoint-every N to keep one)"
-        return RankLost(f"{describe_lost(exc)}; {where}", exc.lost)
+        return RankLost(f"{describe_lost(exc)}; {where}" + (f" ({ELASTIC_NOT_APPLIED})" if elastic else ""), exc.lost)
     root = str(Path(saved.path).parent)
     flags = recipe_argv(recipe)
     command = f"autopar run {shlex.quote(plan_path or 'PLAN')} --steps {steps} --resume {shlex.quote(root)}"
     command += f" --checkpoint-dir {shlex.quote(root)}" + (f" {flags}" if flags else "")
     return RankLost(
         f"{describe_lost(exc)}; last complete checkpoint: {saved.path} (step {saved.step}); resume with: "
-        f"{command} (add --elastic to re-plan for the ranks left)",
+        f"{command} ({ELASTIC_NOT_APPLIED if elastic else 'add --elastic to re-plan for the ranks left'})",
         exc.lost,
     )
 
@@ -129,9 +134,7 @@ def replan(plan: dict, ranks: int, time_limit_s: float = REPLAN_TIME_LIMIT_S) ->
 def relaunch(run: Callable[..., dict], plan: dict, exc: RankFailure, steps: int, options: dict, count: int) -> dict:
     """Re-plan without the lost ranks, resume under the new plan (``run``: runtime.launch.run with
     ``options``), and record the event in the report it writes."""
-    remaining = world_size(plan) - len(exc.lost)
-    if not exc.lost or remaining < 1:
-        raise exc
+    remaining = world_size(plan) - len(exc.lost)  # >= 1: runtime.launch checked
     directory = Path(options["checkpoint_dir"])
     saved = last_checkpoint(options["checkpoint_dir"], options.get("resume"))
     new_plan, world = replan(plan, remaining)

@@ -243,9 +243,10 @@ def _on_lost(exc: RankFailure, plan: dict, args: dict, given: dict, count: int) 
     """A rank was lost (runtime.elastic): without ``elastic`` raise ``RankLost`` naming the last
     checkpoint; with it, re-plan and resume (the report of the run that finished)."""
     ckpt: CheckpointOptions = args["checkpoint"]
-    if not given["elastic"]:
+    # A rank lost before the first step (at start-up) would be lost again: not re-planned.
+    if not given["elastic"] or exc.step is None or len(exc.lost) >= world_size(plan):
         saved = last_checkpoint(ckpt.directory, given["resume"])
-        raise lost_rank_error(exc, args["plan_path"], args["steps"], saved, args["recipe"]) from None
+        raise lost_rank_error(exc, args["plan_path"], args["steps"], saved, args["recipe"], given["elastic"]) from None
     options = {k: args[k] for k in _RERUN_KEYS} | {
         "progress": args["progress"],
         "rank_timeout_s": args["rank_timeout_s"],
