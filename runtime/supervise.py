@@ -32,8 +32,8 @@ class RunInterrupted(KeyboardInterrupt):
 class RankFailure(RuntimeError):
     """A rank failed, stopped or hung; the message names it. ``lost``: (rank, pid, exit code) of
     each rank that died without a Python traceback (killed, ``os._exit``, a lost machine), the
-    ranks ``--elastic`` re-plans without; ``step``: the step rank 0 had started, ``losses``: the loss of each step it finished (the launcher
-    sets both)."""
+    ranks ``--elastic`` re-plans without; ``step``: the step rank 0 had started, ``losses``: the
+    loss of each step it finished (the launcher sets both, from rank 0's step file)."""
 
     def __init__(self, message: str, lost: tuple[tuple[int, int, int], ...] = ()) -> None:
         super().__init__(message)
