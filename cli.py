@@ -200,11 +200,9 @@ def plan(problem: dict = NONE, knobs: dict = NONE, search: dict = NONE, o: dict 
 def run(o: dict = NONE) -> None:
     """Train a few steps with exactly this plan (torch.distributed) and report measured vs predicted."""
     check_format(o["fmt"])
-    if o["steps"] < 1:
-        raise SpecError(f"--steps must be >= 1 (got {o['steps']})")
     cmd.check_writable(o["report"])
     try:
-        from runtime import launch
+        from runtime import elastic, launch
     except ImportError as exc:
         raise SpecError(f"the runtime needs torch: pip install 'autopar[runtime]' ({exc})") from None
     path, report, extra = str(o["plan_file"]), o["report"], launch_options(o)
@@ -213,10 +211,11 @@ def run(o: dict = NONE) -> None:
         err.print(f"run this command on each of the {o['nnodes']} nodes:", highlight=False)
         launch.print_torchrun_command(path, o["nnodes"], o["rdzv_endpoint"], path, o["steps"], str(report), **extra)
         return
-    rep = launch.run(
-        path, o["steps"], out=report, nprocs=o["nprocs"], progress=True,
-        rank_timeout_s=cmd.positive_seconds(o, "rank_timeout"), **extra,
-    )  # fmt: skip
+    try:
+        rep = launch.run(path, o["steps"], out=report, nprocs=o["nprocs"], progress=True, elastic=o["elastic"],
+                         rank_timeout_s=cmd.positive_seconds(o, "rank_timeout"), **extra)  # fmt: skip
+    except elastic.RankLost as exc:  # a lost rank is an outcome, not a bug: exit 1, one line
+        raise Verdict(f"error: {exc}") from None
     err.print(f"wrote {report}", highlight=False)
     if o["fmt"] == "json":
         print(json.dumps(rep, indent=2))

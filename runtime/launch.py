@@ -29,6 +29,8 @@ import torch.multiprocessing as mp
 
 from runtime.checkpoint_files import CheckpointOptions, checkpoint_options
 from runtime.defaults import DEFAULT_RANK_TIMEOUT_S
+from runtime.elastic import check_elastic, last_checkpoint, lost_rank_error, relaunch
+from runtime.faults import fault_from_env, read_steps, step_hook
 from runtime.forkserver import cpu_context
 from runtime.hf_weights import check_checkpoint
 from runtime.optim import optimizer_class
@@ -36,7 +38,7 @@ from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, model_spec, world_size, world_size_arithmetic
 from runtime.recipe import RECIPE_FLAGS, Recipe, recipe_argv, recipe_from
 from runtime.report import build_report
-from runtime.supervise import launcher_signals, quiet_rank, stop_all, watch
+from runtime.supervise import RankFailure, launcher_signals, quiet_rank, stop_all, watch
 from runtime.tokens import TOKEN_DTYPES, check_token_file
 from runtime.train import train_rank
 
@@ -85,6 +87,7 @@ def _worker(plan: dict, args: dict) -> None:
         init_weights=args.get("init_weights"),
         metrics=args.get("metrics"),
         progress=bool(args.get("progress")),
+        on_step=step_hook(args.get("fault"), dist.get_rank(), args.get("step_file")),
     )
     records: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(record, records, dst=0)
@@ -112,10 +115,12 @@ def _rank_main(rank: int, world: int, store_path: str, plan: dict, args: dict) -
         backend, store=store, rank=rank, world_size=world, timeout=timedelta(seconds=args["rank_timeout_s"])
     )
     try:
-        _worker(plan, args)
+        _worker(plan, args | {"step_file": store_path + ".step"})
     except BaseException:
         Path(store_path + f".error{rank}").write_text(traceback.format_exc())
-        raise
+        # The launcher reports the first rank's traceback from that file: exit without
+        # multiprocessing printing one per rank (a lost rank makes every peer raise).
+        raise SystemExit(1) from None
     finally:
         dist.destroy_process_group()
 
@@ -131,7 +136,11 @@ def _start_and_watch(ctx: _Context, nprocs: int, plan: dict, args: dict) -> None
         except KeyboardInterrupt:  # a signal while starting: stop the ranks already started
             stop_all([p for p in procs if p.pid is not None])
             raise
-        watch(procs, store_path, args["timeout_s"], args["rank_timeout_s"])
+        try:
+            watch(procs, store_path, args["timeout_s"], args["rank_timeout_s"])
+        except RankFailure as exc:
+            exc.step, exc.losses = read_steps(store_path + ".step")  # before the directory goes
+            raise
 
 
 def _check_inputs(plan: dict, data: str | None, data_dtype: str | None, init_weights) -> str | None:
@@ -178,6 +187,8 @@ def run(
     metrics: str | Path | None = None,
     progress: bool = False,
     rank_timeout_s: float = DEFAULT_RANK_TIMEOUT_S,
+    elastic: bool = False,
+    _relaunch: int = 0,
 ) -> dict:
     """Train the plan up to step ``steps`` on this machine and return (and write) the report.
 
@@ -192,7 +203,8 @@ def run(
     init_weights: a Hugging Face checkpoint directory to start from (runtime.hf_weights);
     metrics: a JSONL file, a line per step (runtime.metrics); progress: a line per step on stderr.
     rank_timeout_s: a rank stopped, or silent in a collective, this long ends the run with an
-    error naming it (runtime.supervise); timeout_s bounds the whole run."""
+    error naming it (runtime.supervise); timeout_s bounds the whole run. A lost rank: ``RankLost``,
+    or with ``elastic`` re-plan and resume (runtime.elastic; ``_relaunch``: times done already)."""
     plan = load_plan(plan_path)
     nprocs = _check_world(plan, nprocs)
     device = resolve_device(plan, device, nprocs)
@@ -200,15 +212,47 @@ def run(
     recipe = recipe or Recipe()
     optimizer_name = optimizer_class(recipe)[0].__name__
     ckpt = checkpoint_options(plan, steps, checkpoint_dir, checkpoint_every, resume, optimizer_name)
+    if elastic:  # before any rank starts: it needs a checkpoint directory and the plan's inputs
+        check_elastic(plan, ckpt.directory)
     if ckpt.resume is not None:
         print(ckpt.resume.describe(), file=sys.stderr)
     args = {"checkpoint": ckpt, "steps": steps, "recipe": recipe, "data": data, "data_dtype": data_dtype}
     args |= {"device": device, "out": str(out), "timeout_s": timeout_s, "rank_timeout_s": rank_timeout_s}
     args |= {"plan_path": None if isinstance(plan_path, dict) else str(plan_path), "progress": progress}
     paths = (("save_params", save_params), ("init_weights", init_weights), ("metrics", metrics))
-    args |= {k: str(v) if v else None for k, v in paths}
-    _start_ranks(plan, args, nprocs, start_method)
-    return json.loads(Path(out).read_text())
+    args |= {k: str(v) if v else None for k, v in paths} | {"fault": None if _relaunch else fault_from_env()}
+    given = {"elastic": elastic, "resume": None if resume is None else str(resume), "start_method": start_method}
+    return _launch(plan, args, nprocs, given, _relaunch)
+
+
+def _launch(plan: dict, args: dict, nprocs: int, given: dict, count: int) -> dict:
+    """Start the ranks and wait for them; the report, or what a lost rank leads to (``_on_lost``)."""
+    try:
+        _start_ranks(plan, args, nprocs, given["start_method"])
+    except RankFailure as exc:
+        if not exc.lost:  # a rank raised (its traceback is the error), stopped or hung
+            raise
+        return _on_lost(exc, plan, args, given, count)
+    return json.loads(Path(args["out"]).read_text())
+
+
+_RERUN_KEYS = ("data", "out", "recipe", "device", "save_params", "timeout_s", "data_dtype", "metrics", "init_weights")
+
+
+def _on_lost(exc: RankFailure, plan: dict, args: dict, given: dict, count: int) -> dict:
+    """A rank was lost (runtime.elastic): without ``elastic`` raise ``RankLost`` naming the last
+    checkpoint; with it, re-plan and resume (the report of the run that finished)."""
+    ckpt: CheckpointOptions = args["checkpoint"]
+    # A rank lost before the first step (at start-up) would be lost again: not re-planned.
+    if not given["elastic"] or exc.step is None or len(exc.lost) >= world_size(plan):
+        saved = last_checkpoint(ckpt.directory, given["resume"])
+        raise lost_rank_error(exc, args["plan_path"], args["steps"], saved, args["recipe"], given["elastic"]) from None
+    options = {k: args[k] for k in _RERUN_KEYS} | {
+        "progress": args["progress"],
+        "rank_timeout_s": args["rank_timeout_s"],
+    }
+    options |= {"checkpoint_dir": ckpt.directory, "checkpoint_every": ckpt.every_steps} | given
+    return relaunch(run, plan, exc, args["steps"], options, count + 1)
 
 
 def _start_ranks(plan: dict, args: dict, nprocs: int, start_method: str | None) -> None:

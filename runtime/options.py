@@ -8,6 +8,7 @@ from typing import Any
 
 from planner.inputs import Opt
 from runtime.defaults import DEFAULT_RANK_TIMEOUT_S
+from runtime.plan_io import PlanError
 from runtime.recipe import RECIPE_FLAGS, recipe_from
 
 RUN_OPTIONS = (
@@ -67,6 +68,13 @@ RUN_OPTIONS = (
         ("--resume",),
         "Continue from this checkpoint (or the latest under it), under this plan or another; --steps is the total.",
     ),
+    Opt(
+        "elastic",
+        bool,
+        False,
+        ("--elastic",),
+        "When a rank is lost, re-plan for the ranks left and resume from the last checkpoint (needs --checkpoint-dir).",
+    ),
     Opt("nnodes", int, 1, ("--nnodes",), "Nodes: >1 prints the torchrun command for each node instead."),
     Opt("rdzv_endpoint", str, "localhost:29500", ("--rdzv-endpoint",), "host:port for multi-node rendezvous."),
     Opt(
@@ -83,6 +91,10 @@ def launch_options(o: dict) -> dict[str, Any]:
     """What `autopar run` hands on to ``runtime.launch.run`` and ``print_torchrun_command`` alike
     (paths as strings, None when not given; the recipe flags as a Recipe: a bad value is a
     PlanError, one line and exit 2)."""
+    if o["steps"] < 1:
+        raise PlanError(f"--steps must be >= 1 (got {o['steps']})")
+    if o.get("elastic") and o.get("nnodes", 1) > 1:
+        raise PlanError("--elastic re-plans for the ranks this machine starts: it does not combine with --nnodes > 1")
     out = {k: o[k] for k in ("data_dtype", "checkpoint_every", "device")} | {"recipe": recipe_from(o)}
     paths = ("data", "checkpoint_dir", "resume", "init_weights", "metrics")
     return out | {k: str(o[k]) if o[k] else None for k in paths}

@@ -30,7 +30,16 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class RankFailure(RuntimeError):
-    """A rank failed, stopped or hung; the message names it."""
+    """A rank failed, stopped or hung; the message names it. ``lost``: (rank, pid, exit code) of
+    each rank that died without a Python traceback (killed, ``os._exit``, a lost machine), the
+    ranks ``--elastic`` re-plans without; ``step``: the step rank 0 had started, ``losses``: the
+    loss of each step it finished (the launcher sets both, from rank 0's step file)."""
+
+    def __init__(self, message: str, lost: tuple[tuple[int, int, int], ...] = ()) -> None:
+        super().__init__(message)
+        self.lost = lost
+        self.step: int | None = None
+        self.losses: dict[int, float] = {}
 
 
 def quiet_rank() -> None:
@@ -88,9 +97,9 @@ def watch(procs: list, store_path: str, timeout_s: float, rank_timeout_s: float)
         while any(p.exitcode is None for p in procs):
             now = time.monotonic()
             if any(p.exitcode not in (None, 0) for p in procs):
-                alive = [r for r, p in enumerate(procs) if p.exitcode is None]
+                alive, lost = [r for r, p in enumerate(procs) if p.exitcode is None], _lost(procs, store_path)
                 stop_all(procs)
-                raise RankFailure(_failure(procs, store_path, alive, rank_timeout_s))
+                raise RankFailure(_failure(procs, store_path, alive, rank_timeout_s), lost)
             for r, p in enumerate(procs):
                 if _state(p.pid) not in ("T", "t"):
                     stopped_since.pop(r, None)
@@ -109,7 +118,17 @@ def watch(procs: list, store_path: str, timeout_s: float, rank_timeout_s: float)
         why = str(exc) or "stopped by SIGINT"
         raise RunInterrupted(f"{why}: {len(procs)} ranks stopped") from None
     if any(p.exitcode != 0 for p in procs):  # every rank ended before a poll saw one fail
-        raise RankFailure(_failure(procs, store_path, [], rank_timeout_s))
+        raise RankFailure(_failure(procs, store_path, [], rank_timeout_s), _lost(procs, store_path))
+
+
+def _lost(procs: list, store_path: str) -> tuple[tuple[int, int, int], ...]:
+    """The ranks that ended with an error but left no traceback file: they did not raise (their
+    peers do, once the connection to them closes), they were killed or exited."""
+    return tuple(
+        (r, p.pid, p.exitcode)
+        for r, p in enumerate(procs)
+        if p.exitcode not in (None, 0) and not Path(f"{store_path}.error{r}").exists()
+    )
 
 
 def _failure(procs: list, store_path: str, alive: list[int], rank_timeout_s: float) -> str:

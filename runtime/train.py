@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -138,6 +139,7 @@ def train_rank(
     init_weights: str | None = None,
     metrics: str | None = None,
     progress: bool = False,
+    on_step: Callable[[int, list], None] | None = None,
 ) -> dict:
     """Train up to step ``steps`` (the total: a resumed run starts at its checkpoint's step) as
     this rank of the initialised default process group, saving checkpoints as ``checkpoint`` says.
@@ -146,7 +148,8 @@ def train_rank(
     gradient norms, learning rates, step times, peak memory and phase times per step, model-state
     bytes and, with keep_state, its chunks' unsharded parameters (collective). init_weights: a
     Hugging Face checkpoint directory to start from; metrics: a JSONL file rank 0 writes a line to
-    per step; progress: rank 0 prints a line per step.
+    per step; progress: rank 0 prints a line per step; on_step: called with each step as it starts
+    and the losses so far (runtime.faults: the launcher's step file and the fault-injection hook).
     """
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
     mesh, r = _setup(plan, recipe, device_type, init_weights, steps)
@@ -159,6 +162,8 @@ def train_rank(
     record |= {key: [] for key in ("losses", "grad_norms", "lrs", "step_time_s", "peak_memory_bytes_per_step")}
     profiled = steps - 1 if steps - first_step >= 3 else None  # the last step, once two ran unprofiled
     for step in range(first_step, steps):
+        if on_step is not None:
+            on_step(step, record["losses"])
         inputs, targets = batches(step)
         with profile_comm(step == profiled) as comm:
             local, step_time_s, peak, lr, norm = _train_step(r, inputs, targets, phases)
