@@ -89,25 +89,29 @@ def test_gpt3_175b_on_1024_a100_keeps_tp_in_a_node_and_pipelines_across_nodes():
     assert ref.fits and res.best.predicted["step_time_s"] <= ref.predicted["step_time_s"] * (1 + res.certificate["gap"])
 
 
-def test_gpt3_175b_on_1024_a100_with_2021_megatron_software_gets_the_published_tp8_pp16():
+def test_gpt3_175b_on_1024_a100_with_2021_megatron_software_keeps_tp8_in_a_node():
     """Narayanan et al. 2021, Table 1: GPT-3 175B on 1,024 A100s at batch 1,536 ran tp 8 · pp 16
     (153 TFLOP/s per GPU). Megatron-LM then had no optimizer sharding (its distributed optimizer
     came in 2022) and unfused attention. With those two fixed (``--zero 0 --attention eager``) and
-    every other knob auto, the planner certifies tp 8 · pp 16: tensor parallel inside a node,
-    pipeline across nodes. Unsharded, tp 4 · pp 8 would hold 5.5B parameters per GPU at 18 bytes
-    each (16-bit weights, fp32 gradients, Adam): 98 GB. Optimizer sharding is what moves the optimum
-    to tp 4 · pp 8 (the NeMo recipe test below)."""
+    every other knob auto, the planner keeps tensor parallelism at 8, inside a node, and pipelines
+    across nodes; unsharded, tp 4 · pp 8 would hold 5.5B parameters per GPU at 18 bytes each
+    (16-bit weights, fp32 gradients, Adam): 98 GB and does not fit. Certifying the whole space
+    takes longer than a test may (at 120 s the search stops with the incumbent tp 8 · pp 8 and a
+    true gap of 2.1%; earlier versions reported tp 8 · pp 16 as certified because the search
+    overran its limit): what is asserted is the answer within its stated gap."""
     spec, cluster, train = load_model("gpt3-175b"), load_cluster("a100-sxm-80gb:1024"), Training(1536, 2048,
                                                                                                  "bf16", "eager")
     res = search(spec, cluster, train, Knobs({"zero": (0,)}), time_limit_s=120)
-    assert res.certificate["status"] in ("optimal", "within_gap")
+    gap = res.certificate["gap"]
+    assert res.certificate["status"] in ("optimal", "within_gap", "time_limit") and gap <= 0.05
     p = res.best.par
-    assert (p.tp, p.pp, p.dp) == (8, 16, 8)
+    assert p.tp == 8 and p.pp >= 8 and p.tp * p.pp * p.dp == 1024
     assert not estimate(spec, cluster, train, Parallel(dp=32, tp=4, pp=8, micro_batch=1, zero=0, recompute="full",
                                                        sequence_parallel=True)).fits
     published = Parallel(dp=8, tp=8, pp=16, micro_batch=1, zero=0, recompute="full", schedule="interleaved", vpp=2)
     ref = estimate(spec, cluster, train, published)
-    assert ref.fits and res.best.predicted["step_time_s"] <= ref.predicted["step_time_s"]
+    # No plan beats the returned one by more than the gap, the published one included.
+    assert ref.fits and res.best.predicted["step_time_s"] <= ref.predicted["step_time_s"] * (1 + gap)
 
 
 def test_gpt3_175b_on_128_a100_nodes_matches_nvidias_nemo_recipe():
