@@ -166,7 +166,23 @@ class Model:
         }
 
     def solve(self, backend: str = "ortools", time_limit_s: float = 60.0, rel_gap: float = 1e-9) -> Solution:
+        """Solve with ``backend``; when it is missing (not installed) or fails (raises, or ends in
+        an error status), solve with the other one (OR-Tools <-> PuLP/CBC) and say so once on
+        stderr. The solution's ``backend`` names the one that answered."""
         t0 = time.perf_counter()
+        try:
+            sol = self._solve_with(backend, time_limit_s, rel_gap)
+            failure = f"status {sol.status.value}" if sol.status == SolveStatus.ERROR else None
+        except (ImportError, OSError, RuntimeError) as exc:
+            sol, failure = Solution(SolveStatus.ERROR, None, None, {}, 0.0, backend), f"{type(exc).__name__}: {exc}"
+        if failure is not None:
+            other = "pulp" if backend.startswith("ortools") else "ortools"
+            _warn_once(f"warning: solver {backend} failed ({failure}); solving with {other} instead")
+            sol = self._solve_with(other, time_limit_s, rel_gap)
+        sol.wall_time_s = time.perf_counter() - t0
+        return sol
+
+    def _solve_with(self, backend: str, time_limit_s: float, rel_gap: float) -> Solution:
         if backend in ("ortools", "ortools-scip", "ortools-highs", "ortools-cbc"):
             engine = {"ortools": "HIGHS", "ortools-scip": "SCIP", "ortools-highs": "HIGHS", "ortools-cbc": "CBC"}[
                 backend
@@ -181,8 +197,17 @@ class Model:
             sol = _solve_pulp(self, time_limit_s, rel_gap)
         else:
             raise ValueError(f"unknown solver backend {backend!r} (ortools or pulp)")
-        sol.wall_time_s = time.perf_counter() - t0
         return sol
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One line on stderr per distinct message and process (a search solves many MILPs)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr)
 
 
 def solve_ortools(model: Model, time_limit_s: float, rel_gap: float, engine: str = "SCIP") -> Solution:
