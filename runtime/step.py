@@ -30,15 +30,9 @@ from torch import nn
 
 from runtime.experts import is_expert_param, rescale_expert_grads
 from runtime.model import next_token_loss
+from runtime.optim import build_optimizer, local_shard
 
 _WRAPPER_PREFIX = "_checkpoint_wrapped_module."
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor (the same storage: in-place ops write through), else ``t``."""
-    from torch.distributed.tensor import DTensor
-
-    return t._local_tensor if isinstance(t, DTensor) else t
 
 
 def _match_grad_placements(params: list[nn.Parameter]) -> None:
@@ -145,7 +139,7 @@ class ParallelModel:
         if self.tied_group is not None:
             for weight in self._tied_weights():
                 assert weight.grad is not None  # each copy's stage ran a backward through it
-                dist.all_reduce(_local(weight.grad), group=self.tied_group)
+                dist.all_reduce(local_shard(weight.grad), group=self.tied_group)
 
     def _tied_weights(self) -> list[nn.Parameter]:
         out: list[nn.Parameter] = []
@@ -160,8 +154,6 @@ class ParallelModel:
     def build_optimizer(self, recipe):
         """The recipe's optimizer (``runtime.optim``); under ZeRO-1 with dp·cp > 1 its states are
         sharded: dense parameters over dp·cp, routed experts over the dp·cp/ep ranks holding them."""
-        from runtime.optim import build_optimizer
-
         p = self.plan["parallelism"]
         groups = None
         if p["zero_stage"] == 1 and p["dp"] * p["cp"] > 1:
@@ -203,7 +195,7 @@ def _all_reduce_mean(params: list[nn.Parameter], group, dtype: torch.dtype) -> N
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        grads.append(_local(p.grad))
+        grads.append(local_shard(p.grad))
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads]).to(dtype)
