@@ -202,8 +202,9 @@ def conformal_band(residuals: list[float], coverage: float = 0.8) -> tuple[float
     of the runs out of sample); this order statistic covers a new exchangeable residual with
     probability ≥ ``coverage`` whatever n."""
     v, n, a = sorted(residuals), len(residuals), 1.0 - coverage
-    k_lo = min(max(math.floor((n + 1) * a / 2), 1), n)
-    k_hi = min(max(math.ceil((n + 1) * (1 - a / 2)), 1), n)
+    eps = 1e-9  # (n + 1)·α/2 is an integer for some n: 0.2 is not exact in binary
+    k_lo = min(max(math.floor((n + 1) * a / 2 + eps), 1), n)
+    k_hi = min(max(math.ceil((n + 1) * (1 - a / 2) - eps), 1), n)
     return float(v[k_lo - 1]), float(v[k_hi - 1])
 
 

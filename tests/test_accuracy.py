@@ -34,6 +34,18 @@ def test_leave_one_source_out_throughput_on_the_shared_runs(rep):
 
 def test_intervals_cover_70_to_90_percent_out_of_sample(rep):
     assert 0.70 <= rep["shared"]["interval_coverage"] <= 0.90, rep["shared"]
+    assert 0.70 <= rep["summary"]["interval_coverage"] <= 0.90, rep["summary"]  # all 103 runs
+
+
+def test_the_band_is_the_split_conformal_order_statistic():
+    """k_lo = floor(0.1 (n + 1)), k_hi = ceil(0.9 (n + 1)), clamped: the extremes for n = 9, the
+    10th and 94th of 103, where sample percentiles would interpolate inside."""
+    from fit import conformal_band
+
+    assert conformal_band([float(i) for i in range(9)]) == (0.0, 8.0)
+    assert conformal_band([float(i) for i in range(103)]) == (9.0, 93.0)
+    assert conformal_band([float(i) for i in range(19)]) == (1.0, 17.0)
+    assert conformal_band([5.0]) == (5.0, 5.0)
 
 
 def test_every_shared_run_fits_under_its_stack_defaults(rep):
