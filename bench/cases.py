@@ -65,6 +65,27 @@ STACK_ALIASES = {
 }
 
 
+# Tokenizer vocabulary of a model family, for runs that name the model but not its vocabulary (the
+# first pattern found in the model's name, lower case). Each is the family's published tokenizer.
+FAMILY_VOCAB = [
+    (r"llama ?2", 32000, "Touvron et al. 2023 (Llama 2) §2.1: the Llama 1 tokenizer, 32k tokens"),
+    (r"llama ?3", 128256, "meta-llama/Meta-Llama-3-8B config.json vocab_size"),
+    (r"gpt-?3", 50257, "Brown et al. 2020 §2.1: GPT-2's byte-level BPE (Radford et al. 2019: 50,257)"),
+    (r"\bopt-", 50272, "facebook/opt-* config.json vocab_size (GPT-2 BPE, padded)"),
+    (r"nemotron", 256000, "Nemotron-4 15B/340B reports §2: SentencePiece, 256,000 tokens (Nemotron-3 8B card: 256K)"),
+    (r"deepseek-v3", 129280, "deepseek-ai/DeepSeek-V3 config.json vocab_size"),
+    (r"mixtral|mistral", 32000, "mistralai/Mixtral-8x7B-v0.1 config.json vocab_size"),
+    (r"qwen ?[23]", 151936, "Qwen/Qwen2-7B and Qwen3 config.json vocab_size"),
+    (r"gpt-oss", 201088, "openai/gpt-oss-120b config.json vocab_size (o200k_harmony)"),
+]
+
+
+def family_vocab(name: str) -> tuple[int, str] | None:
+    """(vocabulary, its source) of the model family ``name`` belongs to, or None."""
+    low = name.lower()
+    return next(((v, src) for pat, v, src in FAMILY_VOCAB if re.search(pat, low)), None)
+
+
 class CaseSkipped(Exception):
     """A case this bench cannot model (the reason is its message)."""
 
@@ -143,20 +164,31 @@ def _moe(m: dict) -> MoESpec | None:
     )
 
 
-def case_model(c: dict, stack: StackProfile) -> ModelSpec:
-    m = c["model"]
+def _matches(p: ModelSpec, m: dict) -> bool:
+    """A preset is the case's model when the published dimensions agree; a field the case leaves
+    out (kv_heads, vocab) takes the preset's, and MoE must agree on experts and top-k."""
+    dims = (p.num_layers, p.hidden_size, p.num_heads) == (m["layers"], m["hidden"], m["heads"])
+    optional = all(m.get(k) in (None, v) for k, v in (("kv_heads", p.kv_heads), ("vocab", p.vocab_size)))
+    moe = m.get("moe")
+    same_moe = (p.moe is None and not moe) or (
+        p.moe is not None and bool(moe) and (p.moe.num_experts, p.moe.top_k) == (moe["num_experts"], moe["top_k"])
+    )
+    return dims and optional and same_moe
+
+
+def case_model(c: dict, stack: StackProfile, notes: list[str] | None = None) -> ModelSpec:
+    m = dict(c["model"])
     missing = [k for k in ("layers", "hidden", "heads", "seq_len") if not m.get(k)]
     if missing:
         raise CaseSkipped(f"model {', '.join(missing)} not published")
+    if not m.get("vocab") and (fam := family_vocab(m.get("name") or "")) is not None:
+        m["vocab"] = fam[0]
+        if notes is not None:
+            notes.append(f"vocabulary {fam[0]} of the model family ({fam[1]})")
     for name in PRESET_MATCH:
         p = load_model(name)
-        if (p.num_layers, p.hidden_size, p.num_heads, p.kv_heads) == (
-            m["layers"],
-            m["hidden"],
-            m["heads"],
-            m["kv_heads"],
-        ) and (p.vocab_size == m["vocab"] or not m["vocab"]):
-            return p  # a run that does not state its vocabulary takes the preset's
+        if _matches(p, m):
+            return p
     if m.get("arch") == "moe" and not m.get("moe"):
         raise CaseSkipped("MoE without its expert configuration")
     if not m.get("vocab") or not (m.get("ffn_hidden") or m.get("moe")):
@@ -167,7 +199,7 @@ def case_model(c: dict, stack: StackProfile) -> ModelSpec:
         num_layers=m["layers"],
         hidden_size=m["hidden"],
         num_heads=m["heads"],
-        num_kv_heads=m["kv_heads"],
+        num_kv_heads=m["kv_heads"] or m["heads"],
         ffn_hidden_size=m["ffn_hidden"],
         vocab_size=m["vocab"],
         max_seq_len=max(m["seq_len"], 4096),
@@ -281,7 +313,7 @@ def case_metric(c: dict) -> tuple[str, float]:
 def case_inputs(c: dict) -> CaseInputs:
     notes: list[str] = []
     stack = load_stack(case_stack(c))
-    model, cluster = case_model(c, stack), _cluster(c)
+    model, cluster = case_model(c, stack, notes), _cluster(c)
     train = case_training(c, stack)
     par = case_parallel(c, stack, notes)
     rc = _recompute(c["plan"].get("recompute"))
