@@ -242,7 +242,10 @@ def case_training(c: dict, stack: StackProfile) -> Training:
         dtype = "fp16"  # 2021 mixed precision: fp16 (Megatron-LM examples/pretrain_gpt3_175B.sh --fp16)
     p = c["plan"]
     setup = f"{p.get('other', '')} {c['precision']}".lower()
-    overlap = "backward" if "asynctp" in setup or "async tp" in setup else stack.tp_overlap
+    # Async TP (torchtitan) and --tp-comm-overlap (Transformer Engine) hide the TP collectives under
+    # the GEMMs forward and backward: tp_overlap full.
+    decomposed = any(k in setup for k in ("asynctp", "async tp", "async-tp", "tp-comm-overlap", "tp_comm_overlap"))
+    overlap = "full" if decomposed else stack.tp_overlap
     return Training(
         p["global_batch_seqs"],
         c["model"]["seq_len"],

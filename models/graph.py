@@ -47,6 +47,8 @@ class Saved:
     in_none: bool = True  # saved without recompute (False: only cached by op-level selective)
     op: str = ""  # the op whose output it is (matmul and attention outputs; op-level selective recompute)
     gathered: bool = False  # a column-parallel linear's input: all-gathered by sequence parallelism
+    mm_input: bool = False  # kept only as a GEMM's input for its weight gradient (FP8 under Transformer Engine)
+    unfused_only: bool = False  # kept by eager elementwise code; a fused activation kernel recomputes it
 
 
 @dataclass(frozen=True)
@@ -227,7 +229,7 @@ def _attention(
     norm_op, norm_saved = _norm("attn", spec, h, impl=norm_impl)
     ops.append(norm_op)
     saved += norm_saved
-    saved.append(Saved("attn.qkv_in", h, "act", "sp", gathered=True))
+    saved.append(Saved("attn.qkv_in", h, "act", "sp", gathered=True, mm_input=True))
     repl: float = h * (2 if spec.norm == "layernorm" else 1)
     proj = _mla_projections(spec) if spec.mla is not None else _qkv_projection(spec)
     ops += proj.ops
@@ -299,7 +301,9 @@ def _ffn_dense(
 
     Non-gated (GPT): fc1 out (the GeLU input, 8sbh in Korthikanti's count for f = 4h) and the
     activation output (fc2 input) are saved; ReLU saves only its output. Gated (SwiGLU): gate, up,
-    act(gate) and the product (down-proj input) are saved.
+    act(gate) and the product (down-proj input) are saved; act(gate) only by eager code, since a
+    fused SwiGLU recomputes it from gate in backward (Megatron-Core fused_bias_swiglu.py
+    SwiGLUFunction saves only its input; Inductor's partitioner recomputes the cheap silu).
     """
     c = copies
     if spec.gated:
@@ -311,8 +315,8 @@ def _ffn_dense(
         saved = [
             Saved(f"{prefix}.gate", f * c, mm_output=True, op=f"{prefix}.gate_up"),
             Saved(f"{prefix}.up", f * c, mm_output=True, op=f"{prefix}.gate_up"),
-            Saved(f"{prefix}.act_out", f * c),
-            Saved(f"{prefix}.down_in", f * c),
+            Saved(f"{prefix}.act_out", f * c, unfused_only=True),
+            Saved(f"{prefix}.down_in", f * c, mm_input=True),
         ]
         params = 3 * h * f
     else:
@@ -324,7 +328,7 @@ def _ffn_dense(
         relu = spec.activation == "relu"
         saved = [
             Saved(f"{prefix}.fc1_out", f * c, mm_output=True, in_none=not relu, op=f"{prefix}.fc1"),
-            Saved(f"{prefix}.fc2_in", f * c),
+            Saved(f"{prefix}.fc2_in", f * c, mm_input=True),
         ]
         params = 2 * h * f + (f if spec.bias else 0)
     down = f"{prefix}.down" if spec.gated else f"{prefix}.fc2"
@@ -348,7 +352,7 @@ def _ffn(
         ops.append(norm_op)
         saved += norm_saved
         repl += h * (2 if spec.norm == "layernorm" else 1)
-    saved.append(Saved("ffn.in", h, "act", "sp", gathered=True))
+    saved.append(Saved("ffn.in", h, "act", "sp", gathered=True, mm_input=True))
     dense = expert_params = 0.0
     m = spec.moe
     if m is None or not spec.is_moe_layer(index):
@@ -363,7 +367,7 @@ def _ffn(
         ops.append(_mm("moe.router", h, m.num_experts, "none"))
         saved += [
             Saved("moe.router_probs", m.num_experts, "fp32", "none"),
-            Saved("moe.dispatched_in", h * m.top_k, "act", "none"),
+            Saved("moe.dispatched_in", h * m.top_k, "act", "none", mm_input=True),
         ]
         repl += h * m.num_experts
         o, sv, p = _ffn_dense("moe.expert", spec, h, m.expert_ffn_hidden_size, expert=True, copies=m.top_k)

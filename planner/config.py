@@ -37,6 +37,9 @@ class PlanError(SpecError):
         self.field = field
 
 
+TP_OVERLAP = ("backward", "none", "full")  # Training.tp_overlap's values
+
+
 @dataclass(frozen=True)
 class Training:
     """What is being trained: tokens per step and numerics."""
@@ -49,8 +52,10 @@ class Training:
     # fused: fused norm and bias-dropout-add kernels (GPU frameworks); unfused: composite ops (PyTorch on CPU)
     norm_impl: Literal["fused", "unfused"] = "fused"
     # backward: TP collectives of column-parallel linears overlap their backward GEMMs (Megatron-LM
-    # default); none: every TP collective is exposed (cost.layer._tp_comm_s).
-    tp_overlap: Literal["backward", "none"] = "backward"
+    # default); full: also the forward and gradient all-gathers / reduce-scatters of sequence
+    # parallelism under the GEMMs beside them (Transformer Engine --tp-comm-overlap, torchtitan async
+    # TP); none: every TP collective is exposed (cost.layer._tp_comm_s). Values: TP_OVERLAP.
+    tp_overlap: Literal["backward", "none", "full"] = "backward"
     # The software stack whose behaviour the cost model prices (planner/stacks); the four fields
     # above take its values when built from the command line (planner.inputs.build_training).
     stack: StackProfile = field(default_factory=default_stack)

@@ -16,14 +16,14 @@ from hardware.cluster import ClusterSpec, load_cluster
 from models.errors import SpecError, format_validation_error
 from models.load import load_model
 from models.spec import ModelSpec
-from planner.config import DEFAULT_HEADROOM, DTYPES, Parallel, Training, parse_headroom
+from planner.config import DEFAULT_HEADROOM, DTYPES, TP_OVERLAP, Parallel, Training, parse_headroom
 from planner.knobs import KNOBS, STACK_DEFAULTS
 from planner.stacks import DEFAULT_STACK, StackProfile, list_stacks, load_stack
 
 # Training fields only `--set` reaches. grad_reduce_dtype: the dtype gradients are reduced in over
 # data parallelism; auto = what Megatron-LM and torchtitan do (config.grad_reduce_bytes).
-# tp_overlap: whether backward TP collectives hide under their linears' GEMMs (cost.layer._tp_comm_s).
-TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16"), "tp_overlap": ("backward", "none")}
+# tp_overlap: which TP collectives hide under the GEMMs beside them (cost.layer._tp_comm_s).
+TRAINING_SETS = {"grad_reduce_dtype": ("auto", "fp32", "bf16"), "tp_overlap": TP_OVERLAP}
 # The cpu preset is what the bundled runtime runs on: its stack (planner/stacks/presets/autopar.yaml).
 CPU_STACK = "autopar"
 

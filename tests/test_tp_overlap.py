@@ -102,3 +102,34 @@ def test_slow_links_leave_the_excess_exposed():
     bwd_exposed = hidden.comm_s - comm_fwd
     assert 0 < bwd_exposed < comm_fwd
     assert exposed.bwd_s - hidden.bwd_s == pytest.approx(comm_fwd - bwd_exposed, rel=1e-9)
+
+
+def test_full_overlap_hides_forward_collectives_under_their_gemms():
+    """tp_overlap full with SP (Transformer Engine --tp-comm-overlap): per region the forward
+    all-gather hides under the column GEMMs and the reduce-scatter under the row GEMM, and the
+    gradient all-gather under the row GEMM's dgrad; each collective's exposure is exposed_s of its
+    own window, so forward exposure is computed from the same four pieces here."""
+    from planner.cost.layer import _region_gemm_s
+
+    full, cl, par = _block(True, "full")
+    back, _, _ = _block(True, "backward")
+    layer = build_graph(GPT, 2048, "eager").layers[1]
+    train = Training(4, 2048, attention_impl="eager", tp_overlap="full", stack=load_stack("megatron-lm-2022"))
+    ctx = _Ctx(cl, train, par, GPT)
+    regions = _region_gemm_s(layer, [_op_times(op, ctx) for op in layer.ops])
+    nbytes = 4 * 2048 * GPT.hidden_size * 2
+    group = comm.group_span(cl, 8, 1)
+    ag, rs = comm.all_gather_s(cl, nbytes, group), comm.reduce_scatter_s(cl, nbytes, group)
+    tax = cl.gpu.efficiency.overlap_tax
+    want_fwd = sum(comm.exposed_s(ag, c, tax) + comm.exposed_s(rs, r, tax) for c, r in regions)
+    assert len(regions) == 2 and all(c > 0 and r > 0 for c, r in regions)
+    assert full.comm_fwd_s == pytest.approx(want_fwd, rel=1e-9)
+    assert back.comm_fwd_s == pytest.approx(2 * (ag + rs), rel=1e-9)  # backward leaves forward exposed
+    assert full.fwd_s < back.fwd_s and full.bwd_s < back.bwd_s
+
+
+def test_full_overlap_without_sequence_parallel_is_backward():
+    """Transformer Engine overlaps only sequence-parallel collectives: without SP, full = backward."""
+    full, _, _ = _block(False, "full")
+    back, _, _ = _block(False, "backward")
+    assert (full.fwd_s, full.bwd_s, full.comm_s) == (back.fwd_s, back.bwd_s, back.comm_s)

@@ -62,7 +62,7 @@ SETS_OPTION = Opt(
     None,
     ("--set",),
     "Override a spec field: model.KEY=VALUE, cluster.KEY=VALUE or training.grad_reduce_dtype="
-    "auto|fp32|bf16 or training.tp_overlap=backward|none (repeatable).",
+    "auto|fp32|bf16 or training.tp_overlap=backward|full|none (repeatable).",
 )
 PLOT_OPTIONS = (
     Opt("plot", Path | None, None, ("--plot",), "Draw the plan to this .png/.svg/.pdf (needs autopar[plots])."),

@@ -96,6 +96,8 @@ def _saved_bytes(saved: Saved, ctx: _Ctx) -> float:
     if saved.name in ("attn.k", "attn.v") and spec.mla is None:
         d = min(d, spec.kv_heads)  # kv heads are replicated once tp exceeds them
     per = BYTES.get(saved.byte_class, ctx.train.act_bytes)
+    if saved.mm_input and ctx.train.dtype == "fp8" and ctx.train.stack.fp8_saves_inputs:
+        per = 1  # Transformer Engine keeps an FP8 GEMM's input in FP8 for the weight gradient
     return saved.elems * ctx.tokens / d * per
 
 
@@ -119,8 +121,11 @@ def kept_tensors(layer: Layer, ctx: _Ctx) -> dict[str, list[Saved]]:
     (torchtitan's op-level SAC): keep the block input, the attention outputs and every matmul
     output but every second one (``_op_policy_dropped``), recompute everything else;
     ``matmul_outputs`` (autopar's runtime): the same without the thinning.
+    With fused elementwise kernels (``training.norm_impl = fused``) a gated activation's output
+    is recomputed inside its kernel's backward, not kept (``Saved.unfused_only``).
     """
-    none = [x for x in layer.saved if x.in_none]
+    fused = ctx.train.norm_impl == "fused"
+    none = [x for x in layer.saved if x.in_none and not (fused and x.unfused_only)]
     if layer.kind != "block":
         return {o: none for o in RECOMPUTE_OPTIONS}
     inp = [x for x in layer.saved if x.name == "attn.norm_in"]
@@ -171,7 +176,7 @@ def _selective_recompute_s(layer: Layer, ctx: _Ctx, times: list[tuple[float, flo
     return out
 
 
-def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> tuple[float, float]:
+def _tp_comm_s(layer: Layer, ctx: _Ctx, times: list[tuple[float, float]]) -> tuple[float, float]:
     """Megatron TP collectives of one layer (Narayanan et al. 2021 §3.2; Korthikanti et al. 2022
     §4.2.2 for sequence parallelism, SP), forward and backward seconds, per TP region (block: the
     attention and the FFN; head: the vocab projection):
@@ -190,10 +195,19 @@ def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> t
     all-gather of SP stays exposed: the row linear's backward needs it first. ``windows`` holds,
     per region, the (dgrad, wgrad) seconds of its column linears; the excess is exposed and the
     hidden part slows the GEMM (``comm.exposed_s``).
+    With ``full`` and SP (Transformer Engine's ``--tp-comm-overlap``: userbuffers split the
+    all-gather + GEMM and GEMM + reduce-scatter into chunks that pipeline, Wang et al. 2023,
+    "Overlap communication with dependent computation via decomposition"; torchtitan's async TP,
+    the same decomposition in torch.compile) the forward all-gather also hides under the column
+    GEMMs, the forward reduce-scatter under the row GEMMs, and the gradient all-gather under the
+    row linears' input-gradient GEMMs (``_tp_comm_full_s``). Without SP, ``full`` is ``backward``
+    (TE overlaps only sequence-parallel collectives).
     With ``none`` (torchtitan's eager DTensor TP, 2021 Megatron-LM) every collective is exposed
     and SP keeps the gathered input instead of re-gathering it."""
     if ctx.par.tp == 1:
         return 0.0, 0.0
+    if ctx.train.tp_overlap == "full" and ctx.par.sequence_parallel and layer.kind == "block":
+        return _tp_comm_full_s(layer, ctx, times)
     nbytes = ctx.tokens * ctx.train.act_bytes * ctx.spec.hidden_size
     group = comm.group_span(ctx.cluster, ctx.par.tp, 1)
     sp = ctx.par.sequence_parallel
@@ -207,7 +221,7 @@ def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> t
     grad_gather = ag if layer.kind == "block" else 0.0  # head: the loss is vocab-parallel, no gather
     if ctx.train.tp_overlap == "none":
         return fwd, n * (grad_gather + (rs if sp else ar))
-    regions = (windows + [(0.0, 0.0)] * n)[:n]
+    regions = (_column_windows(layer, times) + [(0.0, 0.0)] * n)[:n]
     tax = ctx.cluster.gpu.efficiency.overlap_tax
     if sp:
         bwd = sum(
@@ -216,6 +230,40 @@ def _tp_comm_s(layer: Layer, ctx: _Ctx, windows: list[tuple[float, float]]) -> t
     else:
         bwd = sum(comm.exposed_s(ar, wgrad, tax) for _, wgrad in regions)
     return fwd, bwd
+
+
+def _tp_comm_full_s(layer: Layer, ctx: _Ctx, times: list[tuple[float, float]]) -> tuple[float, float]:
+    """Exposed TP seconds of a block under ``tp_overlap = full`` with SP, forward and backward:
+    per TP region (attention, FFN) the all-gather of the input beside the column GEMMs' forward,
+    the reduce-scatter of the output beside the row GEMM's forward; backward, the gradient
+    all-gather beside the row GEMM's input-gradient half, then the column linear's re-gather and
+    reduce-scatter beside its dgrad and wgrad halves as under ``backward`` (no re-gather where the
+    stack keeps the gathered input, ``sp_keeps_gathered_input``). Each collective's
+    excess over its window is exposed, and its hidden part slows the GEMMs (``comm.exposed_s``)."""
+    nbytes = ctx.tokens * ctx.train.act_bytes * ctx.spec.hidden_size
+    group = comm.group_span(ctx.cluster, ctx.par.tp, 1)
+    ag = comm.all_gather_s(ctx.cluster, nbytes, group)
+    rs = comm.reduce_scatter_s(ctx.cluster, nbytes, group)
+    tax = ctx.cluster.gpu.efficiency.overlap_tax
+    regather = not ctx.train.stack.sp_keeps_gathered_input
+    fwd = bwd = 0.0
+    for col, row in _region_gemm_s(layer, times):
+        fwd += comm.exposed_s(ag, col, tax) + comm.exposed_s(rs, row, tax)
+        bwd += comm.exposed_s(ag, row, tax) + comm.exposed_s(rs, col, tax)
+        bwd += comm.exposed_s(ag, col, tax) if regather else 0.0
+    return fwd, bwd
+
+
+def _region_gemm_s(layer: Layer, times: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Per TP region of a block (attention, then FFN), the forward seconds of its column-parallel
+    and of its row-parallel GEMMs (each backward half costs the same: bwd_factor 2). Routed
+    experts are left out, as in ``_column_windows``; a region with no TP linear is (0, 0)."""
+    regions: dict[str, list[float]] = {"attn": [0.0, 0.0], "ffn": [0.0, 0.0]}
+    for op, (f, _) in zip(layer.ops, times):
+        if op.tp_role in ("column", "row") and not op.expert:
+            w = regions["attn" if op.name.startswith("attn.") else "ffn"]
+            w[0 if op.tp_role == "column" else 1] += f
+    return [(c, r) for c, r in regions.values()]
 
 
 def _column_windows(layer: Layer, times: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -287,7 +335,7 @@ def layer_cost(layer: Layer, graph: LayerGraph, cluster: ClusterSpec, train: Tra
             attn_fwd += f
             if train.stack.selective_recompute == "attention_core":
                 hw_extra_sel += op.fwd_flops * ctx.tokens / ctx.div(op.shard)
-    tp_f, tp_b = _tp_comm_s(layer, ctx, _column_windows(layer, times))
+    tp_f, tp_b = _tp_comm_s(layer, ctx, times)
     ep_s = _ep_comm_s(layer, ctx)
     cp_f, cp_b = _cp_comm_s(layer, ctx, attn_fwd)
     comm_f = tp_f + ep_s + cp_f

@@ -147,12 +147,14 @@ def recompute_note(
 
 
 def tp_overlap_note(view: PlanView, target: str, how: str) -> list[str]:
-    """A note when the plan was priced with backward TP collectives under their GEMMs (Megatron-LM's
-    async communication, ``training.tp_overlap``) but ``target`` runs them ``how``."""
-    if view.par.tp == 1 or view.train.tp_overlap != "backward":
+    """A note when the plan was priced with TP collectives under their GEMMs (``training.tp_overlap``
+    backward: Megatron-LM's async communication; full: also forward, Transformer Engine's
+    ``--tp-comm-overlap``) but ``target`` runs them ``how``."""
+    if view.par.tp == 1 or view.train.tp_overlap == "none":
         return []
+    which = "backward TP collectives" if view.train.tp_overlap == "backward" else "TP collectives"
     return [
-        f"tp_overlap backward: the plan hides backward TP collectives under their GEMMs, as Megatron-LM "
+        f"tp_overlap {view.train.tp_overlap}: the plan hides {which} under their GEMMs, as Megatron "
         f"does; {how}. Re-plan with --set training.tp_overlap=none for {target} step times"
     ]
 

@@ -108,7 +108,7 @@ def _ds_model_parallel(view: PlanView, run: AsRun, notes: list[str]) -> dict:
         notes.append(f"tp {p.tp}: AutoTP training shards the Hugging Face model's linear layers (ZeRO 0-3)")
         if p.sequence_parallel:
             run.set("no sequence parallelism (AutoTP has none)", sequence_parallel=False)
-        if view.train.tp_overlap == "backward":
+        if view.train.tp_overlap != "none":
             notes.extend(tp_overlap_note(view, "DeepSpeed", "AutoTP's all-reduces block"))
             run.set_training("TP all-reduces exposed (AutoTP)", tp_overlap="none")
     if p.cp > 1:  # DeepSpeedConfig reads sequence_parallel_size only without an mpu: the mpu carries it

@@ -62,6 +62,8 @@ def _degree_args(view: PlanView, run: AsRun, notes: list[str]) -> Args:
         args += [("--expert-model-parallel-size", str(p.ep)), ("--moe-token-dispatcher-type", "alltoall")]
     if p.sequence_parallel:
         args.append(("--sequence-parallel", None))
+        if p.tp > 1 and t.tp_overlap == "full":  # Transformer Engine userbuffers (needs SP)
+            args.append(("--tp-comm-overlap", None))
     args += [
         ("--micro-batch-size", str(p.micro_batch)),
         ("--global-batch-size", str(t.global_batch)),

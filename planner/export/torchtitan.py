@@ -119,7 +119,7 @@ def _tt_parallelism(view: PlanView, run: AsRun, version: str, notes: list[str]) 
     body["tensor_parallel_degree"] = (p.tp, None)
     if version == "0.2":
         body["enable_async_tensor_parallel"] = (False, None)
-    if p.tp > 1 and view.train.tp_overlap == "backward":
+    if p.tp > 1 and view.train.tp_overlap != "none":
         notes += tp_overlap_note(view, "torchtitan", "torchtitan's eager TP exposes them")
         run.set_training("TP collectives exposed (eager TP)", tp_overlap="none")
     if version == "0.3":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.spec import ModelSpec
-from planner.config import DTYPES, Parallel, PlanError, Training, check_plan, knob_field
+from planner.config import DTYPES, TP_OVERLAP, Parallel, PlanError, Training, check_plan, knob_field
 from planner.knobs import BY_JSON, recompute_summary
 
 Severity = Literal["error", "warning"]
@@ -140,7 +140,7 @@ def check_training(train: Training) -> list[Finding]:
         ("dtype", train.dtype, DTYPES),
         ("attention_impl", train.attention_impl, ("flash", "eager")),
         ("norm_impl", train.norm_impl, ("fused", "unfused")),
-        ("tp_overlap", train.tp_overlap, ("backward", "none")),
+        ("tp_overlap", train.tp_overlap, TP_OVERLAP),
     ):
         if value not in allowed:
             out.append(

@@ -97,8 +97,17 @@ class StackProfile(_Strict):
     )
     defaults: KnobDefaults
     attention_impl: Literal["flash", "eager"] = Field(description="Attention kernel (training.attention_impl).")
-    norm_impl: Literal["fused", "unfused"] = Field(description="Fused norm and bias-dropout-add kernels.")
-    tp_overlap: Literal["backward", "none"] = Field(description="TP collectives under backward GEMMs.")
+    norm_impl: Literal["fused", "unfused"] = Field(
+        description="Fused norm, bias-dropout-add and activation kernels (a fused SwiGLU keeps no activation output)."
+    )
+    fp8_saves_inputs: bool = Field(
+        description="Under FP8, linears keep their inputs in FP8 for the weight gradient (Transformer Engine); "
+        "else in 16-bit (torchao Float8Linear saves the high-precision input and casts again in backward)."
+    )
+    tp_overlap: Literal["backward", "none", "full"] = Field(
+        description="TP collectives under GEMMs: backward (column linears' backward), full (also forward and "
+        "the gradient all-gather, sequence parallel only), none."
+    )
     grad_reduce_dtype: Literal["auto", "fp32", "bf16"] = Field(description="Gradient accumulation/reduce dtype.")
     sp_keeps_gathered_input: bool = Field(
         description="Under sequence parallelism a column-parallel linear saves the all-gathered "

@@ -1,0 +1,56 @@
+"""What a stack's kernels keep for backward: a fused SwiGLU keeps no activation output, and
+Transformer Engine's FP8 linears keep their inputs in FP8 (torchao's keep them in 16 bits); and
+the exports carry tp_overlap full (Megatron: --tp-comm-overlap; torchtitan: a note)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from hardware.cluster import load_cluster
+from models.graph import build_graph
+from models.load import load_model
+from planner.config import Parallel, Training
+from planner.cost.layer import saved_tensor_bytes
+from planner.export import export_plan
+from planner.stacks import load_stack
+from test_export import megatron_argv, write_plan
+
+SPEC = load_model("llama3-8b")
+CLUSTER = load_cluster("h100-sxm-80gb:8")
+PAR = Parallel(dp=2, tp=4, micro_batch=1, sequence_parallel=True)
+TOKENS = 4096
+
+
+def _kept(stack: str, **train) -> dict[str, float]:
+    t = Training(8, TOKENS, stack=load_stack(stack), **train)
+    graph = build_graph(SPEC, TOKENS)
+    return dict(saved_tensor_bytes(graph.blocks[0], graph, CLUSTER, t, PAR)["none"])
+
+
+def test_a_fused_swiglu_keeps_no_activation_output():
+    eager, fused = _kept("torchtitan", norm_impl="unfused"), _kept("torchtitan", norm_impl="fused")
+    act = SPEC.ffn_hidden_size / PAR.tp * TOKENS * 2  # silu(gate), bf16, tp-split
+    assert eager["ffn.act_out"] == pytest.approx(act)
+    assert "ffn.act_out" not in fused
+    assert sum(eager.values()) - sum(fused.values()) == pytest.approx(act)
+
+
+@pytest.mark.parametrize("stack,inputs_bytes", [("megatron-core", 1), ("torchtitan-compile", 2)])
+def test_fp8_linears_keep_their_inputs_in_fp8_only_under_transformer_engine(stack, inputs_bytes):
+    bf16, fp8 = _kept(stack, dtype="bf16"), _kept(stack, dtype="fp8")
+    for name in ("attn.qkv_in", "ffn.in", "ffn.down_in"):
+        assert fp8[name] == pytest.approx(bf16[name] * inputs_bytes / 2), name
+    for name in ("attn.q", "attn.context", "ffn.gate", "attn.norm_in"):  # not GEMM inputs only
+        assert fp8[name] == pytest.approx(bf16[name]), name
+
+
+def test_exports_carry_full_tp_overlap(tmp_path):
+    train = replace(Training(64, 4096, stack=load_stack("megatron-core")), tp_overlap="full")
+    path = write_plan(tmp_path / "full.json", SPEC, CLUSTER, train, PAR)
+    assert "--tp-comm-overlap" in megatron_argv(export_plan(path, "megatron").text)
+    tt = export_plan(path, "torchtitan")
+    assert any("tp_overlap full" in n and "tp_overlap=none" in n for n in tt.notes)
+    back = write_plan(tmp_path / "back.json", SPEC, CLUSTER, replace(train, tp_overlap="backward"), PAR)
+    assert "--tp-comm-overlap" not in megatron_argv(export_plan(back, "megatron").text)
