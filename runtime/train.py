@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.arena import plan_arena
+from runtime.arena_hooks import ArenaHooks
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.checkpoint_files import CheckpointOptions
 from runtime.context import shard_sequence
@@ -124,6 +126,7 @@ class _Rank:
     scaler: LossScaler
     states: ModelStateMeter
     norm_kw: dict
+    arena: ArenaHooks | None = None  # --memory-plan arena (runtime.arena)
 
 
 def train_rank(
@@ -140,6 +143,7 @@ def train_rank(
     metrics: str | None = None,
     progress: bool = False,
     on_step: Callable[[int, list], None] | None = None,
+    memory_plan: str = "none",
 ) -> dict:
     """Train up to step ``steps`` (the total: a resumed run starts at its checkpoint's step) as
     this rank of the initialised default process group, saving checkpoints as ``checkpoint`` says.
@@ -149,10 +153,13 @@ def train_rank(
     bytes and, with keep_state, its chunks' unsharded parameters (collective). init_weights: a
     Hugging Face checkpoint directory to start from; metrics: a JSONL file rank 0 writes a line to
     per step; progress: rank 0 prints a line per step; on_step: called with each step as it starts
-    and the losses so far (runtime.faults: the launcher's step file and the fault-injection hook).
+    and the losses so far (runtime.faults: the launcher's step file and the fault-injection hook);
+    memory_plan "arena": saved activations go to planned offsets of one buffer (runtime.arena).
     """
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
     mesh, r = _setup(plan, recipe, device_type, init_weights, steps)
+    if memory_plan == "arena":
+        r.arena = ArenaHooks(plan_arena(r.pm, mesh.get_local_rank("pp")), r.pm.parts, r.pm.device)
     ckpt = checkpoint or CheckpointOptions()
     first_step = 0 if ckpt.resume is None else load_checkpoint(ckpt.resume, r.pm, r.optimizer, r.scheduler)
     batches = _RankBatches(TokenSource(plan, data, data_dtype), plan, mesh, r.pm.device)
@@ -171,6 +178,8 @@ def train_rank(
         for key, value in (("step_time_s", step_time_s), ("peak_memory_bytes_per_step", peak), ("lrs", lr)):
             record[key].append(value)
         record["grad_norms"].append(norm)
+        if r.arena is not None:
+            record.setdefault("arena_high_water_bytes_per_step", []).append(r.arena.high_water_bytes)
         log.step(step, record["losses"][-1], step_time_s, peak, lr, norm, step == profiled)
         if step == profiled:
             record["comm_s"] = comm.seconds
@@ -181,6 +190,8 @@ def train_rank(
     record.update(memory_kind=memory_kind, phases_s=phases.per_step, profiled_step=profiled)
     record.update(model_state_bytes=r.states.record())
     record.setdefault("comm_s", {})
+    if r.arena is not None:
+        record["arena"] = r.arena.layout.summary()
     if keep_state:
         record["state"] = r.pm.full_state()
     return record
@@ -243,8 +254,11 @@ def _train_step(r: _Rank, inputs: torch.Tensor, targets: torch.Tensor, phases: P
     pm, device = r.pm, r.pm.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    # CUDA has allocator statistics; on CPU count what is held for backward instead.
-    meter = SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
+    # CUDA has allocator statistics; on CPU count what is held for backward instead (the arena's
+    # hooks replace the meter's: only the innermost saved-tensor hooks see a save).
+    meter: Any = r.arena or (
+        SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
+    )
     _sync(device)
     start = time.perf_counter()
     pm.loss_scale = r.scaler.scale
@@ -264,5 +278,5 @@ def _train_step(r: _Rank, inputs: torch.Tensor, targets: torch.Tensor, phases: P
     _sync(device)
     end = time.perf_counter()
     phases.end_step(backward_end - start, sync_end - backward_end, end - sync_end)
-    peak = meter.peak_bytes if isinstance(meter, SavedTensorMeter) else torch.cuda.max_memory_allocated(device)
+    peak = meter.peak_bytes if device.type == "cpu" else torch.cuda.max_memory_allocated(device)
     return local, end - start, peak, lr, norm
