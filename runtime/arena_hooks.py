@@ -59,6 +59,7 @@ class ArenaHooks:
         self._occupied: dict[SlotKey, list] = {}  # key -> [saves alive, identity, weak ref, view]
         self._live = 0
         self.high_water_bytes = self.peak_bytes = 0
+        self.high_water_per_step: list[int] = []
         self._event, self._pack = 0, 0
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack_hook, _unpack)
 
@@ -70,6 +71,11 @@ class ArenaHooks:
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+        self.high_water_per_step.append(self.high_water_bytes)
+
+    def record(self) -> dict[str, Any]:
+        """The plan's figures and the high-water mark measured each step (for the run report)."""
+        return self.layout.summary() | {"measured_high_water_bytes_per_step": self.high_water_per_step}
 
     def _next(self) -> tuple[int, int, int | None]:
         """(chunk, micro-batch, planned slot or None) of the save now arriving."""

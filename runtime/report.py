@@ -118,7 +118,7 @@ def build_report(
     }
     if resumed_from is not None:
         report["resumed_from"] = resumed_from
-    if "arena" in records[0]:
+    if records[0].get("arena"):
         report["memory_plan"] = arena_report(records)
     return report
 
@@ -129,9 +129,8 @@ def arena_report(records: list[dict]) -> dict:
     (runtime.arena_hooks: the high-water mark, the largest offset + bytes of a slot in use)."""
     ranks = []
     for r in sorted(records, key=lambda r: r["rank"]):
-        high = r["arena_high_water_bytes_per_step"]
-        ranks.append({"rank": r["rank"], "pp_rank": r["pp_rank"], **r["arena"], "measured_high_water_bytes": max(high)}
-                     | {"measured_high_water_bytes_per_step": high})  # fmt: skip
+        high = max(r["arena"]["measured_high_water_bytes_per_step"])
+        ranks.append({"rank": r["rank"], "pp_rank": r["pp_rank"], **r["arena"], "measured_high_water_bytes": high})
     return {"kind": "arena", "ranks": ranks}
 
 

@@ -157,9 +157,7 @@ def train_rank(
     memory_plan "arena": saved activations go to planned offsets of one buffer (runtime.arena).
     """
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
-    mesh, r = _setup(plan, recipe, device_type, init_weights, steps)
-    if memory_plan == "arena":
-        r.arena = ArenaHooks(plan_arena(r.pm, mesh.get_local_rank("pp")), r.pm.parts, r.pm.device)
+    mesh, r = _setup(plan, recipe, device_type, init_weights, steps, memory_plan)
     ckpt = checkpoint or CheckpointOptions()
     first_step = 0 if ckpt.resume is None else load_checkpoint(ckpt.resume, r.pm, r.optimizer, r.scheduler)
     batches = _RankBatches(TokenSource(plan, data, data_dtype), plan, mesh, r.pm.device)
@@ -178,8 +176,6 @@ def train_rank(
         for key, value in (("step_time_s", step_time_s), ("peak_memory_bytes_per_step", peak), ("lrs", lr)):
             record[key].append(value)
         record["grad_norms"].append(norm)
-        if r.arena is not None:
-            record.setdefault("arena_high_water_bytes_per_step", []).append(r.arena.high_water_bytes)
         log.step(step, record["losses"][-1], step_time_s, peak, lr, norm, step == profiled)
         if step == profiled:
             record["comm_s"] = comm.seconds
@@ -188,10 +184,8 @@ def train_rank(
             save_checkpoint(ckpt.directory, step + 1, r.pm, r.optimizer, r.scheduler)
     log.close()
     record.update(memory_kind=memory_kind, phases_s=phases.per_step, profiled_step=profiled)
-    record.update(model_state_bytes=r.states.record())
+    record.update(model_state_bytes=r.states.record(), arena=r.arena.record() if r.arena is not None else None)
     record.setdefault("comm_s", {})
-    if r.arena is not None:
-        record["arena"] = r.arena.layout.summary()
     if keep_state:
         record["state"] = r.pm.full_state()
     return record
@@ -215,10 +209,11 @@ class _RankBatches:
         )
 
 
-def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | None, steps: int):
+def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | None, steps: int, memory_plan: str):
     """This rank's mesh and what it trains with: its share of the fp32 master model (seeded, or
     loaded from ``init_weights``), the recipe's optimizer, schedule and loss scaler, the
-    model-state meter, and how the gradient norm counts replicated gradients (runtime.optim)."""
+    model-state meter, how the gradient norm counts replicated gradients (runtime.optim), and
+    with ``memory_plan`` "arena" the planned arena's hooks (runtime.arena)."""
     cuda = device_type == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     mesh = build_mesh(plan, device_type)
@@ -245,6 +240,7 @@ def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | Non
         LossScaler(precision.compute == torch.float16),
         ModelStateMeter(list(pm.parts), params, pm.cast_cache),
         norm_kw,
+        ArenaHooks(plan_arena(pm, mesh.get_local_rank("pp")), pm.parts, device) if memory_plan == "arena" else None,
     )
 
 
