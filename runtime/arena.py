@@ -30,7 +30,7 @@ import torch
 from planner.schedules import SCHEDULES
 from planner.search.milp.arena import ArenaResult, Buffer, solve_arena
 from runtime.arena_trace import ChunkTrace, trace_chunk
-from runtime.memory import _plain_tensors, state_tensors
+from runtime.memory import state_storages
 from runtime.model import next_token_loss
 from runtime.options import MEMORY_PLANS
 from runtime.pipeline import stage_io
@@ -135,21 +135,22 @@ def _empty() -> ArenaResult:
     return ArenaResult((), 0, 0, 0, SolveStatus.OPTIMAL, 0.0, "empty")
 
 
-def _dry_run(pm, part, index: int) -> ChunkTrace:
+def _dry_run(pm, part, index: int, dtype: torch.dtype) -> ChunkTrace:
     """Trace one micro-batch of chunk ``part`` (plan stage ``index``) as the step runs it: the
     pipeline schedule's stage forward and loss, or the accumulation loop's model, loss and scaled
-    backward (runtime.step). Inputs are seeded random tokens or hidden states of the stage's shapes."""
+    backward (runtime.step). Inputs are seeded random tokens or hidden states of the stage's shapes
+    (``dtype``: the run's compute dtype, that of the activations a stage receives)."""
     plan, last = pm.plan, index == len(pm.plan["stages"]) - 1
-    x_meta, _ = stage_io(plan, index, torch.float32)
+    x_meta, _ = stage_io(plan, index, dtype)
     g = torch.Generator().manual_seed(0)
     vocab = plan["inputs"]["model"]["vocab_size"]
     if x_meta.dtype == torch.long:
         x = torch.randint(0, vocab, tuple(x_meta.shape), generator=g).to(pm.device)
     else:
-        x = torch.randn(tuple(x_meta.shape), generator=g).to(pm.device).requires_grad_()
+        x = torch.randn(tuple(x_meta.shape), generator=g).to(pm.device, dtype).requires_grad_()
     y = torch.randint(0, vocab, (x_meta.shape[0], x_meta.shape[1]), generator=g).to(pm.device)
     n = plan["parallelism"]["num_micro_batches"]
-    excluded = {p.untyped_storage().data_ptr() for s in state_tensors(part) for p in _plain_tensors(s)}
+    excluded = state_storages(part)
     if pm.schedule is None:  # runtime.step's accumulation loop
         return trace_chunk(
             lambda: next_token_loss(part(x), y), lambda loss: (loss * pm.loss_scale / n).backward(), excluded
@@ -159,13 +160,16 @@ def _dry_run(pm, part, index: int) -> ChunkTrace:
     return trace_chunk(lambda: part(x), lambda out: out.backward(torch.ones_like(out)), excluded)
 
 
-def plan_arena(pm, pp_rank: int, time_limit_s: float = 1.0) -> ArenaLayout:
-    """The arena layout of this rank (module docstring). The dry run leaves the parameters'
-    gradients as it found them (None) and the global random state untouched."""
+def plan_arena(pm, pp_rank: int, dtype: torch.dtype = torch.float32, time_limit_s: float = 1.0) -> ArenaLayout:
+    """The arena layout of this rank (module docstring); ``dtype``: the run's compute dtype. The
+    dry run leaves the parameters' gradients as it found them (None), the 16-bit parameter
+    copies uncached and the global random state untouched."""
     p = pm.plan["parallelism"]
     with torch.random.fork_rng(devices=[]):
-        traces = [_dry_run(pm, part, index) for part, index in zip(pm.parts, pm.stage_indices)]
+        traces = [_dry_run(pm, part, index, dtype) for part, index in zip(pm.parts, pm.stage_indices)]
     for param in pm.parameters():
         param.grad = None
+    if pm.cast_cache is not None:
+        pm.cast_cache.clear()
     order = SCHEDULES[p["schedule"]].order(pp_rank, p["pp"], p["num_micro_batches"], len(pm.parts))
     return layout_arena(traces, order, time_limit_s)

@@ -26,7 +26,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from runtime.arena import ArenaLayout, SlotKey
 from runtime.arena_trace import by_reference_reason, identity, slot_layout
-from runtime.memory import _plain_tensors, state_tensors
+from runtime.memory import state_storages
 
 
 class ArenaMismatch(RuntimeError):
@@ -55,7 +55,7 @@ class ArenaHooks:
     def __init__(self, layout: ArenaLayout, modules, device: torch.device):
         self.layout = layout
         self.arena = torch.empty(layout.arena_bytes, dtype=torch.uint8, device=device)
-        self._excluded = {p.untyped_storage().data_ptr() for t in state_tensors(*modules) for p in _plain_tensors(t)}
+        self._excluded = state_storages(*modules)
         self._occupied: dict[SlotKey, list] = {}  # key -> [saves alive, identity, weak ref, view]
         self._live = 0
         self.high_water_bytes = self.peak_bytes = 0

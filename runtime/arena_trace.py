@@ -15,7 +15,7 @@ address, offset, shape, strides, dtype and version, and it only counts while tha
 alive (a weak reference), so a new tensor the allocator puts at a freed address is a new slot.
 
 Kept by reference, never copied (:func:`by_reference_reason`): parameters and their views and
-16-bit parameter copies (``runtime.memory._is_parameter_like``: autograd saves them by
+16-bit parameter copies (``runtime.memory.is_parameter_like``: autograd saves them by
 reference; a copy would duplicate model state), the chunk's buffers (RoPE tables), wrapper
 subclasses such as DTensor (no storage of their own), tensors with overlapping or negative strides
 (``copy_`` cannot write them), and empty tensors.
@@ -31,7 +31,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
-from runtime.memory import _is_parameter_like
+from runtime.memory import is_parameter_like
 
 Identity = tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype, int]
 
@@ -68,7 +68,7 @@ def by_reference_reason(t: Any, excluded: set[int]) -> str | None:
     None when it is placed. ``excluded``: storage addresses of the chunk's parameters and buffers."""
     if not isinstance(t, torch.Tensor) or is_traceable_wrapper_subclass(t):
         return "tensor subclass"
-    if _is_parameter_like(t):
+    if is_parameter_like(t):
         return "parameter"
     if t.device.type == "meta" or t.numel() == 0:
         return "no data"

@@ -240,7 +240,9 @@ def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | Non
         LossScaler(precision.compute == torch.float16),
         ModelStateMeter(list(pm.parts), params, pm.cast_cache),
         norm_kw,
-        ArenaHooks(plan_arena(pm, mesh.get_local_rank("pp")), pm.parts, device) if memory_plan == "arena" else None,
+        ArenaHooks(plan_arena(pm, mesh.get_local_rank("pp"), precision.compute), pm.parts, device)
+        if memory_plan == "arena"
+        else None,
     )
 
 
