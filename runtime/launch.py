@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from runtime.arena import check_memory_plan
 from runtime.checkpoint_files import CheckpointOptions, checkpoint_options
 from runtime.defaults import DEFAULT_RANK_TIMEOUT_S
 from runtime.elastic import check_elastic, last_checkpoint, lost_rank_error, relaunch
@@ -34,6 +35,7 @@ from runtime.faults import fault_from_env, read_steps, step_hook
 from runtime.forkserver import cpu_context
 from runtime.hf_weights import check_checkpoint
 from runtime.optim import optimizer_class
+from runtime.options import MEMORY_PLANS
 from runtime.parallelize import check_supported
 from runtime.plan_io import PlanError, load_plan, model_spec, world_size, world_size_arithmetic
 from runtime.recipe import RECIPE_FLAGS, Recipe, recipe_argv, recipe_from
@@ -88,6 +90,7 @@ def _worker(plan: dict, args: dict) -> None:
         metrics=args.get("metrics"),
         progress=bool(args.get("progress")),
         on_step=step_hook(args.get("fault"), dist.get_rank(), args.get("step_file")),
+        memory_plan=args.get("memory_plan") or "none",
     )
     records: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(record, records, dst=0)
@@ -188,6 +191,7 @@ def run(
     progress: bool = False,
     rank_timeout_s: float = DEFAULT_RANK_TIMEOUT_S,
     elastic: bool = False,
+    memory_plan: str = "none",
     _relaunch: int = 0,
 ) -> dict:
     """Train the plan up to step ``steps`` on this machine and return (and write) the report.
@@ -204,9 +208,11 @@ def run(
     metrics: a JSONL file, a line per step (runtime.metrics); progress: a line per step on stderr.
     rank_timeout_s: a rank stopped, or silent in a collective, this long ends the run with an
     error naming it (runtime.supervise); timeout_s bounds the whole run. A lost rank: ``RankLost``,
-    or with ``elastic`` re-plan and resume (runtime.elastic; ``_relaunch``: times done already)."""
+    or with ``elastic`` re-plan and resume (runtime.elastic; ``_relaunch``: times done already).
+    memory_plan: "arena" places saved activations in one planned buffer per rank (runtime.arena)."""
     plan = load_plan(plan_path)
     nprocs = _check_world(plan, nprocs)
+    check_memory_plan(plan, memory_plan)
     device = resolve_device(plan, device, nprocs)
     data_dtype = _check_inputs(plan, data, data_dtype, init_weights)
     recipe = recipe or Recipe()
@@ -219,6 +225,7 @@ def run(
     args = {"checkpoint": ckpt, "steps": steps, "recipe": recipe, "data": data, "data_dtype": data_dtype}
     args |= {"device": device, "out": str(out), "timeout_s": timeout_s, "rank_timeout_s": rank_timeout_s}
     args |= {"plan_path": None if isinstance(plan_path, dict) else str(plan_path), "progress": progress}
+    args["memory_plan"] = memory_plan
     paths = (("save_params", save_params), ("init_weights", init_weights), ("metrics", metrics))
     args |= {k: str(v) if v else None for k, v in paths} | {"fault": None if _relaunch else fault_from_env()}
     given = {"elastic": elastic, "resume": None if resume is None else str(resume), "start_method": start_method}
@@ -236,7 +243,10 @@ def _launch(plan: dict, args: dict, nprocs: int, given: dict, count: int) -> dic
     return json.loads(Path(args["out"]).read_text())
 
 
-_RERUN_KEYS = ("data", "out", "recipe", "device", "save_params", "timeout_s", "data_dtype", "metrics", "init_weights")
+_RERUN_KEYS = (
+    *("data", "out", "recipe", "device", "save_params", "timeout_s", "data_dtype", "metrics", "init_weights"),
+    "memory_plan",
+)
 
 
 def _on_lost(exc: RankFailure, plan: dict, args: dict, given: dict, count: int) -> dict:
@@ -283,6 +293,7 @@ def print_torchrun_command(
     init_weights: str | None = None,
     metrics: str | None = None,
     device: str | None = None,
+    memory_plan: str = "none",
 ) -> str:
     """The torchrun line to start on each of ``nnodes`` nodes for this plan (every run option
     carried: steps, report, recipe flags, token file and its id type, checkpoints, initial
@@ -311,6 +322,7 @@ def print_torchrun_command(
         + (f" --init-weights {q(init_weights)}" if init_weights else "")
         + (f" --metrics {q(metrics)}" if metrics else "")
         + (f" --device {q(device)}" if device else "")
+        + (f" --memory-plan {q(memory_plan)}" if memory_plan != "none" else "")
     )
     print(command)
     return command
@@ -334,6 +346,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", default=None, help="continue from this checkpoint (or the latest under it)")
     parser.add_argument("--init-weights", default=None, help="Hugging Face checkpoint directory to start from")
     parser.add_argument("--metrics", default=None, help="JSONL file: one line per step (written by rank 0)")
+    parser.add_argument("--memory-plan", choices=MEMORY_PLANS, default="none", help="arena: runtime.arena")
     return parser
 
 
@@ -341,13 +354,19 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: under torchrun (RANK set) run this rank; otherwise launch all ranks here."""
     a = _parser().parse_args(argv)
     ckpt = {"checkpoint_dir": a.checkpoint_dir, "checkpoint_every": a.checkpoint_every, "resume": a.resume}
-    extra = {"data_dtype": a.data_dtype, "init_weights": a.init_weights, "metrics": a.metrics}
+    extra = {
+        "data_dtype": a.data_dtype,
+        "init_weights": a.init_weights,
+        "metrics": a.metrics,
+        "memory_plan": a.memory_plan,
+    }
     recipe = recipe_from(vars(a))
     if "RANK" not in os.environ:
         run(a.plan, a.steps, a.data, a.out, recipe=recipe, device=a.device, save_params=a.save_params, progress=True,
             **extra, **ckpt)  # fmt: skip
         return
     plan = load_plan(a.plan)
+    check_memory_plan(plan, a.memory_plan)
     # Every rank vets the files it will read before joining the group: a bad one stops all.
     extra["data_dtype"] = _check_inputs(plan, a.data, a.data_dtype, a.init_weights)
     checkpoint = checkpoint_options(

@@ -43,7 +43,7 @@ def _plain_tensors(t: torch.Tensor) -> Iterator[torch.Tensor]:
         yield t
 
 
-def _is_parameter_like(t: torch.Tensor | None) -> bool:
+def is_parameter_like(t: torch.Tensor | None) -> bool:
     """A leaf that requires grad (a parameter, FSDP's unsharded copy too), a 16-bit copy of a
     parameter (runtime.precision.CastCache marks them: model state, not activations), or a view
     of one of these."""
@@ -57,6 +57,11 @@ def _is_parameter_like(t: torch.Tensor | None) -> bool:
 def state_tensors(*modules: nn.Module) -> list[torch.Tensor]:
     """Parameters and buffers of ``modules``: what a meter must not count as activations."""
     return [t for m in modules for t in (*m.parameters(), *m.buffers())]
+
+
+def state_storages(*modules: nn.Module) -> set[int]:
+    """Storage addresses of the parameters and buffers of ``modules`` (inside wrapper subclasses)."""
+    return {p.untyped_storage().data_ptr() for t in state_tensors(*modules) for p in _plain_tensors(t)}
 
 
 class _Held:
@@ -102,7 +107,7 @@ class SavedTensorMeter:
 
     def _storages(self, t: torch.Tensor) -> Iterator[tuple[int, torch.UntypedStorage]]:
         """(key, storage) of each activation storage behind ``t``; none for parameters/buffers."""
-        if not isinstance(t, torch.Tensor) or _is_parameter_like(t):
+        if not isinstance(t, torch.Tensor) or is_parameter_like(t):
             return
         # Only the outer tensor says whether it is a parameter: a DTensor made by from_local
         # wraps its input as a grad-requiring leaf, which is an activation all the same.

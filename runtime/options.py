@@ -11,6 +11,8 @@ from runtime.defaults import DEFAULT_RANK_TIMEOUT_S
 from runtime.plan_io import PlanError
 from runtime.recipe import RECIPE_FLAGS, recipe_from
 
+MEMORY_PLANS = ("none", "arena")  # --memory-plan: the caching allocator, or runtime.arena
+
 RUN_OPTIONS = (
     Opt("plan_file", Path, ..., (), "Plan JSON written by `autopar plan --out`.", argument=True),
     Opt("steps", int, 5, ("--steps",), "Training steps to run."),
@@ -75,6 +77,13 @@ RUN_OPTIONS = (
         ("--elastic",),
         "When a rank is lost, re-plan for the ranks left and resume from the last checkpoint (needs --checkpoint-dir).",
     ),
+    Opt(
+        "memory_plan",
+        str,
+        "none",
+        ("--memory-plan",),
+        "none, or arena: saved activations at CP-SAT-planned offsets of one buffer per rank (docs/runtime.md).",
+    ),
     Opt("nnodes", int, 1, ("--nnodes",), "Nodes: >1 prints the torchrun command for each node instead."),
     Opt("rdzv_endpoint", str, "localhost:29500", ("--rdzv-endpoint",), "host:port for multi-node rendezvous."),
     Opt(
@@ -95,6 +104,9 @@ def launch_options(o: dict) -> dict[str, Any]:
         raise PlanError(f"--steps must be >= 1 (got {o['steps']})")
     if o.get("elastic") and o.get("nnodes", 1) > 1:
         raise PlanError("--elastic re-plans for the ranks this machine starts: it does not combine with --nnodes > 1")
+    if o.get("memory_plan", "none") not in MEMORY_PLANS:
+        raise PlanError(f"--memory-plan must be one of {', '.join(MEMORY_PLANS)} (got {o['memory_plan']!r})")
     out = {k: o[k] for k in ("data_dtype", "checkpoint_every", "device")} | {"recipe": recipe_from(o)}
+    out["memory_plan"] = o.get("memory_plan", "none")
     paths = ("data", "checkpoint_dir", "resume", "init_weights", "metrics")
     return out | {k: str(o[k]) if o[k] else None for k in paths}

@@ -37,9 +37,15 @@ class ParityResult:
 
 
 def check_parity(
-    plan: dict, steps: int = 3, recipe: Recipe = SGD_PARITY, data: str | None = None, start_method: str | None = None
+    plan: dict,
+    steps: int = 3,
+    recipe: Recipe = SGD_PARITY,
+    data: str | None = None,
+    start_method: str | None = None,
+    memory_plan: str = "none",
 ) -> ParityResult:
-    """Run ``plan`` on this machine, then the reference, both with ``recipe``, and compare them."""
+    """Run ``plan`` on this machine (with ``memory_plan``, runtime.arena), then the reference,
+    both with ``recipe``, and compare them."""
     with tempfile.TemporaryDirectory(prefix="autopar-parity-") as tmp:
         params_path = Path(tmp, "params.pt")
         report = run(
@@ -50,6 +56,7 @@ def check_parity(
             recipe=recipe,
             save_params=params_path,
             start_method=start_method,
+            memory_plan=memory_plan,
         )
         gathered = torch.load(params_path, weights_only=True)
     ref = run_reference(plan, steps, recipe, data)

@@ -15,9 +15,9 @@ import os
 
 from runtime.phases import PHASES
 
-REPORT_SCHEMA_VERSION = (
-    "1.2"  # 1.1: "phases", the profiled step left out of the means; 1.2: per-step grad_norm and lr, model_state
-)
+# 1.1: "phases", the profiled step left out of the means; 1.2: per-step grad_norm and lr,
+# model_state; 1.3: "memory_plan" (--memory-plan arena: planned and measured arena per rank).
+REPORT_SCHEMA_VERSION = "1.3"
 COMPARED = ("step_time_s", "tokens_per_s", "peak_memory_bytes")
 MODEL_STATE = ("weights_bytes", "gradients_bytes", "optimizer_bytes")
 
@@ -118,7 +118,20 @@ def build_report(
     }
     if resumed_from is not None:
         report["resumed_from"] = resumed_from
+    if records[0].get("arena"):
+        report["memory_plan"] = arena_report(records)
     return report
+
+
+def arena_report(records: list[dict]) -> dict:
+    """``--memory-plan arena`` per rank: the plan (runtime.arena.ArenaLayout.summary: planned
+    arena, its max-live bound, best fit, the solve) beside what the hooks measured each step
+    (runtime.arena_hooks: the high-water mark, the largest offset + bytes of a slot in use)."""
+    ranks = []
+    for r in sorted(records, key=lambda r: r["rank"]):
+        high = max(r["arena"]["measured_high_water_bytes_per_step"])
+        ranks.append({"rank": r["rank"], "pp_rank": r["pp_rank"], **r["arena"], "measured_high_water_bytes": high})
+    return {"kind": "arena", "ranks": ranks}
 
 
 def _predicted_phases(plan: dict) -> dict[str, float | None]:

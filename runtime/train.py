@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from runtime.arena import plan_arena
+from runtime.arena_hooks import ArenaHooks
 from runtime.checkpoint import load_checkpoint, save_checkpoint
 from runtime.checkpoint_files import CheckpointOptions
 from runtime.context import shard_sequence
@@ -124,6 +126,7 @@ class _Rank:
     scaler: LossScaler
     states: ModelStateMeter
     norm_kw: dict
+    arena: ArenaHooks | None = None  # --memory-plan arena (runtime.arena)
 
 
 def train_rank(
@@ -140,6 +143,7 @@ def train_rank(
     metrics: str | None = None,
     progress: bool = False,
     on_step: Callable[[int, list], None] | None = None,
+    memory_plan: str = "none",
 ) -> dict:
     """Train up to step ``steps`` (the total: a resumed run starts at its checkpoint's step) as
     this rank of the initialised default process group, saving checkpoints as ``checkpoint`` says.
@@ -149,10 +153,11 @@ def train_rank(
     bytes and, with keep_state, its chunks' unsharded parameters (collective). init_weights: a
     Hugging Face checkpoint directory to start from; metrics: a JSONL file rank 0 writes a line to
     per step; progress: rank 0 prints a line per step; on_step: called with each step as it starts
-    and the losses so far (runtime.faults: the launcher's step file and the fault-injection hook).
+    and the losses so far (runtime.faults: the launcher's step file and the fault-injection hook);
+    memory_plan "arena": saved activations go to planned offsets of one buffer (runtime.arena).
     """
     torch.set_num_threads(1)  # measured: more threads per rank on a shared CPU cost 35-75x
-    mesh, r = _setup(plan, recipe, device_type, init_weights, steps)
+    mesh, r = _setup(plan, recipe, device_type, init_weights, steps, memory_plan)
     ckpt = checkpoint or CheckpointOptions()
     first_step = 0 if ckpt.resume is None else load_checkpoint(ckpt.resume, r.pm, r.optimizer, r.scheduler)
     batches = _RankBatches(TokenSource(plan, data, data_dtype), plan, mesh, r.pm.device)
@@ -179,7 +184,7 @@ def train_rank(
             save_checkpoint(ckpt.directory, step + 1, r.pm, r.optimizer, r.scheduler)
     log.close()
     record.update(memory_kind=memory_kind, phases_s=phases.per_step, profiled_step=profiled)
-    record.update(model_state_bytes=r.states.record())
+    record.update(model_state_bytes=r.states.record(), arena=r.arena.record() if r.arena is not None else None)
     record.setdefault("comm_s", {})
     if keep_state:
         record["state"] = r.pm.full_state()
@@ -204,10 +209,11 @@ class _RankBatches:
         )
 
 
-def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | None, steps: int):
+def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | None, steps: int, memory_plan: str):
     """This rank's mesh and what it trains with: its share of the fp32 master model (seeded, or
     loaded from ``init_weights``), the recipe's optimizer, schedule and loss scaler, the
-    model-state meter, and how the gradient norm counts replicated gradients (runtime.optim)."""
+    model-state meter, how the gradient norm counts replicated gradients (runtime.optim), and
+    with ``memory_plan`` "arena" the planned arena's hooks (runtime.arena)."""
     cuda = device_type == "cuda"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     mesh = build_mesh(plan, device_type)
@@ -234,6 +240,9 @@ def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | Non
         LossScaler(precision.compute == torch.float16),
         ModelStateMeter(list(pm.parts), params, pm.cast_cache),
         norm_kw,
+        ArenaHooks(plan_arena(pm, mesh.get_local_rank("pp"), precision.compute), pm.parts, device)
+        if memory_plan == "arena"
+        else None,
     )
 
 
@@ -243,8 +252,11 @@ def _train_step(r: _Rank, inputs: torch.Tensor, targets: torch.Tensor, phases: P
     pm, device = r.pm, r.pm.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    # CUDA has allocator statistics; on CPU count what is held for backward instead.
-    meter = SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
+    # CUDA has allocator statistics; on CPU count what is held for backward instead (the arena's
+    # hooks replace the meter's: only the innermost saved-tensor hooks see a save).
+    meter: Any = r.arena or (
+        SavedTensorMeter(state_tensors(*pm.parts)) if device.type == "cpu" else contextlib.nullcontext()
+    )
     _sync(device)
     start = time.perf_counter()
     pm.loss_scale = r.scaler.scale
@@ -264,5 +276,5 @@ def _train_step(r: _Rank, inputs: torch.Tensor, targets: torch.Tensor, phases: P
     _sync(device)
     end = time.perf_counter()
     phases.end_step(backward_end - start, sync_end - backward_end, end - sync_end)
-    peak = meter.peak_bytes if isinstance(meter, SavedTensorMeter) else torch.cuda.max_memory_allocated(device)
+    peak = meter.peak_bytes if device.type == "cpu" else torch.cuda.max_memory_allocated(device)
     return local, end - start, peak, lr, norm

@@ -56,7 +56,7 @@ def test_report_sits_beside_the_prediction(tmp_path) -> None:
     plan["predicted"] = {"step_time_s": 0.5, "tokens_per_s": 64.0, "peak_memory_bytes": 10**6}
     report = run(plan, 2, out=tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text()) == report
-    assert report["schema_version"] == "1.2" and len(report["steps"]) == 2
+    assert report["schema_version"] == "1.3" and len(report["steps"]) == 2
     measured, error = report["measured"], report["relative_error"]
     assert measured["tokens_per_s"] == pytest.approx(2 * 16 / measured["step_time_s"])
     assert error["step_time_s"] == pytest.approx((measured["step_time_s"] - 0.5) / 0.5)
