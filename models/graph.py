@@ -301,9 +301,8 @@ def _ffn_dense(
 
     Non-gated (GPT): fc1 out (the GeLU input, 8sbh in Korthikanti's count for f = 4h) and the
     activation output (fc2 input) are saved; ReLU saves only its output. Gated (SwiGLU): gate, up,
-    act(gate) and the product (down-proj input) are saved; act(gate) only by eager code, since a
-    fused SwiGLU recomputes it from gate in backward (Megatron-Core fused_bias_swiglu.py
-    SwiGLUFunction saves only its input; Inductor's partitioner recomputes the cheap silu).
+    act(gate) and the product (down-proj input) are saved; act(gate) only by eager code (Megatron-Core's
+    fused SwiGLUFunction saves only its input; Inductor's partitioner recomputes the silu).
     """
     c = copies
     if spec.gated:

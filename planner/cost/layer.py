@@ -195,13 +195,10 @@ def _tp_comm_s(layer: Layer, ctx: _Ctx, times: list[tuple[float, float]]) -> tup
     all-gather of SP stays exposed: the row linear's backward needs it first. ``windows`` holds,
     per region, the (dgrad, wgrad) seconds of its column linears; the excess is exposed and the
     hidden part slows the GEMM (``comm.exposed_s``).
-    With ``full`` and SP (Transformer Engine's ``--tp-comm-overlap``: userbuffers split the
-    all-gather + GEMM and GEMM + reduce-scatter into chunks that pipeline, Wang et al. 2023,
-    "Overlap communication with dependent computation via decomposition"; torchtitan's async TP,
-    the same decomposition in torch.compile) the forward all-gather also hides under the column
-    GEMMs, the forward reduce-scatter under the row GEMMs, and the gradient all-gather under the
-    row linears' input-gradient GEMMs (``_tp_comm_full_s``). Without SP, ``full`` is ``backward``
-    (TE overlaps only sequence-parallel collectives).
+    With ``full`` and SP (Transformer Engine's ``--tp-comm-overlap``, torchtitan's async TP: the
+    all-gather + GEMM and GEMM + reduce-scatter pairs split into chunks that pipeline, Wang et al.
+    2023) every collective hides under the GEMMs beside it (``_tp_comm_full_s``). Without SP,
+    ``full`` is ``backward`` (TE overlaps only sequence-parallel collectives).
     With ``none`` (torchtitan's eager DTensor TP, 2021 Megatron-LM) every collective is exposed
     and SP keeps the gathered input instead of re-gathering it."""
     if ctx.par.tp == 1:
@@ -255,9 +252,8 @@ def _tp_comm_full_s(layer: Layer, ctx: _Ctx, times: list[tuple[float, float]]) -
 
 
 def _region_gemm_s(layer: Layer, times: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Per TP region of a block (attention, then FFN), the forward seconds of its column-parallel
-    and of its row-parallel GEMMs (each backward half costs the same: bwd_factor 2). Routed
-    experts are left out, as in ``_column_windows``; a region with no TP linear is (0, 0)."""
+    """Per TP region of a block (attention, FFN), the forward seconds of its column- and of its
+    row-parallel GEMMs (each backward half costs the same); routed experts left out."""
     regions: dict[str, list[float]] = {"attn": [0.0, 0.0], "ffn": [0.0, 0.0]}
     for op, (f, _) in zip(layer.ops, times):
         if op.tp_role in ("column", "row") and not op.expert:
