@@ -78,8 +78,9 @@ def test_gpt3_175b_on_1024_a100_keeps_tp_in_a_node_and_pipelines_across_nodes():
     than Megatron-LM's tp 8 · pp 8. The cost model prefers tp 4 · pp 8 to Megatron's tp 8
     (docs/architecture.md, Known limits); before gradients were priced in fp32 (the frameworks'
     bf16 default) it preferred ZeRO-2 with no pipeline at all."""
+    # 30 s alone; the limit leaves room for a loaded CI machine (certifying is what is asserted)
     res = search(load_model("gpt3-175b"), load_cluster("a100-sxm-80gb:1024"), Training(1536, 2048), Knobs(),
-                 time_limit_s=120)
+                 time_limit_s=300)
     assert res.certificate["status"] in ("optimal", "within_gap")
     p = res.best.par
     assert p.pp > 1 and p.tp * p.cp <= 8 and p.tp * p.cp * p.dp >= 8
