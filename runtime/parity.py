@@ -17,7 +17,9 @@ import torch
 
 from runtime.launch import run
 from runtime.plan_io import model_spec
+from runtime.precision import precision_for
 from runtime.recipe import SGD_PARITY, Recipe
+from runtime.reference import WHOLE, Split
 from runtime.train import run_reference
 
 
@@ -37,9 +39,18 @@ class ParityResult:
 
 
 def check_parity(
-    plan: dict, steps: int = 3, recipe: Recipe = SGD_PARITY, data: str | None = None, start_method: str | None = None
+    plan: dict,
+    steps: int = 3,
+    recipe: Recipe = SGD_PARITY,
+    data: str | None = None,
+    start_method: str | None = None,
+    matched: bool | None = None,
 ) -> ParityResult:
-    """Run ``plan`` on this machine, then the reference, both with ``recipe``, and compare them."""
+    """Run ``plan`` on this machine, then the reference, both with ``recipe``, and compare them.
+
+    matched: the reference walks the batch as the plan's dp ranks and micro-batches
+    (runtime.reference.Split.of) instead of all at once; default: when ``recipe`` computes in 16
+    bits, where it removes the rounding differences of another split of the batch."""
     with tempfile.TemporaryDirectory(prefix="autopar-parity-") as tmp:
         params_path = Path(tmp, "params.pt")
         report = run(
@@ -52,7 +63,9 @@ def check_parity(
             start_method=start_method,
         )
         gathered = torch.load(params_path, weights_only=True)
-    ref = run_reference(plan, steps, recipe, data)
+    if matched is None:
+        matched = precision_for(plan, recipe).mixed
+    ref = run_reference(plan, steps, recipe, data, split=Split.of(plan) if matched else WHOLE)
     losses = [s["loss"] for s in report["steps"]]
     loss_err = max(abs(a - b) / abs(b) for a, b in zip(losses, ref["losses"]))
     norms = [s["grad_norm"] for s in report["steps"]]

@@ -1,0 +1,103 @@
+"""How the single-process reference walks a global batch (runtime.train.run_reference).
+
+The whole batch as one forward and backward is the reference of every fp32 parity test: it
+checks that micro-batching and the data-parallel average give the gradient of the batch mean.
+Under 16-bit compute that oracle cannot reach 1e-5 for a reason that is not a bug: a weight
+gradient is a sum over tokens that the backward rounds to 16 bits once per backward, so a rank
+that backs up micro-batches of B/(dp·n) rows rounds each part (unit roundoff 2^-9 for bf16)
+where one big batch rounds the sum once (measured: losses 1.1e-5 to 9.2e-5 apart after 5 AdamW
+steps, parameters up to 3.8e-3).
+
+:class:`Split` makes the reference do the same arithmetic instead: the rows of data-parallel
+rank r (``batch.chunk(dp)[r]``, as runtime.train._RankBatches takes them) as its ``n``
+micro-batches one by one, each token-mean loss scaled and backed up through the same 16-bit
+casts (runtime.precision), the 16-bit gradients accumulated in fp32 per rank, then the ranks'
+sums added and divided by dp (runtime.step._all_reduce_mean; FSDP2's reduce-scatter divides by
+the power of two dp before the sum, which is the same in binary floating point). Still one
+process with the whole unsharded model and no torch.distributed: it shares no code with the
+parallel step, so a wrong gradient scale, a missed all-reduce or a wrong shard still shows.
+What it cannot mirror — row-parallel partial sums under tp, per-rank token subsets under cp,
+experts fed tokens of several ranks under ep — is listed with its figures in docs/runtime.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from runtime.model import next_token_loss
+from runtime.plan_io import model_spec
+from runtime.precision import CastCache, cast_buffers, cast_parameters
+
+
+@dataclass(frozen=True)
+class Split:
+    """``groups`` consecutive row blocks of the batch (the dp ranks), each run as ``micro``
+    micro-batches; ``grads_divided``: each micro-batch backs up its mean loss and the
+    accumulated gradients are divided by ``micro`` (the pipeline schedules' ``scale_grads``)
+    rather than each loss divided by ``micro`` first (runtime.step's loop). The two are the same
+    in fp32 but not once the divided loss's gradient is rounded to 16 bits, unless ``micro`` is a
+    power of two."""
+
+    groups: int = 1
+    micro: int = 1
+    grads_divided: bool = False
+    head_copy: bool = False  # a tied embedding's head casts its own 16-bit copy (see reference_casts)
+
+    @classmethod
+    def of(cls, plan: dict) -> Split:
+        """The plan's data-parallel rows and micro-batches (runtime.step.ParallelModel); under
+        pp > 1 the last stage holds its own copy of a tied embedding (runtime.pipeline)."""
+        p = plan["parallelism"]
+        pp = p["pp"] > 1
+        return cls(p["dp"], p["num_micro_batches"], pp, pp and model_spec(plan).tie_embeddings)
+
+
+WHOLE = Split()  # one forward and backward of the whole batch
+
+
+def reference_casts(model: nn.Module, dtype: torch.dtype, split: Split) -> list[CastCache]:
+    """Give ``model`` the 16-bit casts of runtime.precision; the caches to clear after each step.
+
+    One cast per parameter, as FSDP2 and the casts of a run without pipeline stages hold them:
+    the gradients of a tied embedding's two uses meet in 16 bits on that one copy. Under pp > 1
+    (``split.head_copy``) the first and last stages each cast their own fp32 copy and the two
+    gradients meet in fp32 (runtime.step.sync_gradients), so the head gets its own cache here."""
+    cast_buffers(model, dtype)
+    caches = [CastCache(dtype)]
+    head = getattr(model, "output", None) if split.head_copy else None
+    cast_parameters(model, caches[0], skip=head)
+    if head is not None:
+        caches.append(CastCache(dtype))
+        cast_parameters(head, caches[1])
+    return caches
+
+
+def batch_gradients(model: nn.Module, batch: torch.Tensor, split: Split, loss_scale: float = 1.0) -> float:
+    """Fill ``.grad`` of ``model``'s parameters with the gradient of the batch mean loss (times
+    ``loss_scale``), walking ``batch [B, s + 1]`` as ``split`` says; returns the mean loss, the
+    mean over groups of each group's mean over its micro-batches (runtime.step.global_loss)."""
+    params = list(model.parameters())
+    sums: list[torch.Tensor | None] = [None] * len(params)
+    total = torch.zeros(())
+    for rows in batch.chunk(split.groups):
+        local = torch.zeros(())
+        for mb in rows.chunk(split.micro):
+            loss = next_token_loss(model(mb[:, :-1]), mb[:, 1:])
+            if split.grads_divided:
+                (loss * loss_scale).backward()  # runtime.step.ParallelModel.scaled_loss
+            else:
+                (loss * loss_scale / split.micro).backward()  # runtime.step.ParallelModel.forward_backward
+            local += loss.detach()
+        total += local / split.micro
+        for i, p in enumerate(params):  # this group's fp32 sum: what its rank holds before the all-reduce
+            g, p.grad = p.grad, None
+            if g is not None and split.grads_divided:
+                g /= split.micro
+            if g is not None:
+                sums[i] = g if sums[i] is None else sums[i].add_(g)
+    for p, s in zip(params, sums):
+        p.grad = None if s is None else s / split.groups
+    return float(total / split.groups)
