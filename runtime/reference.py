@@ -94,10 +94,12 @@ def batch_gradients(model: nn.Module, batch: torch.Tensor, split: Split, loss_sc
         total += local / split.micro
         for i, p in enumerate(params):  # this group's fp32 sum: what its rank holds before the all-reduce
             g, p.grad = p.grad, None
-            if g is not None and split.grads_divided:
+            if g is None:
+                continue
+            if split.grads_divided:
                 g /= split.micro
-            if g is not None:
-                sums[i] = g if sums[i] is None else sums[i].add_(g)
+            held = sums[i]
+            sums[i] = g if held is None else held.add_(g)
     for p, s in zip(params, sums):
         p.grad = None if s is None else s / split.groups
     return float(total / split.groups)
