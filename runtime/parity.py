@@ -63,9 +63,9 @@ def check_parity(
             start_method=start_method,
         )
         gathered = torch.load(params_path, weights_only=True)
-    if matched is None:
-        matched = precision_for(plan, recipe).mixed
-    ref = run_reference(plan, steps, recipe, data, split=Split.of(plan) if matched else WHOLE)
+    precision = precision_for(plan, recipe)
+    matched = precision.mixed if matched is None else matched
+    ref = run_reference(plan, steps, recipe, data, split=Split.of(plan, precision.reduce) if matched else WHOLE)
     losses = [s["loss"] for s in report["steps"]]
     loss_err = max(abs(a - b) / abs(b) for a, b in zip(losses, ref["losses"]))
     norms = [s["grad_norm"] for s in report["steps"]]

@@ -29,7 +29,7 @@ from torch import nn
 
 from runtime.model import next_token_loss
 from runtime.plan_io import model_spec
-from runtime.precision import CastCache, cast_buffers, cast_parameters
+from runtime.precision import CastCache, cast_buffers, cast_parameters, fsdp_shards
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,18 @@ class Split:
     micro: int = 1
     grads_divided: bool = False
     head_copy: bool = False  # a tied embedding's head casts its own 16-bit copy (see reference_casts)
+    reduce: torch.dtype = torch.float32  # of the sum over groups (a 16-bit by-hand all-reduce)
 
     @classmethod
-    def of(cls, plan: dict) -> Split:
+    def of(cls, plan: dict, reduce: torch.dtype = torch.float32) -> Split:
         """The plan's data-parallel rows and micro-batches (runtime.step.ParallelModel); under
-        pp > 1 the last stage holds its own copy of a tied embedding (runtime.pipeline)."""
+        pp > 1 the last stage holds its own copy of a tied embedding (runtime.pipeline); the
+        ranks' gradients are summed in ``reduce`` (the precision's reduce dtype) where the
+        by-hand all-reduce sums them (ZeRO 0/1 over dp·cp > 1 ranks: runtime.step)."""
         p = plan["parallelism"]
-        pp = p["pp"] > 1
-        return cls(p["dp"], p["num_micro_batches"], pp, pp and model_spec(plan).tie_embeddings)
+        pp, by_hand = p["pp"] > 1, p["dp"] * p["cp"] > 1 and not fsdp_shards(plan)
+        tied = pp and model_spec(plan).tie_embeddings
+        return cls(p["dp"], p["num_micro_batches"], pp, tied, reduce if by_hand else torch.float32)
 
 
 WHOLE = Split()  # one forward and backward of the whole batch
@@ -80,7 +84,7 @@ def batch_gradients(model: nn.Module, batch: torch.Tensor, split: Split, loss_sc
     ``loss_scale``), walking ``batch [B, s + 1]`` as ``split`` says; returns the mean loss, the
     mean over groups of each group's mean over its micro-batches (runtime.step.global_loss)."""
     params = list(model.parameters())
-    sums: list[torch.Tensor | None] = [None] * len(params)
+    per_group: list[list[torch.Tensor | None]] = []
     total = torch.zeros(())
     for rows in batch.chunk(split.groups):
         local = torch.zeros(())
@@ -92,14 +96,27 @@ def batch_gradients(model: nn.Module, batch: torch.Tensor, split: Split, loss_sc
                 (loss * loss_scale / split.micro).backward()  # runtime.step.ParallelModel.forward_backward
             local += loss.detach()
         total += local / split.micro
-        for i, p in enumerate(params):  # this group's fp32 sum: what its rank holds before the all-reduce
-            g, p.grad = p.grad, None
-            if g is None:
-                continue
-            if split.grads_divided:
-                g /= split.micro
-            held = sums[i]
-            sums[i] = g if held is None else held.add_(g)
-    for p, s in zip(params, sums):
-        p.grad = None if s is None else s / split.groups
+        per_group.append([_take_grad(p, split) for p in params])  # what this group's rank holds
+    for p, grads in zip(params, zip(*per_group)):
+        p.grad = _average(list(grads), split)
     return float(total / split.groups)
+
+
+def _take_grad(p: torch.Tensor, split: Split) -> torch.Tensor | None:
+    g, p.grad = p.grad, None
+    if g is not None and split.grads_divided:
+        g /= split.micro
+    return g
+
+
+def _average(grads: list[torch.Tensor | None], split: Split) -> torch.Tensor | None:
+    """The groups' gradients summed in ``split.reduce``, divided by their number, in fp32 (the
+    by-hand all-reduce: runtime.step._all_reduce_mean; a missing gradient counts as zeros)."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return None
+    total = torch.zeros_like(present[0], dtype=split.reduce)
+    for g in present:
+        total += g.to(split.reduce)
+    total /= split.groups
+    return total.to(present[0].dtype)
