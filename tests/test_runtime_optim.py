@@ -142,7 +142,6 @@ BF16_MATCHED = {
     "pp-interleaved": FP32_CONFIGS["pp-interleaved"],
     "zero2-tied": FP32_CONFIGS["zero2"],  # FSDP2: both uses of the tied weight meet in bf16
     "pp2xdp2-zero3-tied": (GPT, dict(pp=2, dp=2, zero_stage=3, num_micro_batches=2)),
-    "dp2-hsdp-zero3": (LLAMA, dict(dp=4, zero_stage=3, dp_replicate=2, num_micro_batches=2)),
 }
 
 
