@@ -2,8 +2,8 @@
 parameters, bf16 compute (FSDP2's mixed-precision policy where sharded, the same casts
 otherwise), clipping by the global gradient norm over every parallel dimension, warm-up + cosine.
 
-Each test is one 2-rank process-group launch on gloo, compared with the single-process
-reference following the same recipe (runtime.parity, runtime.train.run_reference).
+Each parity test is one process-group launch on gloo (2 ranks; pp 2 x dp 2: 4), compared with
+the single-process reference following the same recipe (runtime.parity, runtime.train.run_reference).
 
 * fp32 compute: losses, gradient norms (before clipping) and every final parameter within 1e-5
   over 5 steps, for dp, ZeRO-1/2/3, tp + sp and each pipeline schedule. The norm check is the
