@@ -13,7 +13,12 @@
   pipeline stage is left to the first stage's. One all-reduce (sum) over the whole world then
   adds tp shards, FSDP shards and pipeline stages. ``torch.nn.utils.clip_grad_norm_`` reduces
   DTensors over their mesh but not over pipeline stages, nor plain replicas: hence this.
-  Scale ``min(1, max_norm / (norm + 1e-6))`` as clip_grad_norm_ computes it.
+  Scale ``min(1, max_norm / (norm + 1e-6))`` as clip_grad_norm_ computes it. The squares (fp32,
+  each element rounded alike wherever it lives) are summed in fp64, and so is the all-reduce:
+  the fp32 scale is then the same for every layout of the same gradients (a sum's order moves
+  it by about 1e-11 relative, not fp32's 1e-7), where an fp32 sum left the scale one rounding
+  apart between layouts; under 16-bit compute that last-bit difference in the masters flips
+  some 16-bit casts and grows into bf16-sized differences within a few steps (runtime.reference).
 """
 
 from __future__ import annotations
@@ -150,11 +155,11 @@ def global_grad_norm(
     index among the dp·cp ranks holding the same dense parameters; ``experts``: ids of routed
     experts under ep, replicated only over the ranks holding the same experts, where this rank's
     index is ``expert_rank``."""
-    total = torch.zeros((), dtype=torch.float32, device=params[0].device if params else "cpu")
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else "cpu")
     for p in params:
         rank = expert_rank if id(p) in experts else dp_rank
         if p.grad is not None and id(p) not in skip and _counted_here(p, rank, fsdp):
-            total += local_shard(p.grad).float().pow(2).sum()
+            total += local_shard(p.grad).float().pow(2).sum(dtype=torch.float64)  # fp64: module doc
     return _world_sum(total).sqrt()
 
 

@@ -17,7 +17,9 @@ import torch
 
 from runtime.launch import run
 from runtime.plan_io import model_spec
+from runtime.precision import precision_for
 from runtime.recipe import SGD_PARITY, Recipe
+from runtime.reference import WHOLE, Split
 from runtime.train import run_reference
 
 
@@ -43,9 +45,14 @@ def check_parity(
     data: str | None = None,
     start_method: str | None = None,
     memory_plan: str = "none",
+    matched: bool | None = None,
 ) -> ParityResult:
-    """Run ``plan`` on this machine (with ``memory_plan``, runtime.arena), then the reference,
-    both with ``recipe``, and compare them."""
+    """Run ``plan`` on this machine (with ``memory_plan``, runtime.arena), then the reference, both
+    with ``recipe``, and compare them.
+
+    matched: the reference walks the batch as the plan's dp ranks and micro-batches
+    (runtime.reference.Split.of) instead of all at once; default: when ``recipe`` computes in 16
+    bits, where it removes the rounding differences of another split of the batch."""
     with tempfile.TemporaryDirectory(prefix="autopar-parity-") as tmp:
         params_path = Path(tmp, "params.pt")
         report = run(
@@ -59,7 +66,9 @@ def check_parity(
             memory_plan=memory_plan,
         )
         gathered = torch.load(params_path, weights_only=True)
-    ref = run_reference(plan, steps, recipe, data)
+    precision = precision_for(plan, recipe)
+    matched = precision.mixed if matched is None else matched
+    ref = run_reference(plan, steps, recipe, data, split=Split.of(plan, precision.reduce) if matched else WHOLE)
     losses = [s["loss"] for s in report["steps"]]
     loss_err = max(abs(a - b) / abs(b) for a, b in zip(losses, ref["losses"]))
     norms = [s["grad_norm"] for s in report["steps"]]

@@ -97,14 +97,15 @@ class CastCache:
         return sum(t.numel() * t.element_size() for t in local)
 
 
-def cast_parameters(module: nn.Module, cache: CastCache) -> None:
+def cast_parameters(module: nn.Module, cache: CastCache, skip: nn.Module | None = None) -> None:
     """Run the forward of every submodule that holds parameters on ``cache``'s 16-bit copies of
     them (swapped in for the call, the fp32 parameters put back after): recompute in backward
     finds the same copies, and the optimizer, pipeline stages and checkpoints see the fp32
-    parameters under their own names."""
+    parameters under their own names. ``skip``: a submodule left alone (to cast with another
+    cache: runtime.reference)."""
     for sub in module.modules():
         names = [name for name, p in sub._parameters.items() if p is not None]
-        if names:
+        if names and sub is not skip:
             _cast_forward(sub, names, cache)
 
 

@@ -32,15 +32,16 @@ from runtime.context import shard_sequence
 from runtime.hf_weights import Checkpoint, load_part
 from runtime.memory import SavedTensorMeter, state_tensors
 from runtime.metrics import StepLog
-from runtime.model import build_model, next_token_loss
+from runtime.model import build_model
 from runtime.model_state import ModelStateMeter
 from runtime.optim import build_optimizer, build_scheduler, tied_copies, update
 from runtime.parallelize import MESH_DIMS, apply_plan, build_mesh, dense_mesh, dp_mesh
 from runtime.phases import PhaseTimer
 from runtime.plan_io import model_spec
-from runtime.precision import CastCache, LossScaler, cast_buffers, cast_parameters, fsdp_shards, precision_for
+from runtime.precision import LossScaler, fsdp_shards, precision_for
 from runtime.profile import profile_comm
 from runtime.recipe import Recipe
+from runtime.reference import WHOLE, Split, batch_gradients, reference_casts
 from runtime.step import ParallelModel
 from runtime.tokens import open_token_file
 
@@ -79,32 +80,31 @@ def run_reference(
     *,
     data_dtype: str | None = None,
     init_weights: str | None = None,
+    split: Split = WHOLE,
 ) -> dict:
     """One process, no parallelism, the same recipe (optimizer, precision policy, clipping,
     schedule): per-step losses and gradient norms (before clipping), the final parameters by name.
-    init_weights: a Hugging Face checkpoint directory to start from (:mod:`runtime.hf_weights`)."""
+    init_weights: a Hugging Face checkpoint directory to start from (:mod:`runtime.hf_weights`);
+    split: the whole batch at once, or the plan's ranks and micro-batches one by one
+    (:mod:`runtime.reference`: the same 16-bit rounding as the parallel run)."""
     torch.set_num_threads(1)
     recipe = recipe or Recipe()
     precision = precision_for(plan, recipe)
     model = build_model(model_spec(plan), plan["inputs"]["training"]["seed"], torch.float32)
     if init_weights is not None:
         load_part(model, Checkpoint(init_weights))
-    cache = CastCache(precision.compute) if precision.mixed else None
-    if cache is not None:  # the policy of every plan (FSDP2's casts are the same arithmetic)
-        cast_buffers(model, precision.compute)
-        cast_parameters(model, cache)
+    # The policy of every plan (FSDP2's casts are the same arithmetic): runtime.reference.
+    caches = reference_casts(model, precision.compute, split) if precision.mixed else []
     params = list(model.parameters())
     optimizer = build_optimizer(params, recipe)
     scheduler, scaler = build_scheduler(optimizer, recipe, steps), LossScaler(precision.compute == torch.float16)
     source, losses, norms = TokenSource(plan, data, data_dtype), [], []
     for step in range(steps):
-        batch = source.batch(step)
-        loss = next_token_loss(model(batch[:, :-1]), batch[:, 1:])
-        (loss * scaler.scale).backward()
+        loss = batch_gradients(model, source.batch(step), split, scaler.scale)
         norms.append(update(params, optimizer, scheduler, scaler, recipe.max_norm))
-        if cache is not None:
+        for cache in caches:
             cache.clear()
-        losses.append(loss.item())
+        losses.append(loss)
     state = {name: p.detach().clone() for name, p in model.named_parameters()}
     return {"losses": losses, "grad_norms": norms, "params": state}
 
