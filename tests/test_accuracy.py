@@ -56,12 +56,11 @@ def test_memory_on_the_runs_that_published_it(rep):
     s = rep["shared"]
     assert s["memory_runs"] >= 12
     assert s["memory_median_abs_error"] <= 0.10, s
-    # Issue 18 asks never to under-predict by more than 5%: not met. torchtitan's 70B 2D run
-    # (TP 8 + FSDP, float8, micro-batch 16) reserves 71.9 GiB against 61.9 predicted
-    # (docs/cost-model.md, "Where the model misses"); this pins the miss so it cannot grow.
-    assert s["memory_worst_under"] >= -0.14, s
+    # Issue 18: never under-predicted by more than 5% (torchtitan's 70B 2D run, TP 8 + FSDP with a
+    # vocab-parallel loss, is the closest: 71.9 GiB reserved, 70.2 predicted)
+    assert s["memory_worst_under"] >= -0.05, s
     under = [r for r in rep["rows"] if r.get("mem_error", 0) < -0.05 and r["id"] in SHARED]
-    assert {r["id"] for r in under} <= {"tt24-70b-256gpu-2d", "tt24-70b-256gpu-2d-asynctp"}, under
+    assert under == [], under
 
 
 def test_comparison_groups_in_measured_order(rep):

@@ -54,3 +54,17 @@ def test_exports_carry_full_tp_overlap(tmp_path):
     assert any("tp_overlap full" in n and "tp_overlap=none" in n for n in tt.notes)
     back = write_plan(tmp_path / "back.json", SPEC, CLUSTER, replace(train, tp_overlap="backward"), PAR)
     assert "--tp-comm-overlap" not in megatron_argv(export_plan(back, "megatron").text)
+
+
+def test_a_vocab_parallel_loss_holds_one_more_fp32_copy_of_the_logits():
+    """torchtitan with tp > 1 runs DTensor's loss_parallel: zeros_like(x), exp(x) and their sum
+    beside the saved log-softmax output (4 fp32 copies) where the fused ATen loss holds 3;
+    Megatron-Core's fused vocab-parallel loss is the same with and without tp."""
+    from planner.cost.memory import loss_transient_bytes
+
+    tokens, vocab = 8192.0, 128256
+    tt = Training(8, 8192, stack=load_stack("torchtitan-compile"))
+    assert loss_transient_bytes(tokens, vocab, 1, tt) == pytest.approx(2 * tokens * vocab * 4)
+    assert loss_transient_bytes(tokens, vocab, 8, tt) == pytest.approx(3 * tokens * vocab / 8 * 4)
+    mc = Training(8, 8192, stack=load_stack("megatron-core"))
+    assert loss_transient_bytes(tokens, vocab, 8, mc) == loss_transient_bytes(tokens, vocab, 1, mc) == 0.0

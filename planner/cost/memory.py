@@ -91,8 +91,13 @@ def unsharded_bytes_per_param(train: Training, par: Parallel) -> float:
 def loss_transient_bytes(tokens: float, vocab: int, tp: int, train: Training) -> float:
     """fp32 logit copies the loss holds at its peak beyond the fp32 logits the head saves
     (``memory.loss_fp32_logit_copies`` − 1 of them, vocab-sharded by tp): Megatron's gradient of the
-    logits (Korthikanti et al. 2022 §4.3); torchtitan's upcast, log-softmax output and gradient."""
-    return max(train.stack.memory.loss_fp32_logit_copies - 1.0, 0.0) * tokens * vocab / tp * 4
+    logits (Korthikanti et al. 2022 §4.3); torchtitan's upcast, log-softmax output and gradient,
+    and with tp > 1 ``memory.loss_parallel_fp32_logit_copies`` (DTensor's vocab-parallel loss)."""
+    m = train.stack.memory
+    copies = m.loss_fp32_logit_copies
+    if tp > 1 and m.loss_parallel_fp32_logit_copies is not None:
+        copies = m.loss_parallel_fp32_logit_copies
+    return max(copies - 1.0, 0.0) * tokens * vocab / tp * 4
 
 
 def model_state_bytes(

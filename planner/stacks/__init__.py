@@ -73,6 +73,12 @@ class MemorySpec(_Strict):
         description="fp32 copies of the (tp-sharded) logits alive at the loss's peak, beside the 16-bit "
         "logits: upcast, log-softmax output kept for backward, its gradient.",
     )
+    loss_parallel_fp32_logit_copies: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="The same with tp > 1 where the loss runs vocab-parallel through another code path "
+        "(DTensor loss_parallel); null: as without tp.",
+    )
     reserve_fraction: float = Field(
         ge=0.0, lt=1.0, description="Caching-allocator memory reserved beyond the allocated peak, as a fraction of it."
     )
