@@ -29,7 +29,7 @@ STR_FLAGS = ("--pipeline-model-parallel-layout", "--recompute-granularity", "--r
              "--data-parallel-sharding-strategy", "--ckpt-format", "--fp8-format", "--moe-router-score-function",
              "--position-embedding-type")
 BOOL_FLAGS = ("--sequence-parallel", "--use-distributed-optimizer", "--use-megatron-fsdp", "--bf16", "--fp16",
-              "--moe-router-enable-expert-bias", "--qk-layernorm")
+              "--moe-router-enable-expert-bias", "--qk-layernorm", "--tp-comm-overlap")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -77,6 +77,9 @@ def validate(ns: argparse.Namespace, world: int, env: dict[str, str]) -> int:
     ep = ns.expert_model_parallel_size
     assert ep == 1 or (ns.num_experts is not None and ns.num_experts % ep == 0)
     assert not (ep > 1 and tp > 1) or ns.sequence_parallel
+    # arguments.py validate_args: "Tensor parallel communication/GEMM overlap can happen only when
+    # sequence parallelism is enabled"
+    assert not ns.tp_comm_overlap or ns.sequence_parallel
     # transformer_config.py:2284 expert bias only with sigmoid / sqrtsoftplus scores;
     # arguments.py:2314 position embedding choices
     assert not ns.moe_router_enable_expert_bias or ns.moe_router_score_function in ("sigmoid", "sqrtsoftplus")
