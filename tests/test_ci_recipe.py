@@ -64,13 +64,13 @@ def test_unchanged_files_pass(repo):
 
 
 def test_a_model_change_that_no_longer_fits_fails_the_build(repo):
-    (repo / "model.yaml").write_text(MODEL + "ffn_hidden_size: 16384\n")
+    (repo / "model.yaml").write_text(MODEL + "ffn_hidden_size: 18432\n")
     r = sh(GATE, repo)
     assert r.returncode == 1
     lines = r.stdout.splitlines()
     assert any(ln.startswith("::error file=golden.json,title=predicted.stages[0].memory::pipeline rank 0 needs")
                and "GiB over the 75.00 GiB usable" in ln for ln in lines), r.stdout  # 80 GiB - 1 GiB context - 5% headroom
-    assert any(ln.startswith("::warning file=golden.json,title=inputs.model::") and "ffn_hidden_size 14336 -> 16384"
+    assert any(ln.startswith("::warning file=golden.json,title=inputs.model::") and "ffn_hidden_size 14336 -> 18432"
                in ln for ln in lines)
     assert "NOT VALID" in r.stderr
 

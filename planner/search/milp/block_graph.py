@@ -77,7 +77,8 @@ def block_graph(
             f"{layer.name}: the block dataflow covers dense pre-norm blocks; MoE, MLA and parallel residual are not modelled"
         )
     seconds, nbytes = recompute_inputs(layer, graph, cluster, train, par)
-    needed = {x.name for x in layer.saved if x.in_none}
+    # What backward reads: the cost model's 'none' set (a fused activation drops its output)
+    needed = {name for name, _ in saved_tensor_bytes(layer, graph, cluster, train, par)["none"]}
     tensors = [Tensor("attn.norm_in", round(nbytes["attn.norm_in"]), "", True)]
     ops = []
     for name, parts, inputs, outs in _groups(layer):
