@@ -439,6 +439,8 @@ def explain(o: dict = NONE, problem: dict = NONE) -> None:
     else:
         render_explain(out, rep.doc)
     err.print(f"explained in {rep.wall_s:.1f} s", highlight=False)
+    if rep.interrupted:
+        raise cmd.Interrupted("the report above is what was known at Ctrl-C (search.interrupted; open rows say so)")
     if not rep.fits:
         raise Verdict("" if o["infeasible"] else rep.doc["binding"]["text"])
 

@@ -57,11 +57,24 @@ def test_no_plan_within_the_limit_is_not_a_verdict_on_the_problem(monkeypatch):
     assert "no plan found within the time limit (1e-09 s)" in r.stderr and "fit" not in r.stderr, r.stderr
 
 
+def _interrupt_after_cpu(proc: subprocess.Popen, cpu_s: float) -> float:
+    """SIGINT once ``proc`` has used ``cpu_s`` of CPU time, not of wall time: on a busy CI machine
+    the imports alone may take 3 s. Returns when the signal was sent."""
+    import signal
+
+    tick, deadline = os.sysconf("SC_CLK_TCK"), time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / tick >= cpu_s:  # utime + stime
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    return time.perf_counter()
+
+
 def test_ctrl_c_returns_the_best_plan_so_far(tmp_path):
     """SIGINT after 3 s (of CPU) of a 60 s search: exit 130, the plan found so far on stdout with
     solver.status "interrupted" and a valid gap, one line on stderr, no traceback."""
-    import signal
-
     args = ["plan", "-m", "llama3-405b", "-c", "h100-sxm-80gb:1024", "-b", "1024", "-s", "4096"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", *args, "--time-limit", "60", "--format", "json"],
@@ -71,15 +84,7 @@ def test_ctrl_c_returns_the_best_plan_so_far(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
-    # 3 s of CPU time, not of wall time: on a busy CI machine the imports alone may take 3 s.
-    tick, deadline = os.sysconf("SC_CLK_TCK"), time.perf_counter() + 60
-    while time.perf_counter() < deadline:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        if (int(fields[11]) + int(fields[12])) / tick >= 3.0:  # utime + stime
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    t0 = time.perf_counter()
+    t0 = _interrupt_after_cpu(proc, 3.0)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-3000:]
     assert time.perf_counter() - t0 < 15  # a few estimates at most after the signal
@@ -87,3 +92,36 @@ def test_ctrl_c_returns_the_best_plan_so_far(tmp_path):
     doc = json.loads(stdout)
     assert doc["solver"]["status"] == "interrupted" and 0 <= doc["solver"]["gap"] <= 1, doc["solver"]
     assert doc["parallelism"]["dp"] * doc["parallelism"]["tp"] * doc["parallelism"]["pp"] == 1024
+
+
+def test_ctrl_c_during_explain_returns_the_answers_known_so_far(tmp_path):
+    """SIGINT after 7 s (of CPU; the questions are asked by then) of a 60 s explain of the 70B
+    plan: exit 130, the report on stdout marked ``search.interrupted``, every question made so
+    far with its best plan and a valid gap, one line on stderr, no traceback. It used to print
+    "interrupted" alone."""
+    plan = tmp_path / "p.json"
+    args = ["plan", "-m", "llama3-70b", "-c", "h100-sxm-80gb:64", "-b", "256", "-s", "4096", "--time-limit", "5"]
+    r = runner.invoke(app, [*args, "--out", str(plan)])
+    assert r.exit_code == 0, r.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli", "explain", str(plan), "--time-limit", "60", "--format", "json"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    t0 = _interrupt_after_cpu(proc, 7.0)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert time.perf_counter() - t0 < 15
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted: the report above")
+    doc = json.loads(stdout)
+    assert doc["search"]["interrupted"] is True and doc["search"]["wall_s"] < 60
+    rows = [a for d in doc["decisions"] for a in d["alternatives"]] + doc["what_if"]
+    assert sum(a["status"] == "fits" for a in rows) >= 5, rows
+    assert any((a["search"] or {}).get("status") == "interrupted" for a in rows), rows
+    for a in rows:
+        assert a["status"] in ("fits", "not_found", "does_not_fit", "invalid"), a
+        if a["status"] == "fits":
+            assert 0 <= a["search"]["gap"] <= 1 and a["search"]["bound_s"] <= a["step_time_s"] * (1 + 1e-9), a

@@ -22,6 +22,7 @@ One question (``branch_and_bound``), with ``gap`` the relative optimality target
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -226,6 +227,16 @@ def _resume_unfinished(
             if r.best is not None and step_s(r.best) < step_s(incumbent):
                 incumbent = r.best
     return incumbent
+
+
+def interrupted_outcome(pool: Pool, cands: list[Candidate], incumbent: Estimate | None, gap: float) -> Outcome:
+    """A question Ctrl-C cut short: the best plan its candidates hold so far (a heuristic's, or a
+    solve's before the signal) against the least of their recorded bounds, each valid whether
+    closed-form, raised by a solve or 0 when unbounded, so the gap stays true. ``optimal`` or
+    ``within_gap`` when those already prove it, ``infeasible`` when no candidate can fit, else
+    ``interrupted``."""
+    out = _outcome(pool, cands, [], best_known(cands, incumbent), gap)
+    return dataclasses.replace(out, status=SearchStatus.INTERRUPTED) if out.status == SearchStatus.TIME_LIMIT else out
 
 
 def best_known(cands: list[Candidate], incumbent: Estimate | None = None) -> Estimate | None:
