@@ -53,6 +53,10 @@ class SearchContext:
     options: tuple[str, ...]
     backend: str = "ortools"
     gap: float = 0.01
+    # The backends that answered this problem's MILPs (Solution.backend): the requested one, or
+    # the other when it was missing or failed (milp.model.Model.solve falls back); the plan file
+    # records them (planner.commands.plan.solver_block).
+    solved_with: set[str] = field(default_factory=set, compare=False, repr=False)
 
     @staticmethod
     def build(

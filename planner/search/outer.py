@@ -48,6 +48,7 @@ class SearchResult:
     certificate: Certificate
     phases_s: dict[str, float]
     candidates: list[CandidateResult]
+    solved_with: tuple[str, ...] = ()  # the backends that answered its MILPs (SearchContext.solved_with)
 
 
 def _polish(
@@ -156,4 +157,4 @@ def search(
         "polish_s": t_pol - t_alt,
         "total_s": t_pol - t0,
     }
-    return SearchResult(incumbent, alts, cert, phases, results)
+    return SearchResult(incumbent, alts, cert, phases, results, tuple(sorted(ctx.solved_with)))

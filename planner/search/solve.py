@@ -19,7 +19,7 @@ from planner.cost.schedule import PathCounts, warmup_paths
 from planner.search.bounds import candidate_bound
 from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
 from planner.search.milp.data import PlacementData, build_data
-from planner.search.milp.model import Model, SolveStatus
+from planner.search.milp.model import Model, Solution, SolveStatus
 from planner.search.milp.placement import build_placement_model, read_assignment
 
 # Above this many schedule operations (2·m·p·v) the exact-schedule LP takes seconds; the
@@ -81,9 +81,9 @@ def solve(
         if rp not in seen:
             seen.add(rp)
             cuts.append(rp)
-    lp = _lp_bound(build_placement_model(job.data, exact=False, cuts=cuts)[0], ctx.backend, deadline)
+    lp = _lp_bound(build_placement_model(job.data, exact=False, cuts=cuts)[0], ctx, deadline)
     if par.pp > 1 and lp < cutoff_s and 2 * job.data.m * par.chunks <= EXACT_LP_MAX_OPS:
-        lp = max(lp, _lp_bound(build_placement_model(job.data, exact=True)[0], ctx.backend, deadline))
+        lp = max(lp, _lp_bound(build_placement_model(job.data, exact=True)[0], ctx, deadline))
     if lp == float("inf"):
         return CandidateResult(par, lp, CandStatus.INFEASIBLE, None, 1, {}, time.perf_counter() - t0)
     lp = max(lp, floor_s)
@@ -116,6 +116,7 @@ def _refine(
         model.add(v.T, ">=", job.floor_s, "floor[candidate_bound]")
         size = model.size
         sol = model.solve(ctx.backend, max(0.05, job.deadline - time.perf_counter()), rel_gap=max(job.rel_tol, 1e-9))
+        _record_backend(ctx, sol)
         if sol.status == SolveStatus.INFEASIBLE:
             # No placement beats the cutoff (or none fits at all when there is no cutoff).
             if job.cutoff_s < float("inf"):
@@ -147,7 +148,13 @@ def _refine(
     return CandidateResult(par, bound, status, best, it, size, spent_s + time.perf_counter() - t0, cuts)
 
 
-def _lp_bound(model: Model, backend: str, deadline: float) -> float:
+def _record_backend(ctx: SearchContext, sol: Solution) -> None:
+    """Note which backend answered (after a fallback, not the requested one); an error is no answer."""
+    if sol.status != SolveStatus.ERROR:
+        ctx.solved_with.add(sol.backend)
+
+
+def _lp_bound(model: Model, ctx: SearchContext, deadline: float) -> float:
     """Lower bound from a placement model's LP relaxation (block counts fractional); 0 when the
     LP does not finish. The exact schedule form's relaxation is far stronger than the path-cut
     form's for deep pipelines but costs one LP over 2·m·p·v start times; the path-cut form's
@@ -155,7 +162,8 @@ def _lp_bound(model: Model, backend: str, deadline: float) -> float:
     assumes none)."""
     for var in model.vars:
         var.integer = False
-    sol = model.solve(backend, max(0.05, min(5.0, deadline - time.perf_counter())), rel_gap=1e-9)
+    sol = model.solve(ctx.backend, max(0.05, min(5.0, deadline - time.perf_counter())), rel_gap=1e-9)
+    _record_backend(ctx, sol)
     if sol.status == SolveStatus.INFEASIBLE:
         return float("inf")
     return sol.objective if sol.status == SolveStatus.OPTIMAL and sol.objective is not None else 0.0
