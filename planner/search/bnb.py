@@ -37,6 +37,7 @@ from planner.search.bounds import candidate_bound
 from planner.search.candidates import enumerate_candidates
 from planner.search.context import Candidate, CandidateResult, CandStatus, SearchContext, SearchStatus, step_s
 from planner.search.heuristics import mixed_recompute_plan, recompute_proxy_s
+from planner.search.pace import Pace, schedule_ops
 from planner.search.solve import OPT_TOL, solve
 
 Progress = Callable[[int, int, "Estimate | None", CandidateResult], None]
@@ -72,6 +73,7 @@ class Pool:
         self.rejected = 0  # of the last enumeration
         self.enumerate_s = self.bound_s = 0.0  # seconds the last ``candidates`` call spent on each
         self.interrupted = False  # Ctrl-C arrived while bounding (``candidates``)
+        self.pace = Pace()  # of the placement solves (planner.search.pace): one predicted past the deadline waits
 
     def candidates(
         self, fixed: dict[str, tuple] | None = None, where: dict[str, object] | None = None, deadline: float = math.inf
@@ -157,11 +159,14 @@ def _visit(pool: Pool, c: Candidate, inc: Estimate | None, gap: float, deadline:
         return CandidateResult(
             c.par, c.bound_s, c.last.status, c.best, c.last.iterations, c.last.model_size, c.last.solve_s, c.last.cuts
         )
-    if c.bound_s * (1 + gap) >= t or time.perf_counter() > deadline:
+    ops = schedule_ops(c.par, ctx.train.global_batch)
+    if c.bound_s * (1 + gap) >= t or not pool.pace.fits(ops, deadline):
         status = CandStatus.PRUNED_TIME if c.bound_s * (1 + gap) >= t else CandStatus.TIME_LIMIT
         return CandidateResult(c.par, c.bound_s, status)
     budget = max(0.5, (deadline - time.perf_counter()) / 8)
-    r = solve(ctx, c.par, c.costs, gap / 2, min(deadline, time.perf_counter() + budget), t / (1 + gap), floor_s=c.lb_s)
+    end = min(deadline, time.perf_counter() + budget)
+    r = solve(ctx, c.par, c.costs, gap / 2, end, t / (1 + gap), floor_s=c.lb_s, hard_deadline=deadline)
+    pool.pace.record(ops, r.first_s or r.solve_s)
     r.bound_s = max(r.bound_s, c.lb_s)
     pool.absorb(c, r, gap)
     return r
@@ -208,9 +213,13 @@ def _resume_unfinished(
         ]
         if not open_:
             break
-        budget = (deadline - time.perf_counter()) / len(open_)
+        budget, solved = (deadline - time.perf_counter()) / len(open_), 0
         for k in open_:
             old, c = results[k], cands[k]
+            ops = schedule_ops(c.par, pool.ctx.train.global_batch)
+            if not pool.pace.fits(ops, deadline):  # its first MILP alone would end past the deadline
+                continue
+            solved += 1
             r = solve(
                 pool.ctx,
                 c.par,
@@ -220,12 +229,16 @@ def _resume_unfinished(
                 inc / (1 + gap),
                 prior=old,
                 floor_s=c.lb_s,
+                hard_deadline=deadline,
             )
+            pool.pace.record(ops, r.first_s)
             r.bound_s = max(r.bound_s, old.bound_s)
             pool.absorb(c, r, gap)
             results[k] = r
             if r.best is not None and step_s(r.best) < step_s(incumbent):
                 incumbent = r.best
+        if not solved:
+            break
     return incumbent
 
 
