@@ -13,7 +13,8 @@ One question (``branch_and_bound``), with ``gap`` the relative optimality target
    not solved again;
 2. solve the others' placement MILP (``planner.search.solve``) with the cutoff
    ``incumbent / (1 + gap)``; each gets a slice of the time left (an eighth, at least 0.5 s) so
-   one hard MILP cannot starve the rest;
+   one hard MILP cannot starve the rest, and none starts when the pace of the solves before it
+   (``planner.search.pace``) predicts it would end past the deadline;
 3. candidates whose slice ran out while their bound could still beat the incumbent resume from
    their cuts, sharing the time that is left, until they settle or the deadline passes;
 4. the question's lower bound is the minimum over its candidates of their best known bound, so
