@@ -1,7 +1,10 @@
 """Bad input never crashes (issue 21, item 1): hypothesis generates malformed and hostile model
-specs, cluster specs, Hugging Face configs, plan files and command-line values for every entry
-point, run in-process through typer's CliRunner. Each must end with exit 0/1 (a valid input) or
-exit 2 with one line on stderr; never exit 3, never a traceback, never past the deadline.
+specs, cluster specs, Hugging Face configs, plan files, command-line values and token files
+(`run --data`) for every entry point, run in-process through typer's CliRunner. Each must end
+with exit 0/1 (a valid input) or exit 2 with one line on stderr (usage errors included); never
+exit 3, never a traceback, never past the deadline. Token files go through the check `run` makes
+before any rank starts (runtime.launch.check_inputs), one in ten through the CLI with the launch
+stubbed, and must agree with an independent reading of the bytes (``_expected_dtype``).
 
 The counts of generated inputs per entry point are printed in the terminal summary
 (tests/conftest.py, ``pytest_terminal_summary``). CI runs ``EXAMPLES`` (2,000) per entry point;
