@@ -35,14 +35,12 @@ from planner.commands.validate import VALIDATE_OPTIONS
 from planner.config import plan_warnings
 from planner.inputs import PROBLEM_OPTIONS, build_inputs, parse_sets
 from planner.knobs import cli_parameters
+from planner.render.usage import OneLineUsageGroup
 from runtime.options import RUN_OPTIONS, launch_options
 from runtime.plan_io import PlanError as RuntimePlanError
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Plan, score and run parallel training of large models (dp/tp/pp/cp/ep, ZeRO, recompute).",
-)
+# Usage errors are one line and exit 2, as other bad input (planner/render/usage.py); help: main's docstring.
+app = typer.Typer(cls=OneLineUsageGroup, add_completion=False, no_args_is_help=True)
 presets_app = typer.Typer(no_args_is_help=True, help="List and show model and GPU presets.")
 schema_app = typer.Typer(no_args_is_help=True, help="Print JSON Schemas of autopar's files.")
 app.add_typer(presets_app, name="presets")
@@ -441,6 +439,8 @@ def explain(o: dict = NONE, problem: dict = NONE) -> None:
     else:
         render_explain(out, rep.doc)
     err.print(f"explained in {rep.wall_s:.1f} s", highlight=False)
+    if rep.interrupted:
+        raise cmd.Interrupted("the report above is what was known at Ctrl-C (search.interrupted; open rows say so)")
     if not rep.fits:
         raise Verdict("" if o["infeasible"] else rep.doc["binding"]["text"])
 

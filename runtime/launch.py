@@ -146,7 +146,7 @@ def _start_and_watch(ctx: _Context, nprocs: int, plan: dict, args: dict) -> None
             raise
 
 
-def _check_inputs(plan: dict, data: str | None, data_dtype: str | None, init_weights) -> str | None:
+def check_inputs(plan: dict, data: str | None, data_dtype: str | None, init_weights) -> str | None:
     """Vet the token file and the checkpoint before any rank starts (one line, not a traceback
     per rank); the token file's id type."""
     try:
@@ -214,7 +214,7 @@ def run(
     nprocs = _check_world(plan, nprocs)
     check_memory_plan(plan, memory_plan)
     device = resolve_device(plan, device, nprocs)
-    data_dtype = _check_inputs(plan, data, data_dtype, init_weights)
+    data_dtype = check_inputs(plan, data, data_dtype, init_weights)
     recipe = recipe or Recipe()
     optimizer_name = optimizer_class(recipe)[0].__name__
     ckpt = checkpoint_options(plan, steps, checkpoint_dir, checkpoint_every, resume, optimizer_name)
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = load_plan(a.plan)
     check_memory_plan(plan, a.memory_plan)
     # Every rank vets the files it will read before joining the group: a bad one stops all.
-    extra["data_dtype"] = _check_inputs(plan, a.data, a.data_dtype, a.init_weights)
+    extra["data_dtype"] = check_inputs(plan, a.data, a.data_dtype, a.init_weights)
     checkpoint = checkpoint_options(
         plan, a.steps, a.checkpoint_dir, a.checkpoint_every, a.resume, optimizer_class(recipe)[0].__name__
     )

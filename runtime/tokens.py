@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 
@@ -76,7 +77,13 @@ def open_token_file(path: str, vocab_size: int, data_dtype: str | None = None) -
     flag, the header or the size disagree."""
     if data_dtype is not None and data_dtype not in TOKEN_DTYPES:
         raise ValueError(f"--data-dtype must be one of {', '.join(TOKEN_DTYPES)} (got {data_dtype!r})")
-    size = Path(path).stat().st_size
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:  # missing, a link loop, a path through a file: name the file, not errno
+        raise ValueError(f"token file {path}: {exc.strerror or exc}") from None
+    if not S_ISREG(stat.st_mode):  # a directory's size is not a count of ids; a FIFO would block
+        raise ValueError(f"token file {path}: not a regular file (a directory or a device)")
+    size = stat.st_size
     found = _llmc_header(path, size)
     if found is not None:
         if data_dtype is not None and data_dtype != found.dtype:

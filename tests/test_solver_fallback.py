@@ -62,3 +62,62 @@ def test_infeasible_is_an_answer_not_a_failure(capsys):
     m.add(milp.Expr.of(m.vars[0]), ">=", 2, "impossible")
     assert m.solve("ortools").status == milp.SolveStatus.INFEASIBLE
     assert capsys.readouterr().err == ""
+
+
+PLAN = ["plan", "-m", "debug", "-c", "cpu:4", "-b", "16", "-s", "64", "--dtype", "fp32", "--pp", "2", "-f", "json"]
+
+
+def _plan_solver_block(*extra: str) -> tuple[dict, str]:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    r = CliRunner().invoke(app, [*PLAN, *extra])
+    assert r.exit_code == 0, r.stderr
+    solver = json.loads(r.stdout)["solver"]
+    assert solver["model_sizes"]["milps_solved"] > 0  # MILPs were solved, by some backend
+    return solver, r.stderr
+
+
+def test_the_plan_file_records_the_backend_that_solved(monkeypatch):
+    """--solver ortools with OR-Tools failing: every MILP falls back to PuLP, and the plan says
+    so (it used to record ortools-highs, the backend asked for, not the one that answered)."""
+    solver, err = _plan_solver_block()
+    assert (solver["backend"], solver["backend_requested"]) == ("ortools-highs", "ortools-highs")
+
+    def missing(*args, **kwargs):
+        raise ImportError("No module named 'ortools.math_opt'")
+
+    monkeypatch.setattr(milp, "solve_mathopt_highs", missing)
+    monkeypatch.setattr(milp, "solve_ortools", missing)  # GLOP (pure LPs) too
+    solver, err = _plan_solver_block()
+    assert (solver["backend"], solver["backend_requested"]) == ("pulp", "ortools-highs"), solver
+    assert "warning: solver ortools failed (ImportError" in err and "solving with pulp instead" in err
+
+
+def test_a_failing_pulp_is_recorded_as_ortools(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pulp", None)
+    solver, err = _plan_solver_block("--solver", "pulp")
+    assert (solver["backend"], solver["backend_requested"]) == ("ortools-highs", "pulp"), solver
+    assert "solver pulp failed" in err
+
+
+def test_some_milps_falling_back_record_both(monkeypatch):
+    """OR-Tools fails on the first MILP only: both backends answered, and both are recorded."""
+    calls = []
+
+    def first_fails(real):
+        def solve(*args, **kwargs):
+            calls.append(real.__name__)
+            if len(calls) == 1:
+                raise RuntimeError("solver crashed")
+            return real(*args, **kwargs)
+
+        return solve
+
+    monkeypatch.setattr(milp, "solve_mathopt_highs", first_fails(milp.solve_mathopt_highs))
+    monkeypatch.setattr(milp, "solve_ortools", first_fails(milp.solve_ortools))
+    solver, _ = _plan_solver_block()
+    assert len(calls) > 1 and (solver["backend"], solver["backend_requested"]) == ("ortools-highs+pulp", "ortools-highs")

@@ -11,6 +11,10 @@
 
 One wall-clock budget (``--time-limit``) is shared out in slices; every figure is ``estimate``
 of a real plan and carries its question's certificate (status, lower bound, gap).
+
+Ctrl-C ends the questions with what is known: each question made so far with the best plan its
+candidates hold and their bounds (``interrupted_outcome``, status ``interrupted`` where unsettled),
+``search.interrupted`` true; the CLI prints the report and exits 130.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from planner.planfile.build import parallel_dict
 from planner.planfile.load import load_plan, plan_inputs
 from planner.planfile.schema import SCHEMA_VERSION
 from planner.schedules import INTERLEAVED
-from planner.search.bnb import Outcome, Pool, best_known, branch_and_bound
+from planner.search.bnb import Outcome, Pool, best_known, branch_and_bound, interrupted_outcome
 from planner.search.candidates import space_of
 from planner.search.context import Candidate, SearchContext, SearchStatus
 
@@ -164,12 +168,9 @@ def answer_row(prob: Problem, base: Estimate, value: Any, task: Task) -> dict:
     }
     if a.best is not None:
         return {**row, "status": "fits", "reason": None, **delta_row(base, a.best)}
-    if a.status == SearchStatus.TIME_LIMIT:
-        return {
-            **row,
-            "status": "not_found",
-            "reason": f"no plan found within the time limit (lower bound {a.bound_s:.3f} s)",
-        }
+    if a.status in (SearchStatus.TIME_LIMIT, SearchStatus.INTERRUPTED):
+        cut = "within the time limit" if a.status == SearchStatus.TIME_LIMIT else "before Ctrl-C"
+        return {**row, "status": "not_found", "reason": f"no plan found {cut} (lower bound {a.bound_s:.3f} s)"}
     cap = pool.ctx.cap_bytes
     live = [c for c in task.cands if c.mem_lb_bytes <= cap]
     if not live:
@@ -198,16 +199,19 @@ def _what_if_tasks(prob: Problem, base: Estimate) -> list[tuple[dict, Task]]:
     pool = prob.pool(big)
     inc = estimate(prob.spec, big, prob.train, prob.par)
     mine = pool.seed(inc)
+    _stop_if_interrupted(pool)
     n2 = c.num_gpus + c.gpus_per_node
     sets = [f"cluster.num_nodes={c.num_nodes + 1}", f"cluster.name={c.gpu.name}:{n2}"]
     more = override(c, parse_sets(sets)["cluster"], ClusterSpec, "cluster")
     pool2 = prob.pool(more, Knobs({**prob.knobs.values, "dp": None}))
     grown = Task(pool2, pool2.candidates())
+    many = Task(pool, pool.candidates(), inc)
+    _stop_if_interrupted(pool, pool2)
     if not grown.cands:
         grown.reason = _grown_reason(prob, more)
     return [
         ({"change": "+1 GiB per GPU, same mesh re-placed", "override": hbm}, Task(pool, [mine], inc, EXACT_GAP)),
-        ({"change": "+1 GiB per GPU, re-planned", "override": hbm}, Task(pool, pool.candidates(), inc)),
+        ({"change": "+1 GiB per GPU, re-planned", "override": hbm}, many),
         ({"change": f"+1 node ({n2} GPUs), re-planned", "override": " ".join(sets)}, grown),
     ]
 
@@ -248,20 +252,52 @@ def run_tasks(tasks: list[Task], deadline: float, progress=None) -> None:
             t.answer = _answer(t, deadline)
 
 
-def _decisions(prob: Problem, pool: Pool) -> tuple[list[dict], list[Task]]:
-    """Each decision with its alternative values, and one task per distinct question."""
-    decisions, tasks, same = [], [], {}
+def _stop_if_interrupted(*pools: Pool) -> None:
+    """Ctrl-C caught while bounding (``Pool.candidates`` records it and goes on) ends the
+    questions here: asking the next one would bound every candidate the signal skipped."""
+    if any(p.interrupted for p in pools):
+        raise KeyboardInterrupt
+
+
+def _decisions(prob: Problem, pool: Pool, decisions: list[dict], tasks: list[Task]) -> None:
+    """Each decision with its alternative values, and one task per distinct question, appended to
+    ``decisions`` and ``tasks`` as they are made (Ctrl-C keeps those made so far)."""
+    same: dict[frozenset, Task] = {}
     for name in DECISIONS:
-        entry = {"decision": name, "chosen": getattr(prob.par, name), "alternatives": []}
+        entry: dict[str, Any] = {"decision": name, "chosen": getattr(prob.par, name), "alternatives": []}
+        decisions.append(entry)
         for v in alternatives(prob, name):
             cands = pool.candidates(*question(name, v))
+            _stop_if_interrupted(pool)
             key = frozenset(c.par for c in cands)  # e.g. vpp 2 and schedule interleaved: one question
             if cands and key not in same:
                 same[key] = Task(pool, cands)
                 tasks.append(same[key])
             entry["alternatives"].append((v, same.get(key)))
-        decisions.append(entry)
-    return decisions, tasks
+
+
+def _ask(
+    prob: Problem, base: Estimate, pool: Pool, deadline: float, progress=None
+) -> tuple[list[dict], list[Task], list[tuple[dict, Task]], bool]:
+    """Make the questions (decisions, what-ifs) and answer them by ``deadline``; Ctrl-C ends with
+    every question made so far and what is known of it (``interrupted_outcome``) and True."""
+    decisions: list[dict] = []
+    tasks: list[Task] = []
+    what_if: list[tuple[dict, Task]] = []
+    try:
+        pool.candidates()
+        _stop_if_interrupted(pool)
+        pool.seed(base)
+        _decisions(prob, pool, decisions, tasks)
+        what_if = _what_if_tasks(prob, base)
+        # What-ifs first: they are few, and the last slices shrink when earlier solves overrun theirs.
+        run_tasks([t for _, t in what_if] + tasks, deadline, progress)
+    except KeyboardInterrupt:
+        for t in tasks + [t for _, t in what_if]:
+            if t.answer is None and t.cands:
+                t.answer = interrupted_outcome(t.pool, t.cands, t.incumbent, t.pool.ctx.gap if t.gap is None else t.gap)
+        return decisions, tasks, what_if, True
+    return decisions, tasks, what_if, False
 
 
 def explain_plan(doc: dict, sets: dict, time_limit_s: float, progress=None) -> ExplainReport:
@@ -270,12 +306,7 @@ def explain_plan(doc: dict, sets: dict, time_limit_s: float, progress=None) -> E
     prob = load_problem(doc, sets)
     base = estimate(prob.spec, prob.cluster, prob.train, prob.par)
     pool = prob.pool()
-    pool.candidates()
-    pool.seed(base)
-    decisions, tasks = _decisions(prob, pool)
-    what_if = _what_if_tasks(prob, base)
-    # What-ifs first: they are few, and the last slices shrink when earlier solves overrun theirs.
-    run_tasks([t for _, t in what_if] + tasks, t0 + time_limit_s, progress)
+    decisions, tasks, what_if, interrupted = _ask(prob, base, pool, t0 + time_limit_s, progress)
     for entry in decisions:
         entry["alternatives"] = [
             answer_row(prob, base, v, t)
@@ -310,9 +341,10 @@ def explain_plan(doc: dict, sets: dict, time_limit_s: float, progress=None) -> E
             "wall_s": time.perf_counter() - t0,
             "milps": sum({id(t.pool): t.pool.milps for t in tasks + [t for _, t in what_if]}.values()),
             "candidates": len(pool.cands),
+            "interrupted": interrupted,  # Ctrl-C: the questions not settled say so (status interrupted)
         },
     }
-    return ExplainReport(report, base.fits, report["search"]["wall_s"])
+    return ExplainReport(report, base.fits, report["search"]["wall_s"], interrupted)
 
 
 def run_explain(

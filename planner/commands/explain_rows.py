@@ -30,6 +30,7 @@ class ExplainReport:
     doc: dict[str, Any]
     fits: bool
     wall_s: float
+    interrupted: bool = False  # Ctrl-C: a partial report (the CLI prints it, then exits 130)
 
 
 def delta_row(base: Estimate, e: Estimate) -> dict:

@@ -141,12 +141,23 @@ def reproduce_command(refs: dict, train: Training, raw: dict, extra: dict) -> st
     return " ".join(shlex.quote(a) for a in args)
 
 
+def backend_used(res: SearchResult, requested: str) -> str:
+    """The backend that answered the search's MILPs, as ``--solver`` names it in plan files: the
+    requested one, or the other where it was missing or failed and the MILPs fell back
+    (milp.model.Model.solve); both, joined by "+", when only some fell back. The requested one
+    when no MILP was solved."""
+    used = sorted({"pulp" if b.startswith("pulp") else "ortools" for b in res.solved_with})
+    return "+".join(SOLVERS[b] for b in used) if used else SOLVERS.get(requested, requested)
+
+
 def solver_block(res: SearchResult, backend: str) -> dict:
-    """The plan file's ``solver`` block: status, objective, bound, gap, timings, certificate, sizes."""
+    """The plan file's ``solver`` block: status, objective, bound, gap, timings, certificate,
+    sizes; ``backend`` the one that solved, ``backend_requested`` the one ``--solver`` asked for."""
     c = res.certificate
     solved = [r for r in res.candidates if r.iterations]
     return {
-        "backend": SOLVERS.get(backend, backend),
+        "backend": backend_used(res, backend),
+        "backend_requested": SOLVERS.get(backend, backend),
         "status": c.status,
         "objective": c.incumbent_s,
         "best_bound": c.best_bound_s,

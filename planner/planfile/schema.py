@@ -67,7 +67,11 @@ class StageBlock(_OpenStrict):
 
 
 class SolverBlock(_Open):
-    backend: str
+    backend: str = Field(
+        description="The MILP backend that solved: ortools-highs or pulp, the other than requested when the "
+        "requested one was missing or failed, both joined by '+' when only some MILPs fell back."
+    )
+    backend_requested: str | None = Field(None, description="The backend --solver asked for.")
     status: str
     objective: float | None = Field(description="Step time of the plan, seconds.")
     best_bound: float | None = Field(

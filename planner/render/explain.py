@@ -14,6 +14,7 @@ SEARCH = {
     "optimal": "optimal",
     "within_gap": "within gap",
     "time_limit": "time limit",
+    "interrupted": "interrupted",
     "infeasible": "none fits",
     "no_candidates": "-",
 }
@@ -53,6 +54,8 @@ def render_explain(out: Console, r: dict) -> None:
         f"{cert['status']}{gap}",
         highlight=False,
     )
+    if r["search"].get("interrupted"):
+        out.print("[bold]interrupted[/bold]: the answers known at Ctrl-C; open questions say so", highlight=False)
     out.print(f"[bold]binding constraint: {b['binds']}[/bold] — {escape(b['text'])}", highlight=False)
     out.print("step time: " + ", ".join(f"{k} {v:.3f} s" for k, v in b["time_components_s"].items()), highlight=False)
     out.print(_decision_table(r["decisions"]))

@@ -7,7 +7,7 @@ import time
 from planner.config import Parallel
 from planner.cost.estimate import Estimate
 from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
-from planner.search.heuristics import cheap, least_recompute_that_fits
+from planner.search.heuristics import cheap, paced_try
 
 UNPLACED = (CandStatus.PRUNED_TIME, CandStatus.PRUNED_BOUND, CandStatus.TIME_LIMIT)
 
@@ -26,7 +26,8 @@ def alternatives(
     best), reusing the plans the incumbent heuristic tried, then more in bound order while the bound
     could still beat the k-th plan listed: every cheap one (a small schedule, estimated in
     milliseconds) and up to ``4·top_k`` others (a count, not a time budget, so the list is
-    deterministic unless the time limit has already passed). Without this the list would skip
+    deterministic unless the time limit has already passed; one predicted to end past it is
+    skipped, ``paced_try``). Without this the list would skip
     the strongest losers: exactly the ones a bound prunes."""
     same = incumbent.par.with_(recompute="none", stage_layers=None) if incumbent else None
     alts = [r for r in results if r.best is not None and r.par != same]
@@ -45,10 +46,10 @@ def alternatives(
             break  # bound order from here: no later candidate can beat the k-th either
         else:
             quick = cheap(r.par, ctx.train.global_batch)
-            if not quick and extra <= 0:
-                continue
+            if not quick and extra <= 0 or not paced_try(ctx, r.par, deadline, tried):
+                continue  # past the count, or predicted to end past the deadline
             extra -= not quick
-            e = tried[r.par] = least_recompute_that_fits(ctx.spec, ctx.cluster, ctx.train, r.par, ctx.options)
+            e = tried[r.par]
         if e is not None:
             alts.append(CandidateResult(r.par, r.bound_s, CandStatus.HEURISTIC, e))
     return sorted(alts, key=tie_order)[:top_k]

@@ -13,7 +13,8 @@ One question (``branch_and_bound``), with ``gap`` the relative optimality target
    not solved again;
 2. solve the others' placement MILP (``planner.search.solve``) with the cutoff
    ``incumbent / (1 + gap)``; each gets a slice of the time left (an eighth, at least 0.5 s) so
-   one hard MILP cannot starve the rest;
+   one hard MILP cannot starve the rest, and none starts when the pace of the solves before it
+   (``planner.search.pace``) predicts it would end past the deadline;
 3. candidates whose slice ran out while their bound could still beat the incumbent resume from
    their cuts, sharing the time that is left, until they settle or the deadline passes;
 4. the question's lower bound is the minimum over its candidates of their best known bound, so
@@ -22,6 +23,7 @@ One question (``branch_and_bound``), with ``gap`` the relative optimality target
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +38,7 @@ from planner.search.bounds import candidate_bound
 from planner.search.candidates import enumerate_candidates
 from planner.search.context import Candidate, CandidateResult, CandStatus, SearchContext, SearchStatus, step_s
 from planner.search.heuristics import mixed_recompute_plan, recompute_proxy_s
+from planner.search.pace import Pace, schedule_ops
 from planner.search.solve import OPT_TOL, solve
 
 Progress = Callable[[int, int, "Estimate | None", CandidateResult], None]
@@ -71,6 +74,7 @@ class Pool:
         self.rejected = 0  # of the last enumeration
         self.enumerate_s = self.bound_s = 0.0  # seconds the last ``candidates`` call spent on each
         self.interrupted = False  # Ctrl-C arrived while bounding (``candidates``)
+        self.pace = Pace()  # of the placement solves (planner.search.pace): one predicted past the deadline waits
 
     def candidates(
         self, fixed: dict[str, tuple] | None = None, where: dict[str, object] | None = None, deadline: float = math.inf
@@ -156,11 +160,14 @@ def _visit(pool: Pool, c: Candidate, inc: Estimate | None, gap: float, deadline:
         return CandidateResult(
             c.par, c.bound_s, c.last.status, c.best, c.last.iterations, c.last.model_size, c.last.solve_s, c.last.cuts
         )
-    if c.bound_s * (1 + gap) >= t or time.perf_counter() > deadline:
+    ops = schedule_ops(c.par, ctx.train.global_batch)
+    if c.bound_s * (1 + gap) >= t or not pool.pace.fits(ops, deadline):
         status = CandStatus.PRUNED_TIME if c.bound_s * (1 + gap) >= t else CandStatus.TIME_LIMIT
         return CandidateResult(c.par, c.bound_s, status)
     budget = max(0.5, (deadline - time.perf_counter()) / 8)
-    r = solve(ctx, c.par, c.costs, gap / 2, min(deadline, time.perf_counter() + budget), t / (1 + gap), floor_s=c.lb_s)
+    end = min(deadline, time.perf_counter() + budget)
+    r = solve(ctx, c.par, c.costs, gap / 2, end, t / (1 + gap), floor_s=c.lb_s, hard_deadline=deadline)
+    pool.pace.record(ops, r.first_s or r.solve_s)
     r.bound_s = max(r.bound_s, c.lb_s)
     pool.absorb(c, r, gap)
     return r
@@ -207,9 +214,13 @@ def _resume_unfinished(
         ]
         if not open_:
             break
-        budget = (deadline - time.perf_counter()) / len(open_)
+        budget, solved = (deadline - time.perf_counter()) / len(open_), 0
         for k in open_:
             old, c = results[k], cands[k]
+            ops = schedule_ops(c.par, pool.ctx.train.global_batch)
+            if not pool.pace.fits(ops, deadline):  # its first MILP alone would end past the deadline
+                continue
+            solved += 1
             r = solve(
                 pool.ctx,
                 c.par,
@@ -219,13 +230,27 @@ def _resume_unfinished(
                 inc / (1 + gap),
                 prior=old,
                 floor_s=c.lb_s,
+                hard_deadline=deadline,
             )
+            pool.pace.record(ops, r.first_s)
             r.bound_s = max(r.bound_s, old.bound_s)
             pool.absorb(c, r, gap)
             results[k] = r
             if r.best is not None and step_s(r.best) < step_s(incumbent):
                 incumbent = r.best
+        if not solved:
+            break
     return incumbent
+
+
+def interrupted_outcome(pool: Pool, cands: list[Candidate], incumbent: Estimate | None, gap: float) -> Outcome:
+    """A question Ctrl-C cut short: the best plan its candidates hold so far (a heuristic's, or a
+    solve's before the signal) against the least of their recorded bounds, each valid whether
+    closed-form, raised by a solve or 0 when unbounded, so the gap stays true. ``optimal`` or
+    ``within_gap`` when those already prove it, ``infeasible`` when no candidate can fit, else
+    ``interrupted``."""
+    out = _outcome(pool, cands, [], best_known(cands, incumbent), gap)
+    return dataclasses.replace(out, status=SearchStatus.INTERRUPTED) if out.status == SearchStatus.TIME_LIMIT else out
 
 
 def best_known(cands: list[Candidate], incumbent: Estimate | None = None) -> Estimate | None:

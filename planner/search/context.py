@@ -14,6 +14,7 @@ from planner.cost import memory as mem
 from planner.cost.estimate import Estimate
 from planner.cost.layer import LayerCost
 from planner.cost.schedule import PathCounts
+from planner.search.pace import Pace
 
 
 class CandStatus(StrEnum):
@@ -53,6 +54,15 @@ class SearchContext:
     options: tuple[str, ...]
     backend: str = "ortools"
     gap: float = 0.01
+    # The backends that answered this problem's MILPs (Solution.backend): the requested one, or
+    # the other when it was missing or failed (milp.model.Model.solve falls back); the plan file
+    # records them (planner.commands.plan.solver_block).
+    solved_with: set[str] = field(default_factory=set, compare=False, repr=False)
+    # How long this problem's pieces of work take (planner.search.pace): a heuristic plan, by
+    # its schedule's operations, and a MILP or LP, built, handed over and solved, by its
+    # nonzeros. One predicted to end past the search's deadline is not started.
+    estimate_pace: Pace = field(default_factory=Pace, compare=False, repr=False)
+    milp_pace: Pace = field(default_factory=Pace, compare=False, repr=False)
 
     @staticmethod
     def build(
@@ -83,6 +93,9 @@ class CandidateResult:
     model_size: dict = field(default_factory=dict)
     solve_s: float = 0.0
     cuts: list[tuple[int, PathCounts]] = field(default_factory=list, repr=False)  # to resume an unfinished solve
+    # Seconds before the solve could first stop at its deadline (model, LP bounds, first MILP):
+    # what a solve of this size costs at least (planner.search.pace).
+    first_s: float = 0.0
 
 
 def step_s(e: Estimate | None) -> float:

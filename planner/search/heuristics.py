@@ -12,6 +12,7 @@ from planner.config import Parallel, PlanError
 from planner.cost import memory as mem
 from planner.cost.estimate import Estimate, estimate, fits_in_memory
 from planner.search.context import Candidate, SearchContext, step_s
+from planner.search.pace import schedule_ops
 from planner.search.solve import EXACT_LP_MAX_OPS
 
 LEVELS = ("full", "selective", "none")  # most memory-frugal first
@@ -34,6 +35,19 @@ def least_recompute_that_fits(spec, cluster, train, par: Parallel, options) -> E
     return None
 
 
+def paced_try(ctx: SearchContext, par: Parallel, deadline: float, tried: dict[Parallel, Estimate | None]) -> bool:
+    """``tried[par]``: its even split with the least uniform recompute that fits, unless the
+    problem's pace of such tries (``ctx.estimate_pace``) predicts it would end past ``deadline``
+    (then False, and not tried)."""
+    ops = schedule_ops(par, ctx.train.global_batch)
+    if not ctx.estimate_pace.fits(ops, deadline):
+        return False
+    t0 = time.perf_counter()
+    tried[par] = least_recompute_that_fits(ctx.spec, ctx.cluster, ctx.train, par, ctx.options)
+    ctx.estimate_pace.record(ops, time.perf_counter() - t0)
+    return True
+
+
 # Candidates tried after the deadline while no plan has been found (``_late_plan``): a time limit
 # shorter than the search still returns a plan when one of them fits (issue 21: --time-limit 1e-9).
 LATE_TRIES = 8
@@ -46,18 +60,22 @@ def heuristic_incumbent(
     the least uniform recompute that fits, until the bound passes the best plan found. Candidates
     whose schedule is cheap to simulate go first (an estimate costs time linear in its 2·m·p·v
     operations, and a deep pipeline over hundreds of micro-batches can take 0.3 s), so a good
-    incumbent is found before the expensive ones are tried. Every plan tried is kept in ``tried``
-    (candidate -> Estimate or None) for the list of alternatives."""
-    best = None
-    quick = [c for c in cands if cheap(c.par, ctx.train.global_batch)]
-    dear = [c for c in cands if not cheap(c.par, ctx.train.global_batch)]
+    incumbent is found before the expensive ones are tried; one predicted to end past
+    ``deadline`` (planner.search.pace, from the tries made) is skipped for the cheaper ones after
+    it. Every plan tried is kept in ``tried`` (candidate -> Estimate or None) for the list of
+    alternatives."""
+    best, batch = None, ctx.train.global_batch
+    quick = [c for c in cands if cheap(c.par, batch)]
+    dear = [c for c in cands if not cheap(c.par, batch)]
     for group in (quick, dear):
         for c in group:
             if c.mem_lb_bytes > ctx.cap_bytes:
                 continue
             if best is not None and c.lb_s * (1 + ctx.gap) >= step_s(best) or time.perf_counter() > deadline:
                 break
-            e = tried[c.par] = least_recompute_that_fits(ctx.spec, ctx.cluster, ctx.train, c.par, ctx.options)
+            if not paced_try(ctx, c.par, deadline, tried):
+                continue
+            e = tried[c.par]
             if e is not None and (best is None or step_s(e) < step_s(best)):
                 best = e
     return best or late_plan(ctx, cands, tried)

@@ -38,6 +38,7 @@ from planner.search.bnb import Pool, Progress, branch_and_bound
 from planner.search.certificate import Certificate, DeeperRecord, certify
 from planner.search.context import Candidate, CandidateResult, CandStatus, SearchContext, SearchStatus, step_s
 from planner.search.heuristics import heuristic_incumbent, late_plan
+from planner.search.pace import Timed
 from planner.search.polish import deepen_all, deeper_record, least_recompute, probe_outside
 
 
@@ -48,19 +49,21 @@ class SearchResult:
     certificate: Certificate
     phases_s: dict[str, float]
     candidates: list[CandidateResult]
+    solved_with: tuple[str, ...] = ()  # the backends that answered its MILPs (SearchContext.solved_with)
 
 
 def _polish(
-    ctx: SearchContext, knobs: Knobs, incumbent: Estimate, alts: list[CandidateResult], top_k: int
+    ctx: SearchContext, knobs: Knobs, incumbent: Estimate, alts: list[CandidateResult], top_k: int, timed: Timed
 ) -> tuple[Estimate, list[CandidateResult], dict[str, DeeperRecord]]:
     """Least recompute on ties, then deeper interleaving of the plan and its runner-ups
-    (planner.search.polish), within the recompute options the user allows."""
-    incumbent = least_recompute(incumbent, options=ctx.options)  # ties go to less recompute
+    (planner.search.polish), within the recompute options the user allows; no trial that
+    ``timed`` predicts past the deadline (a deep pipeline's estimate can take seconds)."""
+    incumbent = least_recompute(incumbent, None, ctx.options, timed)  # ties go to less recompute
     allowed = knobs.given("schedule") or tuple(SCHEDULES)
     if knobs.given("vpp") is not None or not any(SCHEDULES[s].virtual_stages for s in allowed):
         return incumbent, alts, {}
     runner_ups: list[tuple[str, float, Estimate]] = [(r.status, r.bound_s, r.best) for r in alts if r.best is not None]
-    ranked = deepen_all(incumbent, runner_ups, ctx.options)
+    ranked = deepen_all(incumbent, runner_ups, ctx.options, timed)
     polished = deeper_record(incumbent, ranked[0][2], AUTO_VPP)
     alts = [
         CandidateResult(e.par.with_(recompute="none", stage_layers=None), b, CandStatus(st), e)
@@ -138,10 +141,11 @@ def search(
     incumbent, alts, results, times = _explore(ctx, pool, cands, top_k, (t0 + time_limit_s / 2, deadline), progress)
     interrupted, t_alt = pool.interrupted, time.perf_counter()
     polished: dict[str, DeeperRecord] = {}
+    timed = Timed(ctx.estimate_pace, deadline)
     if incumbent and t_alt < deadline and not interrupted:  # never slower: the certificate stays true
-        incumbent, alts, polished = _polish(ctx, knobs, incumbent, alts, top_k)
+        incumbent, alts, polished = _polish(ctx, knobs, incumbent, alts, top_k, timed)
     probe = knobs.given("cp") is None and time.perf_counter() < deadline and not interrupted
-    outside = probe_outside(incumbent, ctx.options) if incumbent and probe else ()
+    outside = probe_outside(incumbent, ctx.options, timed) if incumbent and probe else ()
     t_pol = time.perf_counter()
     cert = certify(results, incumbent, pool.rejected, gap, polished.get("deeper_interleaving"), outside)
     if interrupted:
@@ -156,4 +160,4 @@ def search(
         "polish_s": t_pol - t_alt,
         "total_s": t_pol - t0,
     }
-    return SearchResult(incumbent, alts, cert, phases, results)
+    return SearchResult(incumbent, alts, cert, phases, results, tuple(sorted(ctx.solved_with)))

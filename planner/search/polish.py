@@ -28,10 +28,11 @@ block; the number of attempts is a count, not a time budget, so the result is de
 from __future__ import annotations
 
 from planner.config import PlanError, Recompute
-from planner.cost.estimate import Estimate, estimate
+from planner.cost.estimate import Estimate
 from planner.knobs import RECOMPUTE_OPTIONS
 from planner.schedules import INTERLEAVED
 from planner.search.certificate import DeeperRecord, OutsideRecord
+from planner.search.pace import Timed
 
 WEAKER: dict[str, tuple[Recompute, ...]] = {"full": ("none", "selective"), "selective": ("none",)}
 TIE_REL = 1e-12  # float noise of summing the same times in another order
@@ -43,10 +44,15 @@ DEEPER_VPP = (3, 4, 6, 8, 12, 16, 24, 32)
 
 
 def deeper_interleaving(
-    est: Estimate, vpps: tuple[int, ...] = DEEPER_VPP, options: tuple[str, ...] = RECOMPUTE_OPTIONS
+    est: Estimate,
+    vpps: tuple[int, ...] = DEEPER_VPP,
+    options: tuple[str, ...] = RECOMPUTE_OPTIONS,
+    timed: Timed | None = None,
 ) -> Estimate:
     """``est``, or the same mesh interleaved with more virtual stages when that is faster and fits;
-    recompute stays within ``options`` (the user's ``--recompute``)."""
+    recompute stays within ``options`` (the user's ``--recompute``). ``timed``: a trial predicted
+    to end past its deadline is not made."""
+    timed = timed or Timed()
     par = est.par
     if par.pp == 1 or not est.fits:
         return est
@@ -61,9 +67,11 @@ def deeper_interleaving(
         uniform = [o for o in ("none", "selective", "full") if o in options]
         for recompute in dict.fromkeys((rc, *uniform)):
             try:
-                e = estimate(est.model, est.cluster, est.train, trial.with_(recompute=recompute))
+                e = timed.estimate(est.model, est.cluster, est.train, trial.with_(recompute=recompute))
             except PlanError:
                 break  # this virtual-stage count is invalid here (micro-batches, layers)
+            if e is None:
+                break  # past the deadline
             if e.fits:
                 if e.step_time_s < best.step_time_s * (1 - TIE_REL):
                     best = e
@@ -73,7 +81,10 @@ def deeper_interleaving(
 
 
 def deepen_all(
-    plan: Estimate, runner_ups: list[tuple[str, float, Estimate]], options: tuple[str, ...] = RECOMPUTE_OPTIONS
+    plan: Estimate,
+    runner_ups: list[tuple[str, float, Estimate]],
+    options: tuple[str, ...] = RECOMPUTE_OPTIONS,
+    timed: Timed | None = None,
 ) -> list[tuple[str, float, Estimate]]:
     """``deeper_interleaving`` on the plan and on each runner-up ``(status, bound_s, estimate)``, so
     that the list compares like with like (a runner-up at 2 virtual stages would otherwise "lose"
@@ -81,11 +92,12 @@ def deepen_all(
     A deepened entry carries the even split: its status becomes ``heuristic``. Entries that end on
     the same candidate (mesh, micro-batch, ZeRO, schedule, virtual stages; the key the alternatives
     list uses) are one plan and the slower copies are dropped: a 1f1b runner-up deepens to the same
-    interleaved schedule as the plan of its mesh, so the plan would be listed as its own runner-up."""
+    interleaved schedule as the plan of its mesh, so the plan would be listed as its own runner-up.
+    ``timed``: trials predicted to end past its deadline are not made."""
     out = []
     for status, bound, e in [("optimal", 0.0, plan)] + list(runner_ups):
-        d = deeper_interleaving(e, options=options)
-        out.append((status, bound, e) if d is e else ("heuristic", bound, least_recompute(d, options=options)))
+        d = deeper_interleaving(e, options=options, timed=timed)
+        out.append((status, bound, e) if d is e else ("heuristic", bound, least_recompute(d, None, options, timed)))
     seen, unique = set(), []
     for entry in sorted(out, key=lambda x: x[2].step_time_s):
         key = entry[2].par.with_(recompute="none", stage_layers=None)
@@ -111,12 +123,16 @@ def deeper_record(searched: Estimate, plan: Estimate, searched_vpp: tuple[int, .
 PROBE_CP = (2, 4, 8)
 
 
-def probe_outside(est: Estimate, options: tuple[str, ...] = RECOMPUTE_OPTIONS) -> tuple[OutsideRecord, ...]:
+def probe_outside(
+    est: Estimate, options: tuple[str, ...] = RECOMPUTE_OPTIONS, timed: Timed | None = None
+) -> tuple[OutsideRecord, ...]:
     """Plans just outside the searched space that beat ``est``, so the certificate does not hide
     them (the search covers cp 1 below 16k tokens): the plan's tensor and pipeline degrees with
     context parallelism carved out of its data parallelism, the least allowed uniform recompute
-    that fits, even split. Returned, not adopted: the user widens ``--cp`` to search them."""
-    par, out = est.par, []
+    that fits, even split. Returned, not adopted: the user widens ``--cp`` to search them.
+    ``timed``: a probe predicted to end past its deadline is not made."""
+    par, timed = est.par, timed or Timed()
+    out: list[OutsideRecord] = []
     if not est.fits:
         return ()
     for cp in PROBE_CP:
@@ -125,9 +141,11 @@ def probe_outside(est: Estimate, options: tuple[str, ...] = RECOMPUTE_OPTIONS) -
         trial = par.with_(cp=cp, dp=par.dp // cp, stage_layers=None)
         for rc in [o for o in RECOMPUTE_OPTIONS if o in options]:
             try:
-                e = estimate(est.model, est.cluster, est.train, trial.with_(recompute=rc))
+                e = timed.estimate(est.model, est.cluster, est.train, trial.with_(recompute=rc))
             except PlanError:
                 break
+            if e is None:
+                return tuple(sorted(out, key=lambda r: r.step_time_s))  # past the deadline
             if e.fits:
                 if e.step_time_s < est.step_time_s * (1 - TIE_REL):
                     out.append(OutsideRecord("cp", cp, e.step_time_s, f"--cp 1,{cp}"))
@@ -136,10 +154,15 @@ def probe_outside(est: Estimate, options: tuple[str, ...] = RECOMPUTE_OPTIONS) -
 
 
 def least_recompute(
-    est: Estimate, max_tries: int | None = None, options: tuple[str, ...] = RECOMPUTE_OPTIONS
+    est: Estimate,
+    max_tries: int | None = None,
+    options: tuple[str, ...] = RECOMPUTE_OPTIONS,
+    timed: Timed | None = None,
 ) -> Estimate:
     """``est`` with recompute removed wherever that costs no step time and still fits, never to an
-    option outside ``options`` (the user's ``--recompute``)."""
+    option outside ``options`` (the user's ``--recompute``). ``timed``: the tries stop at the
+    first one predicted to end past its deadline."""
+    timed = timed or Timed()
     par = est.par
     if par.recompute == "none" or not est.fits:
         return est
@@ -158,12 +181,14 @@ def least_recompute(
                     tries -= 1
                     trial = rc.copy()
                     trial[mine[-1]] = weaker
-                    e = estimate(est.model, est.cluster, est.train, par.with_(recompute=tuple(trial)))
+                    e = timed.estimate(est.model, est.cluster, est.train, par.with_(recompute=tuple(trial)))
+                    if e is None:
+                        return best  # past the deadline: the best so far, a valid plan no slower
                     if e.fits and e.step_time_s <= best.step_time_s * (1 + TIE_REL):
                         best, rc, changed = e, trial, True
                         break
                     if tries <= 0:
                         break
     if best is not est and all(x == "none" for x in rc) and "none" in options:
-        best = estimate(est.model, est.cluster, est.train, par.with_(recompute="none"))
+        best = timed.estimate(est.model, est.cluster, est.train, par.with_(recompute="none")) or best
     return best

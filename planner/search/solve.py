@@ -5,10 +5,16 @@ add the critical path of every rank as a cut, repeat until the MILP bound meets 
 time. Before any MILP, LP relaxations (the path-cut model's, and for small schedules the exact
 schedule model's) may prune the candidate against the cutoff. The same loop resumes an
 unfinished solve from its cuts.
+
+Under a time limit, ``hard_deadline`` (the search's, not this candidate's slice) stops the solve
+between its pieces: no model is built, and no LP or MILP started, past it or when the pace of the
+models solved so far (``SearchContext.milp_pace``, per nonzero) predicts it would end past it;
+the result is ``time_limit`` with the bound and plan found so far, both valid.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -19,7 +25,7 @@ from planner.cost.schedule import PathCounts, warmup_paths
 from planner.search.bounds import candidate_bound
 from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
 from planner.search.milp.data import PlacementData, build_data
-from planner.search.milp.model import Model, SolveStatus
+from planner.search.milp.model import Model, Solution, SolveStatus
 from planner.search.milp.placement import build_placement_model, read_assignment
 
 # Above this many schedule operations (2·m·p·v) the exact-schedule LP takes seconds; the
@@ -43,6 +49,7 @@ class _Job:
     deadline: float  # perf_counter time
     cutoff_s: float  # T ≤ cutoff: infeasible proves the candidate cannot beat the incumbent
     floor_s: float  # the candidate's closed-form bound, a valid floor on T
+    hard_deadline: float = math.inf  # the search's deadline: no piece of work starts past it
 
 
 def solve(
@@ -54,6 +61,7 @@ def solve(
     cutoff_s: float = float("inf"),
     prior: CandidateResult | None = None,
     floor_s: float | None = None,
+    hard_deadline: float = math.inf,
 ) -> CandidateResult:
     """Solve ``par``'s placement (module docstring). ``cutoff_s`` (the incumbent shrunk by the gap
     target) is imposed as ``T ≤ cutoff``; ``prior``, an unfinished result of this candidate,
@@ -70,6 +78,7 @@ def solve(
         deadline,
         cutoff_s,
         floor_s,
+        hard_deadline,
     )
     if prior is not None:
         return _refine(job, list(prior.cuts), prior.best, prior.bound_s, prior.iterations, t0, prior.solve_s)
@@ -81,9 +90,10 @@ def solve(
         if rp not in seen:
             seen.add(rp)
             cuts.append(rp)
-    lp = _lp_bound(build_placement_model(job.data, exact=False, cuts=cuts)[0], ctx.backend, deadline)
-    if par.pp > 1 and lp < cutoff_s and 2 * job.data.m * par.chunks <= EXACT_LP_MAX_OPS:
-        lp = max(lp, _lp_bound(build_placement_model(job.data, exact=True)[0], ctx.backend, deadline))
+    lp = _lp_bound(build_placement_model(job.data, exact=False, cuts=cuts)[0], job)
+    exact = par.pp > 1 and lp < cutoff_s and 2 * job.data.m * par.chunks <= EXACT_LP_MAX_OPS
+    if exact and time.perf_counter() <= hard_deadline:
+        lp = max(lp, _lp_bound(build_placement_model(job.data, exact=True)[0], job))
     if lp == float("inf"):
         return CandidateResult(par, lp, CandStatus.INFEASIBLE, None, 1, {}, time.perf_counter() - t0)
     lp = max(lp, floor_s)
@@ -93,6 +103,8 @@ def solve(
         return CandidateResult(par, lp, CandStatus.PRUNED_BOUND, None, 1, {}, time.perf_counter() - t0)
     best: Estimate | None = None
     for o in ctx.options:
+        if time.perf_counter() > hard_deadline:
+            break  # _refine stops at once: time_limit with the LP bound
         seed = estimate(ctx.spec, ctx.cluster, ctx.train, par.with_(recompute=o))
         new = [(r, p) for r, p in enumerate(seed.critical) if (r, p) not in seen]
         seen.update(new)
@@ -107,15 +119,20 @@ def _refine(
 ) -> CandidateResult:
     """The constraint-generation loop of ``solve`` from a given cut set, plan and bound."""
     ctx, par, seen = job.ctx, job.par, set(cuts)
-    size, status = {}, CandStatus.TIME_LIMIT
+    size, status, first_s = {}, CandStatus.TIME_LIMIT, 0.0
     while True:
         it += 1
+        if time.perf_counter() > job.hard_deadline:
+            break
         model, v = build_placement_model(job.data, exact=False, cuts=cuts)
         if job.cutoff_s < float("inf"):
             model.add(v.T, "<=", job.cutoff_s, "cutoff[incumbent]")
         model.add(v.T, ">=", job.floor_s, "floor[candidate_bound]")
         size = model.size
-        sol = model.solve(ctx.backend, max(0.05, job.deadline - time.perf_counter()), rel_gap=max(job.rel_tol, 1e-9))
+        sol = _solve_in_time(job, model, job.deadline, max(job.rel_tol, 1e-9))
+        first_s = first_s or time.perf_counter() - t0
+        if sol is None:
+            break  # predicted to end past the search's deadline
         if sol.status == SolveStatus.INFEASIBLE:
             # No placement beats the cutoff (or none fits at all when there is no cutoff).
             if job.cutoff_s < float("inf"):
@@ -144,10 +161,26 @@ def _refine(
             break
         seen.update(new)
         cuts.extend(new)
-    return CandidateResult(par, bound, status, best, it, size, spent_s + time.perf_counter() - t0, cuts)
+    return CandidateResult(par, bound, status, best, it, size, spent_s + time.perf_counter() - t0, cuts, first_s)
 
 
-def _lp_bound(model: Model, backend: str, deadline: float) -> float:
+def _solve_in_time(job: _Job, model: Model, deadline: float, rel_gap: float) -> Solution | None:
+    """``model`` solved within ``deadline`` (the candidate's slice) by the search's backend, noting
+    which backend answered (after a fallback, not the requested one) and how long it took per
+    nonzero; None, and not started, when that pace predicts it would end past ``job.hard_deadline``
+    (building the backend's model alone takes seconds at 400,000 nonzeros, whatever the limit)."""
+    ctx = job.ctx
+    if not ctx.milp_pace.fits(model.nonzeros, job.hard_deadline):
+        return None
+    t0 = time.perf_counter()
+    sol = model.solve(ctx.backend, max(0.05, deadline - t0), rel_gap=rel_gap)
+    ctx.milp_pace.record(model.nonzeros, time.perf_counter() - t0)
+    if sol.status != SolveStatus.ERROR:  # an error is no answer
+        ctx.solved_with.add(sol.backend)
+    return sol
+
+
+def _lp_bound(model: Model, job: _Job) -> float:
     """Lower bound from a placement model's LP relaxation (block counts fractional); 0 when the
     LP does not finish. The exact schedule form's relaxation is far stronger than the path-cut
     form's for deep pipelines but costs one LP over 2·m·p·v start times; the path-cut form's
@@ -155,7 +188,9 @@ def _lp_bound(model: Model, backend: str, deadline: float) -> float:
     assumes none)."""
     for var in model.vars:
         var.integer = False
-    sol = model.solve(backend, max(0.05, min(5.0, deadline - time.perf_counter())), rel_gap=1e-9)
+    sol = _solve_in_time(job, model, min(job.deadline, time.perf_counter() + 5.0), 1e-9)
+    if sol is None:
+        return 0.0  # not started: 0 is a valid bound
     if sol.status == SolveStatus.INFEASIBLE:
         return float("inf")
     return sol.objective if sol.status == SolveStatus.OPTIMAL and sol.objective is not None else 0.0

@@ -135,6 +135,7 @@ class Model:
     objective: Expr = field(default_factory=Expr)
     _names: set = field(default_factory=set)
     _rows: set = field(default_factory=set)  # constraint names: MathOpt rejects a model that repeats one
+    nonzeros: int = 0  # coefficients of the rows: handing the model to a backend costs time linear in them
 
     def var(self, name: str, lb: float = 0.0, ub: float | None = None, integer: bool = False) -> Var:
         if name in self._names:
@@ -153,6 +154,7 @@ class Model:
         e = Expr.of(lhs) - Expr.of(rhs)
         big = max([abs(c) for c in e.terms.values()] + [abs(e.const)] + [1e-300])
         self.constraints.append(Constraint(name, e * (1.0 / big), sense))
+        self.nonzeros += len(e.terms)
 
     def minimize(self, expr) -> None:
         self.objective = Expr.of(expr)
