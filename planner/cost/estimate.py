@@ -29,7 +29,8 @@ from planner.cost.data_parallel import (
     tied_params,
     zero3_overlap,
 )
-from planner.cost.layer import LayerCost, graph_costs
+from planner.cost.kept_set import priced_costs
+from planner.cost.layer import LayerCost
 from planner.cost.records import ChunkResult, Predicted, StageResult, TimeBreakdown
 from planner.cost.schedule import PathCounts, ScheduleResult, inflight_peaks, simulate
 
@@ -120,7 +121,7 @@ def p2p_list(
 def _prepare(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel) -> _Prepared:
     check_plan(par, train, model, cluster.num_gpus)
     graph = build_graph(model, train.seq_len, train.attention_impl, train.norm_impl)
-    costs = graph_costs(graph, cluster, train, par)
+    costs = priced_costs(graph, cluster, train, par)
     chunks = make_chunks(graph, par)
     sums = [chunk_sums(c, costs, par) for c in chunks]
     return _Prepared(graph, costs, chunks, sums, _rank_states(chunks, costs, graph, par))

@@ -44,7 +44,8 @@ class SearchStatus(StrEnum):
 @dataclass(frozen=True)
 class SearchContext:
     """One planning problem: model, cluster and training, the layer graph built once, the
-    recompute options the placement may use, the MILP backend and the relative gap target."""
+    recompute options the placement may use (and how many kept sets it may add), the MILP
+    backend and the relative gap target."""
 
     spec: ModelSpec
     cluster: ClusterSpec
@@ -53,6 +54,9 @@ class SearchContext:
     options: tuple[str, ...]
     backend: str = "ortools"
     gap: float = 0.01
+    # Most kept-set options (the block's Pareto front, planner/search/kept_options.py) a
+    # memory-bound candidate's placement may add to ``options``; 0: none.
+    kept_sets: int = 0
 
     @staticmethod
     def build(
@@ -62,9 +66,10 @@ class SearchContext:
         options: tuple[str, ...],
         backend: str = "ortools",
         gap: float = 0.01,
+        kept_sets: int = 0,
     ) -> SearchContext:
         graph = build_graph(spec, train.seq_len, train.attention_impl, train.norm_impl)
-        return SearchContext(spec, cluster, train, graph, tuple(options), backend, gap)
+        return SearchContext(spec, cluster, train, graph, tuple(options), backend, gap, kept_sets)
 
     @property
     def cap_bytes(self) -> float:

@@ -18,6 +18,7 @@ from planner.cost.layer import LayerCost
 from planner.cost.schedule import PathCounts, warmup_paths
 from planner.search.bounds import candidate_bound
 from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
+from planner.search.kept_options import kept_set_options
 from planner.search.milp.data import PlacementData, build_data
 from planner.search.milp.model import Model, SolveStatus
 from planner.search.milp.placement import build_placement_model, read_assignment
@@ -62,10 +63,13 @@ def solve(
     t0 = time.perf_counter()
     if floor_s is None:  # the search passes the bound it already computed to order candidates
         floor_s = candidate_bound(ctx.graph, costs, ctx.cluster, ctx.train, par)[0]
+    # A memory-bound candidate may also keep kept sets of its block's Pareto front: more options
+    # only lower the MILP's optimum, and the floor (recompute none) stays valid.
+    costs, options = kept_set_options(ctx, par, costs)
     job = _Job(
         ctx,
         par,
-        build_data(ctx.graph, costs, ctx.cluster, ctx.train, par, ctx.options),
+        build_data(ctx.graph, costs, ctx.cluster, ctx.train, par, options),
         rel_tol,
         deadline,
         cutoff_s,

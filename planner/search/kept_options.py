@@ -1,0 +1,110 @@
+"""Kept-set recompute options for a memory-bound candidate: the points of its block's
+(recompute seconds, kept bytes) Pareto front that the placement MILP may choose per block beside
+none / selective / full.
+
+Which kept sets. The runtime keeps a tensor by saving the output of the aten op that made it
+(``runtime/recompute.py``), so the sets considered are unions of *units*: each matmul output
+(q, k, v, the attention out-projection, gate, up / fc1, down / fc2) and the attention kernel's
+outputs together (context and log-sum-exp come from one SDPA call). With ``u`` units (8 for a
+gated block, 6 for a GPT block) all ``2^u`` sets are priced by their closure
+(``cost.kept_set.kept_set_prices``, no solver) and their front is exact for that family; the
+two-phase program (``milp/recompute.py``) over all tensors reaches further but costs a CP-SAT
+sweep per candidate (0.4-1.4 s), which the plan-speed targets do not allow.
+
+Which points. The lower convex hull of the front together with the three hand-written options
+(memory against time): a count of blocks mixes two hull points, which reaches every average
+between them, so a point above the hull is never needed by the MILP's LP relaxation. Kept sets
+on that hull strictly between ``full``'s and ``none``'s bytes are added — at most ``limit``, spread
+evenly over the memory range (the MILP's size grows with the options: 3 → 12 options made the
+exact-schedule MILP 10× slower, docs/search.md). Only for candidates where recompute ``none``
+on the even split does not fit: elsewhere none is feasible and no kept set is faster than it.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from planner.config import Parallel
+from planner.cost.estimate import estimate
+from planner.cost.kept_set import block_graph, kept_set_prices, with_kept_sets
+from planner.cost.layer import LayerCost
+from planner.kept_sets import kept_value
+from planner.knobs import RECOMPUTE_OPTIONS
+from planner.search.context import SearchContext
+
+Point = tuple[float, float, str]  # (recompute seconds, kept bytes, option)
+# Kept sets a memory-bound candidate may add (bench/plan_speed.py and bench/recompute_options.py
+# measured with it; docs/search.md).
+MAX_KEPT_SETS = 4
+
+
+def units(ctx: SearchContext) -> list[tuple[str, ...]]:
+    """The kept-set building blocks of this model's block (module docstring)."""
+    layer = ctx.graph.blocks[0]
+    names = [x.name for x in layer.saved if x.mm_output]
+    core = tuple(n for n in names if n in ("attn.context", "attn.lse"))
+    return [(n,) for n in names if n not in core] + ([core] if core else [])
+
+
+def front_points(ctx: SearchContext, par: Parallel, cost: LayerCost) -> list[Point]:
+    """Every kept set of the unit family, priced; the non-dominated ones, fastest first."""
+    layer = ctx.graph.blocks[0]
+    us = units(ctx)
+    values = tuple(
+        kept_value(n for u, b in zip(us, bits) if b for n in u) for bits in itertools.product((0, 1), repeat=len(us))
+    )
+    prices = kept_set_prices(layer, ctx.graph, ctx.cluster, ctx.train, par, cost, values)
+    out: list[Point] = []
+    for t, mem, v in sorted((p[0], p[1], v) for v, p in prices.items()):
+        if not out or mem < out[-1][1]:
+            out.append((t, mem, v))
+    return out
+
+
+def lower_hull(points: list[Point]) -> list[Point]:
+    """The points on the lower convex hull of memory against time (Andrew's monotone chain over
+    the points sorted by memory), fastest first."""
+    hull: list[Point] = []
+    for p in sorted(points, key=lambda q: (q[1], q[0])):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            # b is dropped when it lies on or above the segment a-p
+            if (b[0] - a[0]) * (p[1] - a[1]) >= (p[0] - a[0]) * (b[1] - a[1]):
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return sorted(hull)
+
+
+def chosen_kept_sets(ctx: SearchContext, par: Parallel, cost: LayerCost, limit: int) -> tuple[str, ...]:
+    """At most ``limit`` kept sets on the hull of the front and the three options, strictly
+    between full's and none's bytes, spread evenly over that range (module docstring)."""
+    base = [(cost.recompute_s[o], cost.act_bytes[o], o) for o in RECOMPUTE_OPTIONS]
+    hull = lower_hull(front_points(ctx, par, cost) + base)
+    lo, hi = cost.act_bytes["full"], cost.act_bytes["none"]
+    inner = sorted((p for p in hull if p[2] not in RECOMPUTE_OPTIONS and lo < p[1] < hi), key=lambda p: p[1])
+    if len(inner) > limit:
+        step = (len(inner) - 1) / max(limit - 1, 1)
+        inner = [inner[round(k * step)] for k in range(limit)] if limit > 1 else [inner[len(inner) // 2]]
+    return tuple(p[2] for p in inner)
+
+
+def kept_set_options(
+    ctx: SearchContext, par: Parallel, costs: list[LayerCost]
+) -> tuple[list[LayerCost], tuple[str, ...]]:
+    """The costs and options ``par``'s placement is solved with: ``ctx.options`` plus, for a
+    memory-bound candidate, up to ``ctx.kept_sets`` kept sets priced on every block."""
+    if ctx.kept_sets <= 0 or not ctx.graph.blocks or "none" not in ctx.options:
+        return costs, ctx.options
+    try:
+        block_graph(ctx.graph.blocks[0], ctx.graph, ctx.cluster, ctx.train, par)
+    except ValueError:
+        return costs, ctx.options  # MoE, MLA, parallel residual: no dataflow, no kept sets
+    if estimate(ctx.spec, ctx.cluster, ctx.train, par.with_(recompute="none", stage_layers=None)).fits:
+        return costs, ctx.options
+    first = next(i for i, layer in enumerate(ctx.graph.layers) if layer.kind == "block")
+    extra = chosen_kept_sets(ctx, par, costs[first], ctx.kept_sets)
+    if not extra:
+        return costs, ctx.options
+    return with_kept_sets(costs, extra, ctx.graph, ctx.cluster, ctx.train, par), ctx.options + extra
