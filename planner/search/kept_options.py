@@ -29,13 +29,19 @@ from planner.cost.estimate import estimate
 from planner.cost.kept_set import block_graph, kept_set_prices, with_kept_sets
 from planner.cost.layer import LayerCost
 from planner.kept_sets import kept_value
-from planner.knobs import RECOMPUTE_OPTIONS
+from planner.knobs import RECOMPUTE_OPTIONS, Knobs
 from planner.search.context import SearchContext
 
 Point = tuple[float, float, str]  # (recompute seconds, kept bytes, option)
 # Kept sets a memory-bound candidate may add (bench/plan_speed.py and bench/recompute_options.py
 # measured with it; docs/search.md).
 MAX_KEPT_SETS = 4
+
+
+def kept_sets_allowed(knobs: Knobs) -> int:
+    """How many kept sets a search may add: ``MAX_KEPT_SETS``, or none when the user fixed
+    ``--recompute`` (their list is kept as given)."""
+    return MAX_KEPT_SETS if knobs.given("recompute") is None else 0
 
 
 def units(ctx: SearchContext) -> list[tuple[str, ...]]:
