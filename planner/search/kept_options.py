@@ -13,11 +13,13 @@ sweep per candidate (0.4-1.4 s), which the plan-speed targets do not allow.
 
 Which points. The lower convex hull of the front together with the three hand-written options
 (memory against time): a count of blocks mixes two hull points, which reaches every average
-between them, so a point above the hull is never needed by the MILP's LP relaxation. Kept sets
-on that hull strictly between ``full``'s and ``none``'s bytes are added — at most ``limit``, spread
-evenly over the memory range (the MILP's size grows with the options: 3 → 12 options made the
-exact-schedule MILP 10× slower, docs/search.md). Only for candidates where recompute ``none``
-on the even split does not fit: elsewhere none is feasible and no kept set is faster than it.
+between them, so a point above the hull is never needed by the MILP's LP relaxation. Of the kept
+sets on that hull strictly between ``full``'s and ``none``'s bytes, only those next to the bytes
+per block that would just fit a rank (``block_targets``, from the even split's peaks under none
+and under full) are added, at most ``limit``: every option adds integers to each stage's block
+counts, and with four spread over the whole range the search for gpt3-175b on 1,024 A100s went
+from 40 s past its 120 s limit (docs/search.md). Only for candidates where recompute ``none`` on
+the even split does not fit: elsewhere none is feasible and no kept set is faster than it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from __future__ import annotations
 import itertools
 
 from planner.config import Parallel
-from planner.cost.estimate import estimate
+from planner.cost import memory as mem
+from planner.cost.estimate import rank_memory_bytes
 from planner.cost.kept_set import block_graph, kept_set_prices, with_kept_sets
 from planner.cost.layer import LayerCost
 from planner.kept_sets import kept_value
@@ -36,6 +39,11 @@ Point = tuple[float, float, str]  # (recompute seconds, kept bytes, option)
 # Kept sets a memory-bound candidate may add (bench/plan_speed.py and bench/recompute_options.py
 # measured with it; docs/search.md).
 MAX_KEPT_SETS = 4
+# Kept sets × model chunks a candidate's MILP may carry: each kept set adds one block-count
+# integer per chunk, and the MILPs that prove a deep pipeline cannot beat the incumbent grow
+# slow with them (gpt3-175b on 1,024 A100s, pp 32 · v 2: one candidate 9 s → 39 s with one kept
+# set); 32 allows 4 kept sets up to 8 chunks, 2 at 16, 1 at 32, none beyond.
+KEPT_SET_CHUNKS = 32
 
 
 def kept_sets_allowed(knobs: Knobs) -> int:
@@ -61,9 +69,9 @@ def front_points(ctx: SearchContext, par: Parallel, cost: LayerCost) -> list[Poi
     )
     prices = kept_set_prices(layer, ctx.graph, ctx.cluster, ctx.train, par, cost, values)
     out: list[Point] = []
-    for t, mem, v in sorted((p[0], p[1], v) for v, p in prices.items()):
-        if not out or mem < out[-1][1]:
-            out.append((t, mem, v))
+    for t, nbytes, v in sorted((p[0], p[1], v) for v, p in prices.items()):
+        if not out or nbytes < out[-1][1]:
+            out.append((t, nbytes, v))
     return out
 
 
@@ -83,17 +91,44 @@ def lower_hull(points: list[Point]) -> list[Point]:
     return sorted(hull)
 
 
-def chosen_kept_sets(ctx: SearchContext, par: Parallel, cost: LayerCost, limit: int) -> tuple[str, ...]:
-    """At most ``limit`` kept sets on the hull of the front and the three options, strictly
-    between full's and none's bytes, spread evenly over that range (module docstring)."""
+def bracket(hull: list[Point], target: float) -> list[Point]:
+    """The hull points next to ``target`` bytes: the largest at or below it and the smallest at or
+    above it (the two a block count mixes to average ``target``)."""
+    below = [p for p in hull if p[1] <= target]
+    above = [p for p in hull if p[1] >= target]
+    return ([max(below, key=lambda p: p[1])] if below else []) + ([min(above, key=lambda p: p[1])] if above else [])
+
+
+def chosen_kept_sets(
+    ctx: SearchContext, par: Parallel, cost: LayerCost, targets: list[float], limit: int
+) -> tuple[str, ...]:
+    """At most ``limit`` kept sets on the hull of the front and the three options that bracket
+    the per-block bytes ``targets`` (module docstring), nearest the targets first."""
     base = [(cost.recompute_s[o], cost.act_bytes[o], o) for o in RECOMPUTE_OPTIONS]
     hull = lower_hull(front_points(ctx, par, cost) + base)
     lo, hi = cost.act_bytes["full"], cost.act_bytes["none"]
-    inner = sorted((p for p in hull if p[2] not in RECOMPUTE_OPTIONS and lo < p[1] < hi), key=lambda p: p[1])
-    if len(inner) > limit:
-        step = (len(inner) - 1) / max(limit - 1, 1)
-        inner = [inner[round(k * step)] for k in range(limit)] if limit > 1 else [inner[len(inner) // 2]]
-    return tuple(p[2] for p in inner)
+    near: dict[str, float] = {}
+    for b in targets:
+        for p in bracket(hull, b):
+            if p[2] not in RECOMPUTE_OPTIONS and lo < p[1] < hi:
+                near[p[2]] = min(near.get(p[2], float("inf")), abs(p[1] - b))
+    return tuple(sorted(near, key=lambda v: near[v])[:limit])
+
+
+def block_targets(ctx: SearchContext, par: Parallel, cost: LayerCost) -> list[float]:
+    """Per pipeline rank where recompute none does not fit, the per-block kept bytes that would
+    just fit it: a rank's peak is affine in the blocks' bytes under one option everywhere (the
+    in-flight micro-batches are the schedule's), so from its peaks under none (``n``) and full
+    (``f``), ``b* = a_full + (cap − f)·(a_none − a_full)/(n − f)``; ranks full does not fit are
+    left out (no kept set helps them). Empty when none fits."""
+    cap = mem.capacity_bytes(ctx.cluster.gpu.hbm_bytes, ctx.train)
+    even = par.with_(stage_layers=None)
+    none = rank_memory_bytes(ctx.spec, ctx.cluster, ctx.train, even.with_(recompute="none"))
+    if all(b <= cap for b in none):
+        return []
+    full = rank_memory_bytes(ctx.spec, ctx.cluster, ctx.train, even.with_(recompute="full"))
+    a_none, a_full = cost.act_bytes["none"], cost.act_bytes["full"]
+    return [a_full + (cap - f) * (a_none - a_full) / (n - f) for n, f in zip(none, full) if f <= cap < n]
 
 
 def kept_set_options(
@@ -107,10 +142,14 @@ def kept_set_options(
         block_graph(ctx.graph.blocks[0], ctx.graph, ctx.cluster, ctx.train, par)
     except ValueError:
         return costs, ctx.options  # MoE, MLA, parallel residual: no dataflow, no kept sets
-    if estimate(ctx.spec, ctx.cluster, ctx.train, par.with_(recompute="none", stage_layers=None)).fits:
+    if KEPT_SET_CHUNKS // par.chunks <= 0:
         return costs, ctx.options
     first = next(i for i, layer in enumerate(ctx.graph.layers) if layer.kind == "block")
-    extra = chosen_kept_sets(ctx, par, costs[first], ctx.kept_sets)
+    targets = block_targets(ctx, par, costs[first])
+    if not targets:
+        return costs, ctx.options
+    limit = min(ctx.kept_sets, KEPT_SET_CHUNKS // par.chunks)
+    extra = chosen_kept_sets(ctx, par, costs[first], targets, limit)
     if not extra:
         return costs, ctx.options
     return with_kept_sets(costs, extra, ctx.graph, ctx.cluster, ctx.train, par), ctx.options + extra
