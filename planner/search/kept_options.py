@@ -43,7 +43,7 @@ MAX_KEPT_SETS = 4
 # integer per chunk, and the MILPs that prove a deep pipeline cannot beat the incumbent grow
 # slow with them (gpt3-175b on 1,024 A100s, pp 32 · v 2: one candidate 9 s → 39 s with one kept
 # set); 32 allows 4 kept sets up to 8 chunks, 2 at 16, 1 at 32, none beyond.
-KEPT_SET_CHUNKS = 32
+KEPT_SET_CHUNKS = 16
 
 
 def kept_sets_allowed(knobs: Knobs) -> int:
