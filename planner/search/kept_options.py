@@ -16,10 +16,12 @@ Which points. The lower convex hull of the front together with the three hand-wr
 between them, so a point above the hull is never needed by the MILP's LP relaxation. Of the kept
 sets on that hull strictly between ``full``'s and ``none``'s bytes, only those next to the bytes
 per block that would just fit a rank (``block_targets``, from the even split's peaks under none
-and under full) are added, at most ``limit``: every option adds integers to each stage's block
-counts, and with four spread over the whole range the search for gpt3-175b on 1,024 A100s went
-from 40 s past its 120 s limit (docs/search.md). Only for candidates where recompute ``none`` on
-the even split does not fit: elsewhere none is feasible and no kept set is faster than it.
+and under full) are added, at most ``MAX_KEPT_SETS`` and ``KEPT_SET_CHUNKS`` / chunks: every
+option adds integers to each stage's block counts, and with four spread over the whole range the
+search for gpt3-175b on 1,024 A100s went from 40 s past its 120 s limit (docs/search.md). Only
+for candidates where recompute ``none`` on the even split does not fit: elsewhere none is
+feasible and no kept set is faster than it. The certificate covers what each candidate was
+solved with: kept sets where they were added, the three options elsewhere.
 """
 
 from __future__ import annotations
@@ -40,9 +42,9 @@ Point = tuple[float, float, str]  # (recompute seconds, kept bytes, option)
 # measured with it; docs/search.md).
 MAX_KEPT_SETS = 4
 # Kept sets × model chunks a candidate's MILP may carry: each kept set adds one block-count
-# integer per chunk, and the MILPs that prove a deep pipeline cannot beat the incumbent grow
-# slow with them (gpt3-175b on 1,024 A100s, pp 32 · v 2: one candidate 9 s → 39 s with one kept
-# set); 32 allows 4 kept sets up to 8 chunks, 2 at 16, 1 at 32, none beyond.
+# integer per chunk, and deep pipelines' MILPs grow slow with them (gpt3-175b on 1,024 A100s,
+# pp 32 · v 2: one candidate 9 s → 39 s with one kept set; llama3-405b on 1,024 H100s, pp 16 ·
+# v 2: past the 60 s limit with one); 16 allows 4 kept sets up to 4 chunks, 2 at 8, 1 at 16.
 KEPT_SET_CHUNKS = 16
 
 
