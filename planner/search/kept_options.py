@@ -141,9 +141,10 @@ def kept_set_options(
     if ctx.kept_sets <= 0 or not ctx.graph.blocks or "none" not in ctx.options:
         return costs, ctx.options
     try:
-        block_graph(ctx.graph.blocks[0], ctx.graph, ctx.cluster, ctx.train, par)
+        for layer in {b.signature or (b.name,): b for b in ctx.graph.blocks}.values():
+            block_graph(layer, ctx.graph, ctx.cluster, ctx.train, par)
     except ValueError:
-        return costs, ctx.options  # MoE, MLA, parallel residual: no dataflow, no kept sets
+        return costs, ctx.options  # an MoE, MLA or parallel-residual block: no dataflow, no kept sets
     if KEPT_SET_CHUNKS // par.chunks <= 0:
         return costs, ctx.options
     first = next(i for i, layer in enumerate(ctx.graph.layers) if layer.kind == "block")
