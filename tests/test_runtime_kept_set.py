@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models.load import load_model  # noqa: E402
+from runtime.measure import measure_saved_bytes_per_layer  # noqa: E402
 from runtime.memory import SavedTensorMeter  # noqa: E402
 from runtime.model import Block, rope_table  # noqa: E402
 from runtime.parity import check_parity  # noqa: E402
@@ -72,6 +73,23 @@ def test_the_saved_set_is_the_listed_one(spec, value, expected) -> None:
         assert torch.equal(a, b)
 
 
+def test_under_tensor_parallel_the_saved_set_is_still_the_listed_one() -> None:
+    """tp 2 on a fake process group (runtime.measure): beyond ``keep:``, each kept set holds its
+    listed outputs' per-rank bytes — q and up split by heads / columns, the out-projection's
+    partial sum whole (the output before the all-reduce)."""
+    b, s = 2, 16
+    base = measure_saved_bytes_per_layer(LLAMA, "keep:", b, s, tp=2)
+    heads, d = LLAMA.num_heads // 2, LLAMA.dim_per_head
+    expected = {
+        "keep:attn.q": b * s * heads * d * 4,
+        "keep:attn.context+attn.lse": b * s * heads * d * 4 + b * heads * s * 4,
+        "keep:ffn.up": b * s * LLAMA.ffn_hidden_size // 2 * 4,
+        "keep:attn.out_proj_out": b * s * LLAMA.hidden_size * 4,
+    }
+    for value, nbytes in expected.items():
+        assert measure_saved_bytes_per_layer(LLAMA, value, b, s, tp=2) - base == nbytes, value
+
+
 @pytest.mark.parametrize(
     "value, message",
     [
@@ -85,9 +103,18 @@ def test_a_kept_set_the_runtime_cannot_keep_is_refused(value, message) -> None:
         checkpoint_block(Block(LLAMA, 0), value)
 
 
-def test_two_rank_parity_with_a_kept_set() -> None:
-    """Data parallel (2 ranks, 3 steps) with one kept set on every block against one process."""
-    plan = make_plan(LLAMA, dp=2, num_micro_batches=2, recompute="keep:attn.k+attn.out_proj_out+ffn.up", seq_len=16)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(dp=2, recompute="keep:attn.k+attn.out_proj_out+ffn.up"),
+        # Under TP + SP the policy sees DTensor ops: each linear is still one mm, in the same order.
+        dict(tp=2, sequence_parallel=True, recompute="keep:attn.context+attn.lse+attn.q+ffn.down_out"),
+    ],
+    ids=["dp", "tp-sp"],
+)
+def test_two_rank_parity_with_a_kept_set(kwargs) -> None:
+    """2 ranks, 3 steps, one kept set on every block, against one process."""
+    plan = make_plan(LLAMA, num_micro_batches=2, seq_len=16, **kwargs)
     result = check_parity(plan, steps=3)
     assert not result.missing_params
     assert result.max_loss_rel_err <= 1e-5, (result.losses, result.reference_losses)
