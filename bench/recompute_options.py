@@ -9,8 +9,10 @@ program (planner/search/milp/recompute.py on block_graph.py), the placement MILP
 and once with those plus every Pareto point, and both optima. A Pareto option's time is the
 program's forward kernel time plus each tensor-parallel region's forward collective when a
 matmul of that region re-runs (half of ``LayerCost.comm_fwd_s`` per region: an approximation).
-This is not wired into ``autopar plan``: a Pareto option is not yet a value of
-``Parallel.recompute`` the plan file, the exports and the runtime can carry (docs/search.md).
+``--search`` instead runs what ``autopar plan`` does (planner/search/kept_options.py: kept sets
+of matmul and attention outputs on the front's lower hull, at most 4, for candidates where none
+does not fit) on the same settings with the mesh and micro-batch fixed, once with
+``--recompute none,selective,full`` and once with auto recompute, and prints both step times.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from models.graph import build_graph
 from models.load import load_model
 from planner.config import Parallel, Training
 from planner.cost.layer import LayerCost, graph_costs
+from planner.search import Knobs, search
 from planner.search.milp.block_graph import block_graph
 from planner.search.milp.data import build_data
 from planner.search.milp.placement import build_placement_model, read_assignment
@@ -95,10 +98,38 @@ def solve_placement(graph, costs, cluster, train, par, options, limit):
     return sol.objective, sol.status, wall, model.size, read_assignment(d, v, sol.values)[1]
 
 
+def plan_with_kept_sets(limit: float) -> None:
+    """Each setting planned as ``autopar plan`` does, without and with kept sets (``--search``)."""
+    for model, cluster_name, train, par in SETTINGS:
+        fixed = {"tp": (par.tp,), "pp": (par.pp,), "micro_batch": (par.micro_batch,)}
+        print(
+            f"{model} on {cluster_name} ({train.stack.name} stack), tp{par.tp} pp{par.pp} mb{par.micro_batch}, "
+            f"batch {train.global_batch} × {train.seq_len}:"
+        )
+        steps = []
+        for label, extra in (("3 options", {"recompute": BASE}), ("+ kept sets", {})):
+            t0 = time.perf_counter()
+            res = search(
+                load_model(model), load_cluster(cluster_name), train, Knobs({**fixed, **extra}), time_limit_s=limit
+            )
+            wall = time.perf_counter() - t0
+            steps.append(res.best.predicted["step_time_s"])
+            p = res.best.par
+            print(
+                f"  {label}: step {steps[-1]:.4f} s ({res.certificate['status']}, gap {res.certificate['gap']:.2%}, "
+                f"{wall:.1f} s); {p.describe('compact')} · recompute {p.recompute_summary()}"
+            )
+        print(f"  step time with kept sets: {100 * (steps[1] / steps[0] - 1):+.2f}%")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-limit", type=float, default=60.0)
+    ap.add_argument("--search", action="store_true", help="plan as autopar plan does, without and with kept sets")
     args = ap.parse_args()
+    if args.search:
+        plan_with_kept_sets(args.time_limit)
+        return 0
     for model, cluster_name, train, par in SETTINGS:
         spec, cluster = load_model(model), load_cluster(cluster_name)
         graph = build_graph(spec, train.seq_len, train.attention_impl, train.norm_impl)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from models.errors import SpecError
+from planner.kept_sets import check_kept_value, is_kept_set, short_label
 from planner.schedules import SCHEDULES
 
 RECOMPUTE_OPTIONS = ("none", "selective", "full")
@@ -97,6 +98,8 @@ class Knob:
                 raise SpecError(f"{self.flag} must be >= {self.minimum}{top} (got {value})")
         elif self.kind == "bool" and not isinstance(value, bool):
             raise SpecError(f"{bad}: expected on or off")
+        elif self.kind == "per_block" and is_kept_set(value):
+            check_kept_value(value)  # a named kept set (planner/kept_sets.py)
         elif self.kind in ("choice", "per_block") and value not in self.choices:
             raise SpecError(f"{self.flag} must be one of {', '.join(self.choices)} (got {value!r})")
         return value
@@ -133,7 +136,7 @@ class Knob:
         if not items:
             raise SpecError(f"{self.flag} {text!r}: expected auto, one value or a comma list")
         if self.kind == "choice" or self.kind == "per_block":
-            bad = [x for x in items if x not in self.choices]
+            bad = [x for x in items if x not in self.choices and not (self.kind == "per_block" and is_kept_set(x))]
             if bad:
                 raise SpecError(
                     f"{self.flag}: unknown value(s) {', '.join(bad)}; choose from {', '.join(self.choices)}"
@@ -345,8 +348,8 @@ KNOBS: tuple[Knob, ...] = (
         "--recompute",
         "per_block",
         "none",
-        "Activation recompute per block: none, selective or full",
-        "none, selective, full per block (the placement MILP decides)",
+        "Activation recompute per block: none, selective, full or a kept set keep:<tensor>+<tensor>",
+        "none, selective, full per block, and where none does not fit kept sets of the block's Pareto front (the placement MILP decides)",
         choices=RECOMPUTE_OPTIONS,
         searched=False,
         shown_at=12,
@@ -366,8 +369,9 @@ DECISIONS: tuple[str, ...] = tuple(k.name for k in KNOBS if k.searched)
 def recompute_summary(options: str | Sequence[str]) -> str:
     """``full`` for one option everywhere, else counts in option order: ``2 none, 30 full``."""
     if isinstance(options, str) or len(set(options)) == 1:
-        return options if isinstance(options, str) else options[0]
-    return ", ".join(f"{list(options).count(o)} {o}" for o in RECOMPUTE_OPTIONS if o in options)
+        return short_label(options if isinstance(options, str) else options[0])
+    order = [o for o in RECOMPUTE_OPTIONS if o in options] + sorted({o for o in options} - set(RECOMPUTE_OPTIONS))
+    return ", ".join(f"{list(options).count(o)} {short_label(o)}" for o in order)
 
 
 def field_path(name: str) -> str:

@@ -20,6 +20,7 @@ from planner.planfile.schema import SCHEMA_VERSION
 from planner.config import Parallel, PlanError, Training
 from planner.cost.estimate import estimate
 from planner.cost.layer import graph_costs
+from planner.knobs import RECOMPUTE_OPTIONS
 from planner.planfile import load_plan, plan_inputs
 from planner.search import Knobs, search
 from planner.search.milp.data import build_data
@@ -99,8 +100,12 @@ def test_planner_picks_hsdp_where_gathers_across_nodes_cost_more_than_the_memory
     the memory full sharding saves is not needed. The planner, allowed both, picks HSDP, and its
     plan is the faster of the two searched alone."""
     cl, train = load_cluster("h100-sxm-80gb:64", {"inter_node_bw_GBps": 12.5}), Training(512, 4096)
-    both = _best(cl, train, FSDP | {"dp_replicate": (1, 8)})
-    alone = {r: _best(cl, train, FSDP | {"dp_replicate": (r,)}) for r in (1, 8)}
+    # The three recompute options: kept sets (planner/search/kept_options.py) shrink full
+    # sharding's recompute (3.383 s → 3.128 s) more than HSDP's (3.163 s → 3.109 s), leaving
+    # HSDP ahead by less than the 1% asserted here.
+    three = {"recompute": RECOMPUTE_OPTIONS}
+    both = _best(cl, train, FSDP | three | {"dp_replicate": (1, 8)})
+    alone = {r: _best(cl, train, FSDP | three | {"dp_replicate": (r,)}) for r in (1, 8)}
     assert both.par.dp_replicate == 8 and both.par.dense_shard == 8
     assert alone[8].step_time_s < alone[1].step_time_s * 0.99
     assert both.step_time_s == pytest.approx(alone[8].step_time_s, rel=1e-12)

@@ -43,6 +43,7 @@ from planner.schedules import INTERLEAVED
 from planner.search.bnb import Outcome, Pool, best_known, branch_and_bound, interrupted_outcome
 from planner.search.candidates import space_of
 from planner.search.context import Candidate, SearchContext, SearchStatus
+from planner.search.kept_options import kept_sets_allowed
 
 WARM_SHARE = 0.3  # of the budget for the heuristic rounds that give every question a plan
 WARM_ROUNDS = 4  # heuristic plans per question at most (its most promising candidates)
@@ -76,7 +77,13 @@ class Problem:
     def pool(self, cluster: ClusterSpec | None = None, knobs: Knobs | None = None) -> Pool:
         knobs = knobs or self.knobs
         ctx = SearchContext.build(
-            self.spec, cluster or self.cluster, self.train, knobs.options(), self.backend, self.gap
+            self.spec,
+            cluster or self.cluster,
+            self.train,
+            knobs.options(),
+            self.backend,
+            self.gap,
+            kept_sets_allowed(knobs),
         )
         return Pool(ctx, knobs)
 

@@ -40,6 +40,7 @@ from planner.search.bnb import Pool, best_known, branch_and_bound
 from planner.search.candidates import enumerate_candidates
 from planner.search.context import SearchContext, SearchStatus
 from planner.search.heuristics import least_memory_proxy_bytes
+from planner.search.kept_options import kept_sets_allowed
 
 WARM = 6  # heuristic plans tried per cluster size when searching for the fewest GPUs
 MAX_GPUS_FACTOR = 64  # give up on "more GPUs" beyond this many times the GPUs
@@ -47,7 +48,9 @@ CLOSEST = 32  # candidates (least memory first) scored for the plan closest to f
 
 
 def _pool(spec, cluster, train, knobs: Knobs, backend: str = "ortools", gap: float = 0.01) -> Pool:
-    return Pool(SearchContext.build(spec, cluster, train, knobs.options(), backend, gap), knobs)
+    return Pool(
+        SearchContext.build(spec, cluster, train, knobs.options(), backend, gap, kept_sets_allowed(knobs)), knobs
+    )
 
 
 def quick_fit(spec, cluster, train, knobs: Knobs) -> Estimate | None:

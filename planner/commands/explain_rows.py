@@ -16,6 +16,7 @@ from typing import Any
 from models.spec import ModelSpec
 from planner.cost.estimate import Estimate, estimate
 from planner.cost.records import time_components
+from planner.kept_sets import is_kept_set
 from planner.knobs import RECOMPUTE_OPTIONS, recompute_summary
 from planner.planfile.build import parallel_dict
 
@@ -95,8 +96,12 @@ def _lowered_block(base: Estimate, rank: int, allowed: tuple[str, ...]) -> tuple
         for o in RECOMPUTE_OPTIONS
     }
     ids = [i for ch in base.chunks if ch.pp_rank == rank for i in range(ch.first_block, ch.first_block + ch.num_blocks)]
+    # A kept set (planner/kept_sets.py) ranks between selective and full; lowered, it keeps all (none).
+    kept = {o: "none" if "none" in allowed else None for i in ids if is_kept_set(o := base.par.recompute_of(i))}
+    lower |= kept
+    strength = {o: RECOMPUTE_OPTIONS.index(o) for o in RECOMPUTE_OPTIONS} | {o: 1.5 for o in kept}
     movable = [i for i in ids if lower[base.par.recompute_of(i)] is not None]
-    block = max(movable, key=lambda i: (RECOMPUTE_OPTIONS.index(base.par.recompute_of(i)), i), default=None)
+    block = max(movable, key=lambda i: (strength[base.par.recompute_of(i)], i), default=None)
     if block is None:
         return None
     old = base.par.recompute_of(block)

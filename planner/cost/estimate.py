@@ -29,7 +29,8 @@ from planner.cost.data_parallel import (
     tied_params,
     zero3_overlap,
 )
-from planner.cost.layer import LayerCost, graph_costs
+from planner.cost.kept_set import priced_costs
+from planner.cost.layer import LayerCost
 from planner.cost.records import ChunkResult, Predicted, StageResult, TimeBreakdown
 from planner.cost.schedule import PathCounts, ScheduleResult, inflight_peaks, simulate
 
@@ -120,21 +121,27 @@ def p2p_list(
 def _prepare(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel) -> _Prepared:
     check_plan(par, train, model, cluster.num_gpus)
     graph = build_graph(model, train.seq_len, train.attention_impl, train.norm_impl)
-    costs = graph_costs(graph, cluster, train, par)
+    costs = priced_costs(graph, cluster, train, par)
     chunks = make_chunks(graph, par)
     sums = [chunk_sums(c, costs, par) for c in chunks]
     return _Prepared(graph, costs, chunks, sums, _rank_states(chunks, costs, graph, par))
 
 
-def fits_in_memory(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel) -> bool:
-    """Whether ``estimate`` would report the plan as fitting, without timing the schedule (the
-    in-flight activations depend on each rank's order only): the planner's heuristics try the
-    least recompute that fits and skip the simulations of plans that do not."""
+def rank_memory_bytes(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel) -> list[float]:
+    """Each pipeline rank's peak bytes as ``estimate`` reports them, without timing the schedule
+    (the in-flight activations depend on each rank's order only)."""
     p = _prepare(model, cluster, train, par)
     m = par.num_micro_batches(train.global_batch)
     peak, inflight = inflight_peaks(par.schedule, par.pp, m, par.vpp, [s[2] for s in p.sums])
+    return [_rank_memory(r, p, peak[r], inflight[r], train, par).total_bytes for r in range(par.pp)]
+
+
+def fits_in_memory(model: ModelSpec, cluster: ClusterSpec, train: Training, par: Parallel) -> bool:
+    """Whether ``estimate`` would report the plan as fitting (``rank_memory_bytes``): the
+    planner's heuristics try the least recompute that fits and skip the simulations of plans
+    that do not."""
     cap = mem.capacity_bytes(cluster.gpu.hbm_bytes, train)
-    return all(_rank_memory(r, p, peak[r], inflight[r], train, par).total_bytes <= cap for r in range(par.pp))
+    return all(b <= cap for b in rank_memory_bytes(model, cluster, train, par))
 
 
 def estimate(

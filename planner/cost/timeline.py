@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from models.graph import build_graph
 from planner.cost.estimate import Estimate, estimate, p2p_list
-from planner.cost.layer import graph_costs
+from planner.cost.kept_set import priced_costs
 from planner.cost.memory import fragmentation
 
 # Drawing order in the legend; "idle" is the pipeline bubble.
@@ -92,7 +92,7 @@ def with_events(est: Estimate) -> Estimate:
 def chunk_parts(est: Estimate) -> list[ChunkParts]:
     """Split every chunk's F and B time into the cost model's parts (see the module docstring)."""
     graph = build_graph(est.model, est.train.seq_len, est.train.attention_impl, est.train.norm_impl)
-    costs = graph_costs(graph, est.cluster, est.train, est.par)
+    costs = priced_costs(graph, est.cluster, est.train, est.par)
     n_blocks = len(graph.blocks)
     per_chunk = {c.chunk: c for s in est.predicted.stages for c in s.chunks}
     out = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from hardware.cluster import ClusterSpec
 from models.spec import ModelSpec
 from planner.config import Parallel, Training, check_plan
+from planner.kept_sets import is_kept_set
 from planner.knobs import recompute_summary
 from planner.planfile.load import load_plan, plan_inputs
 
@@ -120,6 +121,10 @@ def recompute_pattern(view: PlanView) -> RecomputePattern:
     opts = [o for c in view.chunks for o in c.recompute]
     used = Counter(opts)
     detail = recompute_summary(opts) if opts else ""
+    if any(is_kept_set(o) for o in used):
+        # No target names a kept set (planner/kept_sets.py): its blocks recompute fully, which
+        # keeps only the block input, less than any kept set.
+        return RecomputePattern("full", max(sum(o != "none" for o in c.recompute) for c in view.chunks), False, detail)
     if len(used) <= 1:
         return RecomputePattern(opts[0] if opts else "none", None, True, detail)
     per_chunk = [sum(o != "none" for o in c.recompute) for c in view.chunks]
@@ -139,10 +144,13 @@ def recompute_note(
     if pat.exact and (pat.block_full is None or block_ok):
         return None
     counts = "/".join(str(sum(o != "none" for o in c.recompute)) for c in view.chunks)
+    kept = any(is_kept_set(o) for c in view.chunks for o in c.recompute)
+    why = "keeps chosen tensors per block (kept sets)" if kept else "mixes options per block"
+    again = "; re-plan with --recompute none,selective,full for an export that matches the plan" if kept else ""
     return (
-        f"recompute: the plan mixes options per block ({pat.detail}; recomputing blocks per chunk "
+        f"recompute: the plan {why} ({pat.detail}; recomputing blocks per chunk "
         f"{counts}); {target} cannot express that, so the export uses {emitted}: at least as many blocks per "
-        f"chunk recompute, at least as strongly (same or less activation memory, some extra recompute time)"
+        f"chunk recompute, at least as strongly (same or less activation memory, some extra recompute time){again}"
     )
 
 

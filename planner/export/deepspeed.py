@@ -21,6 +21,7 @@ import json
 from planner.config import grad_reduce_bytes
 from planner.export.common import Export, PlanView, common_notes, recompute_note, recompute_pattern, tp_overlap_note
 from planner.export.rescore import AsRun, rescore_note
+from planner.kept_sets import is_kept_set
 
 
 def deepspeed_export(view: PlanView) -> Export:
@@ -168,7 +169,9 @@ def _ds_recompute(view: PlanView, run: AsRun, notes: list[str]) -> tuple[dict | 
     pat = recompute_pattern(view)
     if pat.mode == "none":
         return None, 0
-    interval = 1 if view.par.pp > 1 and "full" in {o for c in view.chunks for o in c.recompute} else 0
+    # A kept set (planner/kept_sets.py) has no DeepSpeed form: its blocks checkpoint whole, as full.
+    full = any(o == "full" or is_kept_set(o) for c in view.chunks for o in c.recompute)
+    interval = 1 if view.par.pp > 1 and full else 0
     if interval:
         note = recompute_note(view, pat, "DeepSpeed's PipelineModule", "activation_checkpoint_interval 1 (every block)")
         if note:
@@ -191,9 +194,12 @@ def _ds_recompute(view: PlanView, run: AsRun, notes: list[str]) -> tuple[dict | 
 
 
 def _recompute_code(view: PlanView) -> str:
-    """Which blocks the model code checkpoints: whole blocks (full) and attention cores (selective)."""
-    blocks = [o for c in view.chunks for o in c.recompute]
+    """Which blocks the model code checkpoints: whole blocks (full, and kept sets, which DeepSpeed
+    cannot keep selectively) and attention cores (selective)."""
+    blocks = ["full" if is_kept_set(o) else o for c in view.chunks for o in c.recompute]
     parts = []
+    if any(is_kept_set(o) for c in view.chunks for o in c.recompute):
+        parts.append("kept sets (keep(...)) have no DeepSpeed form and are checkpointed whole, as full")
     for option, what in (
         ("full", "full: wrap blocks {} in deepspeed.checkpointing.checkpoint"),
         ("selective", "selective: wrap the attention core of blocks {} in it"),

@@ -15,7 +15,8 @@ Every error names the offending field and shows the arithmetic of a broken invar
     stages[i]                 index, pp_rank (= i % pp), virtual_index (= i // pp),
                               layers [lo, hi) with at least one block (contiguous, covering all
                               blocks), has_embedding (first only), has_head (last only),
-                              recompute (one per block)
+                              recompute (one per block: none, selective, full or, since
+                              1.3, a kept set keep:<tensor>+<tensor>)
 
 ``runtime_limits`` lists what the bundled runtime does not implement (fp8): a valid plan it
 cannot run, which `validate` reports as warnings.
@@ -25,7 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from models.errors import SpecError
 from models.spec import ModelSpec
+from planner.kept_sets import check_kept_value, is_kept_set, runtime_refusal
 from planner.knobs import KNOBS, RECOMPUTE_OPTIONS, Knob
 from planner.planfile.schema import MAJOR as SCHEMA_MAJOR
 from planner.schedules import SCHEDULES
@@ -40,6 +43,16 @@ _TYPES = {"int": int, "bool": bool, "choice": str}
 
 class PlanRejected(ValueError):
     """A plan the runtime cannot execute; the message names the field."""
+
+
+def _recompute_ok(value: Any) -> bool:
+    """One of the three options, or a canonical kept set (planner/kept_sets.py, schema 1.3)."""
+    if value in RECOMPUTE:
+        return True
+    try:
+        return is_kept_set(value) and check_kept_value(value) == value
+    except SpecError:
+        return False
 
 
 def _get(d: dict, path: str, kind: type | tuple[type, ...]) -> Any:
@@ -195,9 +208,11 @@ def _check_stages(plan: dict, num_layers: int) -> None:
             if _get(st, key, bool) != want:
                 raise PlanRejected(f"plan field '{where}.{key}' must be {want}")
         recompute = _get(st, "recompute", list)
-        if len(recompute) != layers[1] - layers[0] or any(r not in RECOMPUTE for r in recompute):
+        if len(recompute) != layers[1] - layers[0] or any(not _recompute_ok(r) for r in recompute):
             n = layers[1] - layers[0]
-            raise PlanRejected(f"plan field '{where}.recompute' must list one of {RECOMPUTE} per block ({n})")
+            raise PlanRejected(
+                f"plan field '{where}.recompute' must list one of {RECOMPUTE} or a kept set keep:<tensor>+<tensor> per block ({n})"
+            )
     if next_layer != num_layers:
         raise PlanRejected(f"plan field 'stages' covers blocks [0, {next_layer}) of {num_layers}")
 
@@ -234,4 +249,8 @@ def runtime_limits(plan: dict) -> list[tuple[str, str]]:
     dtype = plan["inputs"]["training"]["dtype"]
     if dtype not in DTYPE_NAMES:
         out.append(("inputs.training.dtype", f"autopar run executes {', '.join(DTYPE_NAMES)}, not {dtype}"))
+    for i, st in enumerate(plan["stages"]):
+        why = next((w for r in dict.fromkeys(st["recompute"]) if is_kept_set(r) and (w := runtime_refusal(r))), None)
+        if why:
+            out.append((f"stages[{i}].recompute", why))
     return out

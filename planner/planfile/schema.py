@@ -11,14 +11,21 @@ default when absent (``dp_replicate`` 1 in 1.0 files).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from planner.knobs import KNOBS, RECOMPUTE_OPTIONS, Knob
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"  # 1.3: a recompute value may be a kept set (planner/kept_sets.py)
 MAJOR = SCHEMA_VERSION.split(".")[0]
+
+
+# A kept set: ``keep:`` and sorted tensor names joined by ``+`` (planner/kept_sets.py).
+KeptSet = Annotated[
+    str, StringConstraints(pattern=r"^keep:([a-z][a-z0-9_]*(\.[a-z0-9_]+)+(\+[a-z][a-z0-9_]*(\.[a-z0-9_]+)+)*)?$")
+]
+RecomputeValue = Literal[RECOMPUTE_OPTIONS] | KeptSet  # type: ignore[valid-type]
 
 
 class _Open(BaseModel):
@@ -42,8 +49,9 @@ def _field(k: Knob) -> tuple[Any, Any]:
     if k.kind == "choice":
         return Literal[k.choices], Field(default, description=k.help + ".")
     if k.kind == "per_block":
-        opt = Literal[RECOMPUTE_OPTIONS]  # type: ignore[valid-type]
-        return opt | list[opt] | None, Field(None, description=k.help + " (also in stages[].recompute).")
+        return RecomputeValue | list[RecomputeValue] | None, Field(
+            None, description=k.help + " (also in stages[].recompute)."
+        )
     return list[int] | None, Field(None, description=k.help + " (also in stages[].layers).")
 
 
@@ -62,7 +70,9 @@ class StageBlock(_OpenStrict):
     layers: list[int] = Field(min_length=2, max_length=2, description="Half-open block range [first, last+1).")
     has_embedding: bool
     has_head: bool
-    recompute: list[Literal["none", "selective", "full"]] = Field(description="One option per block in the range.")
+    recompute: list[RecomputeValue] = Field(
+        description="One option per block in the range: none, selective, full or a kept set keep:<tensor>+<tensor>."
+    )
     ranks: list[int] = Field(description="Global ranks of this pipeline rank (tp innermost, then cp, dp).")
 
 

@@ -45,7 +45,8 @@ class SearchStatus(StrEnum):
 @dataclass(frozen=True)
 class SearchContext:
     """One planning problem: model, cluster and training, the layer graph built once, the
-    recompute options the placement may use, the MILP backend and the relative gap target."""
+    recompute options the placement may use (and how many kept sets it may add), the MILP
+    backend and the relative gap target."""
 
     spec: ModelSpec
     cluster: ClusterSpec
@@ -63,6 +64,9 @@ class SearchContext:
     # nonzeros. One predicted to end past the search's deadline is not started.
     estimate_pace: Pace = field(default_factory=Pace, compare=False, repr=False)
     milp_pace: Pace = field(default_factory=Pace, compare=False, repr=False)
+    # Most kept-set options (the block's Pareto front, planner/search/kept_options.py) a
+    # memory-bound candidate's placement may add to ``options``; 0: none.
+    kept_sets: int = 0
 
     @staticmethod
     def build(
@@ -72,9 +76,10 @@ class SearchContext:
         options: tuple[str, ...],
         backend: str = "ortools",
         gap: float = 0.01,
+        kept_sets: int = 0,
     ) -> SearchContext:
         graph = build_graph(spec, train.seq_len, train.attention_impl, train.norm_impl)
-        return SearchContext(spec, cluster, train, graph, tuple(options), backend, gap)
+        return SearchContext(spec, cluster, train, graph, tuple(options), backend, gap, kept_sets=kept_sets)
 
     @property
     def cap_bytes(self) -> float:

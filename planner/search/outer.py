@@ -38,6 +38,7 @@ from planner.search.bnb import Pool, Progress, branch_and_bound
 from planner.search.certificate import Certificate, DeeperRecord, certify
 from planner.search.context import Candidate, CandidateResult, CandStatus, SearchContext, SearchStatus, step_s
 from planner.search.heuristics import heuristic_incumbent, late_plan
+from planner.search.kept_options import kept_sets_allowed
 from planner.search.pace import Timed
 from planner.search.polish import deepen_all, deeper_record, least_recompute, probe_outside
 
@@ -130,7 +131,8 @@ def search(
     """Find the fastest plan that fits; see the module docstring for the algorithm."""
     t0 = time.perf_counter()
     deadline = t0 + time_limit_s
-    ctx = SearchContext.build(spec, cluster, train, knobs.options(), backend, gap)
+    kept = kept_sets_allowed(knobs)
+    ctx = SearchContext.build(spec, cluster, train, knobs.options(), backend, gap, kept)
     pool = Pool(ctx, knobs)
     cands = pool.candidates(deadline=deadline)
     if not cands:

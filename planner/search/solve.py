@@ -24,6 +24,7 @@ from planner.cost.layer import LayerCost
 from planner.cost.schedule import PathCounts, warmup_paths
 from planner.search.bounds import candidate_bound
 from planner.search.context import CandidateResult, CandStatus, SearchContext, step_s
+from planner.search.kept_options import kept_set_options
 from planner.search.milp.data import PlacementData, build_data
 from planner.search.milp.model import Model, Solution, SolveStatus
 from planner.search.milp.placement import build_placement_model, read_assignment
@@ -70,10 +71,13 @@ def solve(
     t0 = time.perf_counter()
     if floor_s is None:  # the search passes the bound it already computed to order candidates
         floor_s = candidate_bound(ctx.graph, costs, ctx.cluster, ctx.train, par)[0]
+    # A memory-bound candidate may also keep kept sets of its block's Pareto front: more options
+    # only lower the MILP's optimum, and the floor (recompute none) stays valid.
+    costs, options = kept_set_options(ctx, par, costs)
     job = _Job(
         ctx,
         par,
-        build_data(ctx.graph, costs, ctx.cluster, ctx.train, par, ctx.options),
+        build_data(ctx.graph, costs, ctx.cluster, ctx.train, par, options),
         rel_tol,
         deadline,
         cutoff_s,
@@ -101,9 +105,15 @@ def solve(
         # An LP relaxation (of the rank-bound/warm-up-path model, which already holds memory and
         # recompute, or of the exact schedule) reaches the cutoff: prune without a MILP.
         return CandidateResult(par, lp, CandStatus.PRUNED_BOUND, None, 1, {}, time.perf_counter() - t0)
-    best: Estimate | None = None
+    return _refine(job, cuts, _seed_plans(job, cuts, seen), lp, 0, t0, 0.0)
+
+
+def _seed_plans(job: _Job, cuts: list[Cut], seen: set) -> Estimate | None:
+    """The even split under each allowed recompute option: its critical paths join ``cuts`` and
+    the fastest that fits is the first plan (none past the search's deadline)."""
+    ctx, par, best = job.ctx, job.par, None
     for o in ctx.options:
-        if time.perf_counter() > hard_deadline:
+        if time.perf_counter() > job.hard_deadline:
             break  # _refine stops at once: time_limit with the LP bound
         seed = estimate(ctx.spec, ctx.cluster, ctx.train, par.with_(recompute=o))
         new = [(r, p) for r, p in enumerate(seed.critical) if (r, p) not in seen]
@@ -111,7 +121,7 @@ def solve(
         cuts.extend(new)
         if seed.fits and seed.predicted.step_time_s < step_s(best):
             best = seed
-    return _refine(job, cuts, best, lp, 0, t0, 0.0)
+    return best
 
 
 def _refine(

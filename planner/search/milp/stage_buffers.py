@@ -26,7 +26,9 @@ import math
 
 from models.graph import build_graph
 from planner.cost.estimate import Estimate, estimate
-from planner.cost.layer import graph_costs, saved_tensor_bytes
+from planner.cost.kept_set import kept_tensor_bytes, priced_costs
+from planner.cost.layer import saved_tensor_bytes
+from planner.kept_sets import is_kept_set
 from planner.search.milp.arena import Buffer
 
 ALIGNMENT_BYTES = 512
@@ -50,7 +52,7 @@ def _layer_slices(start: float, end: float, weights: list[float]) -> list[tuple[
 def _activation_buffers(est: Estimate, rank: int) -> list[tuple[str, float, float, float]]:
     """(name, start_s, end_s, bytes) of every saved tensor and backward transient on ``rank``."""
     graph = build_graph(est.model, est.train.seq_len, est.train.attention_impl, est.train.norm_impl)
-    costs = graph_costs(graph, est.cluster, est.train, est.par)
+    costs = priced_costs(graph, est.cluster, est.train, est.par)
     n_blocks = len(graph.blocks)
     chunks = {c.index: c for c in est.chunks}
     transient = est.predicted.stages[rank].memory.transient_bytes
@@ -73,7 +75,12 @@ def _activation_buffers(est: Estimate, rank: int) -> list[tuple[str, float, floa
         b_slices = _layer_slices(start, end, back[::-1])[::-1]
         for lid, opt, (f0, _), (_, b1) in zip(ids, opts, f_slices, b_slices):
             layer = graph.layers[lid]
-            for name, nbytes in saved_tensor_bytes(layer, graph, est.cluster, est.train, est.par)[opt]:
+            kept = (
+                kept_tensor_bytes(layer, graph, est.cluster, est.train, est.par, opt)
+                if is_kept_set(opt)
+                else saved_tensor_bytes(layer, graph, est.cluster, est.train, est.par)[opt]
+            )
+            for name, nbytes in kept:
                 out.append((f"{name}[layer={lid},mb={i}]", f0, b1, nbytes))
     return out
 
