@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_export import write_plan
 from typer.testing import CliRunner
 
 from cli import app
@@ -18,6 +19,7 @@ from models.load import load_model
 from planner.config import Parallel, Training
 from planner.cost.estimate import estimate
 from planner.cost.kept_set import block_graph, priced_costs
+from planner.cost.layer import saved_tensor_bytes
 from planner.export import export_plan
 from planner.kept_sets import check_kept_value, kept_value
 from planner.knobs import BY_NAME
@@ -25,7 +27,6 @@ from planner.planfile.accept import PlanRejected, accept_plan, runtime_limits
 from planner.planfile.load import load_plan, plan_inputs
 from planner.planfile.schema import SCHEMA_VERSION
 from planner.search.milp.recompute import solve
-from test_export import write_plan
 
 runner = CliRunner()
 KEEP = "keep:attn.context+attn.k+attn.lse+attn.q+attn.v+ffn.gate+ffn.up"
@@ -53,7 +54,8 @@ def test_the_price_spans_none_to_the_block_input() -> None:
     nothing holds full's bytes (the block input) and re-runs less than full, which also re-runs
     the last projection and residual add, whose outputs no backward reads."""
     graph, *_, cost = _costs("none")
-    everything = kept_value(x.name for x in graph.blocks[0].saved if x.in_none)
+    none = saved_tensor_bytes(graph.blocks[0], graph, *_costs("none")[1:4])["none"]
+    everything = kept_value(name for name, _ in none)
     *_, c = _costs(everything)
     assert c.recompute_s[everything] == 0.0 and c.act_bytes[everything] == cost.act_bytes["none"]
     *_, c = _costs("keep:")
