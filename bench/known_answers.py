@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,7 +23,15 @@ from hardware.cluster import load_cluster
 from models.load import load_model
 from models.spec import ModelSpec
 from planner.config import Parallel, Training
+from planner.inputs import build_training
 from planner.search import Knobs, search
+
+
+def _train(global_batch: int, seq_len: int, attention: str | None = None) -> Training:
+    """What `autopar plan` builds from the command line: the default stack's kernels, gradient
+    dtype and TP overlap (``planner.inputs.build_training``), bf16."""
+    return build_training(global_batch, seq_len, "bf16", attention)
+
 
 # Narayanan et al. 2021 Fig. 13: a 161B GPT (32 layers, hidden 20,480) on 64 A100s, dp 1 (also
 # tests/test_planner.py).
@@ -65,7 +73,7 @@ SETTINGS = [
         "pure data parallelism",
         "gpt3-1.3b",
         "h100-sxm-80gb:8",
-        Training(64, 2048),
+        _train(64, 2048),
         lambda p: (p.dp, p.tp, p.pp) == (8, 1, 1),
     ),
     Setting(
@@ -73,7 +81,7 @@ SETTINGS = [
         "ZeRO or recompute, no pipeline",
         "llama3-8b",
         "h100-sxm-80gb:8",
-        Training(64, 8192),
+        _train(64, 8192),
         lambda p: p.pp == 1 and p.tp == 1 and (p.zero or p.recompute != "none"),
     ),
     Setting(
@@ -81,7 +89,7 @@ SETTINGS = [
         "ZeRO, no pipeline",
         "gpt3-1.3b",
         "a100-sxm-40gb:8",
-        Training(256, 2048),
+        _train(256, 2048),
         lambda p: p.pp == 1 and p.zero >= 1,
     ),
     Setting(
@@ -89,7 +97,7 @@ SETTINGS = [
         "tp 8 · pp 16 (Narayanan et al. 2021 Table 1)",
         "gpt3-175b",
         "a100-sxm-80gb:1024",
-        Training(1536, 2048, "bf16", "eager"),
+        _train(1536, 2048, "eager"),
         lambda p: (p.tp, p.pp) == (8, 16),
         {"zero": (0,)},
     ),
@@ -98,7 +106,7 @@ SETTINGS = [
         "tp in a node, pipeline across nodes",
         "gpt3-175b",
         "a100-sxm-80gb:1024",
-        Training(1536, 2048),
+        _train(1536, 2048),
         _in_node_tp_pipeline_across,
     ),
     Setting(
@@ -106,7 +114,7 @@ SETTINGS = [
         "NeMo gpt3/175b.yaml: tp 4 · pp 8 · v 12, SP, ZeRO-1, mb 1",
         "gpt3-175b",
         "a100-sxm-80gb:1024",
-        Training(2048, 2048),
+        _train(2048, 2048),
         lambda p: (p.tp, p.pp, p.vpp, p.sequence_parallel, p.zero, p.micro_batch) == (4, 8, 12, True, 1, 1),
     ),
     *[
@@ -115,7 +123,7 @@ SETTINGS = [
             "tp 8 · pp 8 (Narayanan et al. 2021 Fig. 13)",
             FIG13,
             "a100-sxm-80gb:64",
-            Training(b, 2048, "bf16", "eager", tp_overlap="none"),
+            replace(_train(b, 2048, "eager"), tp_overlap="none"),
             lambda p: (p.tp, p.pp) == (8, 8),
             {"dp": (1,), "tp": (2, 4, 8, 16, 32), "zero": (0,), "schedule": ("1f1b",), "sequence_parallel": (False,)},
         )
