@@ -18,6 +18,19 @@ from cli import app
 runner = CliRunner()
 
 
+def _cli(*args: str) -> subprocess.Popen:
+    """``autopar ARGS`` in its own process, as a user runs it (stdout and stderr captured)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_hard_problem_returns_a_valid_plan_within_the_limit(tmp_path):
     """deepseek-v3 on 2,048 H100s: thousands of candidates, where a 1 s limit used to run 13 s
     and exit 1 with "no plan fits ... 0.00 GiB over". Run as a user runs it, in its own process:
@@ -25,10 +38,9 @@ def test_a_hard_problem_returns_a_valid_plan_within_the_limit(tmp_path):
     collection can outlast the whole limit, which measures the worker, not the search."""
     out = tmp_path / "p.json"
     args = ["plan", "-m", "deepseek-v3", "-c", "h100-sxm-80gb:2048", "-b", "2048", "-s", "4096"]
-    cmd = [sys.executable, "-m", "cli", *args, "--time-limit", "1", "--out", str(out), "--format", "json"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    proc = _cli(*args, "--time-limit", "1", "--out", str(out), "--format", "json")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
     doc = json.loads(out.read_text())
     solver = doc["solver"]
     assert solver["phases_s"]["total_s"] <= 1.0 + 1.0, solver["phases_s"]  # the search itself
@@ -45,10 +57,10 @@ def test_a_deep_pipeline_stays_within_the_limit():
     passes the deadline. Own process, as above."""
     args = ["plan", "-m", "gpt3-175b", "-c", "h100-sxm-80gb:1024", "-b", "1024", "-s", "4096"]
     args += ["--set", "model.num_layers=1000", "--time-limit", "10", "--format", "json"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    solver = json.loads(r.stdout)["solver"]
+    proc = _cli(*args)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    solver = json.loads(stdout)["solver"]
     assert solver["phases_s"]["total_s"] <= 10.0 + 1.0, solver["phases_s"]
     assert solver["status"] == "time_limit" and 0 <= solver["gap"] <= 1, solver
 
@@ -92,14 +104,7 @@ def test_ctrl_c_returns_the_best_plan_so_far(tmp_path):
     """SIGINT after 3 s (of CPU) of a 60 s search: exit 130, the plan found so far on stdout with
     solver.status "interrupted" and a valid gap, one line on stderr, no traceback."""
     args = ["plan", "-m", "llama3-405b", "-c", "h100-sxm-80gb:1024", "-b", "1024", "-s", "4096"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", *args, "--time-limit", "60", "--format", "json"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _cli(*args, "--time-limit", "60", "--format", "json")
     t0 = _interrupt_after_cpu(proc, 3.0)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-3000:]
@@ -119,14 +124,7 @@ def test_ctrl_c_during_explain_returns_the_answers_known_so_far(tmp_path):
     args = ["plan", "-m", "llama3-70b", "-c", "h100-sxm-80gb:64", "-b", "256", "-s", "4096", "--time-limit", "5"]
     r = runner.invoke(app, [*args, "--out", str(plan)])
     assert r.exit_code == 0, r.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cli", "explain", str(plan), "--time-limit", "60", "--format", "json"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _cli("explain", str(plan), "--time-limit", "60", "--format", "json")
     t0 = _interrupt_after_cpu(proc, 7.0)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-3000:]
