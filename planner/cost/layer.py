@@ -252,8 +252,8 @@ def _tp_comm_full_s(layer: Layer, ctx: _Ctx, times: list[tuple[float, float]]) -
 
 
 def _region_gemm_s(layer: Layer, times: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Per TP region of a block (attention, FFN), the forward seconds of its column- and of its
-    row-parallel GEMMs (each backward half costs the same); routed experts left out."""
+    """Per TP region of a layer (attention, FFN; the head counts as one), the forward seconds of its
+    column- and of its row-parallel GEMMs (each backward half costs the same); routed experts left out."""
     regions: dict[str, list[float]] = {"attn": [0.0, 0.0], "ffn": [0.0, 0.0]}
     for op, (f, _) in zip(layer.ops, times):
         if op.tp_role in ("column", "row") and not op.expert:
@@ -268,13 +268,7 @@ def _column_windows(layer: Layer, times: list[tuple[float, float]]) -> list[tupl
     backward (bwd_factor 2) costs its forward roofline time (``times``: ``_op_times`` per op).
     Routed experts are not windows: Megatron-Core's token dispatcher does their TP communication
     (``explicit_expert_comm``)."""
-    regions: dict[str, list[float]] = {}
-    for op, (f, _) in zip(layer.ops, times):
-        if op.tp_role == "column" and not op.expert:
-            w = regions.setdefault("attn" if op.name.startswith("attn.") else "ffn", [0.0, 0.0])
-            w[0] += f
-            w[1] += f
-    return [(w[0], w[1]) for w in regions.values()]
+    return [(col, col) for col, _ in _region_gemm_s(layer, times) if col > 0]
 
 
 def _ep_comm_s(layer: Layer, ctx: _Ctx) -> float:
