@@ -25,14 +25,16 @@ docs/runtime.md ("Parity").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from runtime import reference_ranks
 from runtime.model import next_token_loss
 from runtime.plan_io import model_spec
-from runtime.precision import CastCache, cast_buffers, cast_parameters, fsdp_shards
+from runtime.precision import CastCache, Precision, cast_buffers, cast_parameters, fsdp_shards
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Split:
     grads_divided: bool = False
     head_copy: bool = False  # a tied embedding's head casts its own 16-bit copy (see reference_casts)
     reduce: torch.dtype = torch.float32  # of the sum over groups (a 16-bit by-hand all-reduce)
+    lockstep: bool = False  # cp or ep: every rank's arithmetic at once (runtime.reference_ranks)
 
     @classmethod
     def of(cls, plan: dict, reduce: torch.dtype = torch.float32) -> Split:
@@ -59,7 +62,8 @@ class Split:
         p = plan["parallelism"]
         pp, by_hand = p["pp"] > 1, p["dp"] * p["cp"] > 1 and not fsdp_shards(plan)
         tied = pp and model_spec(plan).tie_embeddings
-        return cls(p["dp"], p["num_micro_batches"], pp, tied, reduce if by_hand else torch.float32)
+        by_rank = reference_ranks.supported(plan, reduce)
+        return cls(p["dp"], p["num_micro_batches"], pp, tied, reduce if by_hand else torch.float32, by_rank)
 
 
 WHOLE = Split()  # one forward and backward of the whole batch
@@ -123,3 +127,15 @@ def _average(grads: list[torch.Tensor | None], split: Split) -> torch.Tensor | N
         total += g.to(split.reduce)
     total /= split.groups
     return total.to(present[0].dtype)
+
+
+def walk(
+    model: nn.Module, plan: dict, split: Split, precision: Precision
+) -> tuple[list[CastCache], Callable[[torch.Tensor, float], float]]:
+    """Prepare ``model`` to walk batches as ``split`` says: the 16-bit casts to clear after each
+    step, and the function filling the gradients of a batch (``batch, loss_scale -> loss``)."""
+    if split.lockstep:
+        state = reference_ranks.install(model, reference_ranks.Ranks.of(plan), precision.compute)
+        return state.all_caches(), lambda batch, scale: reference_ranks.lockstep_gradients(model, state, batch, scale)
+    caches = reference_casts(model, precision.compute, split) if precision.mixed else []
+    return caches, lambda batch, scale: batch_gradients(model, batch, split, scale)

@@ -41,7 +41,7 @@ from runtime.plan_io import model_spec
 from runtime.precision import LossScaler, fsdp_shards, precision_for
 from runtime.profile import profile_comm
 from runtime.recipe import Recipe
-from runtime.reference import WHOLE, Split, batch_gradients, reference_casts
+from runtime.reference import WHOLE, Split, walk
 from runtime.step import ParallelModel
 from runtime.tokens import open_token_file
 
@@ -94,13 +94,13 @@ def run_reference(
     if init_weights is not None:
         load_part(model, Checkpoint(init_weights))
     # The policy of every plan (FSDP2's casts are the same arithmetic): runtime.reference.
-    caches = reference_casts(model, precision.compute, split) if precision.mixed else []
+    caches, gradients = walk(model, plan, split, precision)
     params = list(model.parameters())
     optimizer = build_optimizer(params, recipe)
     scheduler, scaler = build_scheduler(optimizer, recipe, steps), LossScaler(precision.compute == torch.float16)
     source, losses, norms = TokenSource(plan, data, data_dtype), [], []
     for step in range(steps):
-        loss = batch_gradients(model, source.batch(step), split, scaler.scale)
+        loss = gradients(source.batch(step), scaler.scale)
         norms.append(update(params, optimizer, scheduler, scaler, recipe.max_norm))
         for cache in caches:
             cache.clear()
