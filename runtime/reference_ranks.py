@@ -121,7 +121,10 @@ class Tokens:
                 f"reference: input of shape {tuple(x.shape)} is not per token of {tuple(self.owner.shape)}"
             )
         parts = x.reshape(n, *x.shape[lead:])[self.perm].split(self.sizes)
-        y = torch.cat([call(d, part) for d, part in enumerate(parts)])[self.inv]
+        if lead == 2:  # as the rank holds them: [b, S/cp, ...]
+            parts = tuple(part.reshape(self.rows, -1, *part.shape[1:]) for part in parts)
+        ys = [call(d, part) for d, part in enumerate(parts)]
+        y = torch.cat([y.reshape(-1, *y.shape[lead:]) for y in ys])[self.inv]
         return y.reshape(*x.shape[:lead], *y.shape[1:])
 
     def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
