@@ -28,10 +28,11 @@ micro-batch i, one forward runs the rows of every dp group together, and:
 
 One process, the whole unsharded model, no torch.distributed, nothing of runtime.step,
 runtime.parallelize, runtime.context or runtime.experts: a missed reduction, a wrong scale or a
-token sent to the wrong expert still shows. Not mirrored (:func:`supported` says so and the
-caller falls back to the rank-by-rank reference): learned positions (their [1, s] lookup is
-broadcast over the rows of every rank at once), expert capacity (computed per rank's sequences),
-16-bit gradient reduction (fp16's default; bf16 reduces in fp32).
+token sent to the wrong expert still shows. Learned positions are looked up per rank and
+broadcast over the rank's rows, as its ``x + pos`` does. Not mirrored (:func:`supported` says so
+and the caller falls back to the rank-by-rank reference): expert capacity (computed per rank's
+whole sequences), MoE without ep (the experts then run per rank on gathered copies), 16-bit
+gradient reduction (fp16's default; bf16 reduces in fp32).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def supported(plan: dict, reduce: torch.dtype) -> bool:
         return False
     # MoE without ep runs the experts per rank on gathered copies: not mirrored.
     experts_mirrored = spec.moe is None or (p["ep"] > 1 and spec.moe.capacity_factor is None)
-    return reduce == torch.float32 and spec.position != "learned" and experts_mirrored
+    return reduce == torch.float32 and experts_mirrored
 
 
 def cp_positions(local_len: int, cp: int, rank: int) -> torch.Tensor:
@@ -127,6 +128,16 @@ class Tokens:
         y = torch.cat([y.reshape(-1, *y.shape[lead:]) for y in ys])[self.inv]
         return y.reshape(*x.shape[:lead], *y.shape[1:])
 
+    def per_rank_rows(self, idx: torch.Tensor, call: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """A lookup ``idx [1, S]`` shared by the rows (learned positions): ``call(D, idx_D)`` on
+        rank D's positions, broadcast over its rows as the rank's ``x + pos`` does, put in place."""
+        ranks, ys = self.ranks, []
+        for d in range(ranks.size):
+            y = call(d, idx[:, cp_positions(self.seq // ranks.cp, ranks.cp, d % ranks.cp)])
+            ys.append(y.expand(self.rows, *y.shape[1:]).reshape(-1, *y.shape[2:]))
+        y = torch.cat(ys)[self.inv]
+        return y.reshape(*self.owner.shape, *y.shape[1:])
+
     def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each rank's tokens of ``x [dp·b, S, ...]``, rank by rank."""
         return list(x.reshape(self.owner.numel(), *x.shape[2:])[self.perm].split(self.sizes))
@@ -163,7 +174,7 @@ def casts(module: nn.Module, cache: CastCache) -> Iterator[None]:
             sub._parameters[name] = p
 
 
-def _per_rank_forward(sub: nn.Module, state: Lockstep, head: bool) -> None:
+def _per_rank_forward(sub: nn.Module, state: Lockstep, head: bool, shared_rows: bool) -> None:
     forward = sub.forward
 
     @functools.wraps(forward)
@@ -174,7 +185,8 @@ def _per_rank_forward(sub: nn.Module, state: Lockstep, head: bool) -> None:
             with casts(sub, caches[d]):
                 return forward(part, *args, **kwargs)
 
-        return state.current().per_rank(x, one)
+        tokens = state.current()
+        return tokens.per_rank_rows(x, one) if shared_rows else tokens.per_rank(x, one)
 
     sub.forward = wrapped
 
@@ -251,15 +263,15 @@ def install(model: nn.Module, ranks: Ranks, dtype: torch.dtype) -> Lockstep:
     """Make ``model`` (fp32, unsharded) compute as the plan's ranks do (module docstring)."""
     state = Lockstep(ranks, dtype)
     cast_buffers(model, dtype)
-    head = getattr(model, "output", None)
+    head, positions = getattr(model, "output", None), getattr(model, "pos_embeddings", None)
     for name, sub in model.named_modules():
         if isinstance(sub, MoE):
             sub.ep = Experts(state, sub.num_experts)  # type: ignore[assignment]  # the slot's interface
-        if hasattr(sub, "wq") and ranks.cp > 1:
-            sub.cp = Context(state)  # Attention's slot, same interface
+        if (hasattr(sub, "wq") or sub is model) and ranks.cp > 1:
+            sub.cp = Context(state)  # Attention's and the positions' slot, same interface
         direct = any(p is not None for p in sub._parameters.values())
         if direct and EXPERT_MARK not in f".{name}.":
-            _per_rank_forward(sub, state, head=sub is head)
+            _per_rank_forward(sub, state, head=sub is head, shared_rows=sub is positions)
     return state
 
 
