@@ -43,6 +43,9 @@ LAYOUTS = {
         LLAMA,
         dict(pp=2, cp=2, tp=2, num_micro_batches=2, sequence_parallel=True, zero_stage=1),
     ),
+    "gpt cp2 (learned positions, tied)": (GPT, dict(cp=2)),
+    "pp2 x dp2 x cp2 zero1": (LLAMA, dict(pp=2, dp=2, cp=2, zero_stage=1, num_micro_batches=2)),
+    "pp2 x dp2(ep2) x cp2 1f1b": (MOE, dict(pp=2, dp=2, ep=2, cp=2, num_micro_batches=2, schedule="1f1b")),
     "pp2 x dp2(ep2) x tp2 zero3": (
         MOE,
         dict(pp=2, dp=2, ep=2, tp=2, num_micro_batches=2, schedule="1f1b", zero_stage=3),
