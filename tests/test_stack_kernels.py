@@ -12,7 +12,7 @@ from hardware.cluster import load_cluster
 from models.graph import build_graph
 from models.load import load_model
 from planner.config import Parallel, Training
-from planner.cost.layer import saved_tensor_bytes
+from planner.cost.layer import layer_cost, saved_tensor_bytes
 from planner.export import export_plan
 from planner.stacks import load_stack
 from test_export import megatron_argv, write_plan
@@ -68,3 +68,19 @@ def test_a_vocab_parallel_loss_holds_one_more_fp32_copy_of_the_logits():
     assert loss_transient_bytes(tokens, vocab, 8, tt) == pytest.approx(3 * tokens * vocab / 8 * 4)
     mc = Training(8, 8192, stack=load_stack("megatron-core"))
     assert loss_transient_bytes(tokens, vocab, 8, mc) == loss_transient_bytes(tokens, vocab, 1, mc) == 0.0
+
+
+def test_k_v_gradients_cross_the_cp_group_in_fp32_where_torch_context_parallel_runs():
+    """torch's context_parallel (torchtitan, NeMo Automodel) and autopar's runtime accumulate the
+    K/V gradients in fp32; Transformer Engine's ring sends them in bf16. Over 16 cp ranks on two
+    nodes the backward exchange is exposed, so it costs more with fp32; forward is unchanged."""
+    graph, par = build_graph(SPEC, 65536), Parallel(tp=2, cp=16, micro_batch=1, sequence_parallel=True)
+    cluster = load_cluster("h100-sxm-80gb:32")
+    assert load_stack("torchtitan").cp_grad_fp32 and load_stack("autopar").cp_grad_fp32
+    assert not load_stack("megatron-core").cp_grad_fp32
+    costs = []
+    for fp32 in (False, True):
+        stack = load_stack("torchtitan").model_copy(update={"cp_grad_fp32": fp32})
+        costs.append(layer_cost(graph.blocks[0], graph, cluster, Training(8, 65536, stack=stack), par))
+    assert costs[1].comm_fwd_s == costs[0].comm_fwd_s
+    assert costs[1].comm_s > costs[0].comm_s

@@ -286,7 +286,8 @@ def _ep_comm_s(layer: Layer, ctx: _Ctx) -> float:
 
 def _cp_comm_s(layer: Layer, ctx: _Ctx, attn_fwd_s: float) -> tuple[float, float]:
     """Context parallel: all-gather K and V of the cp ranks forward, all-gather + reduce-scatter
-    of K, V and their grads backward; overlapped with the attention kernel (``comm.exposed_s``)."""
+    of K, V and their grads backward (the grads in fp32 where the stack's ``cp_grad_fp32``);
+    overlapped with the attention kernel (``comm.exposed_s``)."""
     cp = ctx.par.cp
     if cp == 1 or layer.kind != "block":
         return 0.0, 0.0
@@ -300,7 +301,8 @@ def _cp_comm_s(layer: Layer, ctx: _Ctx, attn_fwd_s: float) -> tuple[float, float
     )
     group = comm.group_span(ctx.cluster, cp, ctx.par.tp)
     ag = comm.all_gather_s(ctx.cluster, full, group)
-    rs = comm.reduce_scatter_s(ctx.cluster, full, group)
+    widen = 4.0 / ctx.train.act_bytes if ctx.train.stack.cp_grad_fp32 else 1.0  # fp32 over 16-bit
+    rs = comm.reduce_scatter_s(ctx.cluster, full * widen, group)
     tax = ctx.cluster.gpu.efficiency.overlap_tax
     return comm.exposed_s(ag, attn_fwd_s, tax), comm.exposed_s(ag + rs, 2.5 * attn_fwd_s, tax)
 

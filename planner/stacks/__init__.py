@@ -114,6 +114,10 @@ class StackProfile(_Strict):
         description="TP collectives under GEMMs: backward (column linears' backward), full (also forward and "
         "the gradient all-gather, sequence parallel only), none."
     )
+    cp_grad_fp32: bool = Field(
+        description="Context parallel: the cp ranks' K/V gradients are accumulated and exchanged in fp32 "
+        "(torch's context_parallel); else in the compute dtype (Transformer Engine's P2P ring)."
+    )
     grad_reduce_dtype: Literal["auto", "fp32", "bf16"] = Field(description="Gradient accumulation/reduce dtype.")
     sp_keeps_gathered_input: bool = Field(
         description="Under sequence parallelism a column-parallel linear saves the all-gathered "
