@@ -33,6 +33,7 @@ from torch import nn
 from runtime.model import next_token_loss
 from runtime.plan_io import model_spec
 from runtime.precision import CastCache, cast_buffers, cast_parameters, fsdp_shards
+from runtime.reference_tp import TpLayout
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Split:
     grads_divided: bool = False
     head_copy: bool = False  # a tied embedding's head casts its own 16-bit copy (see reference_casts)
     reduce: torch.dtype = torch.float32  # of the sum over groups (a 16-bit by-hand all-reduce)
+    tp: TpLayout | None = None  # tp's 16-bit partial sums, mirrored in the model (runtime.reference_tp)
 
     @classmethod
     def of(cls, plan: dict, reduce: torch.dtype = torch.float32) -> Split:
@@ -59,7 +61,8 @@ class Split:
         p = plan["parallelism"]
         pp, by_hand = p["pp"] > 1, p["dp"] * p["cp"] > 1 and not fsdp_shards(plan)
         tied = pp and model_spec(plan).tie_embeddings
-        return cls(p["dp"], p["num_micro_batches"], pp, tied, reduce if by_hand else torch.float32)
+        reduce = reduce if by_hand else torch.float32
+        return cls(p["dp"], p["num_micro_batches"], pp, tied, reduce, TpLayout.of(plan, fsdp_shards(plan)))
 
 
 WHOLE = Split()  # one forward and backward of the whole batch
