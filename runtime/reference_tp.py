@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,12 +108,12 @@ class _Fanout(torch.autograd.Function):
     (:func:`ring_sum`): autograd first adds what meets on one view (a rank's local sum)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, tp: int, dim: int | None):  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, tp: int, dim: int | None):
         ctx.dim = dim
         return tuple(x.view_as(x) for _ in range(tp))
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, *grads: torch.Tensor):
         return ring_sum(list(grads), ctx.dim), None, None
 
 
@@ -169,7 +170,8 @@ def sequence_norm_forward(norm: Norm, tp: int, own_casts: bool) -> Callable[[tor
         if own_casts:
             per_shard = [[p.to(x.dtype) for p in params] for _ in range(tp)]
         else:
-            per_shard = list(zip(*[_Fanout.apply(p, tp, None) for p in params]))
+            fanned = [_Fanout.apply(p, tp, None) for p in params]
+            per_shard = [[views[r] for views in fanned] for r in range(tp)]
         out = []
         for shard, (w, *b) in zip(shards, per_shard):
             if norm.kind == "layernorm":
@@ -181,11 +183,24 @@ def sequence_norm_forward(norm: Norm, tp: int, own_casts: bool) -> Callable[[tor
     return forward
 
 
+def _set_forward(module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """An instance ``forward`` (runtime.precision's cast wrapper, applied after, wraps it)."""
+    module.forward = forward
+
+
 def _mirror_ffn(ffn: FeedForward, tp: int, shared: RankInputs | None, dim: int | None) -> None:
     for linear in (ffn.w1, ffn.w3):
         if linear is not None:
-            linear.forward = column_forward(linear, tp, shared)  # type: ignore[method-assign]
-    ffn.w2.forward = row_forward(ffn.w2, tp, dim)  # type: ignore[method-assign]
+            _set_forward(linear, column_forward(linear, tp, shared))
+    _set_forward(ffn.w2, row_forward(ffn.w2, tp, dim))
+
+
+def _mirror_norm(norm: nn.Module, tp: int, partials_16bit: bool) -> None:
+    assert isinstance(norm, Norm)
+    _set_forward(norm, sequence_norm_forward(norm, tp, own_casts=not partials_16bit))
+    # One cast per shard, not runtime.precision's shared copy (cast_parameters then leaves it).
+    flagged: Any = norm  # a plain attribute, not a parameter or submodule
+    flagged.casts_own_parameters = not partials_16bit
 
 
 def mirror_tp(model: Transformer, tp: int, sp: bool, norm_partials_16bit: bool = False) -> None:
@@ -195,14 +210,14 @@ def mirror_tp(model: Transformer, tp: int, sp: bool, norm_partials_16bit: bool =
     (FSDP2 syncing every micro-batch: :meth:`TpLayout.of`), else in fp32."""
     if tp == 1:
         return
+    seq = 1 if sp else None  # the residual stream's split: SP's sequence shards, or none
     for block in model.layers.values():
         attention, ffn = block.get_submodule("attention"), block.get_submodule("feed_forward")
         assert isinstance(attention, Attention)
-        seq = 1 if sp else None  # the residual stream's split: SP's sequence shards, or none
         shared = RankInputs(tp) if sp else None
         for linear in (attention.wq, attention.wk, attention.wv):
-            linear.forward = column_forward(linear, tp, shared)  # type: ignore[method-assign]
-        attention.wo.forward = row_forward(attention.wo, tp, seq)  # type: ignore[method-assign]
+            _set_forward(linear, column_forward(linear, tp, shared))
+        _set_forward(attention.wo, row_forward(attention.wo, tp, seq))
         if isinstance(ffn, MoE):
             # Experts take local tensors (use_local_input): each linear all-reduces its own input
             # gradient, SP or not; their row-parallel outputs are all-reduced to Replicate.
@@ -219,11 +234,4 @@ def mirror_tp(model: Transformer, tp: int, sp: bool, norm_partials_16bit: bool =
         _mirror_norm(model.norm, tp, norm_partials_16bit)
     if model.output is not None:
         head = RankInputs(tp) if sp else None  # SP: the head's input is gathered from sequence shards
-        model.output.forward = column_forward(model.output, tp, head)  # type: ignore[method-assign]
-
-
-def _mirror_norm(norm: nn.Module, tp: int, partials_16bit: bool) -> None:
-    assert isinstance(norm, Norm)
-    norm.forward = sequence_norm_forward(norm, tp, own_casts=not partials_16bit)  # type: ignore[method-assign]
-    # One cast per shard, not runtime.precision's shared copy (which then leaves it alone).
-    norm.casts_own_parameters = not partials_16bit
+        _set_forward(model.output, column_forward(model.output, tp, head))
