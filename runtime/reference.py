@@ -18,9 +18,10 @@ exact in fp32 (8-bit significands in a 24-bit one), so the order rarely matters 
 with 2 ranks, 1e-7 with 4). Still one process with the whole unsharded model and no
 torch.distributed: it shares no code with the parallel step, so a missed all-reduce or a wrong
 gradient scale still shows (tests/test_runtime_optim.py), as any other difference in what is
-computed does. What it does not mirror (bf16 partial sums of tp's split matmuls, cp's per-rank
-token subsets, ep's experts fed by several ranks at once) is listed with its figures in
-docs/runtime.md ("Parity").
+computed does. Under tp the model computes as the tp ranks do (``Split.tp``:
+runtime.reference_tp mirrors the 16-bit partial sums of the split matmuls). What it does not
+mirror (cp's per-rank token subsets, ep's experts fed by several ranks at once) is listed with
+its figures in docs/runtime.md ("Parity").
 """
 
 from __future__ import annotations
