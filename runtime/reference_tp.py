@@ -30,14 +30,18 @@ What a tp rank computes, read from torch 2.13's ``torch/distributed/tensor/paral
   Without FSDP it passes the cast's backward as ``Partial`` and accumulates over the micro-batches
   in the fp32 ``.grad``; runtime.step's ``_match_grad_placements`` all-reduces it in fp32 after
   the last one, so the shards' 16-bit sums meet in fp32 (here: one cast of the fp32 master per
-  shard). Under FSDP2 the unsharded 16-bit gradient is redistributed to ``Replicate`` before the
-  reduce-scatter (``FSDPParam._get_grad_inner_tensor``): the shards meet in 16 bits per
-  micro-batch (here: the shards share one cast and autograd adds their gradients on it);
+  shard). FSDP2 redistributes the unsharded gradient to ``Replicate`` before its reduce-scatter
+  (``FSDPParam._get_grad_inner_tensor``): in runtime.step's loop after every micro-batch, in 16
+  bits (here: the shards share one cast and their gradients are added on it); under a pipeline
+  schedule only after the last, on the fp32 accumulation (:meth:`TpLayout.of`);
 * the vocabulary-parallel embedding (``RowwiseParallel`` on ``nn.Embedding``) adds one rank's row
   to zeros, and the head's logits are gathered: exact, left as they are.
 
-The order of a sum over more than two ranks is gloo's (ring, halving-doubling), not specified;
-here ranks are added left to right, so tp > 2 may differ by a rounding (docs/runtime.md).
+* a sum over more than two ranks rounds in gloo's order, measured: :func:`ring_sum`.
+
+Kernels reduce in an order that can depend on the thread count (the layer-norm weight gradient
+of a bf16 shard differed in 44 of 64 elements between 1 thread and the default), so the
+reference runs on one thread as the ranks do (``torch.set_num_threads(1)`` in both).
 
 This is a re-derivation, not a reuse: no torch.distributed, no DTensor, nothing of runtime.tp,
 runtime.step or runtime.parallelize. The forwards read ``self.weight`` / ``self.bias`` at call
@@ -89,8 +93,9 @@ def ring_sum(parts: list[torch.Tensor], dim: int | None) -> torch.Tensor:
     flattened tensor cut in tp equal chunks for an all-reduce, ``dim=None``; rank c's slice along
     ``dim`` for a reduce-scatter) is the left fold over ranks c-1, c-2, ..., c (mod tp), each add
     rounded in the parts' dtype. Measured on gloo (torch 2.13, 2-4 ranks, bf16, 2,048 to 262,144
-    elements; .../reference_tp test): every element equal to this fold, where another order differs
-    in about a third of them. With two ranks any order is the same sum."""
+    elements; tests/test_reference_tp.py): every element equal to this fold, where another order
+    differs in about a third of them. With two ranks any order is the same sum. A size not
+    divisible by tp is cut as ``torch.chunk`` cuts it, which gloo's split was not checked against."""
     tp = len(parts)
     shape = parts[0].shape
     chunks = [p.reshape(-1).chunk(tp) if dim is None else p.chunk(tp, dim=dim) for p in parts]
