@@ -6,7 +6,7 @@ against the reference that walks the batch as the plan's ranks and micro-batches
 matched", runtime.reference, what check_parity uses for 16-bit runs).
 
     python bench/optim_parity.py            # the 2-rank configs of tests/test_runtime_optim.py
-    python bench/optim_parity.py --layouts  # bf16 matched only: cp 2/4, ep 2/4, 4- and 8-rank mixes
+    python bench/optim_parity.py --layouts  # bf16 matched only: cp 2/4, ep 2/4, tp 2/4, 4- and 8-rank mixes
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ LAYOUTS = {
     "pp2 x dp2 zero3": (GPT, dict(pp=2, dp=2, zero_stage=3, num_micro_batches=2)),
     "pp4 1f1b": (LLAMA, dict(pp=4, num_micro_batches=4, schedule="1f1b")),
     "dp2 x tp2": (LLAMA, dict(dp=2, tp=2, num_micro_batches=2)),
+    # tp's partial sums (runtime.reference_tp): gloo's ring order beyond 2 ranks, MoE experts, and
+    # SP norms' partials meeting in bf16 under FSDP2 (zero2 without pp).
+    "tp2": (LLAMA, dict(tp=2, micro_batch_size=2)),
+    "tp4": (GPT, dict(tp=4, micro_batch_size=2)),
+    "tp4 sp": (GPT, dict(tp=4, sequence_parallel=True, micro_batch_size=2)),
+    "tp2 sp (moe)": (MOE, dict(tp=2, sequence_parallel=True, micro_batch_size=2)),
+    "dp2 x tp2 sp zero2": (GPT, dict(dp=2, tp=2, num_micro_batches=2, zero_stage=2, sequence_parallel=True)),
     "dp2 x cp2 zero1": (LLAMA, dict(dp=2, cp=2, zero_stage=1)),
     "pp2 x dp2(ep2) zero1": (MOE, dict(pp=2, dp=2, ep=2, zero_stage=1, num_micro_batches=2)),
     "pp2 x dp2 x tp2 sp zero3": (
@@ -61,11 +68,14 @@ def _row(name: str, label: str, plan: dict, recipe, matched: bool | None = None)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--layouts", action="store_true", help="the cp/ep and multi-dimensional layouts")
+    parser.add_argument("--layouts", action="store_true", help="the cp/ep/tp and multi-dimensional layouts")
+    parser.add_argument("--only", nargs="*", help="with --layouts: these layouts only (names as in LAYOUTS)")
     args = parser.parse_args()
     print("| config | compute, reference | loss | grad norm | parameters |\n| --- | --- | --- | --- | --- |")
     if args.layouts:
         for name, (spec, kwargs) in LAYOUTS.items():
+            if args.only and name not in args.only:
+                continue
             print(_row(name, "bf16 matched", make_plan(spec, seq_len=SEQ, dtype="bf16", **kwargs), RECIPE), flush=True)
         return
     for name, (spec, kwargs) in FP32_CONFIGS.items():

@@ -9,8 +9,10 @@
   counted once in the world: a rank sums the squares of its local shards, except copies another
   rank also holds: a DTensor replicated over a mesh dimension counts only at coordinate 0 of it
   (TP-replicated norms, HSDP replicas), a parameter that FSDP does not shard counts only on dp
-  rank 0 (ZeRO 0/1 replicas after the all-reduce), and a tied embedding's head copy on the last
-  pipeline stage is left to the first stage's. One all-reduce (sum) over the whole world then
+  rank 0 (ZeRO 0/1 replicas after the all-reduce), one that no tp mesh dimension holds (a norm
+  without SP, GPT's positions: runtime.tp leaves them plain, FSDP shards them over dp only) counts
+  only on tp rank 0, and a tied embedding's head copy on the last pipeline stage is left to the
+  first stage's. One all-reduce (sum) over the whole world then
   adds tp shards, FSDP shards and pipeline stages. ``torch.nn.utils.clip_grad_norm_`` reduces
   DTensors over their mesh but not over pipeline stages, nor plain replicas: hence this.
   Scale ``min(1, max_norm / (norm + 1e-6))`` as clip_grad_norm_ computes it. The squares (fp32,
@@ -142,6 +144,14 @@ def _counted_here(p: torch.Tensor, replica_rank: int, fsdp: bool) -> bool:
     return fsdp or replica_rank == 0
 
 
+def _tp_replica(p: torch.Tensor) -> bool:
+    """Whether every tp rank holds all of ``p`` outside DTensor's view (no "tp" mesh dimension)."""
+    from torch.distributed.tensor import DTensor
+
+    names = p.device_mesh.mesh_dim_names if isinstance(p, DTensor) else None
+    return not names or "tp" not in names
+
+
 def global_grad_norm(
     params: list[nn.Parameter],
     skip: frozenset[int] | set[int] = frozenset(),
@@ -149,15 +159,18 @@ def global_grad_norm(
     fsdp: bool = False,
     experts: frozenset[int] | set[int] = frozenset(),
     expert_rank: int = 0,
+    tp_rank: int = 0,
 ) -> torch.Tensor:
     """sqrt of the sum of squared gradient elements over the world (module doc); ``skip``: ids
     of parameters whose gradients another rank counts (a tied head copy). ``dp_rank``: this rank's
     index among the dp·cp ranks holding the same dense parameters; ``experts``: ids of routed
     experts under ep, replicated only over the ranks holding the same experts, where this rank's
-    index is ``expert_rank``."""
+    index is ``expert_rank``; ``tp_rank``: this rank's index in its tp group."""
     total = torch.zeros((), dtype=torch.float64, device=params[0].device if params else "cpu")
     for p in params:
         rank = expert_rank if id(p) in experts else dp_rank
+        if tp_rank != 0 and _tp_replica(p):
+            continue  # tp rank 0 counts it
         if p.grad is not None and id(p) not in skip and _counted_here(p, rank, fsdp):
             total += local_shard(p.grad).float().pow(2).sum(dtype=torch.float64)  # fp64: module doc
     return _world_sum(total).sqrt()

@@ -102,10 +102,11 @@ def cast_parameters(module: nn.Module, cache: CastCache, skip: nn.Module | None 
     them (swapped in for the call, the fp32 parameters put back after): recompute in backward
     finds the same copies, and the optimizer, pipeline stages and checkpoints see the fp32
     parameters under their own names. ``skip``: a submodule left alone (to cast with another
-    cache: runtime.reference)."""
+    cache: runtime.reference), as is one that casts its parameters itself
+    (``casts_own_parameters``: runtime.reference_tp's sequence-parallel norms)."""
     for sub in module.modules():
         names = [name for name, p in sub._parameters.items() if p is not None]
-        if names and sub is not skip:
+        if names and sub is not skip and not getattr(sub, "casts_own_parameters", False):
             _cast_forward(sub, names, cache)
 
 

@@ -18,10 +18,11 @@ exact in fp32 (8-bit significands in a 24-bit one), so the order rarely matters 
 with 2 ranks, 1e-7 with 4). Still one process with the whole unsharded model and no
 torch.distributed: it shares no code with the parallel step, so a missed all-reduce or a wrong
 gradient scale still shows (tests/test_runtime_optim.py), as any other difference in what is
-computed does. cp and ep ranks compute together (keys exchanged, experts fed by several ranks
-at once), so :func:`walk` hands their plans to runtime.reference_ranks, which runs every rank in
-lock step. What neither mirrors (bf16 partial sums of tp's split matmuls) is listed with its
-figures in docs/runtime.md ("Parity").
+computed does. Under tp the model computes as the tp ranks do (``Split.tp``:
+runtime.reference_tp mirrors the 16-bit partial sums of the split matmuls). cp and ep ranks
+compute together (keys exchanged, experts fed by several ranks at once), so :func:`walk` hands
+their plans to runtime.reference_ranks, which runs every rank in lock step. Figures:
+docs/runtime.md ("Parity").
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from runtime import reference_ranks
 from runtime.model import next_token_loss
 from runtime.plan_io import model_spec
 from runtime.precision import CastCache, Precision, cast_buffers, cast_parameters, fsdp_shards
+from runtime.reference_tp import TpLayout
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Split:
     head_copy: bool = False  # a tied embedding's head casts its own 16-bit copy (see reference_casts)
     reduce: torch.dtype = torch.float32  # of the sum over groups (a 16-bit by-hand all-reduce)
     lockstep: bool = False  # cp or ep: every rank's arithmetic at once (runtime.reference_ranks)
+    tp: TpLayout | None = None  # tp's 16-bit partial sums, mirrored in the model (runtime.reference_tp)
 
     @classmethod
     def of(cls, plan: dict, reduce: torch.dtype = torch.float32) -> Split:
@@ -63,8 +66,9 @@ class Split:
         p = plan["parallelism"]
         pp, by_hand = p["pp"] > 1, p["dp"] * p["cp"] > 1 and not fsdp_shards(plan)
         tied = pp and model_spec(plan).tie_embeddings
+        reduce = reduce if by_hand else torch.float32
         by_rank = reference_ranks.supported(plan, reduce)
-        return cls(p["dp"], p["num_micro_batches"], pp, tied, reduce if by_hand else torch.float32, by_rank)
+        return cls(p["dp"], p["num_micro_batches"], pp, tied, reduce, by_rank, TpLayout.of(plan, fsdp_shards(plan)))
 
 
 WHOLE = Split()  # one forward and backward of the whole batch

@@ -93,6 +93,8 @@ def run_reference(
     model = build_model(model_spec(plan), plan["inputs"]["training"]["seed"], torch.float32)
     if init_weights is not None:
         load_part(model, Checkpoint(init_weights))
+    if split.tp is not None:  # tp's 16-bit partial sums (runtime.reference_tp), before the casts wrap forwards
+        split.tp.mirror(model)
     # The policy of every plan (FSDP2's casts are the same arithmetic): runtime.reference.
     caches, gradients = walk(model, plan, split, precision)
     params = list(model.parameters())
@@ -230,6 +232,7 @@ def _setup(plan: dict, recipe: Recipe, device_type: str, init_weights: str | Non
         "fsdp": fsdp_shards(plan),
         "experts": {id(p) for p in experts},
         "expert_rank": dist.get_rank(pm.expert_group) if pm.expert_group is not None else 0,
+        "tp_rank": mesh.get_local_rank("tp"),
     }
     return mesh, _Rank(
         pm,
