@@ -111,6 +111,9 @@ class Tokens:
         self.perm = torch.argsort(flat, stable=True)
         self.inv = torch.argsort(self.perm)
         self.sizes = torch.bincount(flat, minlength=ranks.size).tolist()
+        # One slice per rank of each input, shared by the modules it feeds (wq, wk and wv), so a
+        # rank's input gradient adds theirs before it reaches the merged tensor, as on the rank.
+        self._slices: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
 
     def per_rank(self, x: torch.Tensor, call: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``call(D, x_D)`` for every rank on its tokens of ``x [dp·b, S, ...]`` or ``[dp·b·S, ...]``,
@@ -121,12 +124,20 @@ class Tokens:
             raise ValueError(
                 f"reference: input of shape {tuple(x.shape)} is not per token of {tuple(self.owner.shape)}"
             )
-        parts = x.reshape(n, *x.shape[lead:])[self.perm].split(self.sizes)
-        if lead == 2:  # as the rank holds them: [b, S/cp, ...]
-            parts = tuple(part.reshape(self.rows, -1, *part.shape[1:]) for part in parts)
+        parts = self._rank_slices(x, lead)
         ys = [call(d, part) for d, part in enumerate(parts)]
         y = torch.cat([y.reshape(-1, *y.shape[lead:]) for y in ys])[self.inv]
         return y.reshape(*x.shape[:lead], *y.shape[1:])
+
+    def _rank_slices(self, x: torch.Tensor, lead: int) -> tuple[torch.Tensor, ...]:
+        held = self._slices.get(id(x))
+        if held is not None and held[0] is x:
+            return held[1]
+        parts = x.reshape(self.owner.numel(), *x.shape[lead:])[self.perm].split(self.sizes)
+        if lead == 2:  # as the rank holds them: [b, S/cp, ...]
+            parts = tuple(part.reshape(self.rows, -1, *part.shape[1:]) for part in parts)
+        self._slices[id(x)] = (x, parts)
+        return parts
 
     def per_rank_rows(self, idx: torch.Tensor, call: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """A lookup ``idx [1, S]`` shared by the rows (learned positions): ``call(D, idx_D)`` on
@@ -163,7 +174,8 @@ class Lockstep:
 @contextmanager
 def casts(module: nn.Module, cache: CastCache) -> Iterator[None]:
     """``module``'s parameters (its whole subtree) swapped for ``cache``'s 16-bit copies."""
-    saved = [(sub, name, p) for sub in module.modules() for name, p in sub._parameters.items() if p is not None]
+    subs = [sub for sub in module.modules() if not getattr(sub, "casts_own_parameters", False)]  # reference_tp
+    saved = [(sub, name, p) for sub in subs for name, p in sub._parameters.items() if p is not None]
     for sub, name, p in saved:
         slots: dict[str, Any] = sub._parameters  # a 16-bit copy, not a Parameter, for the call
         slots[name] = cache.get(p)

@@ -62,6 +62,8 @@ from torch import nn
 
 from runtime.model import Attention, FeedForward, MoE, Norm, Transformer
 
+MAX_RANKS_HELD = 64  # inputs a RankInputs remembers (runtime.reference_ranks: one per rank)
+
 
 @dataclass(frozen=True)
 class TpLayout:
@@ -128,13 +130,17 @@ class RankInputs:
 
     def __init__(self, tp: int):
         self.tp = tp
-        self._x: torch.Tensor | None = None
-        self._views: tuple[torch.Tensor, ...] = ()
+        # The inputs seen last, with their views: one per dp·cp rank when runtime.reference_ranks
+        # runs the ranks in lock step (each linear is called once per rank in turn).
+        self._held: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
 
     def views(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self._x is not x:
-            self._x, self._views = x, _Fanout.apply(x, self.tp, 1)
-        return self._views
+        for held, views in self._held:
+            if held is x:
+                return views
+        views = _Fanout.apply(x, self.tp, 1)
+        self._held = [*self._held[-(MAX_RANKS_HELD - 1) :], (x, views)]
+        return views
 
 
 def column_forward(linear: nn.Linear, tp: int, shared: RankInputs | None) -> Callable[[torch.Tensor], torch.Tensor]:
