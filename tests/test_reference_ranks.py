@@ -1,5 +1,6 @@
 """bf16 parity of context- and expert-parallel runs (issue 20) against the lock-step reference
-(runtime.reference_ranks: every rank's 16-bit arithmetic in one process). The recipe is
+(runtime.reference_ranks: every rank's 16-bit arithmetic in one process), alone and with tensor
+parallelism mirrored inside it (runtime.reference_tp). The recipe is
 tests/test_runtime_optim.py's: AdamW, warm-up 2, clipping at 0.5, 5 steps on gloo."""
 
 from __future__ import annotations
@@ -22,6 +23,15 @@ LAYOUTS = {
     "ep4": (MOE, dict(dp=4, ep=4)),
     "gpt-cp2": (GPT, dict(cp=2)),  # learned positions, bias, tied embedding
     "pp2xdp2(ep2)xcp2-1f1b": (MOE, dict(pp=2, dp=2, ep=2, cp=2, num_micro_batches=2, schedule="1f1b")),
+    # with tensor parallelism (runtime.reference_tp inside the lock step): 8-rank 3-D layouts
+    "pp2xcp2xtp2-sp-zero1": (
+        LLAMA,
+        dict(pp=2, cp=2, tp=2, num_micro_batches=2, sequence_parallel=True, zero_stage=1),
+    ),
+    "pp2xdp2(ep2)xtp2-zero3-1f1b": (
+        MOE,
+        dict(pp=2, dp=2, ep=2, tp=2, num_micro_batches=2, schedule="1f1b", zero_stage=3),
+    ),
 }
 
 
