@@ -85,12 +85,13 @@ def test_no_plan_within_the_limit_is_not_a_verdict_on_the_problem(monkeypatch):
     assert "no plan found within the time limit (1e-09 s)" in r.stderr and "fit" not in r.stderr, r.stderr
 
 
-def _interrupt_after_cpu(proc: subprocess.Popen, cpu_s: float) -> float:
+def _interrupt_after_cpu(proc: subprocess.Popen, cpu_s: float, wait_s: float = 60) -> float:
     """SIGINT once ``proc`` has used ``cpu_s`` of CPU time, not of wall time: on a busy CI machine
-    the imports alone may take 3 s. Returns when the signal was sent."""
+    the imports alone may take 3 s. Gives up waiting after ``wait_s`` of wall time. Returns when
+    the signal was sent."""
     import signal
 
-    tick, deadline = os.sysconf("SC_CLK_TCK"), time.perf_counter() + 60
+    tick, deadline = os.sysconf("SC_CLK_TCK"), time.perf_counter() + wait_s
     while time.perf_counter() < deadline:
         fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         if (int(fields[11]) + int(fields[12])) / tick >= cpu_s:  # utime + stime
@@ -116,22 +117,23 @@ def test_ctrl_c_returns_the_best_plan_so_far(tmp_path):
 
 
 def test_ctrl_c_during_explain_returns_the_answers_known_so_far(tmp_path):
-    """SIGINT after 7 s (of CPU; the questions are asked by then) of a 60 s explain of the 70B
-    plan: exit 130, the report on stdout marked ``search.interrupted``, every question made so
-    far with its best plan and a valid gap, one line on stderr, no traceback. It used to print
-    "interrupted" alone."""
+    """SIGINT after 7 s (of CPU; the questions are asked by then) of an explain of the 70B plan
+    limited to 240 s of wall time: exit 130, the report on stdout marked ``search.interrupted``,
+    every question made so far with its best plan and a valid gap, one line on stderr, no
+    traceback. It used to print "interrupted" alone. The wall limit is far off because beside
+    the suite's 8-rank runs on 2 cores the explain once had under 7 s of CPU in 57 s."""
     plan = tmp_path / "p.json"
     args = ["plan", "-m", "llama3-70b", "-c", "h100-sxm-80gb:64", "-b", "256", "-s", "4096", "--time-limit", "5"]
     r = runner.invoke(app, [*args, "--out", str(plan)])
     assert r.exit_code == 0, r.stderr
-    proc = _cli("explain", str(plan), "--time-limit", "60", "--format", "json")
-    t0 = _interrupt_after_cpu(proc, 7.0)
+    proc = _cli("explain", str(plan), "--time-limit", "240", "--format", "json")
+    t0 = _interrupt_after_cpu(proc, 7.0, wait_s=230)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr[-3000:]
     assert time.perf_counter() - t0 < 15
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("interrupted: the report above")
     doc = json.loads(stdout)
-    assert doc["search"]["interrupted"] is True and doc["search"]["wall_s"] < 60
+    assert doc["search"]["interrupted"] is True and doc["search"]["wall_s"] < 240
     rows = [a for d in doc["decisions"] for a in d["alternatives"]] + doc["what_if"]
     assert sum(a["status"] == "fits" for a in rows) >= 5, rows
     assert any((a["search"] or {}).get("status") == "interrupted" for a in rows), rows
