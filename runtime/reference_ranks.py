@@ -173,8 +173,9 @@ class Lockstep:
 
 @contextmanager
 def casts(module: nn.Module, cache: CastCache) -> Iterator[None]:
-    """``module``'s parameters (its whole subtree) swapped for ``cache``'s 16-bit copies."""
-    subs = [sub for sub in module.modules() if not getattr(sub, "casts_own_parameters", False)]  # reference_tp
+    """``module``'s parameters (its whole subtree) swapped for ``cache``'s 16-bit copies, but for
+    a module that casts its own (runtime.reference_tp's SP norms: one cast per sequence shard)."""
+    subs = [sub for sub in module.modules() if not getattr(sub, "casts_own_parameters", False)]
     saved = [(sub, name, p) for sub in subs for name, p in sub._parameters.items() if p is not None]
     for sub, name, p in saved:
         slots: dict[str, Any] = sub._parameters  # a 16-bit copy, not a Parameter, for the call
