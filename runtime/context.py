@@ -11,8 +11,9 @@ taken at the rank's token positions (:meth:`ContextShard.positions`).
 K/V exchange: an all-gather over the cp group with ``torch.distributed._functional_collectives``
 in an autograd function whose backward is the reduce-scatter of the K/V gradients, summed in
 fp32 (:class:`_GatherFp32Grad`; the deprecated ``torch.distributed.nn.functional.all_gather``
-gives wrong gradients on gloo, see the shared notes). The mask is built from positions, so causal, bidirectional and sliding-window attention
-all hold: query at position p sees key at position q when q <= p (causal) and p − q < window
+gives wrong gradients on gloo, see the shared notes). The fp32 gradient buffer of the gathered
+K/V is transient (backward only) and not in the planner's memory model. The mask is built from
+positions, so causal, bidirectional and sliding-window attention all hold: query at position p sees key at position q when q <= p (causal) and p − q < window
 (sliding window; |p − q| < window when bidirectional).
 
 Gradients: cp ranks see different tokens of the same sequences, so for the weights they are

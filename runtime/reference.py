@@ -54,7 +54,7 @@ class Split:
     grads_divided: bool = False
     head_copy: bool = False  # a tied embedding's head casts its own 16-bit copy (see reference_casts)
     reduce: torch.dtype = torch.float32  # of the sum over groups (a 16-bit by-hand all-reduce)
-    lockstep: bool = False  # cp or ep: every rank's arithmetic at once (runtime.reference_ranks)
+    lockstep: bool = False  # cp or ep: every rank at once (runtime.reference_ranks; the fields above then unused)
     tp: TpLayout | None = None  # tp's 16-bit partial sums, mirrored in the model (runtime.reference_tp)
 
     @classmethod
@@ -66,8 +66,8 @@ class Split:
         p = plan["parallelism"]
         pp, by_hand = p["pp"] > 1, p["dp"] * p["cp"] > 1 and not fsdp_shards(plan)
         tied = pp and model_spec(plan).tie_embeddings
+        by_rank = reference_ranks.supported(plan, reduce)  # FSDP's reduce-scatter is in ``reduce`` too
         reduce = reduce if by_hand else torch.float32
-        by_rank = reference_ranks.supported(plan, reduce)
         return cls(p["dp"], p["num_micro_batches"], pp, tied, reduce, by_rank, TpLayout.of(plan, fsdp_shards(plan)))
 
 

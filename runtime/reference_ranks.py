@@ -6,7 +6,7 @@ A cp rank's queries attend over the keys of every cp rank, so each key's gradien
 the cp ranks' bf16 partial gradients; an expert fed by several ep ranks computes its weight
 gradient over all of their tokens in one bf16 matmul, where the same tokens split over dp ranks
 would be rounded rank by rank. The whole-batch or rank-by-rank reference rounds those sums
-elsewhere, and five AdamW steps turn the difference into 2e-5 to 7e-5 of the loss. So, for
+elsewhere, and five AdamW steps turn the difference into 1.7e-5 to 7.2e-5 of the loss. So, for
 micro-batch i, one forward runs the rows of every dp group together, and:
 
 * each module holding dense parameters runs once per rank ``D = dp_rank·cp + cp_rank`` on the
@@ -31,8 +31,9 @@ runtime.parallelize, runtime.context or runtime.experts: a missed reduction, a w
 token sent to the wrong expert still shows. Learned positions are looked up per rank and
 broadcast over the rank's rows, as its ``x + pos`` does. Not mirrored (:func:`supported` says so
 and the caller falls back to the rank-by-rank reference): expert capacity (computed per rank's
-whole sequences), MoE without ep (the experts then run per rank on gathered copies), 16-bit
-gradient reduction (fp16's default; bf16 reduces in fp32).
+whole sequences), MoE without ep (the experts then run per rank on gathered copies), parallel
+residual blocks (see :func:`supported`), 16-bit gradient reduction (fp16's default, by hand or by
+FSDP; bf16 reduces in fp32), more than 64 dp·cp ranks.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from torch import nn
 from runtime.model import MoE, next_token_loss
 from runtime.plan_io import model_spec
 from runtime.precision import CastCache, cast_buffers
+from runtime.reference_tp import MAX_RANKS_HELD
 
 EXPERT_MARK = ".experts."
 
@@ -61,12 +63,17 @@ def supported(plan: dict, reduce: torch.dtype) -> bool:
         return False
     # MoE without ep runs the experts per rank on gathered copies: not mirrored.
     experts_mirrored = spec.moe is None or (p["ep"] > 1 and spec.moe.capacity_factor is None)
-    return reduce == torch.float32 and experts_mirrored
+    # A parallel-residual block's input feeds both norms and the residual add: the rank adds the
+    # three gradients in one order, the lock step (norms per rank, the add merged) in another.
+    few_ranks = p["dp"] * p["cp"] <= MAX_RANKS_HELD  # reference_tp's per-sublayer input views
+    return reduce == torch.float32 and experts_mirrored and not spec.parallel_residual and few_ranks
 
 
 def cp_positions(local_len: int, cp: int, rank: int) -> torch.Tensor:
     """Positions held by cp rank ``rank``: chunks ``rank`` and ``2·cp − 1 − rank`` of the 2·cp
     chunks of each sequence (Megatron-LM's load-balanced causal layout)."""
+    if cp == 1:
+        return torch.arange(local_len)
     c = local_len // 2
     return torch.cat(
         (torch.arange(rank * c, (rank + 1) * c), torch.arange((2 * cp - 1 - rank) * c, (2 * cp - rank) * c))
@@ -129,6 +136,10 @@ class Tokens:
         y = torch.cat([y.reshape(-1, *y.shape[lead:]) for y in ys])[self.inv]
         return y.reshape(*x.shape[:lead], *y.shape[1:])
 
+    def rank_slices(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each rank's tokens of ``x [dp·b·S, ...]`` (the slices :meth:`per_rank` hands out)."""
+        return self._rank_slices(x, 1)
+
     def _rank_slices(self, x: torch.Tensor, lead: int) -> tuple[torch.Tensor, ...]:
         held = self._slices.get(id(x))
         if held is not None and held[0] is x:
@@ -177,6 +188,7 @@ def casts(module: nn.Module, cache: CastCache) -> Iterator[None]:
     a module that casts its own (runtime.reference_tp's SP norms: one cast per sequence shard)."""
     subs = [sub for sub in module.modules() if not getattr(sub, "casts_own_parameters", False)]
     saved = [(sub, name, p) for sub in subs for name, p in sub._parameters.items() if p is not None]
+    saved = [(sub, name, p) for sub, name, p in saved if p.dtype != cache.dtype]  # fp32: no copies
     for sub, name, p in saved:
         slots: dict[str, Any] = sub._parameters  # a 16-bit copy, not a Parameter, for the call
         slots[name] = cache.get(p)
@@ -234,11 +246,18 @@ class Context:
 
 
 def _mask(q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, window: int | None) -> torch.Tensor | None:
-    """True where a query at position p sees the key at q: q <= p when causal; within the window."""
-    dist = q_pos[:, None] - k_pos[None, :]
-    if window is None:
-        return dist >= 0 if causal else None
-    return (dist < window) & ((dist >= 0) if causal else (dist > -window))
+    """Rows ``q_pos``, columns ``k_pos`` of the whole sequence's mask as the single-process model
+    applies it (causal: lower triangle; a window of w: the band of w diagonals, both sides when
+    bidirectional); None where that model passes no mask."""
+    if window is None and not causal:
+        return None
+    seq = int(max(q_pos.max(), k_pos.max())) + 1
+    full = torch.ones(seq, seq, dtype=torch.bool)
+    if causal:
+        full = full.tril()
+    if window is not None:
+        full = full.triu(-(window - 1)) & full.tril(window - 1)
+    return full[q_pos][:, k_pos]
 
 
 class Experts:
@@ -248,28 +267,40 @@ class Experts:
         self.state, self.num_experts = state, num_experts
 
     def dispatch_combine(self, t, top_idx, weights, experts: nn.ModuleDict, keep) -> torch.Tensor:
-        """Routed output for the merged tokens ``t [n, h]``: one gather of every routed copy (so
-        a token's copies meet in its gradient before the router's and shared experts' parts, as
-        the run's one gather per rank does), per (expert, ep group) calls, one combine."""
-        ranks, owner = self.state.ranks, self.state.current().owner.flatten()
-        local, groups = self.num_experts // ranks.ep, ranks.size // ranks.ep
-        toks, slots, calls = [], [], []
-        for key, expert in experts.items():
-            e = int(key)
-            tok, slot = ((top_idx == e) & keep).nonzero(as_tuple=True)
-            by_source = torch.argsort(owner[tok], stable=True)  # tokens stay ascending per source
-            tok, slot = tok[by_source], slot[by_source]
-            group = owner[tok] // ranks.ep
-            for j in range(groups):
-                toks.append(tok[group == j])
-                slots.append(slot[group == j])
-                calls.append((expert, self.state.caches[j * ranks.ep + e // local]))
-        tok, slot = torch.cat(toks), torch.cat(slots)
-        ys = []
-        for (expert, cache), x in zip(calls, t[tok].split([len(c) for c in toks])):
-            with casts(expert, cache):
-                ys.append(expert(x))
-        return torch.zeros_like(t).index_add(0, tok, torch.cat(ys) * weights[tok, slot, None])
+        """Routed output for the merged tokens ``t [n, h]``. Each rank gathers its routed copies
+        once, sorted by expert, from its own slice of ``t`` (the slice its router and shared
+        experts read too, so their input gradients meet on it in the run's order); expert e of
+        ep group j runs on the group's copies by source rank; each rank combines its outputs."""
+        tokens, k = self.state.current(), top_idx.shape[1]
+        flat = torch.where(keep, top_idx, self.num_experts)  # dropped copies: past the last expert
+        sent = []  # per rank: the gathered copies split by expert, their order, their weights
+        for part, tok in zip(tokens.rank_slices(t), tokens.perm.split(tokens.sizes)):
+            copies = flat[tok].reshape(-1)
+            order = torch.argsort(copies, stable=True)
+            counts = torch.bincount(copies, minlength=self.num_experts + 1)[: self.num_experts]
+            order = order[: int(counts.sum())]
+            rows = part[order // k].split(counts.tolist())  # the run's t[order // k]
+            sent.append((rows, order, weights[tok].reshape(-1)[order]))
+        outputs = self._run_experts([rows for rows, _, _ in sent], experts)
+        combined = [
+            torch.zeros_like(part).index_add(0, order // k, torch.cat(ys) * w[:, None])
+            for part, (_, order, w), ys in zip(tokens.rank_slices(t), sent, outputs)
+        ]
+        return torch.cat(combined)[tokens.inv]
+
+    def _run_experts(self, rows: list[tuple[torch.Tensor, ...]], experts: nn.ModuleDict) -> list[list[torch.Tensor]]:
+        """``rows[d][e]``: rank d's copies for expert e. Expert e of ep group j runs once on the
+        group's copies in source-rank order, on its holder's casts; outputs go back per rank."""
+        ep, local = self.state.ranks.ep, self.num_experts // self.state.ranks.ep
+        outputs: list[list[torch.Tensor]] = [[] for _ in rows]
+        for e in range(self.num_experts):
+            for j in range(len(rows) // ep):
+                sources = range(j * ep, (j + 1) * ep)
+                with casts(experts[str(e)], self.state.caches[j * ep + e // local]):
+                    y = experts[str(e)](torch.cat([rows[d][e] for d in sources]))
+                for d, y_d in zip(sources, y.split([len(rows[d][e]) for d in sources])):
+                    outputs[d].append(y_d)
+        return outputs
 
 
 def install(model: nn.Module, ranks: Ranks, dtype: torch.dtype) -> Lockstep:

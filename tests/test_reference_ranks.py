@@ -18,8 +18,13 @@ from runtime.plan_io import make_plan  # noqa: E402
 from runtime.reference import Split  # noqa: E402
 from runtime.train import run_reference  # noqa: E402
 
+SHARED = MOE.model_copy(update={"moe": MOE.moe.model_copy(update={"num_shared_experts": 1})})
+WINDOW = LLAMA.model_copy(update={"attention_mask": "bidirectional", "sliding_window": 5})
+
 LAYOUTS = {
     "cp4": (LLAMA, dict(cp=4)),
+    "cp4-bidirectional-window": (WINDOW, dict(cp=4)),  # the mask from positions, both sides
+    "dp2(ep2)-shared-expert": (SHARED, dict(dp=2, ep=2)),  # router, routed and shared meet per rank
     "ep4": (MOE, dict(dp=4, ep=4)),
     "gpt-cp2": (GPT, dict(cp=2)),  # learned positions, bias, tied embedding
     "pp2xdp2(ep2)xcp2-1f1b": (MOE, dict(pp=2, dp=2, ep=2, cp=2, num_micro_batches=2, schedule="1f1b")),
@@ -65,6 +70,10 @@ def test_what_the_lockstep_reference_does_not_mirror_falls_back() -> None:
     capped = MOE.model_copy(update={"moe": MOE.moe.model_copy(update={"capacity_factor": 1.25})})
     assert not reference_ranks.supported(make_plan(capped, dp=2, ep=2, seq_len=SEQ, dtype="bf16"), torch.float32)
     assert not reference_ranks.supported(make_plan(MOE, cp=2, seq_len=SEQ, dtype="bf16"), torch.float32)
+    parallel = LLAMA.model_copy(update={"parallel_residual": True})
+    assert not reference_ranks.supported(make_plan(parallel, cp=2, seq_len=SEQ, dtype="bf16"), torch.float32)
+    fsdp_fp16 = make_plan(LLAMA, cp=2, zero_stage=2, seq_len=SEQ, dtype="fp16")  # FSDP reduces in fp16
+    assert not Split.of(fsdp_fp16, torch.float16).lockstep
 
 
 _BF16_KV_SUMS = """
@@ -99,3 +108,14 @@ def test_the_check_sees_the_order_of_the_kv_gradient_sums() -> None:
     rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.stdout.strip().splitlines()[-2:]}
     assert max(rows["fp32"]) <= 1e-6, rows
     assert rows["bf16"][0] > 1e-5 and rows["bf16"][2] > 1e-4, rows
+
+
+def test_learned_positions_and_an_odd_sequence_under_ep() -> None:
+    """Without cp a rank holds every position, whatever the sequence length: learned positions
+    looked up per rank over 15 tokens, the gradient of the batch mean in fp32 (one process)."""
+    spec = MOE.model_copy(update={"position": "learned"})
+    plan = make_plan(spec, dp=2, ep=2, seq_len=15)
+    assert Split.of(plan).lockstep
+    whole, ranks = run_reference(plan, 1, FP32), run_reference(plan, 1, FP32, split=Split.of(plan))
+    assert whole["losses"] == pytest.approx(ranks["losses"], rel=1e-6)
+    assert whole["grad_norms"] == pytest.approx(ranks["grad_norms"], rel=1e-6)
