@@ -123,32 +123,35 @@ class Tokens:
         self._slices: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
 
     def per_rank(self, x: torch.Tensor, call: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``call(D, x_D)`` for every rank on its tokens of ``x [dp·b, S, ...]`` or ``[dp·b·S, ...]``,
-        the results put back in place."""
-        n = self.owner.numel()
-        lead = 2 if tuple(x.shape[:2]) == tuple(self.owner.shape) else 1
-        if lead == 1 and x.shape[0] != n:
-            raise ValueError(
-                f"reference: input of shape {tuple(x.shape)} is not per token of {tuple(self.owner.shape)}"
-            )
-        parts = self._rank_slices(x, lead)
-        ys = [call(d, part) for d, part in enumerate(parts)]
+        """``call(D, x_D)`` for every rank on its tokens of ``x`` (:meth:`rank_slices`), the
+        results put back in place."""
+        lead = self._lead(x)
+        ys = [call(d, part) for d, part in enumerate(self.rank_slices(x))]
         y = torch.cat([y.reshape(-1, *y.shape[lead:]) for y in ys])[self.inv]
         return y.reshape(*x.shape[:lead], *y.shape[1:])
 
     def rank_slices(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Each rank's tokens of ``x [dp·b·S, ...]`` (the slices :meth:`per_rank` hands out)."""
-        return self._rank_slices(x, 1)
-
-    def _rank_slices(self, x: torch.Tensor, lead: int) -> tuple[torch.Tensor, ...]:
+        """Each rank's tokens of ``x [dp·b, S, ...]`` (as the rank holds them: ``[b, S/cp, ...]``)
+        or ``[dp·b·S, ...]`` (flat), one slice per rank and tensor, reused by every caller."""
         held = self._slices.get(id(x))
         if held is not None and held[0] is x:
             return held[1]
+        lead = self._lead(x)
         parts = x.reshape(self.owner.numel(), *x.shape[lead:])[self.perm].split(self.sizes)
-        if lead == 2:  # as the rank holds them: [b, S/cp, ...]
+        if lead == 2:
             parts = tuple(part.reshape(self.rows, -1, *part.shape[1:]) for part in parts)
         self._slices[id(x)] = (x, parts)
         return parts
+
+    def _lead(self, x: torch.Tensor) -> int:
+        """How many leading dimensions of ``x`` index tokens: 2 (``[dp·b, S]``) or 1 (flat)."""
+        if tuple(x.shape[:2]) == tuple(self.owner.shape):
+            return 2
+        if x.shape[0] != self.owner.numel():
+            raise ValueError(
+                f"reference: input of shape {tuple(x.shape)} is not per token of {tuple(self.owner.shape)}"
+            )
+        return 1
 
     def per_rank_rows(self, idx: torch.Tensor, call: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """A lookup ``idx [1, S]`` shared by the rows (learned positions): ``call(D, idx_D)`` on
@@ -159,10 +162,6 @@ class Tokens:
             ys.append(y.expand(self.rows, *y.shape[1:]).reshape(-1, *y.shape[2:]))
         y = torch.cat(ys)[self.inv]
         return y.reshape(*self.owner.shape, *y.shape[1:])
-
-    def parts(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each rank's tokens of ``x [dp·b, S, ...]``, rank by rank."""
-        return list(x.reshape(self.owner.numel(), *x.shape[2:])[self.perm].split(self.sizes))
 
 
 class Lockstep:
@@ -329,8 +328,8 @@ def lockstep_gradients(model: nn.Module, state: Lockstep, batch: torch.Tensor, l
         merged = torch.cat([g[i] for g in groups])
         tokens = state.tokens = Tokens(ranks, groups[0][i].shape[0], merged.shape[1] - 1)
         logits, targets = model(merged[:, :-1]), merged[:, 1:]
-        per_rank = zip(tokens.parts(logits), tokens.parts(targets))
-        losses = [next_token_loss(lg[None], tg[None]) for lg, tg in per_rank]
+        per_rank = zip(tokens.rank_slices(logits), tokens.rank_slices(targets))
+        losses = [next_token_loss(lg, tg) for lg, tg in per_rank]
         scale = loss_scale if ranks.grads_divided else loss_scale / ranks.micro
         torch.stack(losses).mul(scale).sum().backward()
         total += float(torch.stack([loss.detach() for loss in losses]).sum())
