@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from runtime import reference_ranks
-from runtime.model import next_token_loss
+from runtime.model import Transformer, next_token_loss
 from runtime.plan_io import model_spec
 from runtime.precision import CastCache, Precision, cast_buffers, cast_parameters, fsdp_shards
 from runtime.reference_tp import TpLayout
@@ -135,10 +135,13 @@ def _average(grads: list[torch.Tensor | None], split: Split) -> torch.Tensor | N
 
 
 def walk(
-    model: nn.Module, plan: dict, split: Split, precision: Precision
+    model: Transformer, plan: dict, split: Split, precision: Precision
 ) -> tuple[list[CastCache], Callable[[torch.Tensor, float], float]]:
     """Prepare ``model`` to walk batches as ``split`` says: the 16-bit casts to clear after each
-    step, and the function filling the gradients of a batch (``batch, loss_scale -> loss``)."""
+    step, and the function filling the gradients of a batch (``batch, loss_scale -> loss``).
+    tp's 16-bit partial sums (runtime.reference_tp) go in first: the casts wrap those forwards."""
+    if split.tp is not None:
+        split.tp.mirror(model)
     if split.lockstep:
         state = reference_ranks.install(model, reference_ranks.Ranks.of(plan), precision.compute)
         return state.all_caches(), lambda batch, scale: reference_ranks.lockstep_gradients(model, state, batch, scale)

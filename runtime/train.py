@@ -93,8 +93,6 @@ def run_reference(
     model = build_model(model_spec(plan), plan["inputs"]["training"]["seed"], torch.float32)
     if init_weights is not None:
         load_part(model, Checkpoint(init_weights))
-    if split.tp is not None:  # tp's 16-bit partial sums (runtime.reference_tp), before the casts wrap forwards
-        split.tp.mirror(model)
     # The policy of every plan (FSDP2's casts are the same arithmetic): runtime.reference.
     caches, gradients = walk(model, plan, split, precision)
     params = list(model.parameters())
